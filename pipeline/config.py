@@ -1,0 +1,411 @@
+"""The camera-list YAML: typed models, `${ENV}` interpolation, and errors that point at file:line.
+
+`load_config(path)` returns a `Config` or raises `ConfigError` whose `problems` are ready-to-print
+lines such as ``cameras.yaml:12: cameras[1].fps: Input should be greater than 0 (frames per
+second to infer ...)``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.core import PipelineError
+
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(PipelineError):
+    """The configuration is invalid; `problems` holds one printable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnnxRuntimeOptions(_Strict):
+    """Settings of the ONNX Runtime backend."""
+
+    threads: int | None = Field(
+        None, ge=1, le=256, description="intra-op threads; default: one per CPU core"
+    )
+
+
+class ModelConfig(_Strict):
+    """The detector and how to run it."""
+
+    path: Path = Field(description="ONNX model file; relative paths start at the config file")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto picks TensorRT when a GPU is usable, else ONNX Runtime"
+    )
+    confidence: float = Field(0.25, gt=0, le=1, description="minimum detection confidence")
+    iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS merges boxes")
+    input_size: int = Field(
+        640, ge=64, le=2048, multiple_of=32, description="long side of the model input (dynamic models)"
+    )
+    max_detections: int = Field(300, ge=1, le=10000, description="most detections kept per frame")
+    layout: Literal["auto", "yolov8", "yolov5", "end2end"] = Field(
+        "auto", description="YOLO output layout; auto detects it from the model"
+    )
+    labels: Path | None = Field(
+        None, description="text file with one class name per line (default: model metadata)"
+    )
+    onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+
+
+class BatchingConfig(_Strict):
+    """How frames from all cameras are grouped for inference."""
+
+    max_batch: int = Field(8, ge=1, le=64, description="most frames in one inference batch")
+    max_wait_ms: float = Field(
+        20, ge=0, le=1000, description="how long a batch waits for more frames after its first"
+    )
+    max_frame_age_ms: float = Field(
+        1000, ge=10, le=60000, description="frames older than this are dropped, not inferred"
+    )
+
+
+class SourceConfig(_Strict):
+    """Connection behaviour shared by all cameras."""
+
+    open_timeout_s: float = Field(5, gt=0, le=120, description="limit for connecting to a camera")
+    stall_timeout_s: float = Field(
+        5, gt=0, le=300, description="no frame (or no data) for this long means reconnect"
+    )
+    backoff_initial_s: float = Field(1, gt=0, le=600, description="first reconnect delay")
+    backoff_max_s: float = Field(30, gt=0, le=3600, description="longest reconnect delay")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class KafkaConfig(_Strict):
+    """Where detections and camera status go."""
+
+    bootstrap_servers: str = Field(description="comma-separated host:port list")
+    topic: str = Field("detections", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="detections topic")
+    status_topic: str = Field(
+        "camera-status", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="camera status topic"
+    )
+    client_id: str = Field("rtsp-pipeline", min_length=1, max_length=200, description="Kafka client id")
+    compression: Literal["zstd", "gzip", "lz4", "snappy", "none"] = Field(
+        "zstd", description="producer compression codec"
+    )
+    linger_ms: int = Field(10, ge=0, le=5000, description="how long the producer waits to fill a batch")
+    max_in_flight: int = Field(
+        1000, ge=1, le=100000, description="messages sent but not yet acknowledged, at most"
+    )
+    queue_size: int = Field(
+        10000, ge=1, le=1000000, description="messages waiting to be sent; beyond it the newest is dropped"
+    )
+    request_timeout_s: float = Field(30, gt=0, le=600, description="producer request timeout")
+    publish_empty: bool = Field(True, description="publish frames with no detections too")
+    stop_timeout_s: float = Field(5, gt=0, le=120, description="limit for flushing Kafka on shutdown")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{part.strip()!r} is not host:port")
+        return value
+
+
+class MetricsConfig(_Strict):
+    """The HTTP endpoint for /metrics, /healthz and /readyz."""
+
+    listen: str = Field("127.0.0.1:9108", description="host:port to serve metrics and health on")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9108)")
+        return value
+
+    @property
+    def host(self) -> str:
+        """Address to bind."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """Port to bind (0 picks a free one)."""
+        return int(self.listen.rpartition(":")[2])
+
+
+class CameraConfig(_Strict):
+    """One camera."""
+
+    id: str = Field(pattern=CAMERA_ID, description="unique id: letters, digits, '.', '_', '-'")
+    url: str = Field(description="rtsp:// or rtsps:// URL; put passwords in ${ENV_VARS}")
+    fps: float | None = Field(
+        None, gt=0, le=240, description="frames per second to infer (default: every frame)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("rtsp", "rtsps"):
+            raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not rtsp:// or rtsps://")
+        try:
+            parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        return value
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with any password replaced by '***', safe to log."""
+        return redact_url(self.url)
+
+
+class Config(_Strict):
+    """The whole daemon configuration."""
+
+    model: ModelConfig
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    kafka: KafkaConfig
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    cameras: Annotated[list[CameraConfig], Field(min_length=1, description="the cameras to read")]
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        dupes = sorted({c.id for c in cameras if c.id in seen or seen.add(c.id)})  # type: ignore[func-returns-value]
+        if dupes:
+            raise ValueError(f"duplicate camera ids: {', '.join(dupes)}; each id must be unique")
+        return cameras
+
+    def secrets(self) -> set[str]:
+        """Strings that must never appear in logs, metrics or messages."""
+        found = set()
+        for cam in self.cameras:
+            parts = urlsplit(cam.url)
+            if parts.password:
+                found.add(parts.password)
+        return {s for s in found if len(s) >= 3}
+
+
+def redact_url(url: str) -> str:
+    """Replace the password in a URL's user info with '***'."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    env = os.environ if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data, marks = _parse_yaml(text, path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: the file must be a mapping with model, kafka and cameras"])
+
+    problems = _interpolate(data, (), env, path, marks)
+    duplicates = _duplicate_ids(data.get("cameras"), path, marks)
+    _resolve_paths(data, path.parent)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if not (duplicates and tuple(e["loc"]) == ("cameras",))]
+        problems += duplicates + [_describe(err, path, marks) for err in errors]
+        raise ConfigError(problems) from None
+    problems += _check_files(config, path, marks)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and record the line of every key and list item by its path."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        marks: dict[tuple, int] = {}
+        _record_marks(node, (), marks, path)
+        return loader.construct_document(node), marks
+    finally:
+        loader.dispose()
+
+
+def _record_marks(node: yaml.Node, at: tuple, marks: dict[tuple, int], path: Path) -> None:
+    marks[at] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = key.value
+            if name in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key {name!r} appears twice", problem_mark=key.start_mark
+                )
+            seen.add(name)
+            _record_marks(value, (*at, name), marks, path)
+            marks[(*at, name)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_marks(item, (*at, index), marks, path)
+
+
+def _interpolate(data: Any, at: tuple, env, path: Path, marks: dict) -> list[str]:
+    """Replace ${VAR} and ${VAR:-default} in strings, in place; return problems."""
+    problems: list[str] = []
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in list(items):
+        here = (*at, key)
+        if isinstance(value, (dict, list)):
+            problems += _interpolate(value, here, env, path, marks)
+        elif isinstance(value, str) and "${" in value:
+            missing: list[str] = []
+
+            def sub(match: re.Match) -> str:
+                name, default = match.group(1), match.group(2)
+                if name in env:
+                    return env[name]
+                if default is not None:
+                    return default
+                missing.append(name)
+                return ""
+
+            data[key] = _ENV_REF.sub(sub, value)
+            for name in missing:
+                problems.append(
+                    f"{path}:{_line(marks, here)}: {_dotted(here)}: environment variable {name} is "
+                    f"not set; export it (or give a default: ${{{name}:-value}})"
+                )
+    return problems
+
+
+def _duplicate_ids(cameras: Any, path: Path, marks: dict) -> list[str]:
+    if not isinstance(cameras, list):
+        return []
+    first: dict[str, int] = {}
+    problems = []
+    for index, cam in enumerate(cameras):
+        cam_id = cam.get("id") if isinstance(cam, dict) else None
+        if not isinstance(cam_id, str):
+            continue
+        line = _line(marks, ("cameras", index, "id"))
+        if cam_id in first:
+            problems.append(
+                f"{path}:{line}: cameras[{index}].id: duplicate camera id {cam_id!r} (first at line "
+                f"{first[cam_id]}); each camera needs its own id"
+            )
+        else:
+            first[cam_id] = line
+    return problems
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    model = data.get("model")
+    if isinstance(model, dict):
+        for key in ("path", "labels"):
+            if isinstance(model.get(key), str):
+                model[key] = str((base / os.path.expanduser(model[key])).resolve())
+
+
+def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
+    problems = []
+    for key in ("path", "labels"):
+        file = getattr(config.model, key)
+        if file is not None and not Path(file).is_file():
+            problems.append(
+                f"{path}:{_line(marks, ('model', key))}: model.{key}: file {file} does not exist; "
+                "fix the path (relative paths start at the config file's folder)"
+            )
+    return problems
+
+
+def _describe(err: dict, path: Path, marks: dict) -> str:
+    loc = tuple(err["loc"])
+    # pydantic adds the union member name ('float', 'function-after[...]') to some locations
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("float", "int", "str"))))
+    line = _line(marks, loc)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        message = f"unknown key {loc[-1]!r}; allowed keys here: {', '.join(allowed)}"
+    elif err["type"] == "missing":
+        message = f"required key {loc[-1]!r} is missing; add it"
+    hint = _field_description(loc)
+    return f"{path}:{line}: {_dotted(loc) or '(top level)'}: {message}" + (f" ({hint})" if hint else "")
+
+
+def _line(marks: dict, loc: tuple) -> int:
+    while loc and loc not in marks:
+        loc = loc[:-1]
+    return marks.get(loc, 1)
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidates = [annotation, *(inner or ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model = _model_at(loc)
+    return sorted(model.model_fields) if model else []
+
+
+def _field_description(loc: tuple) -> str | None:
+    names = [p for p in loc if isinstance(p, str)]
+    if not names:
+        return None
+    model = _model_at(loc[: max(i for i, p in enumerate(loc) if isinstance(p, str))])
+    field = model.model_fields.get(names[-1]) if model else None
+    return field.description if field else None

@@ -1,0 +1,164 @@
+"""Core types that flow between stages, and the typed errors they raise.
+
+Stages import from here and never from each other; the Runtime (pipeline.app) wires them.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class PipelineError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class SourceError(PipelineError):
+    """A camera could not be opened or read; carries the camera id."""
+
+    def __init__(self, camera_id: str, message: str) -> None:
+        super().__init__(f"camera {camera_id}: {message}")
+        self.camera_id = camera_id
+        self.reason = message
+
+
+class EngineError(PipelineError):
+    """A model could not be loaded or run."""
+
+
+class PublishError(PipelineError):
+    """A message could not be handed to Kafka."""
+
+
+class CameraState(enum.Enum):
+    """Where one camera's worker is in its connection life cycle."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+    BACKING_OFF = "backing_off"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeta:
+    """What is known about a decoded frame apart from its pixels."""
+
+    camera_id: str
+    pts: float  # media time in seconds, from the stream's timestamps
+    captured_at: float  # UTC seconds since the epoch
+    clock: str  # "rtcp" (camera's sender reports) or "receive" (our receive time)
+    width: int  # source pixels
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded picture on its way to inference.
+
+    `image` is the decoder's native picture: an `av.VideoFrame` on the CPU path (converted to RGB
+    only when it is batched, so frames that get superseded never pay for conversion).
+    """
+
+    meta: FrameMeta
+    image: Any
+    ready_at: float  # time.monotonic() when it was handed over; frame age is measured from it
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Frames from one or more cameras that are inferred together."""
+
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How a source picture sits inside the model input: scaled by `scale`, then offset."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    src_w: int
+    src_h: int
+
+    @property
+    def scaled_size(self) -> tuple[int, int]:
+        """Size (w, h) of the scaled picture before padding."""
+        return (max(1, round(self.src_w * self.scale)), max(1, round(self.src_h * self.scale)))
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """Map [K, 4] xyxy boxes from model-input pixels to source pixels, clipped to the frame."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
+        np.clip(out[:, [0, 2]], 0, self.src_w, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.src_h, out=out[:, [1, 3]])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """The shapes a model accepts: fixed or dynamic batch, fixed or dynamic height/width."""
+
+    batch: int | None  # None: any batch size
+    height: int | None  # None: dynamic (then `size` is the long side and `stride` the multiple)
+    width: int | None
+    size: int = 640
+    stride: int = 32
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """True when the model takes any stride-multiple height and width."""
+        return self.height is None or self.width is None
+
+    def rect_for(self, src_w: int, src_h: int) -> tuple[int, int]:
+        """Smallest allowed input (w, h) that holds the source scaled to fit `size`."""
+        if not self.dynamic_hw:
+            return (int(self.width), int(self.height))  # type: ignore[arg-type]
+        scale = self.size / max(src_w, src_h)
+        w, h = round(src_w * scale), round(src_h * scale)
+        return (_ceil_to(w, self.stride), _ceil_to(h, self.stride))
+
+    def letterbox(self, src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
+        """Centre the source, scaled to fit `size` and the destination, in a dst_w x dst_h input."""
+        scale = min(dst_w / src_w, dst_h / src_h)
+        if self.dynamic_hw:
+            scale = min(scale, self.size / max(src_w, src_h))
+        w, h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+        return Letterbox(scale, (dst_w - w) // 2, (dst_h - h) // 2, src_w, src_h)
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detected object, with its box in source pixels."""
+
+    class_id: int
+    label: str
+    confidence: float
+    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """The detections for one inferred frame, numbered per camera."""
+
+    meta: FrameMeta
+    seq: int
+    detections: tuple[Detection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model produced a result, as stated in every message."""
+
+    name: str
+    sha256: str
+    backend: str

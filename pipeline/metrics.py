@@ -1,0 +1,82 @@
+"""Prometheus metrics of one Runtime, in its own registry (no process-wide globals)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pipeline.core import CameraState
+
+PREFIX = "rtsp_pipeline_"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+
+
+class Metrics:
+    """Every metric the pipeline exports; stages receive this object and update it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, p = self.registry, PREFIX
+        self.frames_decoded = Counter(p + "frames_decoded", "Frames decoded", ["camera"], registry=r)
+        self.frames_inferred = Counter(p + "frames_inferred", "Frames inferred", ["camera"], registry=r)
+        self.frames_dropped = Counter(
+            p + "frames_dropped",
+            "Frames dropped before inference, by reason (superseded: a newer frame replaced it in "
+            "the camera's slot; stale: older than max_frame_age_ms)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.messages_dropped = Counter(
+            p + "messages_dropped",
+            "Detection messages dropped after inference, by reason (shows as a frame.seq gap)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.detections_published = Counter(
+            p + "detections_published", "Detections acknowledged by Kafka", ["camera"], registry=r
+        )
+        self.messages_published = Counter(
+            p + "messages_published", "Messages acknowledged by Kafka", ["topic"], registry=r
+        )
+        self.camera_up = Gauge(p + "camera_up", "1 while the camera is streaming", ["camera"], registry=r)
+        self.camera_state = Gauge(
+            p + "camera_state", "1 for the camera's current state", ["camera", "state"], registry=r
+        )
+        self.reconnects = Counter(p + "reconnects", "Reconnect attempts", ["camera"], registry=r)
+        self.source_errors = Counter(
+            p + "source_errors", "Connection or stream failures by kind", ["camera", "kind"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            p + "stage_seconds", "Time spent per stage per batch", ["stage"], registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )
+        self.batch_size = Histogram(
+            p + "batch_size", "Frames per inference batch", registry=r,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+        )
+        self.frame_age_seconds = Histogram(
+            p + "frame_age_seconds", "Time from hand-over by the decoder to the start of inference",
+            registry=r, buckets=_LATENCY_BUCKETS,
+        )
+        self.capture_to_ack_seconds = Histogram(
+            p + "capture_to_ack_seconds", "Time from frame capture to Kafka acknowledgement",
+            registry=r, buckets=_LATENCY_BUCKETS,
+        )
+        self.kafka_send_errors = Counter(
+            p + "kafka_send_errors", "Messages Kafka did not acknowledge", ["reason"], registry=r
+        )
+        self.publish_queue_depth = Gauge(
+            p + "publish_queue_depth", "Messages waiting to be sent to Kafka", registry=r
+        )
+        self.kafka_connected = Gauge(p + "kafka_connected", "1 while the producer is started", registry=r)
+        self.model_info = Gauge(
+            p + "model_info", "The loaded model", ["name", "sha256", "backend"], registry=r
+        )
+
+    def set_camera_state(self, camera: str, state: CameraState) -> None:
+        """Export a camera's state as a one-hot gauge and camera_up."""
+        for s in CameraState:
+            self.camera_state.labels(camera, s.value).set(1 if s is state else 0)
+        self.camera_up.labels(camera).set(1 if state is CameraState.STREAMING else 0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

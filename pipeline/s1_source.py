@@ -1,0 +1,281 @@
+"""Source: one thread per camera that reads RTSP with PyAV, decodes, samples and hands frames over.
+
+Nothing here can block for long: connecting is bounded by `open_timeout_s`, every read by
+`stall_timeout_s` (PyAV's interrupt callback), and a watchdog reconnects a camera that delivers
+data but no pictures. Failures lead to exponential backoff with jitter. The camera's state
+machine is the TRANSITIONS table; every change is reported to `on_state`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import av
+
+from pipeline.config import CameraConfig, SourceConfig
+from pipeline.core import CameraState, Frame, FrameMeta, SourceError
+from pipeline.logs import log_event
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+S = CameraState
+
+TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
+    S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
+    S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.STOPPED}),
+    S.STALLED: frozenset({S.BACKING_OFF, S.STOPPED}),
+    S.BACKING_OFF: frozenset({S.CONNECTING, S.STOPPED}),
+    S.STOPPED: frozenset(),
+}
+
+StateListener = Callable[[str, CameraState, str], None]
+FrameSink = Callable[[Frame], None]
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter: initial * 2^n, capped, times a factor in [0.5, 1]."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self._initial, self._max = initial, maximum
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call doubles the base."""
+        base = min(self._max, self._initial * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        return base * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a connection that worked)."""
+        self._attempt = 0
+
+
+class FpsSampler:
+    """Keeps frames at most `fps` per second of media time; None keeps every frame."""
+
+    def __init__(self, fps: float | None) -> None:
+        self._interval = 1.0 / fps if fps else 0.0
+        self._next_due: float | None = None
+
+    def take(self, pts: float) -> bool:
+        """True if the frame at media time `pts` (seconds) is due."""
+        if not self._interval:
+            return True
+        # a timestamp jump backwards (camera restart, clip loop) or far ahead restarts the grid
+        if self._next_due is None or pts < self._next_due - 2 * self._interval or pts > self._next_due + 10:
+            self._next_due = pts
+        if pts + 1e-3 < self._next_due:
+            return False
+        self._next_due = max(self._next_due + self._interval, pts + self._interval / 2)
+        return True
+
+
+class KeyframeGate:
+    """Decides keyframe-only decoding: only for fps <= 1 and a measured GOP no longer than the
+    sampling interval (a 2 s GOP cannot give 1 fps from keyframes)."""
+
+    def __init__(self, fps: float | None, stall_timeout_s: float) -> None:
+        self._interval = 1.0 / fps if fps and fps <= 1 else None
+        self._stall = stall_timeout_s
+        self._last_key: float | None = None
+        self.gop: float | None = None
+
+    def keyframe(self, pts: float) -> bool | None:
+        """Record a keyframe's time; return the new keyframes-only decision, or None if unknown."""
+        if self._interval is None:
+            return False
+        if self._last_key is not None and pts > self._last_key:
+            self.gop = pts - self._last_key
+        self._last_key = pts
+        if self.gop is None:
+            return None
+        return self.gop <= self._interval + 0.05 and self.gop < self._stall / 2
+
+
+class _Stall(Exception):
+    """The camera sends nothing usable; reconnect."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CameraWorker:
+    """Reads one camera forever (until stopped), reconnecting with backoff."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        settings: SourceConfig,
+        decoder_factory: Callable,
+        deliver: FrameSink,
+        metrics: Metrics,
+        on_state: StateListener,
+    ) -> None:
+        self.camera = camera
+        self._settings = settings
+        self._decoder_factory = decoder_factory
+        self._deliver = deliver
+        self._metrics = metrics
+        self._on_state = on_state
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
+        self.state = CameraState.STOPPED
+        self.last_frame_at: float | None = None  # monotonic
+        self._state_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Start reading in a background thread."""
+        self._set_state(CameraState.CONNECTING, "starting", initial=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the worker to stop and wait up to `timeout` s; False if it is still blocked."""
+        self._stop.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop without waiting."""
+        self._stop.set()
+
+    def health(self) -> dict:
+        """State and seconds since the last frame."""
+        age = None if self.last_frame_at is None else round(time.monotonic() - self.last_frame_at, 3)
+        return {"state": self.state.value, "last_frame_age_s": age}
+
+    # ------------------------------------------------------------------ state machine
+    def _set_state(self, new: CameraState, reason: str, initial: bool = False) -> None:
+        with self._state_lock:
+            old = self.state
+            if not initial and new not in TRANSITIONS[old]:
+                raise AssertionError(f"camera {self.camera.id}: illegal transition {old} -> {new}")
+            self.state = new
+        self._metrics.set_camera_state(self.camera.id, new)
+        log_event(log, logging.INFO, "camera state", camera=self.camera.id, state=new.value,
+                  previous=old.value, reason=reason)
+        self._on_state(self.camera.id, new, reason)
+
+    def _run(self) -> None:
+        backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self._metrics.reconnects.labels(self.camera.id).inc()
+                self._set_state(CameraState.CONNECTING, "reconnecting")
+            first = False
+            try:
+                streamed = self._read_until_failure()
+                reason, kind = "end of stream", "eof"
+            except _Stall as stall:
+                streamed = True
+                reason, kind = stall.reason, "stalled"
+                self._set_state(CameraState.STALLED, reason)
+            except SourceError as exc:
+                streamed, reason, kind = self.state is CameraState.STREAMING, exc.reason, "no_video"
+            except av.error.FFmpegError as exc:
+                streamed = self.state is CameraState.STREAMING
+                reason, kind = _describe_av_error(exc)
+            except Exception as exc:  # a bug must not end this camera for good: log, back off
+                log.exception("camera worker error", extra={"fields": {"camera": self.camera.id}})
+                streamed, reason, kind = False, f"internal error: {type(exc).__name__}", "internal"
+            if self._stop.is_set():
+                break
+            if streamed:
+                backoff.reset()
+            self._metrics.source_errors.labels(self.camera.id, kind).inc()
+            delay = backoff.next_delay()
+            self._set_state(CameraState.BACKING_OFF, f"{reason}; retrying in {delay:.1f}s")
+            self._stop.wait(delay)
+        self._set_state(CameraState.STOPPED, "stopped")
+
+    # ------------------------------------------------------------------ reading
+    def _open(self) -> av.container.InputContainer:
+        s = self._settings
+        return av.open(
+            self.camera.url,
+            options={
+                "rtsp_transport": "tcp",
+                "timeout": str(int(s.stall_timeout_s * 1e6)),  # socket I/O timeout, microseconds
+                "allowed_media_types": "video",
+            },
+            timeout=(s.open_timeout_s, s.stall_timeout_s),
+        )
+
+    def _read_until_failure(self) -> bool:
+        """Stream until the camera ends, fails or stalls (raises), or stop is requested."""
+        with self._open() as container:
+            if not container.streams.video:
+                raise SourceError(self.camera.id, "stream has no video track")
+            stream = container.streams.video[0]
+            decoder = self._decoder_factory(stream)
+            sampler = FpsSampler(self.camera.fps)
+            gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
+            last_picture = time.monotonic()
+            try:
+                for packet in container.demux(stream):
+                    if self._stop.is_set():
+                        return True
+                    if packet.size == 0:
+                        continue
+                    received = time.time()
+                    if packet.is_keyframe and packet.pts is not None:
+                        decision = gate.keyframe(float(packet.pts * packet.time_base))
+                        if decision is not None:
+                            decoder.keyframes_only(decision)
+                    pictures = decoder.decode(packet)
+                    now = time.monotonic()
+                    if pictures:
+                        last_picture = now
+                    elif now - last_picture > self._settings.stall_timeout_s:
+                        raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
+                    for picture in pictures:
+                        self._handle_picture(container, picture, received, sampler)
+            except av.error.ExitError:
+                if self.state is not CameraState.STREAMING:
+                    raise
+                raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
+            return True
+
+    def _handle_picture(
+        self, container, picture: av.VideoFrame, received: float, sampler: FpsSampler
+    ) -> None:
+        cam = self.camera.id
+        self._metrics.frames_decoded.labels(cam).inc()
+        self.last_frame_at = time.monotonic()
+        if self.state is CameraState.CONNECTING:
+            self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream")
+        pts = picture.time if picture.time is not None else received
+        if not sampler.take(pts):
+            return
+        realtime = container.start_time_realtime
+        if realtime is not None and picture.time is not None:
+            captured, clock = realtime / 1e6 + picture.time, "rtcp"
+        else:
+            captured, clock = received, "receive"
+        meta = FrameMeta(cam, round(pts, 6), captured, clock, picture.width, picture.height)
+        self._deliver(Frame(meta, picture, time.monotonic()))
+
+
+
+def _describe_av_error(exc: av.error.FFmpegError) -> tuple[str, str]:
+    """A short, credential-free reason and a metric label for a PyAV error."""
+    kinds = [
+        (av.error.ExitError, "timeout", "timed out (camera silent or unreachable)"),
+        (ConnectionRefusedError, "refused", "connection refused"),
+        (av.error.HTTPUnauthorizedError, "unauthorized", "unauthorized: check the credentials"),
+        (av.error.HTTPForbiddenError, "forbidden", "forbidden: check the credentials"),
+        (av.error.HTTPNotFoundError, "not_found", "stream not found: check the URL path"),
+        (av.error.InvalidDataError, "invalid_data", "invalid data: not an RTSP/H.264 stream?"),
+        (TimeoutError, "timeout", "timed out"),
+        (OSError, "network", "network error"),
+    ]
+    for cls, kind, text in kinds:
+        if isinstance(exc, cls):
+            return f"{text} ({exc.strerror or type(exc).__name__})", kind
+    return f"{type(exc).__name__}: {exc.strerror or ''}".strip(), "other"

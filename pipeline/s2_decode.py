@@ -1,0 +1,44 @@
+"""Decode: compressed packets of one camera in, pictures out (CPU: FFmpeg through PyAV).
+
+The decoder is built per camera stream by a factory the Runtime passes to the source, so the GPU
+path can hand in an NVDEC decoder with the same two methods.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import av
+
+
+class Decoder(Protocol):
+    """Turns one stream's packets into pictures."""
+
+    def decode(self, packet: av.Packet) -> list: ...
+
+    def keyframes_only(self, enabled: bool) -> None: ...
+
+
+class PyAVDecoder:
+    """FFmpeg H.264/H.265 decoding on the CPU; pictures stay `av.VideoFrame` (YUV) until batched."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self._ctx = stream.codec_context
+        # One thread per camera: cameras already decode in parallel, and frame threading would
+        # add a frame of latency per thread and multiply threads by the camera count.
+        self._ctx.thread_count = 1
+        self._keyframes_only = False
+
+    def decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """Decode one packet; returns zero or more pictures."""
+        return self._ctx.decode(packet)
+
+    def keyframes_only(self, enabled: bool) -> None:
+        """Skip every non-key frame in the decoder (for cameras sampled at <= 1 fps)."""
+        if enabled != self._keyframes_only:
+            self._ctx.skip_frame = "NONKEY" if enabled else "DEFAULT"
+            self._keyframes_only = enabled
+
+
+def cpu_decoder(stream: av.video.stream.VideoStream) -> Decoder:
+    """Decoder factory for the CPU path."""
+    return PyAVDecoder(stream)

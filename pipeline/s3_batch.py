@@ -1,0 +1,103 @@
+"""Batch: per-camera latest-frame slots and a deadline batcher across cameras.
+
+Hand-over policy "latest wins": each camera has one slot; a new frame replaces an unread one,
+which is counted as dropped with reason "superseded". The batcher forms a batch as soon as
+`max_batch` frames are waiting, or `max_wait_ms` after the oldest waiting frame arrived, whichever
+comes first, so it never waits for a slow or dead camera. Frames older than `max_frame_age_ms`
+when a batch forms are dropped with reason "stale". Oldest frames go first, so with more cameras
+than `max_batch` every camera is served in turn.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from pipeline.core import Batch, Frame
+
+DropCounter = Callable[[str, str], None]  # (camera_id, reason)
+
+
+class DeadlineBatcher:
+    """Latest-frame slots for every camera, read as batches by one inference thread."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        max_age_s: float,
+        on_drop: DropCounter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_batch = max_batch
+        self._max_wait = max_wait_s
+        self._max_age = max_age_s
+        self._on_drop = on_drop
+        self._clock = clock
+        self._slots: dict[str, Frame] = {}  # insertion order = arrival order
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, frame: Frame) -> None:
+        """Offer a camera's newest frame; replaces (and counts) an unread older one."""
+        cam = frame.meta.camera_id
+        with self._cond:
+            if self._closed:
+                return
+            if self._slots.pop(cam, None) is not None:
+                self._on_drop(cam, "superseded")
+            self._slots[cam] = frame
+            if len(self._slots) == 1 or len(self._slots) >= self.max_batch:
+                self._cond.notify()
+
+    def next_batch(self, timeout: float) -> Batch | None:
+        """Wait up to `timeout` s for a batch; None on timeout or after close()."""
+        give_up = self._clock() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                now = self._clock()
+                if self._slots:
+                    oldest = next(iter(self._slots.values()))
+                    deadline = oldest.ready_at + self._max_wait
+                    if len(self._slots) >= self.max_batch or now >= deadline:
+                        batch = self._take(now)
+                        if batch is not None:
+                            return batch
+                        continue
+                    wait_until = min(deadline, give_up)
+                else:
+                    wait_until = give_up
+                if now >= give_up:
+                    return None
+                self._cond.wait(max(0.0, wait_until - now))
+
+    def _take(self, now: float) -> Batch | None:
+        frames = []
+        for cam in list(self._slots):
+            if len(frames) == self.max_batch:
+                break
+            frame = self._slots.pop(cam)
+            if now - frame.ready_at > self._max_age:
+                self._on_drop(cam, "stale")
+            else:
+                frames.append(frame)
+        return Batch(tuple(frames)) if frames else None
+
+    def remove_camera(self, camera_id: str) -> None:
+        """Forget a camera's waiting frame (the camera was removed)."""
+        with self._cond:
+            self._slots.pop(camera_id, None)
+
+    def pending(self) -> int:
+        """Frames waiting in slots."""
+        with self._cond:
+            return len(self._slots)
+
+    def close(self) -> None:
+        """Wake the reader and refuse further frames."""
+        with self._cond:
+            self._closed = True
+            self._slots.clear()
+            self._cond.notify_all()

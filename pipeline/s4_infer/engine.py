@@ -1,0 +1,113 @@
+"""The engine interface every backend implements, model metadata, and backend selection.
+
+An engine only runs tensors: it takes a float32 NCHW batch in [0, 1] and returns the model's first
+output. Decoding that output (YOLO layouts, NMS) is pipeline.s5_postprocess's job.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.core import EngineError, InputSpec, ModelRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about a model, read from the file and its metadata."""
+
+    name: str
+    sha256: str
+    input_spec: InputSpec
+    output_shape: tuple  # symbolic dims are strings
+    labels: tuple[str, ...]
+    metadata: dict[str, str]
+
+    def ref(self, backend: str) -> ModelRef:
+        """How messages name this model."""
+        return ModelRef(self.name, self.sha256, backend)
+
+
+class Engine(Protocol):
+    """A loaded model that runs batches."""
+
+    info: ModelInfo
+    backend: str
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run a [B, 3, H, W] float32 batch; return the first output, batch-major."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's resources."""
+        ...
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_labels(metadata: dict[str, str], labels_file: Path | None, num_classes: int | None) -> tuple[str, ...]:
+    """Class names from a labels file, else ultralytics' `names` metadata, else class_<i>."""
+    if labels_file is not None:
+        names = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        return tuple(names)
+    raw = metadata.get("names")
+    if raw:
+        try:
+            parsed = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, dict):
+            return tuple(str(parsed[k]) for k in sorted(parsed))
+        if isinstance(parsed, (list, tuple)):
+            return tuple(str(n) for n in parsed)
+    return tuple(f"class_{i}" for i in range(num_classes or 0))
+
+
+def input_spec_from_shape(shape: tuple, input_size: int, stride: int = 32) -> InputSpec:
+    """InputSpec from an NCHW input shape whose dims are ints or symbolic names."""
+    if len(shape) != 4 or shape[1] not in (3, "3"):
+        raise EngineError(f"model input must be [batch, 3, height, width], got {list(shape)}")
+
+    def fixed(dim) -> int | None:
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    return InputSpec(fixed(shape[0]), fixed(shape[2]), fixed(shape[3]), input_size, stride)
+
+
+def load_engine(config: ModelConfig) -> Engine:
+    """Load the configured model with the configured (or best available) backend."""
+    backend = config.backend
+    if backend == "auto":
+        backend = "tensorrt" if _gpu_usable() else "onnxruntime"
+    if backend == "tensorrt":
+        raise EngineError(
+            "the TensorRT backend is not available in this version; use backend: onnxruntime"
+        )
+    from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(config)
+
+
+def _gpu_usable() -> bool:
+    """True when NVIDIA's GPU modules import (they raise without a driver). Imported lazily."""
+    try:
+        import PyNvVideoCodec  # noqa: F401
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return False  # the GPU path arrives with its own issue; until then auto means the CPU

@@ -1,0 +1,68 @@
+"""ONNX Runtime backend (CPU): runs a batch with one session; the session releases the GIL."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.config import ModelConfig
+from pipeline.core import EngineError
+from pipeline.logs import log_event
+from pipeline.s4_infer.engine import ModelInfo, file_sha256, input_spec_from_shape, parse_labels
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeEngine:
+    """A YOLO ONNX model on ONNX Runtime's CPU execution provider."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, config: ModelConfig) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.onnxruntime.threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(config.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise EngineError(f"cannot load model {config.path}: {exc}") from None
+        inp = self._session.get_inputs()[0]
+        out = self._session.get_outputs()[0]
+        self._input_name = inp.name
+        self._output_name = out.name
+        metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        spec = input_spec_from_shape(tuple(inp.shape), config.input_size, int(metadata.get("stride", 32)))
+        labels = parse_labels(metadata, config.labels, _guess_num_classes(tuple(out.shape)))
+        self.info = ModelInfo(
+            name=config.path.stem,
+            sha256=file_sha256(config.path),
+            input_spec=spec,
+            output_shape=tuple(out.shape),
+            labels=labels,
+            metadata=metadata,
+        )
+        log_event(log, logging.INFO, "model loaded", backend=self.backend, model=self.info.name,
+                  input=list(inp.shape), output=list(out.shape), classes=len(labels),
+                  threads=options.intra_op_num_threads)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run a [B, 3, H, W] float32 batch; return the first output."""
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def close(self) -> None:
+        """Drop the session."""
+        self._session = None
+
+
+def _guess_num_classes(shape: tuple) -> int | None:
+    """nc from a YOLOv8-style [B, 4+nc, N] output when the middle dim is fixed and small."""
+    if len(shape) == 3 and isinstance(shape[1], int) and 4 < shape[1] < 1000:
+        return shape[1] - 4
+    return None

@@ -1,0 +1,133 @@
+"""Postprocess: pure functions that turn YOLO outputs into detections in source pixels.
+
+Layouts (detected by `detect_layout`, or named in config):
+- "yolov8": [B, 4+nc, N], rows cx, cy, w, h, then one score per class (YOLOv8, YOLO11)
+- "yolov5": [B, N, 5+nc], columns cx, cy, w, h, objectness, then class scores
+- "end2end": [B, N, 6], columns x1, y1, x2, y2, score, class (YOLOv10, YOLO26; NMS-free)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.core import Detection, Letterbox
+
+LAYOUTS = ("yolov8", "yolov5", "end2end")
+_MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any input side
+
+
+class LayoutError(ValueError):
+    """The model's output does not match a known YOLO layout."""
+
+
+def detect_layout(shape: Sequence, num_classes: int | None, metadata: dict[str, str]) -> str:
+    """Guess the output layout from its shape ([B, a, b], dims may be symbolic) and metadata."""
+    if len(shape) != 3:
+        raise LayoutError(f"expected a 3-D output [batch, ., .], got {list(shape)}")
+    a = shape[1] if isinstance(shape[1], int) else None
+    b = shape[2] if isinstance(shape[2], int) else None
+    if b == 6 and metadata.get("end2end", "").lower() == "true":
+        return "end2end"
+    if num_classes and a == 4 + num_classes:
+        return "yolov8"
+    if num_classes and b == 5 + num_classes:
+        return "yolov5"
+    if b == 6:
+        return "end2end"
+    if a is not None and (b is None or a < b):
+        return "yolov8"
+    if b is not None and (a is None or b < a):
+        return "yolov5"
+    raise LayoutError(f"cannot tell the YOLO layout of output {list(shape)}; set model.layout")
+
+
+def candidates(output: np.ndarray, layout: str, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw output -> (boxes xyxy [K,4], scores [K], classes [K]) above `confidence`."""
+    if layout == "yolov8":
+        scores_all = output[4:]
+        classes = scores_all.argmax(axis=0)
+        scores = scores_all[classes, np.arange(scores_all.shape[1])]
+        keep = scores >= confidence
+        return _xywh_to_xyxy(output[:4, keep].T), scores[keep], classes[keep]
+    if layout == "yolov5":
+        obj = output[:, 4]
+        keep = obj >= confidence
+        rows = output[keep]
+        cls_scores = rows[:, 5:]
+        classes = cls_scores.argmax(axis=1) if cls_scores.shape[1] else np.zeros(len(rows), np.int64)
+        scores = rows[:, 4] * (cls_scores[np.arange(len(rows)), classes] if cls_scores.shape[1] else 1)
+        keep = scores >= confidence
+        return _xywh_to_xyxy(rows[keep, :4]), scores[keep], classes[keep]
+    if layout == "end2end":
+        keep = output[:, 4] >= confidence
+        rows = output[keep]
+        return rows[:, :4].astype(np.float32), rows[:, 4], rows[:, 5].astype(np.int64)
+    raise LayoutError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+
+
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    out = np.empty_like(xywh, dtype=np.float32)
+    half_w, half_h = xywh[:, 2] / 2, xywh[:, 3] / 2
+    out[:, 0] = xywh[:, 0] - half_w
+    out[:, 1] = xywh[:, 1] - half_h
+    out[:, 2] = xywh[:, 0] + half_w
+    out[:, 3] = xywh[:, 1] + half_h
+    return out
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """NMS that only suppresses boxes of the same class (boxes shifted apart per class)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    shifted = boxes + (classes.astype(np.float32) * _MAX_WH)[:, None]
+    return nms(shifted, scores, iou)
+
+
+def detections_for_image(
+    output: np.ndarray,
+    layout: str,
+    letterbox: Letterbox,
+    labels: Sequence[str],
+    confidence: float,
+    iou: float,
+    max_detections: int,
+) -> tuple[Detection, ...]:
+    """Detections of one image, in source pixels, best first."""
+    boxes, scores, classes = candidates(output, layout, confidence)
+    if layout != "end2end":
+        order = class_aware_nms(boxes, scores, classes, iou)
+    else:
+        order = np.argsort(-scores, kind="stable")
+    order = order[:max_detections]
+    if order.size == 0:
+        return ()
+    mapped = letterbox.to_source(boxes[order])
+    result = []
+    for box, score, cls in zip(mapped, scores[order], classes[order]):
+        x1, y1, x2, y2 = (round(float(v), 1) for v in box)
+        if x2 <= x1 or y2 <= y1:
+            continue  # nothing of the box is inside the frame
+        cls = int(cls)
+        label = labels[cls] if 0 <= cls < len(labels) else f"class_{cls}"
+        result.append(Detection(cls, label, round(float(score), 4), (x1, y1, x2, y2)))
+    return tuple(result)

@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""Serve H.264 MP4 clips over RTSP, looping each one forever (test and demo camera server).
+
+Runs with Debian's /usr/bin/python3 (it needs python3-gi and gir1.2-gst-rtsp-server-1.0):
+
+    /usr/bin/python3 scripts/rtsp_server.py --port 8554 cam1=clips/a.mp4 cam2=clips/b.mp4
+
+Each NAME=FILE is served at rtsp://127.0.0.1:PORT/NAME. The server prints one line
+"READY <port>" to stdout once it listens, and stops on SIGTERM/SIGINT.
+"""
+import argparse
+import os
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+LAUNCH = (
+    "( filesrc location={path} ! qtdemux ! h264parse config-interval=-1 ! "
+    "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+)
+
+
+def _loop_forever(media):
+    """Drop EOS on pay0's sink pad and seek back to 0, so clients see an endless stream."""
+    pipeline = media.get_element()
+    pay = pipeline.get_by_name("pay0")
+    pad = pay.get_static_pad("sink")
+
+    def seek_to_start():
+        pipeline.seek_simple(Gst.Format.TIME, Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT, 0)
+        return False
+
+    def on_event(_pad, info):
+        event = info.get_event()
+        if event is not None and event.type == Gst.EventType.EOS:
+            GLib.idle_add(seek_to_start)
+            return Gst.PadProbeReturn.DROP
+        return Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, on_event)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("mounts", nargs="+", help="NAME=FILE.mp4")
+    args = parser.parse_args()
+
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.address)
+    server.set_service(str(args.port))
+    mounts = server.get_mount_points()
+    for spec in args.mounts:
+        name, _, path = spec.partition("=")
+        if not name or not os.path.isfile(path):
+            print(f"bad mount {spec!r}: expected NAME=EXISTING_FILE", file=sys.stderr)
+            return 2
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(LAUNCH.format(path=os.path.abspath(path)))
+        factory.set_shared(True)
+        factory.connect("media-configure", lambda _f, media: _loop_forever(media))
+        mounts.add_factory(f"/{name}", factory)
+    if server.attach(None) == 0:
+        print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
+        return 1
+
+    loop = GLib.MainLoop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    print(f"READY {args.port}", flush=True)
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
