@@ -92,11 +92,10 @@ class Letterbox:
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map [K, 4] xyxy boxes from model-input pixels to source pixels, clipped to the frame."""
-        out = np.empty_like(boxes, dtype=np.float32)
-        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
-        np.clip(out[:, [0, 2]], 0, self.src_w, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.src_h, out=out[:, [1, 3]])
+        out = np.empty(boxes.shape, dtype=np.float32)
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views: columns x1, x2 and y1, y2
+        np.clip((boxes[:, 0::2] - self.pad_x) / self.scale, 0, self.src_w, out=xs)
+        np.clip((boxes[:, 1::2] - self.pad_y) / self.scale, 0, self.src_h, out=ys)
         return out
 
 

@@ -22,6 +22,7 @@ from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 S = CameraState
+MAX_RTCP_SKEW_S = 2.0
 
 TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
     S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
@@ -253,14 +254,25 @@ class CameraWorker:
         pts = picture.time if picture.time is not None else received
         if not sampler.take(pts):
             return
-        realtime = container.start_time_realtime
-        if realtime is not None and picture.time is not None:
-            captured, clock = realtime / 1e6 + picture.time, "rtcp"
-        else:
-            captured, clock = received, "receive"
+        captured, clock = capture_time(container.start_time_realtime, picture.time, received)
         meta = FrameMeta(cam, round(pts, 6), captured, clock, picture.width, picture.height)
         self._deliver(Frame(meta, picture, time.monotonic()))
 
+
+
+def capture_time(start_realtime_us: int | None, media_time: float | None, received: float) -> tuple[float, str]:
+    """Capture time and its clock: the camera's RTCP time when known and plausible, else receive time.
+
+    FFmpeg maps media time to wall time with the first RTCP sender report only
+    (`start_time_realtime` is the wall time of media time 0), so after a timestamp jump (camera
+    restart, clock change) that mapping is wrong. A mapped time further than MAX_RTCP_SKEW_S from
+    the receive time is not trusted.
+    """
+    if start_realtime_us is not None and media_time is not None:
+        captured = start_realtime_us / 1e6 + media_time
+        if abs(captured - received) <= MAX_RTCP_SKEW_S:
+            return captured, "rtcp"
+    return received, "receive"
 
 
 def _describe_av_error(exc: av.error.FFmpegError) -> tuple[str, str]:

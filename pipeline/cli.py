@@ -1,0 +1,62 @@
+"""Command line: `rtsp-pipeline run --config FILE` and `rtsp-pipeline validate-config FILE`.
+
+Exit codes: 0 success or clean stop, 2 invalid configuration (one line per problem on stderr),
+1 failure at run time (model cannot load, address in use, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.core import PipelineError
+from pipeline.logs import log_event, setup_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and `python -m pipeline`."""
+    parser = argparse.ArgumentParser(prog="rtsp-pipeline", description="RTSP cameras -> YOLO -> Kafka")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True, help="camera list YAML")
+    check = commands.add_parser("validate-config", help="check a config file and exit (0 valid, 2 not)")
+    check.add_argument("file")
+    args = parser.parse_args(argv)
+
+    path = args.config if args.command == "run" else args.file
+    config = _load_or_report(path)
+    if config is None:
+        return EXIT_CONFIG
+    if args.command == "validate-config":
+        print(f"{path}: OK ({len(config.cameras)} cameras)")
+        return EXIT_OK
+    return _run(config)
+
+
+def _load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _run(config: Config) -> int:
+    from pipeline.app import Runtime  # imported here so validate-config stays light
+
+    setup_logging(config.log_level, config.secrets())
+    try:
+        return asyncio.run(Runtime(config).run())
+    except (PipelineError, OSError) as exc:
+        log_event(log, logging.ERROR, "cannot run", error=str(exc))
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

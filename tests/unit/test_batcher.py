@@ -1,0 +1,106 @@
+"""The deadline batcher: full batches go at once, partial ones at the deadline, stale and
+superseded frames are dropped and counted, and a slow camera never holds the others up."""
+import threading
+import time
+from collections import Counter
+
+from pipeline.core import Frame, FrameMeta
+from pipeline.s3_batch import DeadlineBatcher
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def frame(cam: str, ready_at: float, pts: float = 0.0) -> Frame:
+    return Frame(FrameMeta(cam, pts, 0.0, "receive", 64, 48), image=None, ready_at=ready_at)
+
+
+def make(max_batch=4, wait=0.05, age=1.0, clock=time.monotonic):
+    drops = Counter()
+    batcher = DeadlineBatcher(max_batch, wait, age, lambda cam, reason: drops.update([(cam, reason)]), clock)
+    return batcher, drops
+
+
+def test_full_batch_is_returned_without_waiting_for_the_deadline():
+    batcher, _ = make(max_batch=3, wait=60)
+    now = time.monotonic()
+    for cam in "abc":
+        batcher.put(frame(cam, now))
+    started = time.monotonic()
+    batch = batcher.next_batch(timeout=5)
+    assert [f.meta.camera_id for f in batch.frames] == ["a", "b", "c"]
+    assert time.monotonic() - started < 1  # far below the 60 s max_wait
+
+
+def test_partial_batch_goes_at_the_deadline_without_waiting_for_silent_cameras():
+    batcher, _ = make(max_batch=8, wait=0.05)
+    batcher.put(frame("fast", time.monotonic()))
+    started = time.monotonic()
+    batch = batcher.next_batch(timeout=5)
+    waited = time.monotonic() - started
+    assert [f.meta.camera_id for f in batch.frames] == ["fast"]
+    assert 0.03 <= waited < 1.0
+
+
+def test_no_frames_times_out_with_none():
+    batcher, _ = make()
+    assert batcher.next_batch(timeout=0.05) is None
+
+
+def test_newer_frame_supersedes_unread_one_and_is_counted():
+    clock = Clock()
+    batcher, drops = make(max_batch=4, wait=0, clock=clock)
+    batcher.put(frame("a", clock.now, pts=1))
+    batcher.put(frame("a", clock.now, pts=2))
+    batch = batcher.next_batch(timeout=1)
+    assert [f.meta.pts for f in batch.frames] == [2]
+    assert drops == {("a", "superseded"): 1}
+
+
+def test_stale_frames_are_dropped_and_counted():
+    clock = Clock()
+    batcher, drops = make(max_batch=4, wait=0, age=0.5, clock=clock)
+    batcher.put(frame("old", clock.now - 2))
+    batcher.put(frame("new", clock.now))
+    batch = batcher.next_batch(timeout=1)
+    assert [f.meta.camera_id for f in batch.frames] == ["new"]
+    assert drops == {("old", "stale"): 1}
+
+
+def test_oldest_cameras_are_served_first_when_more_cameras_than_batch():
+    clock = Clock()
+    batcher, _ = make(max_batch=2, wait=0, clock=clock)
+    for i, cam in enumerate("abcd"):
+        batcher.put(frame(cam, clock.now + i * 0.001))
+    batcher.put(frame("a", clock.now + 0.01))  # a's newer frame moves a to the back
+    first = batcher.next_batch(timeout=1)
+    second = batcher.next_batch(timeout=1)
+    assert [f.meta.camera_id for f in first.frames] == ["b", "c"]
+    assert [f.meta.camera_id for f in second.frames] == ["d", "a"]
+
+
+def test_close_wakes_a_waiting_reader():
+    batcher, _ = make()
+    result = []
+    reader = threading.Thread(target=lambda: result.append(batcher.next_batch(timeout=30)))
+    reader.start()
+    batcher.close()
+    reader.join(5)
+    assert not reader.is_alive() and result == [None]
+    batcher.put(frame("a", time.monotonic()))  # ignored after close
+    assert batcher.pending() == 0
+
+
+def test_producer_thread_wakes_reader():
+    batcher, _ = make(max_batch=1, wait=10)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(batcher.next_batch(timeout=10)))
+    reader.start()
+    batcher.put(frame("x", time.monotonic()))
+    reader.join(5)
+    assert got and got[0].frames[0].meta.camera_id == "x"

@@ -1,0 +1,115 @@
+"""Config loading: valid files load; every kind of mistake is reported with file:line and a hint."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config, redact_url
+
+GOOD = """\
+model:
+  path: model.onnx
+kafka:
+  bootstrap_servers: "127.0.0.1:9092"
+cameras:
+  - id: gate-1
+    url: "rtsp://admin:${GATE_PASS}@10.0.0.5/stream1"
+    fps: 5
+  - {id: yard, url: "rtsp://10.0.0.6:8554/live"}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    path = tmp_path / "cameras.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"GATE_PASS": "pw"} if env is None else env)
+    return info.value.problems
+
+
+def test_valid_config_loads_with_defaults_and_env_secret(tmp_path):
+    config = load_config(write(tmp_path, GOOD), {"GATE_PASS": "s3cret!"})
+    assert [c.id for c in config.cameras] == ["gate-1", "yard"]
+    assert config.cameras[0].url == "rtsp://admin:s3cret!@10.0.0.5/stream1"
+    assert config.cameras[0].redacted_url == "rtsp://admin:***@10.0.0.5/stream1"
+    assert config.model.path == tmp_path / "model.onnx"  # relative to the config file
+    assert config.batching.max_batch == 8 and config.model.confidence == 0.25
+    assert config.secrets() == {"s3cret!"}
+
+
+def test_missing_env_var_names_variable_and_line(tmp_path):
+    path = write(tmp_path, GOOD)
+    [line] = problems(path, env={})
+    assert line.startswith(f"{path}:7: cameras[0].url: environment variable GATE_PASS is not set")
+
+
+def test_env_default_is_used(tmp_path):
+    path = write(tmp_path, GOOD.replace("${GATE_PASS}", "${GATE_PASS:-fallback}"))
+    assert "fallback" in load_config(path, {}).cameras[0].url
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("    fps: 5", "    fps: 0", ":8: cameras[0].fps: Input should be greater than 0"),
+        ("    fps: 5", "    fps: fast", ":8: cameras[0].fps: Input should be a valid number"),
+        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: fps, id, url"),
+        ("  - {id: yard,", "  - {id: gate-1,", ":9: cameras[1].id: duplicate camera id 'gate-1' (first at line 6)"),
+        ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp:// or rtsps://"),
+        ("rtsp://10.0.0.6:8554", "rtsp://10.0.0.6:99999", ":9: cameras[1].url: bad port"),
+        ('"127.0.0.1:9092"', '"kafka"', ":4: kafka.bootstrap_servers: 'kafka' is not host:port"),
+        ("  path: model.onnx", "  path: missing.onnx", ":2: model.path: file "),
+        ("  path: model.onnx", "  path: model.onnx\n  confidence: 2", ":3: model.confidence: Input should be less than or equal to 1"),
+        ("kafka:\n", "kafka:\n  linger: 5\n", ":4: kafka.linger: unknown key 'linger'"),
+        ("  - id: gate-1", "  - id: 'gate 1'", ":6: cameras[0].id: String should match pattern"),
+    ],
+)
+def test_each_mistake_is_reported_at_its_line(tmp_path, old, new, expected):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    lines = problems(path)
+    assert any(line.startswith(f"{path}{expected}") for line in lines), lines
+
+
+def test_missing_section_and_empty_camera_list(tmp_path):
+    path = write(tmp_path, "model: {path: model.onnx}\ncameras: []\n")
+    lines = problems(path)
+    assert any(":1: kafka: required key 'kafka' is missing" in line for line in lines), lines
+    assert any(":2: cameras: List should have at least 1 item" in line for line in lines), lines
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    text = GOOD.replace("    fps: 5", "    fps: -1\n    zoom: 2").replace("rtsp://10.0.0.6", "ftp://10.0.0.6")
+    assert len(problems(write(tmp_path, text))) == 3
+
+
+def test_yaml_syntax_error_and_duplicate_keys(tmp_path):
+    assert problems(write(tmp_path, "model: [unclosed\n"))[0].startswith(f"{tmp_path}/cameras.yaml:")
+    dup = GOOD.replace("    fps: 5", "    fps: 5\n    fps: 6")
+    assert any("key 'fps' appears twice" in p for p in problems(write(tmp_path, dup)))
+
+
+def test_validate_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GATE_PASS", "pw")
+    good = write(tmp_path, GOOD)
+    assert main(["validate-config", str(good)]) == 0
+    assert "OK (2 cameras)" in capsys.readouterr().out
+    bad = write(tmp_path, GOOD.replace("    fps: 5", "    fps: 0"))
+    assert main(["validate-config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{bad}:8:")
+
+
+def test_run_refuses_invalid_config_before_starting(tmp_path, capsys):
+    bad = write(tmp_path, GOOD)  # GATE_PASS unset in this test's environment
+    assert main(["run", "--config", str(bad)]) == 2
+    assert "GATE_PASS" in capsys.readouterr().err
+
+
+def test_redact_url_keeps_user_and_host():
+    assert redact_url("rtsp://u:p@h:554/x?y=1") == "rtsp://u:***@h:554/x?y=1"
+    assert redact_url("rtsp://h/x") == "rtsp://h/x"

@@ -1,0 +1,29 @@
+"""Logs are JSON lines and never carry credentials."""
+import json
+import logging
+
+from pipeline.logs import JsonFormatter, scrub
+
+
+def test_scrub_removes_url_passwords_and_known_secrets():
+    text = "open rtsp://admin:hunter2@10.0.0.5/s failed; retry with hunter2; kafka pw Sekr1t"
+    cleaned = scrub(text, ["hunter2", "Sekr1t"])
+    assert "hunter2" not in cleaned and "Sekr1t" not in cleaned
+    assert "rtsp://admin:***@10.0.0.5/s" in cleaned
+    # a URL password is removed even when nobody listed it as a secret
+    assert scrub("rtsp://u:unlisted@h/x") == "rtsp://u:***@h/x"
+
+
+def test_formatter_writes_one_json_object_with_fields_and_scrubs_exceptions():
+    record = logging.LogRecord("pipeline", logging.WARNING, __file__, 1, "camera state", (), None)
+    record.fields = {"camera": "gate-1", "reason": "rtsp://u:pw123@h/x refused"}
+    try:
+        raise OSError("cannot open rtsp://u:pw123@h/x")
+    except OSError:
+        import sys
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter(["pw123"]).format(record)
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["event"] == "camera state" and entry["camera"] == "gate-1" and entry["level"] == "warning"
+    assert "pw123" not in line
