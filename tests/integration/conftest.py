@@ -1,0 +1,40 @@
+"""Session fixtures: real H.264 clips, GStreamer's RTSP server and a Kafka-protocol broker."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scripts.testbed import Broker, RtspServer, make_clip
+
+pytestmark = pytest.mark.integration
+CLIPS = {  # name: (width, height) -- three aspect ratios: 16:9, 4:3 and portrait
+    "wide": (1280, 720),
+    "classic": (640, 480),
+    "portrait": (480, 848),
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    if not shutil.which("ffmpeg"):
+        pytest.fail("ffmpeg is required for integration tests (apt-get install ffmpeg)")
+    folder = tmp_path_factory.mktemp("clips")
+    return {name: make_clip(folder / f"{name}.mp4", w, h) for name, (w, h) in CLIPS.items()}
+
+
+@pytest.fixture(scope="session")
+def rtsp_server(clips):
+    with RtspServer(clips) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def broker():
+    with Broker() as b:
+        yield b
