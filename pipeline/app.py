@@ -90,7 +90,11 @@ class Runtime:
         log_event(log, logging.INFO, "output layout", layout=layout, model=model_ref.name)
         await self._publisher.start()
 
-        max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch)
+        max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
+                        self._engine.max_useful_batch or cfg.batching.max_batch)
+        if max_batch != cfg.batching.max_batch:
+            log_event(log, logging.INFO, "batch size capped", configured=cfg.batching.max_batch,
+                      used=max_batch, why="model's fixed batch or engine runs batches in parallel")
         self._batcher = DeadlineBatcher(
             max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
             on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
@@ -99,9 +103,10 @@ class Runtime:
             detections_for_image, layout=layout, labels=info.labels, confidence=cfg.model.confidence,
             iou=cfg.model.iou, max_detections=cfg.model.max_detections,
         )
+        runs = self._engine.concurrency
         self._inference = InferenceWorker(
-            self._batcher.next_batch, CpuPreprocessor(info.input_spec), self._engine.infer,
-            postprocess, self._emit_results, self.metrics,
+            self._batcher.next_batch, [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)],
+            self._engine.infer, runs, postprocess, self._emit_results, self.metrics,
         )
         self._inference.start()
         self._model_ref = model_ref
@@ -189,7 +194,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ health
     def healthz(self) -> tuple[bool, dict]:
-        """Alive: the inference thread runs and has looked for work in the last 30 s."""
+        """Alive: the inference threads run and the engine has freed a buffer in the last 30 s."""
         inf = self._inference
         alive = inf is not None and inf.alive and time.monotonic() - inf.last_beat < 30
         return alive or inf is None, {"inference_alive": bool(inf and inf.alive)}

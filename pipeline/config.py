@@ -36,8 +36,12 @@ class _Strict(BaseModel):
 class OnnxRuntimeOptions(_Strict):
     """Settings of the ONNX Runtime backend."""
 
-    threads: int | None = Field(
-        None, ge=1, le=256, description="intra-op threads; default: one per CPU core"
+    threads: int = Field(1, ge=1, le=256, description="intra-op threads of each inference run")
+    parallel_runs: int | None = Field(
+        None, ge=1, le=64, description="inference runs in parallel; default: CPU cores / threads"
+    )
+    spinning: bool = Field(
+        False, description="let idle ORT threads spin (faster alone, steals CPU from decoding)"
     )
 
 

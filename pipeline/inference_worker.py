@@ -1,98 +1,190 @@
-"""The inference thread: batches in, preprocess -> engine -> postprocess, numbered results out.
+"""The inference pipeline of one engine: prepare -> infer (K threads) -> finish.
 
-One such thread per engine (per GPU on the GPU path); it owns the engine. Results leave through
-`emit`, which must not block (the Runtime hands them to the event loop).
+- prepare: takes a batch from the batcher, numbers it, preprocesses it into a free input buffer;
+- infer: K threads run the engine concurrently (K = the engine's `concurrency`: parallel ONNX
+  Runtime runs on the CPU, 1 per TensorRT context); runs release the GIL; the buffer is freed after;
+- finish: puts batches back in order, postprocesses, numbers results per camera (`seq`) and hands
+  them to `emit`.
+
+There are K + 1 input buffers, so the next batch is prepared while K are inferred (double
+buffering for K = 1). Hand-offs hold few batches, so nothing queues up: when inference is the
+bottleneck, frames wait in the batcher's latest-frame slots, where newer frames replace them.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from pipeline.core import Batch, FrameResult
+import numpy as np
+
+from pipeline.core import Batch, FrameResult, Letterbox
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_POLL_S = 0.2
+_END = None  # passed down the stages after the last batch
+
+
+@dataclass
+class _Job:
+    index: int  # batches are finished in this order
+    batch: Batch
+    preprocessor: Callable | None  # the buffer owner, returned to the pool after inference
+    inputs: np.ndarray | None
+    letterboxes: list[Letterbox]
+    outputs: np.ndarray | None = None
+    failed: bool = False
 
 
 class InferenceWorker:
-    """Runs batches from `next_batch` through `preprocess`, `engine.infer` and `postprocess`."""
+    """Runs batches from `next_batch` through preprocessing, the engine and postprocessing."""
 
     def __init__(
         self,
         next_batch: Callable[[float], Batch | None],
-        preprocess: Callable,
-        infer: Callable,
+        preprocessors: list[Callable],
+        infer: Callable[[np.ndarray], np.ndarray],
+        concurrency: int,
         postprocess: Callable,
         emit: Callable[[list[FrameResult]], None],
         metrics: Metrics,
     ) -> None:
         self._next_batch = next_batch
-        self._preprocess = preprocess
+        self._free: queue.Queue = queue.Queue()
+        for pre in preprocessors:  # each owns one input buffer
+            self._free.put(pre)
         self._infer = infer
         self._postprocess = postprocess
         self._emit = emit
         self._metrics = metrics
+        self._concurrency = concurrency
+        self._to_infer: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._to_finish: queue.Queue[_Job | None] = queue.Queue(maxsize=concurrency)
         self._seq: dict[str, int] = defaultdict(int)
+        self._next_index = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
+            *[threading.Thread(target=self._engine_loop, name=f"inference-{i}", daemon=True)
+              for i in range(concurrency)],
+            threading.Thread(target=self._finish_loop, name="finish", daemon=True),
+        ]
         self.last_beat = time.monotonic()
         self.batches = 0
+        self._prepared = 0
 
     def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+        """Start the three threads."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float) -> bool:
-        """Finish the current batch and stop; False if still running after `timeout` s."""
+        """Take no new batch, finish those in flight, stop; False if still running after `timeout` s."""
         self._stop.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:  # in stage order: each ends after passing _END on
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     @property
     def alive(self) -> bool:
-        """True while the thread runs."""
-        return self._thread.is_alive()
+        """True while every stage thread runs."""
+        return all(t.is_alive() for t in self._threads)
 
-    def _run(self) -> None:
+    # ------------------------------------------------------------------ stages
+    def _prepare_loop(self) -> None:
         while not self._stop.is_set():
-            self.last_beat = time.monotonic()
-            batch = self._next_batch(0.5)
-            if batch is None:
-                continue
-            try:
-                results = self._process(batch)
-            except Exception as exc:  # one bad batch must not stop inference for every camera
-                log.exception("inference failed", extra={"fields": {"frames": len(batch.frames)}})
-                for frame in batch.frames:
-                    self._metrics.frames_dropped.labels(frame.meta.camera_id, "inference_error").inc()
-                log_event(log, logging.ERROR, "batch dropped", error=repr(exc))
-                continue
-            self._emit(results)
+            self._prepare()
+        for _ in range(self._concurrency):  # one end marker per engine thread
+            self._to_infer.put(_END)
 
-    def _process(self, batch: Batch) -> list[FrameResult]:
-        m = self._metrics
+    def _engine_loop(self) -> None:
+        while (job := self._to_infer.get()) is not _END:
+            self._run_engine(job)
+        self._to_finish.put(_END)
+
+    def _finish_loop(self) -> None:
+        waiting: dict[int, _Job] = {}  # finished out of order, held until their turn
+        ends = 0
+        while ends < self._concurrency:
+            job = self._to_finish.get()
+            if job is _END:
+                ends += 1
+                continue
+            waiting[job.index] = job
+            while self._next_index in waiting:
+                ready = waiting.pop(self._next_index)
+                self._next_index += 1
+                if not ready.failed:
+                    self._finish(ready)
+
+    def _prepare(self) -> None:
+        try:
+            pre = self._free.get(timeout=_POLL_S)
+        except queue.Empty:
+            return  # both buffers are with the engine
+        self.last_beat = time.monotonic()  # the engine gives buffers back: it is not stuck
+        batch = self._next_batch(_POLL_S)
+        if batch is None:
+            self._free.put(pre)
+            return
+        index = self._prepared
+        self._prepared += 1
         start = time.monotonic()
         for frame in batch.frames:
-            m.frame_age_seconds.observe(start - frame.ready_at)
-        inputs, letterboxes = self._preprocess(batch)
-        t_pre = time.monotonic()
-        outputs = self._infer(inputs)
-        t_inf = time.monotonic()
+            self._metrics.frame_age_seconds.observe(start - frame.ready_at)
+        try:
+            inputs, letterboxes = pre(batch)
+        except Exception as exc:
+            self._free.put(pre)
+            self._drop(batch, "preprocess", exc)
+            self._to_infer.put(_Job(index, batch, None, None, [], failed=True))  # keeps the order
+            return
+        self._metrics.stage_seconds.labels("preprocess").observe(time.monotonic() - start)
+        self._to_infer.put(_Job(index, batch, pre, inputs, letterboxes))  # waits while engines are busy
+
+    def _run_engine(self, job: _Job) -> None:
+        if not job.failed:
+            start = time.monotonic()
+            try:
+                job.outputs = self._infer(job.inputs)
+                self._metrics.stage_seconds.labels("infer").observe(time.monotonic() - start)
+            except Exception as exc:
+                job.failed = True
+                self._drop(job.batch, "inference", exc)
+            finally:
+                self._free.put(job.preprocessor)
+                job.inputs = None
+        self._to_finish.put(job)
+
+    def _finish(self, job: _Job) -> None:
+        start = time.monotonic()
         results = []
-        for i, frame in enumerate(batch.frames):
-            cam = frame.meta.camera_id
-            detections = self._postprocess(output=outputs[i], letterbox=letterboxes[i])
-            results.append(FrameResult(frame.meta, self._seq[cam], detections))
-            self._seq[cam] += 1
-            m.frames_inferred.labels(cam).inc()
-        end = time.monotonic()
-        m.stage_seconds.labels("preprocess").observe(t_pre - start)
-        m.stage_seconds.labels("infer").observe(t_inf - t_pre)
-        m.stage_seconds.labels("postprocess").observe(end - t_inf)
-        m.batch_size.observe(len(batch.frames))
+        try:
+            for i, frame in enumerate(job.batch.frames):
+                detections = self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i])
+                cam = frame.meta.camera_id
+                results.append(FrameResult(frame.meta, self._seq[cam], detections))
+                self._seq[cam] += 1
+                self._metrics.frames_inferred.labels(cam).inc()
+        except Exception as exc:
+            self._drop(job.batch, "postprocess", exc)
+            return
+        self._metrics.stage_seconds.labels("postprocess").observe(time.monotonic() - start)
+        self._metrics.batch_size.observe(len(job.batch.frames))
         self.batches += 1
-        return results
+        self._emit(results)
+
+    # ------------------------------------------------------------------ helpers
+    def _drop(self, batch: Batch, stage: str, exc: Exception) -> None:
+        """One bad batch must not stop inference for every camera: count, log, go on."""
+        for frame in batch.frames:
+            self._metrics.frames_dropped.labels(frame.meta.camera_id, f"{stage}_error").inc()
+        log_event(log, logging.ERROR, f"{stage} failed; batch dropped", frames=len(batch.frames),
+                  cameras=sorted({f.meta.camera_id for f in batch.frames}), error=repr(exc))

@@ -252,17 +252,18 @@ class Record:
     received_at: float
 
 
-def consume(bootstrap: str, topics: list[str], until: Callable[[list[Record]], bool], timeout: float) -> list[Record]:
+def consume(bootstrap: str, topics: list[str], until: Callable[[list[Record]], bool], timeout: float,
+            fetch_wait_ms: int = 50) -> list[Record]:
     """Read `topics` from the beginning until `until(records)` is true or `timeout` s pass."""
-    return asyncio.run(_consume(bootstrap, topics, until, timeout))
+    return asyncio.run(_consume(bootstrap, topics, until, timeout, fetch_wait_ms))
 
 
-async def _consume(bootstrap, topics, until, timeout) -> list[Record]:
+async def _consume(bootstrap, topics, until, timeout, fetch_wait_ms) -> list[Record]:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        metadata_max_age_ms=1000,
+        metadata_max_age_ms=1000, fetch_max_wait_ms=fetch_wait_ms,
     )
     await consumer.start()
     records: list[Record] = []

@@ -41,9 +41,11 @@ class Engine(Protocol):
 
     info: ModelInfo
     backend: str
+    concurrency: int  # how many infer() calls may usefully run at once
+    max_useful_batch: int | None  # larger batches gain nothing on this engine (None: no limit)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run a [B, 3, H, W] float32 batch; return the first output, batch-major."""
+        """Run a [B, 3, H, W] float32 batch; return the first output. Thread-safe."""
         ...
 
     def close(self) -> None:

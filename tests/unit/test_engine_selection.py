@@ -1,0 +1,51 @@
+"""Backend selection: the CPU path runs without any GPU module, and TensorRT is refused clearly."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ModelConfig
+from pipeline.core import EngineError
+from pipeline.s4_infer import load_engine
+
+MODEL = Path(__file__).resolve().parents[2] / "engines" / "yolov8n.onnx"
+GPU_MODULES = ("PyNvVideoCodec", "pycuda", "tensorrt")
+
+
+def test_auto_backend_runs_the_model_on_the_cpu_without_importing_gpu_modules():
+    code = f"""
+import sys, numpy as np
+from pipeline.config import ModelConfig
+from pipeline.s4_infer import load_engine
+engine = load_engine(ModelConfig(path={str(MODEL)!r}))
+out = engine.infer(np.zeros((1, 3, 384, 640), np.float32))
+loaded = [m for m in {GPU_MODULES!r} if m in sys.modules]
+print(engine.backend, out.shape, loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "onnxruntime (1, 84, 5040) []"
+
+
+def test_model_metadata_gives_input_rules_and_labels():
+    engine = load_engine(ModelConfig(path=MODEL))
+    info = engine.info
+    assert info.input_spec.dynamic_hw and info.input_spec.batch is None
+    assert len(info.labels) == 80 and info.labels[0] == "class_0"
+    assert len(info.sha256) == 64
+    batch = engine.infer(np.zeros((2, 3, 640, 384), np.float32))
+    assert batch.shape == (2, 84, 5040)
+
+
+def test_tensorrt_backend_is_refused_with_a_clear_error():
+    with pytest.raises(EngineError, match="TensorRT backend is not available"):
+        load_engine(ModelConfig(path=MODEL, backend="tensorrt"))
+
+
+def test_a_file_that_is_not_a_model_gives_an_engine_error(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EngineError, match="cannot load model"):
+        load_engine(ModelConfig(path=bad))
