@@ -49,6 +49,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._engine: Engine | None = None
+        self._model_ref = None
         self._batcher: DeadlineBatcher | None = None
         self._inference: InferenceWorker | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
@@ -82,7 +83,7 @@ class Runtime:
         await self._http.start()
         self._engine = await asyncio.to_thread(self._engine_loader, cfg.model)
         info = self._engine.info
-        model_ref = info.ref(self._engine.backend)
+        model_ref = self._model_ref = info.ref(self._engine.backend)
         self.metrics.model_info.labels(model_ref.name, model_ref.sha256, model_ref.backend).set(1)
         layout = cfg.model.layout if cfg.model.layout != "auto" else detect_layout(
             info.output_shape, len(info.labels) or None, info.metadata
@@ -109,7 +110,6 @@ class Runtime:
             self._engine.infer, runs, postprocess, self._emit_results, self.metrics,
         )
         self._inference.start()
-        self._model_ref = model_ref
         for camera in cfg.cameras:
             worker = CameraWorker(
                 camera, cfg.source, self._decoder_factory, self._batcher.put, self.metrics,

@@ -29,10 +29,8 @@ class HttpServer:
         app.router.add_get("/readyz", self._health)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        self.bound_port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Close the listener and open connections."""

@@ -1,0 +1,40 @@
+"""With no broker reachable the daemon keeps running: alive, not ready, drops counted, and
+SIGINT still stops it promptly with exit code 0."""
+import json
+import signal
+import time
+
+from scripts.testbed import REPO, Daemon, free_port, http_get, metric_values, wait_for
+
+
+def test_daemon_without_broker_stays_alive_counts_drops_and_stops_on_sigint(tmp_path, rtsp_server):
+    port = free_port()
+    config = tmp_path / "nokafka.yaml"
+    config.write_text("\n".join([
+        f"model: {{path: {REPO / 'engines' / 'yolov8n.onnx'}}}",
+        f"kafka: {{bootstrap_servers: '127.0.0.1:{free_port()}', queue_size: 5, stop_timeout_s: 2}}",
+        f"metrics: {{listen: '127.0.0.1:{port}'}}",
+        "cameras:",
+        f"  - {{id: classic, url: '{rtsp_server.url('classic')}', fps: 10}}",
+    ]) + "\n")
+    daemon = Daemon(config, tmp_path / "nokafka.log")
+    daemon.start()
+    try:
+        def queue_full_drops():
+            text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            return metric_values(text, "rtsp_pipeline_messages_dropped_total").get(
+                '{camera="classic",reason="publish_queue_full"}', 0)
+
+        wait_for(lambda: queue_full_drops() >= 3, 60, "publish-queue-full drops to be counted")
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        detail = json.loads(body)
+        assert status == 503 and detail["kafka"]["connected"] is False
+        assert detail["cameras"]["classic"]["state"] == "streaming"
+        sent_at = time.monotonic()
+        daemon.proc.send_signal(signal.SIGINT)
+        assert daemon.proc.wait(15) == 0
+        assert time.monotonic() - sent_at < 8
+        assert "kafka unreachable; retrying" in daemon.log_text()
+    finally:
+        daemon.stop()
