@@ -127,6 +127,7 @@ class CameraWorker:
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
         self.state = CameraState.STOPPED
         self.last_frame_at: float | None = None  # monotonic
+        self._streamed = False
         self._state_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
@@ -170,28 +171,27 @@ class CameraWorker:
                 self._metrics.reconnects.labels(self.camera.id).inc()
                 self._set_state(CameraState.CONNECTING, "reconnecting")
             first = False
+            self._streamed = False  # set when this attempt decodes its first picture
             attempt_started = time.monotonic()
             try:
-                streamed = self._read_until_failure()
+                self._read_until_failure()
                 reason, kind = "end of stream", "eof"
             except _Stall as stall:
-                streamed = True
                 reason, kind = stall.reason, "stalled"
                 self._set_state(CameraState.STALLED, reason)
             except SourceError as exc:
-                streamed, reason, kind = self.state is CameraState.STREAMING, exc.reason, "no_video"
+                reason, kind = exc.reason, "no_video"
             except av.error.FFmpegError as exc:
-                streamed = self.state is CameraState.STREAMING
                 # FFmpeg reports an open interrupted by the timeout as "invalid data"
-                hit_open_timeout = (not streamed and time.monotonic() - attempt_started
+                hit_open_timeout = (not self._streamed and time.monotonic() - attempt_started
                                     >= 0.95 * self._settings.open_timeout_s)
                 reason, kind = _describe_av_error(exc, hit_open_timeout)
             except Exception as exc:  # a bug must not end this camera for good: log, back off
                 log.exception("camera worker error", extra={"fields": {"camera": self.camera.id}})
-                streamed, reason, kind = False, f"internal error: {type(exc).__name__}", "internal"
+                reason, kind = f"internal error: {type(exc).__name__}", "internal"
             if self._stop.is_set():
                 break
-            if streamed:
+            if self._streamed:
                 backoff.reset()
             self._metrics.source_errors.labels(self.camera.id, kind).inc()
             delay = backoff.next_delay()
@@ -214,7 +214,7 @@ class CameraWorker:
             timeout=(s.open_timeout_s, s.stall_timeout_s),
         )
 
-    def _read_until_failure(self) -> bool:
+    def _read_until_failure(self) -> None:
         """Stream until the camera ends, fails or stalls (raises), or stop is requested."""
         with self._open() as container:
             if not container.streams.video:
@@ -227,7 +227,7 @@ class CameraWorker:
             try:
                 for packet in container.demux(stream):
                     if self._stop.is_set():
-                        return True
+                        return
                     if packet.size == 0:
                         continue
                     received = time.time()
@@ -235,7 +235,11 @@ class CameraWorker:
                         decision = gate.keyframe(float(packet.pts * packet.time_base))
                         if decision is not None:
                             decoder.keyframes_only(decision)
-                    pictures = decoder.decode(packet)
+                    try:
+                        pictures = decoder.decode(packet)
+                    except av.error.InvalidDataError:  # a damaged packet: skip it, count it
+                        self._metrics.source_errors.labels(self.camera.id, "decode_error").inc()
+                        pictures = []
                     now = time.monotonic()
                     if pictures:
                         last_picture = now
@@ -243,11 +247,10 @@ class CameraWorker:
                         raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
                     for picture in pictures:
                         self._handle_picture(container, picture, received, sampler)
-            except av.error.ExitError:
-                if self.state is not CameraState.STREAMING:
+            except av.error.ExitError:  # PyAV's read timeout
+                if not self._streamed:
                     raise
                 raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
-            return True
 
     def _handle_picture(
         self, container, picture: av.VideoFrame, received: float, sampler: FpsSampler
@@ -255,7 +258,8 @@ class CameraWorker:
         cam = self.camera.id
         self._metrics.frames_decoded.labels(cam).inc()
         self.last_frame_at = time.monotonic()
-        if self.state is CameraState.CONNECTING:
+        if not self._streamed:
+            self._streamed = True
             self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream")
         pts = picture.time if picture.time is not None else received
         if not sampler.take(pts):

@@ -96,8 +96,10 @@ class DeadlineBatcher:
             return len(self._slots)
 
     def close(self) -> None:
-        """Wake the reader and refuse further frames."""
+        """Wake the reader and refuse further frames; waiting frames count as dropped ("shutdown")."""
         with self._cond:
             self._closed = True
+            for cam in self._slots:
+                self._on_drop(cam, "shutdown")
             self._slots.clear()
             self._cond.notify_all()

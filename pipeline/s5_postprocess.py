@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.core import Detection, Letterbox
+from pipeline.core import Detection, EngineError, Letterbox
 
 LAYOUTS = ("yolov8", "yolov5", "end2end")
 _MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any input side
 
 
-class LayoutError(ValueError):
+class LayoutError(EngineError, ValueError):
     """The model's output does not match a known YOLO layout."""
 
 

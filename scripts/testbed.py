@@ -148,13 +148,18 @@ def _accepts(port: int) -> bool:
     return False
 
 
+def _listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
 class SilentServer:
     """Accepts TCP connections (the kernel completes them) and never says anything."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock = _listening_socket()
         self.port = self.sock.getsockname()[1]
 
     def close(self) -> None:
@@ -166,9 +171,7 @@ class NotRtspServer:
     """Answers every connection like a web server, not an RTSP server."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock = _listening_socket()
         self.port = self.sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()

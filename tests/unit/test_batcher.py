@@ -84,14 +84,16 @@ def test_oldest_cameras_are_served_first_when_more_cameras_than_batch():
     assert [f.meta.camera_id for f in second.frames] == ["d", "a"]
 
 
-def test_close_wakes_a_waiting_reader():
-    batcher, _ = make()
+def test_close_wakes_a_waiting_reader_and_counts_waiting_frames():
+    batcher, drops = make()
+    batcher.put(frame("waiting", time.monotonic() + 60))  # not due yet: stays in its slot
     result = []
     reader = threading.Thread(target=lambda: result.append(batcher.next_batch(timeout=30)))
     reader.start()
     batcher.close()
     reader.join(5)
     assert not reader.is_alive() and result == [None]
+    assert drops == {("waiting", "shutdown"): 1}
     batcher.put(frame("a", time.monotonic()))  # ignored after close
     assert batcher.pending() == 0
 
