@@ -25,7 +25,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     if not shutil.which("ffmpeg"):
         pytest.fail("ffmpeg is required for integration tests (apt-get install ffmpeg)")
     folder = tmp_path_factory.mktemp("clips")
-    return {name: make_clip(folder / f"{name}.mp4", w, h) for name, (w, h) in CLIPS.items()}
+    clips = {name: make_clip(folder / f"{name}.mp4", w, h) for name, (w, h) in CLIPS.items()}
+    clips["gop1s"] = make_clip(folder / "gop1s.mp4", 640, 360, gop=25)  # a keyframe every second
+    return clips
 
 
 @pytest.fixture(scope="session")

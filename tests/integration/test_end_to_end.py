@@ -59,6 +59,7 @@ def run_daemon(tmp_path, broker, cameras, name, until, timeout=60):
     try:
         records = consume(broker.bootstrap, [topic, status], until, timeout)
         metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        daemon.metrics_at = time.time()
         ready = http_get(f"http://127.0.0.1:{port}/readyz")
     except BaseException:
         daemon.stop()
@@ -80,6 +81,7 @@ def full_run(tmp_path_factory, rtsp_server, broker):
     tmp = tmp_path_factory.mktemp("e2e")
     silent, not_rtsp = SilentServer(), NotRtspServer()
     cameras = good_cameras(rtsp_server) + [
+        ("lowrate", rtsp_server.url("gop1s"), 1),
         ("refused", f"rtsp://127.0.0.1:{free_port()}/none", 5),
         ("silent", f"rtsp://127.0.0.1:{silent.port}/stream", 5),
         ("not-rtsp", f"rtsp://127.0.0.1:{not_rtsp.port}/index.html", 5),
@@ -92,7 +94,8 @@ def full_run(tmp_path_factory, rtsp_server, broker):
     daemon.stop()
     silent.close()
     not_rtsp.close()
-    return {"daemon": daemon, "records": records, "metrics": metrics, "ready": ready, "code": code,
+    return {"daemon": daemon, "records": records, "metrics": metrics, "metrics_at": daemon.metrics_at,
+            "ready": ready, "code": code,
             "stop_seconds": stop_seconds, "log": daemon.log_text()}
 
 
@@ -103,11 +106,11 @@ def detections(records):
 def test_every_good_camera_publishes_schema_valid_messages(full_run):
     schema = json.loads(resources.files("pipeline").joinpath("schemas/detections-v1.schema.json").read_text())
     msgs = detections(full_run["records"])
-    assert {m.key for m in msgs} == set(GOOD), "only the working cameras publish, each of them does"
+    assert {m.key for m in msgs} == {*GOOD, "lowrate"}, "only the working cameras publish, each does"
     for m in msgs:
         jsonschema.validate(m.value, schema)
         assert m.key == m.value["camera_id"]
-        assert (m.value["frame"]["width"], m.value["frame"]["height"]) == SIZES[m.key]
+        assert (m.value["frame"]["width"], m.value["frame"]["height"]) == SIZES.get(m.key, (640, 360))
 
 
 def test_frame_seq_counts_up_per_camera_without_gaps(full_run):
@@ -133,6 +136,17 @@ def test_sampling_rate_is_respected(full_run):
         pts = [m.value["frame"]["pts"] for m in detections(full_run["records"]) if m.key == cam]
         steps = [b - a for a, b in zip(pts, pts[1:]) if b > a]  # skip the clip's loop point
         assert steps and min(steps) >= 1 / fps - 0.045, (cam, steps[:10])
+
+
+def test_camera_sampled_at_1fps_with_1s_gop_decodes_keyframes_only(full_run):
+    text = full_run["metrics"]
+    decoded = metric_values(text, "rtsp_pipeline_frames_decoded_total")['{camera="lowrate"}']
+    inferred = metric_values(text, "rtsp_pipeline_frames_inferred_total")['{camera="lowrate"}']
+    seconds = full_run["metrics_at"] - full_run["daemon"].started_at
+    assert inferred >= 3
+    # every frame would be 25 per second; keyframes only is 1 per second after the first GOP
+    # (decoded in full while the keyframe interval is measured)
+    assert decoded <= 2 * 25 + 1.5 * seconds, (decoded, seconds)
 
 
 def test_metrics_report_frames_per_camera_and_broken_cameras(full_run):
@@ -168,7 +182,7 @@ def test_status_topic_reports_connections_and_failures_with_reasons(full_run):
 
 def test_readyz_and_clean_sigterm_exit(full_run):
     status, body = full_run["ready"]
-    assert status == 200 and json.loads(body)["cameras_streaming"] == 3
+    assert status == 200 and json.loads(body)["cameras_streaming"] == 4
     assert full_run["code"] == 0
     assert full_run["stop_seconds"] < 10
 
