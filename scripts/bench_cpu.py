@@ -142,8 +142,8 @@ def run_daemon(rtsp: RtspServer, broker: Broker, cameras: int, seconds: float, w
             t0, cpu0, inf0 = time.monotonic(), proc_cpu_seconds(pid), inferred_per_camera(port)
             rss = []
             if profile:
-                subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "20", "-r", "50", "-n",
-                                  "--idle", "-f", "raw", "-o", str(workdir / "profile.txt")],
+                subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "20", "-r", "25", "--native",
+                                  "--threads", "-f", "raw", "-o", str(workdir / "profile.txt")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while time.monotonic() - t0 < seconds:
                 time.sleep(1)

@@ -113,3 +113,16 @@ def test_run_refuses_invalid_config_before_starting(tmp_path, capsys):
 def test_redact_url_keeps_user_and_host():
     assert redact_url("rtsp://u:p@h:554/x?y=1") == "rtsp://u:***@h:554/x?y=1"
     assert redact_url("rtsp://h/x") == "rtsp://h/x"
+
+
+def test_python_dash_m_pipeline_is_the_same_cli(tmp_path):
+    import subprocess
+    import sys
+
+    good = write(tmp_path, GOOD)
+    ok = subprocess.run([sys.executable, "-m", "pipeline", "validate-config", str(good)],
+                        capture_output=True, text=True, env={"GATE_PASS": "pw", "PATH": ""}, timeout=60)
+    assert ok.returncode == 0 and "OK (2 cameras)" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "validate-config", str(good)],
+                         capture_output=True, text=True, env={"PATH": ""}, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "GATE_PASS" in bad.stderr

@@ -49,3 +49,10 @@ def test_a_file_that_is_not_a_model_gives_an_engine_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(EngineError, match="cannot load model"):
         load_engine(ModelConfig(path=bad))
+
+
+def test_labels_file_overrides_model_metadata(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("person\ncar\n\ndog\n")
+    engine = load_engine(ModelConfig(path=MODEL, labels=labels))
+    assert engine.info.labels == ("person", "car", "dog")
