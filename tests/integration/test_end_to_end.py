@@ -68,12 +68,14 @@ def run_daemon(tmp_path, broker, cameras, name, until, timeout=60):
 
 
 def enough(records, per_camera=12):
+    """Stop condition of the full run: what every test of this module needs has arrived."""
     counts = {}
     for r in records:
         if r.topic.startswith("det-"):
             counts[r.key] = counts.get(r.key, 0) + 1
     statuses = {r.key for r in records if r.topic.startswith("status-") and r.value["status"] == "disconnected"}
-    return all(counts.get(c, 0) >= per_camera for c in GOOD) and set(BAD) <= statuses
+    return (all(counts.get(c, 0) >= per_camera for c in GOOD) and counts.get("lowrate", 0) >= 4
+            and set(BAD) <= statuses)
 
 
 @pytest.fixture(scope="module")
