@@ -22,11 +22,17 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(PipelineError):
-    """The configuration is invalid; `problems` holds one printable line per problem."""
+    """The configuration is invalid; `problems` holds one printable line per problem, by line."""
 
     def __init__(self, problems: list[str]) -> None:
+        problems = sorted(problems, key=_line_of)
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def _line_of(problem: str) -> int:
+    match = re.search(r":(\d+): ", problem)
+    return int(match.group(1)) if match else 0
 
 
 class _Strict(BaseModel):

@@ -106,55 +106,52 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_daemon(rtsp: RtspServer, broker: Broker, cameras: int, seconds: float, warmup: float,
                workdir: Path, profile: bool = False) -> dict:
-    if True:  # services are started by the caller
-        port = free_port()
-        config = workdir / "bench.yaml"
-        config.write_text("\n".join([
-            f"model: {{path: {MODEL}}}",  # default ONNX Runtime settings
-            f"batching: {{max_batch: {cameras}, max_wait_ms: 20}}",
-            f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: bench}}",
-            f"metrics: {{listen: '127.0.0.1:{port}'}}",
-            "cameras:",
-            *[f"  - {{id: cam{i}, url: '{rtsp.url(f'cam{i}')}'}}" for i in range(cameras)],
-        ]) + "\n")
-        daemon = Daemon(config, workdir / "bench-daemon.log")
-        daemon.start()
-        try:
-            wait_for(lambda: len(inferred_per_camera(port)) == cameras, 60, "every camera to infer")
-            latencies: list[tuple[float, float]] = []  # (received_at, seconds)
-            stop = threading.Event()
+    port = free_port()
+    config = workdir / "bench.yaml"
+    config.write_text("\n".join([
+        f"model: {{path: {MODEL}}}",  # default ONNX Runtime settings
+        f"batching: {{max_batch: {cameras}, max_wait_ms: 20}}",
+        f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: bench}}",
+        f"metrics: {{listen: '127.0.0.1:{port}'}}",
+        "cameras:",
+        *[f"  - {{id: cam{i}, url: '{rtsp.url(f'cam{i}')}'}}" for i in range(cameras)],
+    ]) + "\n")
+    daemon = Daemon(config, workdir / "bench-daemon.log")
+    daemon.start()
+    try:
+        wait_for(lambda: len(inferred_per_camera(port)) == cameras, 60, "every camera to infer")
+        latencies: list[tuple[float, float]] = []  # (received_at, seconds)
+        stop = threading.Event()
 
-            def collect():
-                def until(records):
-                    for r in records[len(latencies_seen):]:
-                        latencies_seen.append(1)
-                        latencies.append((r.received_at, r.received_at - parse_time(r.value["frame"]["captured_at"])))
-                    return stop.is_set()
-                latencies_seen: list[int] = []
-                consume(broker.bootstrap, ["bench"], until, seconds + warmup + 120, fetch_wait_ms=200)
+        def collect():
+            def until(records):
+                for r in records[len(latencies):]:  # one latency per record, in order
+                    latencies.append((r.received_at, r.received_at - parse_time(r.value["frame"]["captured_at"])))
+                return stop.is_set()
+            consume(broker.bootstrap, ["bench"], until, seconds + warmup + 120, fetch_wait_ms=200)
 
-            consumer = threading.Thread(target=collect, daemon=True)
-            consumer.start()
-            time.sleep(warmup)
-            pid = daemon.proc.pid
-            helpers = [rtsp.proc.pid, broker.proc.pid, os.getpid()]
-            helpers0 = sum(proc_cpu_seconds(h) for h in helpers)
-            t0, cpu0, inf0 = time.monotonic(), proc_cpu_seconds(pid), inferred_per_camera(port)
-            rss = []
-            if profile:
-                subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "20", "-r", "25", "--native",
-                                  "--threads", "-f", "raw", "-o", str(workdir / "profile.txt")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while time.monotonic() - t0 < seconds:
-                time.sleep(1)
-                rss.append(proc_rss_mib(pid))
-            t1, cpu1, inf1 = time.monotonic(), proc_cpu_seconds(pid), inferred_per_camera(port)
-            helpers_cpu = 100 * (sum(proc_cpu_seconds(h) for h in helpers) - helpers0) / (t1 - t0)
-            stop.set()
-            consumer.join(30)
-            metrics_text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
-        finally:
-            code = daemon.stop()
+        consumer = threading.Thread(target=collect, daemon=True)
+        consumer.start()
+        time.sleep(warmup)
+        pid = daemon.proc.pid
+        helpers = [rtsp.proc.pid, broker.proc.pid, os.getpid()]
+        helpers0 = sum(proc_cpu_seconds(h) for h in helpers)
+        t0, cpu0, inf0 = time.monotonic(), proc_cpu_seconds(pid), inferred_per_camera(port)
+        rss = []
+        if profile:
+            subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "20", "-r", "25", "--native",
+                              "--threads", "-f", "raw", "-o", str(workdir / "profile.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1)
+            rss.append(proc_rss_mib(pid))
+        t1, cpu1, inf1 = time.monotonic(), proc_cpu_seconds(pid), inferred_per_camera(port)
+        helpers_cpu = 100 * (sum(proc_cpu_seconds(h) for h in helpers) - helpers0) / (t1 - t0)
+        stop.set()
+        consumer.join(30)
+        metrics_text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    finally:
+        code = daemon.stop()
     elapsed = t1 - t0
     window_start = time.time() - (time.monotonic() - t0)
     in_window = [(at, lat) for at, lat in latencies if window_start <= at <= window_start + elapsed]
