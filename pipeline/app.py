@@ -195,9 +195,10 @@ class Runtime:
     # ------------------------------------------------------------------ health
     def healthz(self) -> tuple[bool, dict]:
         """Alive: the inference threads run and the engine has freed a buffer in the last 30 s."""
-        inf = self._inference
-        alive = inf is not None and inf.alive and time.monotonic() - inf.last_beat < 30
-        return alive or inf is None, {"inference_alive": bool(inf and inf.alive)}
+        if self._inference is None:
+            return True, {"inference": "starting"}
+        health = self._inference.health()
+        return health["healthy"], {"inference": health}
 
     def readyz(self) -> tuple[bool, dict]:
         """Ready: model loaded, Kafka producer connected and at least one camera streaming."""

@@ -29,10 +29,6 @@ class EngineError(PipelineError):
     """A model could not be loaded or run."""
 
 
-class PublishError(PipelineError):
-    """A message could not be handed to Kafka."""
-
-
 class CameraState(enum.Enum):
     """Where one camera's worker is in its connection life cycle."""
 

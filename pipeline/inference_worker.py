@@ -92,10 +92,12 @@ class InferenceWorker:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
-    @property
-    def alive(self) -> bool:
-        """True while every stage thread runs."""
-        return all(t.is_alive() for t in self._threads)
+    def health(self, stuck_after_s: float = 30) -> dict:
+        """Healthy while every stage thread runs and the engine gave a buffer back recently."""
+        beat_age = time.monotonic() - self.last_beat
+        alive = all(t.is_alive() for t in self._threads)
+        return {"healthy": alive and beat_age < stuck_after_s, "threads_alive": alive,
+                "seconds_since_engine_progress": round(beat_age, 3), "batches": self.batches}
 
     # ------------------------------------------------------------------ stages
     def _prepare_loop(self) -> None:
