@@ -124,6 +124,11 @@ class KafkaPublisher:
     async def start(self) -> None:
         """Start sending in the background (connects, and reconnects, by itself)."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
+        self._task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publisher task died; nothing more will be sent", exc_info=task.exception())
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting, send what is queued, flush the producer; give up after `timeout` s."""
@@ -147,13 +152,13 @@ class KafkaPublisher:
         log_event(log, logging.INFO, "publisher stopped", unsent=dropped)
 
     def health(self) -> dict:
-        """Whether the producer is connected, and the queue depth."""
-        return {"connected": self._producer is not None, "queued": self._queue.qsize()}
+        """Whether the producer is connected and sending, and the queue depth."""
+        return {"connected": self.connected, "queued": self._queue.qsize()}
 
     @property
     def connected(self) -> bool:
-        """True once the producer has started."""
-        return self._producer is not None
+        """True once the producer has started, while its sending task runs."""
+        return self._producer is not None and self._task is not None and not self._task.done()
 
     # ------------------------------------------------------------------ sending
     async def _run(self) -> None:
