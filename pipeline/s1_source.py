@@ -75,6 +75,24 @@ class FpsSampler:
         return True
 
 
+class MediaClock:
+    """Media time of each picture: its own timestamp, or (FFmpeg gives the first RTSP packet none)
+    the previous one plus a frame interval; None when there is nothing to go on."""
+
+    def __init__(self, frame_interval: float) -> None:
+        self._interval = frame_interval
+        self._last: float | None = None
+
+    def time_of(self, picture_time: float | None) -> float | None:
+        """Seconds of media time, or None for a first picture without a timestamp."""
+        if picture_time is None:
+            if self._last is None:
+                return None
+            picture_time = self._last + self._interval
+        self._last = picture_time
+        return picture_time
+
+
 class KeyframeGate:
     """Decides keyframe-only decoding: only for fps <= 1 and a measured GOP no longer than the
     sampling interval (a 2 s GOP cannot give 1 fps from keyframes)."""
@@ -223,6 +241,8 @@ class CameraWorker:
             decoder = self._decoder_factory(stream)
             sampler = FpsSampler(self.camera.fps)
             gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
+            rate = stream.average_rate or stream.guessed_rate
+            clock = MediaClock(1 / float(rate) if rate else 0.04)
             last_picture = time.monotonic()
             try:
                 for packet in container.demux(stream):
@@ -246,14 +266,14 @@ class CameraWorker:
                     elif now - last_picture > self._settings.stall_timeout_s:
                         raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
                     for picture in pictures:
-                        self._handle_picture(container, picture, received, sampler)
+                        self._handle_picture(container, picture, received, sampler, clock)
             except av.error.ExitError:  # PyAV's read timeout
                 if not self._streamed:
                     raise
                 raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
 
     def _handle_picture(
-        self, container, picture: av.VideoFrame, received: float, sampler: FpsSampler
+        self, container, picture: av.VideoFrame, received: float, sampler: FpsSampler, clock: MediaClock
     ) -> None:
         cam = self.camera.id
         self._metrics.frames_decoded.labels(cam).inc()
@@ -261,11 +281,14 @@ class CameraWorker:
         if not self._streamed:
             self._streamed = True
             self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream")
-        pts = picture.time if picture.time is not None else received
+        pts = clock.time_of(picture.time)
+        if pts is None:
+            self._metrics.frames_dropped.labels(cam, "no_timestamp").inc()
+            return
         if not sampler.take(pts):
             return
-        captured, clock = capture_time(container.start_time_realtime, picture.time, received)
-        meta = FrameMeta(cam, round(pts, 6), captured, clock, picture.width, picture.height)
+        captured, source = capture_time(container.start_time_realtime, pts, received)
+        meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height)
         self._deliver(Frame(meta, picture, time.monotonic()))
 
 

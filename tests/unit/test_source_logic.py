@@ -4,7 +4,7 @@ import random
 import pytest
 
 from pipeline.core import CameraState
-from pipeline.s1_source import TRANSITIONS, Backoff, FpsSampler, KeyframeGate, capture_time
+from pipeline.s1_source import TRANSITIONS, Backoff, FpsSampler, KeyframeGate, MediaClock, capture_time
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets():
@@ -58,3 +58,11 @@ def test_state_table_every_state_can_stop_and_stopped_is_final():
             assert CameraState.STOPPED in targets
     assert TRANSITIONS[CameraState.STOPPED] == frozenset()
     assert CameraState.STREAMING not in TRANSITIONS[CameraState.BACKING_OFF]  # must reconnect first
+
+
+def test_media_clock_fills_missing_timestamps_and_skips_a_first_one():
+    clock = MediaClock(0.04)
+    assert clock.time_of(None) is None  # FFmpeg's first RTSP packet has no timestamp
+    assert clock.time_of(0.04) == 0.04
+    assert clock.time_of(None) == pytest.approx(0.08)
+    assert clock.time_of(0.12) == 0.12
