@@ -25,9 +25,9 @@ import types
 from pathlib import Path
 
 
-def _stand_in_torchvision() -> None:
-    """The registry's torchvision does not match the local CPU torch; ultralytics imports it only
-    for NMS during validation, which an export never runs. Give it a stand-in module."""
+def stand_in_torchvision() -> None:
+    """The registry's torchvision does not match the local CPU torch. ultralytics reads its version
+    and uses `torchvision.ops.nms` in validation: stand in a module whose NMS is ultralytics' own."""
     try:
         import torchvision  # noqa: F401
         return
@@ -38,8 +38,10 @@ def _stand_in_torchvision() -> None:
     tv.__version__ = "0.0.0"
     ops = types.ModuleType("torchvision.ops")
 
-    def nms(*_args, **_kwargs):
-        raise RuntimeError("torchvision stand-in: NMS is not available in the export script")
+    def nms(boxes, scores, iou_threshold):
+        from ultralytics.utils.nms import TorchNMS
+
+        return TorchNMS.nms(boxes, scores, iou_threshold)
 
     ops.nms = nms
     tv.ops = ops
@@ -95,7 +97,7 @@ def main() -> int:
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
-    _stand_in_torchvision()
+    stand_in_torchvision()
     import torch
     from ultralytics import YOLO
 

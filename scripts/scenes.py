@@ -1,0 +1,286 @@
+"""Synthetic camera scenes with known boxes: deterministic from a seed, rendered to H.264 with
+per-frame ground truth.
+
+    .venv/bin/python scripts/scenes.py --seed 7 --size 1280x720 --seconds 8 --out clips/cam7.mp4
+
+Each scene has objects of four classes (disc, square, triangle, cross) in random colours, moving
+in straight lines across a noisy, cluttered background; they enter and leave the frame and pass
+in front of each other (drawn by depth). Sensor noise and brightness flicker change every frame.
+
+Ground truth (`<clip>.truth.json`): for every frame index, each object's class and box in source
+pixels (clipped to the frame) and its visible fraction. Objects less than half visible (hidden by
+others or outside the frame) are marked `difficult`: a detection of one is neither a hit nor a
+false positive, and missing one is no miss.
+
+Matching a frame that comes out of the pipeline to its truth: the GStreamer test server restarts a
+clip's timestamps at 0 each time it loops (and when a client starts playing), and FFmpeg reports
+them as `frame.pts`, so the truth frame is `round(pts * fps) mod frame_count` (`Truth.at_pts`).
+A frame that arrives without a timestamp is not inferred (see the daemon's `no_timestamp` drops),
+so every published pts is a real media time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("disc", "square", "triangle", "cross")
+DIFFICULT_BELOW = 0.5  # visible fraction under which an object is "difficult"
+
+
+@dataclass(frozen=True)
+class Thing:
+    """One object's whole life in a scene."""
+
+    class_id: int
+    size: float  # pixels: diameter / side / height
+    color: tuple[int, int, int]
+    x0: float  # centre at frame 0 (may be off-frame)
+    y0: float
+    vx: float  # pixels per frame
+    vy: float
+    depth: int  # drawn in increasing depth order: larger is in front
+
+    def centre(self, frame: int) -> tuple[float, float]:
+        return self.x0 + self.vx * frame, self.y0 + self.vy * frame
+
+
+@dataclass(frozen=True)
+class TruthBox:
+    """One object in one frame."""
+
+    class_id: int
+    label: str
+    bbox: tuple[float, float, float, float]
+    visible: float
+    difficult: bool
+
+
+class Scene:
+    """A deterministic scene: background, objects and their motion, from a seed."""
+
+    def __init__(self, seed: int, width: int, height: int, fps: int = 25, frames: int = 200,
+                 density: float = 5.0) -> None:
+        self.seed, self.width, self.height, self.fps, self.frames = seed, width, height, fps, frames
+        rng = np.random.default_rng(seed)
+        self.background = _background(rng, width, height)
+        self._noise = [rng.normal(0, rng.uniform(3, 8), (height, width, 1)).astype(np.float32)
+                       for _ in range(4)]
+        self.things = _things(rng, width, height, frames, density)
+        self._flicker = rng.uniform(-8, 8, frames).astype(np.float32)
+
+    # ---------------------------------------------------------------- rendering
+    def render(self, frame: int) -> tuple[np.ndarray, list[TruthBox]]:
+        """The RGB picture (uint8 HxWx3) of one frame and its truth."""
+        img = self.background.copy()
+        ids = np.full((self.height, self.width), -1, np.int16)
+        drawn = []
+        for index, thing in sorted(enumerate(self.things), key=lambda it: it[1].depth):
+            region = self._draw(img, ids, index, thing, frame)
+            if region is not None:
+                drawn.append((index, thing, *region))
+        noise = self._noise[frame % len(self._noise)]
+        shift = (frame * 7919) % self.width
+        img += np.roll(noise, shift, axis=1) + self._flicker[frame]
+        np.clip(img, 0, 255, out=img)
+        truth = [self._truth(ids, index, thing, box, area) for index, thing, box, area in drawn]
+        return img.astype(np.uint8), truth
+
+    def _draw(self, img, ids, index, thing: Thing, frame: int):
+        cx, cy = thing.centre(frame)
+        half = thing.size / 2
+        x1, y1, x2, y2 = cx - half, cy - half, cx + half, cy + half
+        if x2 <= 0 or y2 <= 0 or x1 >= self.width or y1 >= self.height:
+            return None
+        mask, ox, oy, full_area = _shape_mask(thing.class_id, cx, cy, thing.size, self.width, self.height)
+        if mask is None or full_area == 0:
+            return None
+        h, w = mask.shape
+        img[oy:oy + h, ox:ox + w][mask] = thing.color
+        ids[oy:oy + h, ox:ox + w][mask] = index
+        ys, xs = np.nonzero(mask)
+        box = (float(ox + xs.min()), float(oy + ys.min()), float(ox + xs.max() + 1), float(oy + ys.max() + 1))
+        return box, full_area
+
+    def _truth(self, ids, index, thing: Thing, box, full_area) -> TruthBox:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        visible = float((ids[y1:y2, x1:x2] == index).sum()) / full_area
+        return TruthBox(thing.class_id, CLASSES[thing.class_id], box, round(visible, 3),
+                        visible < DIFFICULT_BELOW)
+
+    # ---------------------------------------------------------------- output
+    def write(self, clip: Path, gop: int = 50) -> Path:
+        """Encode the scene to an H.264 MP4 (ffmpeg) and its truth to `<clip>.truth.json`."""
+        clip = Path(clip)
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        encoder = subprocess.Popen(
+            ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+             "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-",
+             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0",
+             "-pix_fmt", "yuv420p", str(clip)],
+            stdin=subprocess.PIPE,
+        )
+        frames = []
+        for i in range(self.frames):
+            img, truth = self.render(i)
+            encoder.stdin.write(img.tobytes())  # type: ignore[union-attr]
+            frames.append([asdict(t) for t in truth])
+        encoder.stdin.close()  # type: ignore[union-attr]
+        if encoder.wait() != 0:
+            raise RuntimeError(f"ffmpeg failed to encode {clip}")
+        truth_file = truth_path(clip)
+        truth_file.write_text(json.dumps({
+            "seed": self.seed, "width": self.width, "height": self.height, "fps": self.fps,
+            "frame_count": self.frames, "classes": list(CLASSES), "frames": frames,
+        }))
+        return clip
+
+
+def truth_path(clip: Path) -> Path:
+    """Where a clip's ground truth lives."""
+    return Path(clip).with_suffix(".truth.json")
+
+
+class Truth:
+    """Ground truth of one clip, looked up by frame index or by pipeline pts."""
+
+    def __init__(self, frames: list[list[TruthBox]], fps: int, width: int, height: int) -> None:
+        self.frames, self.fps, self.width, self.height = frames, fps, width, height
+        self.frame_count = len(frames)
+
+    @classmethod
+    def load(cls, path: Path) -> Truth:
+        """Read a clip's `.truth.json`."""
+        data = json.loads(Path(path).read_text())
+        frames = [[TruthBox(o["class_id"], o["label"], tuple(o["bbox"]), o["visible"], o["difficult"])
+                   for o in frame] for frame in data["frames"]]
+        return cls(frames, data["fps"], data["width"], data["height"])
+
+    @classmethod
+    def of_scene(cls, scene: Scene) -> Truth:
+        """Truth straight from a scene, without encoding it."""
+        return cls([scene.render(i)[1] for i in range(scene.frames)], scene.fps, scene.width, scene.height)
+
+    def index_of(self, pts: float) -> int:
+        """The clip frame shown at media time `pts` (the server loops the clip from 0)."""
+        return round(pts * self.fps) % self.frame_count
+
+    def at_pts(self, pts: float, offset: int = 0) -> list[TruthBox]:
+        """Truth of the frame at `pts` (`offset` frames later, for checking the mapping)."""
+        return self.frames[(self.index_of(pts) + offset) % self.frame_count]
+
+
+# -------------------------------------------------------------------- scene content
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Smooth multi-octave colour noise plus soft clutter (stripes and blobs), float32 HxWx3."""
+    img = np.zeros((height, width, 3), np.float32)
+    for cells, amp in ((3, 70), (9, 35), (27, 18), (81, 9)):
+        coarse = rng.uniform(-1, 1, (cells * height // width + 2, cells + 2, 3)).astype(np.float32)
+        img += amp * _upsample(coarse, width, height)
+    img += rng.uniform(60, 170, 3).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for _ in range(int(rng.integers(2, 6))):  # soft diagonal stripes
+        angle, period = rng.uniform(0, math.pi), rng.uniform(0.05, 0.3) * width
+        wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+        img += (rng.uniform(5, 20) * wave)[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
+    for _ in range(int(rng.integers(3, 9))):  # soft blobs, not shaped like any class
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.05, 0.25) * height
+        blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+        img += (blob * rng.uniform(-50, 50))[..., None]
+    return np.clip(img, 0, 255)
+
+
+def _upsample(grid: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear upsampling of a small grid to HxW (numpy only)."""
+    gh, gw = grid.shape[:2]
+    ys = np.linspace(0, gh - 1.001, height)
+    xs = np.linspace(0, gw - 1.001, width)
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _things(rng: np.random.Generator, width: int, height: int, frames: int, density: float) -> list[Thing]:
+    """Objects that cross the frame; about `density` are in view at any time."""
+    things = []
+    speed_unit = max(width, height) / 25  # px per second at speed 1
+    count = int(density * 2.5 + rng.integers(0, 3))
+    for depth in range(count):
+        size = float(rng.uniform(0.07, 0.22) * height)
+        angle = rng.uniform(0, 2 * math.pi)
+        speed = rng.uniform(0.8, 3.5) * speed_unit / 25  # px per frame
+        vx, vy = speed * math.cos(angle), speed * math.sin(angle)
+        # place the object so that it is in view at a random time of the clip
+        t_mid = rng.uniform(0, frames)
+        mx, my = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        color = _vivid(rng)
+        things.append(Thing(int(rng.integers(0, len(CLASSES))), size, color,
+                            mx - vx * t_mid, my - vy * t_mid, vx, vy, depth))
+    return things
+
+
+def _vivid(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour, so objects stand out from the muted background."""
+    hue = rng.uniform(0, 6)
+    c = [0.0, 0.0, 0.0]
+    i, f = int(hue), hue - int(hue)
+    c[i % 3] = 1.0
+    c[(i + 1) % 3] = f if i % 2 == 0 else 1 - f
+    value = rng.uniform(0.55, 1.0)
+    return tuple(int(40 + 215 * value * ch) for ch in c)  # type: ignore[return-value]
+
+
+def _shape_mask(class_id: int, cx: float, cy: float, size: float, width: int, height: int):
+    """Boolean mask of a shape inside the frame, its offset, and the shape's full area (px)."""
+    half = size / 2
+    x1, y1 = int(math.floor(cx - half)), int(math.floor(cy - half))
+    x2, y2 = int(math.ceil(cx + half)), int(math.ceil(cy + half))
+    yy, xx = np.mgrid[y1:y2, x1:x2].astype(np.float32)
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    if class_id == 0:  # disc
+        full = dx * dx + dy * dy <= half * half
+    elif class_id == 1:  # square
+        full = (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    elif class_id == 2:  # triangle, apex up
+        rel = (dy + half) / size  # 0 at the top, 1 at the bottom
+        full = (rel >= 0) & (rel <= 1) & (np.abs(dx) <= rel * half)
+    else:  # cross (plus sign), arms a third of the size wide
+        arm = size / 6
+        full = ((np.abs(dx) <= arm) & (np.abs(dy) <= half)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= half))
+    area = int(full.sum())
+    cx1, cy1 = max(x1, 0), max(y1, 0)
+    cx2, cy2 = min(x2, width), min(y2, height)
+    if cx2 <= cx1 or cy2 <= cy1:
+        return None, 0, 0, area
+    mask = full[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+    if not mask.any():
+        return None, 0, 0, area
+    return mask, cx1, cy1, area
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    scene = Scene(args.seed, width, height, args.fps, int(args.seconds * args.fps))
+    clip = scene.write(args.out)
+    print(f"wrote {clip} and {truth_path(clip)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
