@@ -1,5 +1,8 @@
 """Accuracy of the pipeline's detections against scene ground truth: precision, recall, mAP50.
 
+On fresh test scenes (seeds 9101+, never used in training), starting everything itself: scenes,
+GStreamer's RTSP server, a local broker and the daemon with the given model:
+    .venv/bin/python scripts/accuracy.py --run --model engines/shapes-yolov8n.onnx --input-size 320
 Live, reading the detections topic of a running pipeline for N seconds:
     .venv/bin/python scripts/accuracy.py --bootstrap 127.0.0.1:9092 --topic detections \\
         --truth cam-a=clips/a.truth.json --truth cam-b=clips/b.truth.json --seconds 30
@@ -10,7 +13,8 @@ Each message is matched to the truth frame at its `frame.pts` (scripts/scenes.py
 that is right). Matching is per class at IoU >= 0.5, highest confidence first; a detection that
 matches a `difficult` object (less than half visible) counts neither way, and missing one is no
 miss. Precision and recall are at the pipeline's own confidence threshold; mAP50 is the mean over
-classes of all-point-interpolated average precision.
+classes of all-point-interpolated average precision of the published detections, so it only sees
+detections above that threshold (run with a low --confidence for the model's full curve).
 """
 from __future__ import annotations
 
@@ -148,6 +152,57 @@ def best_offset(messages: list[dict], truth: Truth, span: int = 10) -> int:
     return max(range(-span, span + 1), key=quality)
 
 
+TEST_CAMERAS = {"acc-720p": (9101, 1280, 720), "acc-1080p": (9102, 1920, 1080), "acc-4x3": (9103, 1024, 768)}
+
+
+def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=TEST_CAMERAS,
+                  input_size: int = 320, fps: float = 5, frames: int = 200, confidence: float = 0.25,
+                  timeout: float = 120) -> tuple[list[dict], dict[str, Truth]]:
+    """Serve generated scenes over RTSP, run the daemon on them with `model`, and return the
+    detection messages (until every camera has `per_camera`) and each camera's truth."""
+    import uuid
+
+    from scripts.scenes import Scene, truth_path
+    from scripts.testbed import Daemon, RtspServer, consume, free_port
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    clips = {}
+    for cam, (seed, width, height) in cameras.items():
+        clip = workdir / f"scene-{seed}-{width}x{height}-{frames}.mp4"
+        if not clip.exists() or not truth_path(clip).exists():
+            Scene(seed, width, height, frames=frames).write(clip)
+        clips[cam] = clip
+    truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
+    topic = f"acc-{uuid.uuid4().hex[:8]}"
+    with RtspServer(clips) as rtsp:
+        config = workdir / f"{topic}.yaml"
+        config.write_text("\n".join([
+            f"model: {{path: {Path(model).resolve()}, input_size: {input_size}, confidence: {confidence}}}",
+            f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: {topic}, status_topic: {topic}-status}}",
+            f"metrics: {{listen: '127.0.0.1:{free_port()}'}}",
+            "cameras:",
+            *[f"  - {{id: {cam}, url: '{rtsp.url(cam)}', fps: {fps}}}" for cam in cameras],
+        ]) + "\n")
+        daemon = Daemon(config, workdir / f"{topic}.log")
+        daemon.start()
+        try:
+            def enough(records) -> bool:
+                counts: dict[str, int] = defaultdict(int)
+                for r in records:
+                    counts[r.key] += 1
+                return all(counts[cam] >= per_camera for cam in cameras)
+
+            records = consume(broker.bootstrap, [topic], enough, timeout)
+        finally:
+            code = daemon.stop()
+    if code != 0:
+        raise RuntimeError(f"daemon exited with {code}; see {daemon.log_path}")
+    mislabeled = [r for r in records if r.key != r.value["camera_id"]]
+    if mislabeled:
+        raise AssertionError(f"{len(mislabeled)} messages whose key is not their camera_id")
+    return [r.value for r in records], truths
+
+
 def report(scores: dict[str, Score]) -> str:
     """A table of precision, recall and mAP50 per camera."""
     lines = ["| camera | frames | TP | FP | FN | precision | recall | mAP50 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -159,14 +214,29 @@ def report(scores: dict[str, Score]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--truth", action="append", required=True, help="CAMERA_ID=CLIP.truth.json")
+    parser.add_argument("--run", action="store_true", help="run the daemon on fresh test scenes")
+    parser.add_argument("--model", type=Path, default=Path("engines/shapes-yolov8n.onnx"))
+    parser.add_argument("--input-size", type=int, default=320)
+    parser.add_argument("--per-camera", type=int, default=100, help="--run: messages per camera")
+    parser.add_argument("--confidence", type=float, default=0.25,
+                        help="--run: the daemon's threshold (mAP50 only sees detections above it)")
+    parser.add_argument("--truth", action="append", default=[], help="CAMERA_ID=CLIP.truth.json")
     parser.add_argument("--capture", type=Path, help="JSON lines of detections/v1 messages")
     parser.add_argument("--bootstrap", help="read live from this broker")
     parser.add_argument("--topic", default="detections")
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
     truths = {cam: Truth.load(Path(path)) for cam, _, path in (t.partition("=") for t in args.truth)}
-    if args.capture:
+    if args.run:
+        from scripts.testbed import REPO, Broker
+
+        with Broker() as broker:
+            messages, truths = run_on_scenes(args.model, REPO / ".cache" / "accuracy", broker,
+                                             args.per_camera, input_size=args.input_size,
+                                             confidence=args.confidence, timeout=60 + args.per_camera)
+    elif not truths:
+        parser.error("give --truth CAMERA=FILE (or --run)")
+    elif args.capture:
         messages = [json.loads(line) for line in args.capture.read_text().splitlines() if line.strip()]
     elif args.bootstrap:
         from scripts.testbed import consume
