@@ -153,6 +153,29 @@ def best_offset(messages: list[dict], truth: Truth, span: int = 10) -> int:
 
 
 TEST_CAMERAS = {"acc-720p": (9101, 1280, 720), "acc-1080p": (9102, 1920, 1080), "acc-4x3": (9103, 1024, 768)}
+# the first validation scenes of scripts/train_detector.py (same seeds and sizes): for choosing the
+# operating threshold, never the test scenes
+VALIDATION_CAMERAS = {"val-720p": (5000, 1280, 720), "val-1080p": (5001, 1920, 1080), "val-4x3": (5002, 1024, 768)}
+
+
+def threshold_sweep(messages: list[dict], truths: dict[str, Truth],
+                    thresholds=tuple(round(0.05 * i, 2) for i in range(1, 19))) -> list[tuple[float, Score]]:
+    """Overall score at each confidence threshold (messages must have been published below them)."""
+    sweep = []
+    for threshold in thresholds:
+        kept = [dict(m, detections=[d for d in m["detections"] if d["confidence"] >= threshold])
+                for m in messages]
+        sweep.append((threshold, evaluate(kept, truths)["all"]))
+    return sweep
+
+
+def best_f1_threshold(sweep: list[tuple[float, Score]]) -> float:
+    """The threshold with the highest F1 (the lowest one on ties)."""
+    def f1(score: Score) -> float:
+        p, r = score.precision, score.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    return max(sweep, key=lambda item: (round(f1(item[1]), 4), -item[0]))[0]
 
 
 def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=TEST_CAMERAS,
@@ -218,6 +241,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=Path("engines/shapes-yolov8n.onnx"))
     parser.add_argument("--input-size", type=int, default=320)
     parser.add_argument("--per-camera", type=int, default=100, help="--run: messages per camera")
+    parser.add_argument("--scenes", choices=("test", "validation"), default="test",
+                        help="--run: test scenes, or validation scenes (for choosing a threshold)")
+    parser.add_argument("--sweep", action="store_true", help="also score every threshold from 0.05 to 0.9")
     parser.add_argument("--confidence", type=float, default=0.25,
                         help="--run: the daemon's threshold (mAP50 only sees detections above it)")
     parser.add_argument("--truth", action="append", default=[], help="CAMERA_ID=CLIP.truth.json")
@@ -231,8 +257,9 @@ def main() -> int:
         from scripts.testbed import REPO, Broker
 
         with Broker() as broker:
+            cameras = TEST_CAMERAS if args.scenes == "test" else VALIDATION_CAMERAS
             messages, truths = run_on_scenes(args.model, REPO / ".cache" / "accuracy", broker,
-                                             args.per_camera, input_size=args.input_size,
+                                             args.per_camera, cameras, input_size=args.input_size,
                                              confidence=args.confidence, timeout=60 + args.per_camera)
     elif not truths:
         parser.error("give --truth CAMERA=FILE (or --run)")
@@ -246,6 +273,12 @@ def main() -> int:
     else:
         parser.error("give --capture or --bootstrap")
     print(report(evaluate(messages, truths)))
+    if args.sweep:
+        sweep = threshold_sweep(messages, truths)
+        print("\n| threshold | precision | recall |\n| --- | --- | --- |")
+        for threshold, score in sweep:
+            print(f"| {threshold:.2f} | {score.precision:.3f} | {score.recall:.3f} |")
+        print(f"\nhighest F1 at confidence {best_f1_threshold(sweep):.2f}")
     return 0
 
 

@@ -2,10 +2,11 @@
 
     .venv/bin/python scripts/demo.py [--seconds N]
 
-Starts GStreamer's RTSP server with three generated H.264 clips (1080p, 720p, 4:3), a Tansu
-Kafka-protocol broker, and `rtsp-pipeline run --config configs/demo.yaml`; then reads the
+Starts GStreamer's RTSP server with three generated scenes (scripts/scenes.py: discs, squares,
+triangles and crosses moving over noisy backgrounds; 1080p, 720p and 4:3), a Tansu Kafka-protocol
+broker, and `rtsp-pipeline run --config configs/demo.yaml` with the shapes detector; then reads the
 detections and camera-status topics and prints a line per message. Ctrl-C (or --seconds) stops
-everything. The demo model is an untrained YOLOv8n: boxes are real network output but arbitrary.
+everything.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, free_port, make_clip  # noqa: E402
+from scripts.scenes import Scene  # noqa: E402
+from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, free_port  # noqa: E402
 
 
-CLIPS = {"lobby": (1920, 1080), "yard": (1280, 720), "dock": (640, 480)}
+CLIPS = {"lobby": (42, 1920, 1080), "yard": (43, 1280, 720), "dock": (44, 1024, 768)}  # seed, size
 
 
 def main() -> int:
@@ -26,7 +28,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
     args = parser.parse_args()
     work = REPO / "demo"
-    clips = {name: make_clip(work / f"{name}.mp4", w, h, seconds=8) for name, (w, h) in CLIPS.items()}
+    clips = {}
+    for name, (seed, w, h) in CLIPS.items():
+        clip = work / f"{name}-{seed}.mp4"
+        if not clip.exists():
+            print(f"rendering demo scene {name} ({w}x{h}) ...", flush=True)
+            Scene(seed, w, h, frames=250).write(clip)
+        clips[name] = clip
     metrics_port = free_port()
     with RtspServer(clips) as rtsp, Broker() as broker:
         env = {"DEMO_RTSP": f"127.0.0.1:{rtsp.port}", "DEMO_KAFKA": broker.bootstrap,
