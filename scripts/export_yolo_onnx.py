@@ -9,7 +9,7 @@ boxes that depend on the picture: BatchNorm statistics are recomputed on ffmpeg 
 (forward passes only, no training), and the class bias is set to --cls-bias. Its boxes are
 arbitrary: they exercise NMS, box mapping and publishing, not accuracy.
 
-    /tmp/exportenv/bin/python scripts/export_yolo_onnx.py --out engines/yolov8n.onnx
+    .venv-export/bin/python scripts/export_yolo_onnx.py --out engines/yolov8n.onnx
 """
 from __future__ import annotations
 
