@@ -1,7 +1,7 @@
 """The Runtime: builds every stage from a Config, runs until a signal, and stops them in order.
 
-Threads: one per camera (demux + decode), one for inference; everything else (Kafka, HTTP,
-signals) runs on one asyncio loop. Results and state changes cross into the loop with
+Threads: one per camera (demux + decode), the inference pipeline's (prepare, K engine runs,
+finish: see inference_worker); everything else (Kafka, HTTP, signals) runs on one asyncio loop. Results and state changes cross into the loop with
 `call_soon_threadsafe`; every hand-off is bounded and every drop counted.
 """
 from __future__ import annotations

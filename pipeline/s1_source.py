@@ -292,7 +292,6 @@ class CameraWorker:
         self._deliver(Frame(meta, picture, time.monotonic()))
 
 
-
 def capture_time(start_realtime_us: int | None, media_time: float | None, received: float) -> tuple[float, str]:
     """Capture time and its clock: the camera's RTCP time when known and plausible, else receive time.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.bench_ort_threads import images_per_second, session  # noqa: E402
 from scripts.testbed import (  # noqa: E402
     REPO, Broker, Daemon, RtspServer, consume, free_port, http_get, make_clip, metric_values, wait_for,
 )
@@ -36,30 +36,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 def ort_alone(threads: int, runs: int, seconds: float) -> float:
     """Images per second of ONNX Runtime on [1, 3, 384, 640]: one session, `runs` concurrent
     runs of `threads` threads each (idle threads spin, ORT's default, when one run)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if runs == 1 else "0")
-    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, 3, 384, 640), dtype=np.float32)
-    session.run(None, {"images": x})
-    counts = [0] * runs
-    end = time.perf_counter() + seconds
-
-    def loop(i: int) -> None:
-        while time.perf_counter() < end:
-            session.run(None, {"images": x})
-            counts[i] += 1
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(runs)]
-    start = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return sum(counts) / (time.perf_counter() - start)
+    shared = session(threads, spinning=runs == 1)
+    return images_per_second([shared] * runs, seconds)
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -106,10 +106,6 @@ def load_engine(config: ModelConfig) -> Engine:
 
 
 def _gpu_usable() -> bool:
-    """True when NVIDIA's GPU modules import (they raise without a driver). Imported lazily."""
-    try:
-        import PyNvVideoCodec  # noqa: F401
-        import tensorrt  # noqa: F401
-    except Exception:
-        return False
-    return False  # the GPU path arrives with its own issue; until then auto means the CPU
+    """Whether `auto` may pick the GPU path. Always False until that path exists (its own issue);
+    it will then import NVIDIA's modules lazily here (they raise without a driver)."""
+    return False

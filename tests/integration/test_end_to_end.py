@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from scripts.testbed import (
-    REPO, Daemon, NotRtspServer, SilentServer, consume, free_port, http_get, metric_values, wait_for,
+    REPO, Daemon, NotRtspServer, SilentServer, consume, free_port, http_get, metric_values,
 )
 
 GOOD = ("wide", "classic", "portrait")

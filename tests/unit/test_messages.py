@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from pipeline.core import CameraState, Detection, FrameMeta, FrameResult, ModelRef
-from pipeline.s6_publish import camera_status, encode_detections, encode_status, rfc3339_ms
+from pipeline.s6_publish import encode_detections, encode_status, rfc3339_ms
 
 MODEL = ModelRef("yolov8n", "ab" * 32, "onnxruntime")
 
