@@ -1,8 +1,12 @@
 """The Runtime: builds every stage from a Config, runs until a signal, and stops them in order.
 
-Threads: one per camera (demux + decode), the inference pipeline's (prepare, K engine runs,
-finish: see inference_worker); everything else (Kafka, HTTP, signals) runs on one asyncio loop. Results and state changes cross into the loop with
-`call_soon_threadsafe`; every hand-off is bounded and every drop counted.
+Threads: one per camera (demux + decode), and per lane the inference pipeline's (prepare, K
+engine runs, finish: see inference_worker); everything else (Kafka, HTTP, signals) runs on one
+asyncio loop. Results and state changes cross into the loop with `call_soon_threadsafe`; every
+hand-off is bounded and every drop counted.
+
+A lane is one engine with its batcher and inference pipeline: one per GPU on the GPU path
+(cameras placed by `gpu:` or evenly), a single one on the CPU path.
 """
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import CameraConfig, Config
 from pipeline.core import CameraState, FrameResult
+from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
 from pipeline.http import HttpServer
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import log_event
@@ -32,6 +39,17 @@ CAMERA_JOIN_S = 2.0
 INFERENCE_JOIN_S = 5.0
 
 
+@dataclass
+class Lane:
+    """One engine with its batcher and inference pipeline, and the cameras it serves."""
+
+    gpu: Any  # pipeline.gpu.Gpu, or None on the CPU path
+    cameras: list[CameraConfig]
+    engine: Engine
+    batcher: DeadlineBatcher
+    inference: InferenceWorker
+
+
 class Runtime:
     """One daemon instance: startup -> run until SIGINT/SIGTERM -> orderly shutdown."""
 
@@ -41,17 +59,20 @@ class Runtime:
         *,
         engine_loader: Callable[..., Engine] = load_engine,
         decoder_factory: Callable = cpu_decoder,
+        gpu_probe: Callable[[], GpuProbe] = probe,
+        gpu_factory: Callable[..., Any] = Gpu,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
         self._engine_loader = engine_loader
         self._decoder_factory = decoder_factory
+        self._gpu_probe = gpu_probe
+        self._gpu_factory = gpu_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
-        self._engine: Engine | None = None
         self._model_ref = None
-        self._batcher: DeadlineBatcher | None = None
-        self._inference: InferenceWorker | None = None
+        self._lanes: list[Lane] = []
+        self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
         self._cameras: dict[str, CameraWorker] = {}
         self._last_state: dict[str, CameraState] = {}
@@ -81,22 +102,56 @@ class Runtime:
     async def _startup(self) -> None:
         cfg = self.config
         await self._http.start()
-        self._engine = await asyncio.to_thread(self._engine_loader, cfg.model)
-        info = self._engine.info
-        model_ref = self._model_ref = info.ref(self._engine.backend)
-        self.metrics.model_info.labels(model_ref.name, model_ref.sha256, model_ref.backend).set(1)
+        self._path = path = choose_path(cfg.model.backend, cfg.gpu.decoder, self._gpu_probe())
+        log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
+        for gpu_index, cameras in self._camera_lanes().items():
+            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu_index, cameras))
+        await self._publisher.start()
+        for lane in self._lanes:
+            lane.inference.start()
+            for camera in lane.cameras:
+                worker = CameraWorker(camera, cfg.source, self._camera_decoder(camera, lane),
+                                      lane.batcher.put, self.metrics, self._on_camera_state)
+                self._cameras[camera.id] = worker
+                worker.start()
+
+    def _camera_lanes(self) -> dict[int | None, list[CameraConfig]]:
+        """GPU index (None: CPU) -> its cameras, in config order; only GPUs with cameras get a lane."""
+        cfg = self.config
+        if not self._path.on_gpu:
+            return {None: list(cfg.cameras)}
+        gpus = cfg.gpu.devices or list(range(self._gpu_probe().devices))
+        placed = place_cameras({c.id: c.gpu for c in cfg.cameras}, gpus)
+        lanes: dict[int | None, list[CameraConfig]] = {}
+        for camera in cfg.cameras:
+            lanes.setdefault(placed[camera.id], []).append(camera)
+            self.metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
+        return lanes
+
+    def _build_lane(self, gpu_index: int | None, cameras: list[CameraConfig]) -> Lane:
+        """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
+        cfg, path = self.config, self._path
+        gpu = None
+        if gpu_index is not None:  # making a Gpu imports pycuda: GPU path only
+            transfers = TransferCounter(
+                lambda direction, n: self.metrics.gpu_copy_bytes.labels(str(gpu_index), direction).inc(n))
+            gpu = self._gpu_factory(gpu_index, transfers)
+        engine = self._engine_loader(cfg.model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+        info = engine.info
+        if self._model_ref is None:
+            self._model_ref = info.ref(engine.backend)
+            self.metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
         layout = cfg.model.layout if cfg.model.layout != "auto" else detect_layout(
             info.output_shape, len(info.labels) or None, info.metadata
         )
-        log_event(log, logging.INFO, "output layout", layout=layout, model=model_ref.name)
-        await self._publisher.start()
-
+        log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
+                  model=info.name, backend=engine.backend)
         max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
-                        self._engine.max_useful_batch or cfg.batching.max_batch)
+                        engine.max_useful_batch or cfg.batching.max_batch)
         if max_batch != cfg.batching.max_batch:
             log_event(log, logging.INFO, "batch size capped", configured=cfg.batching.max_batch,
                       used=max_batch, why="model's fixed batch or engine runs batches in parallel")
-        self._batcher = DeadlineBatcher(
+        batcher = DeadlineBatcher(
             max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
             on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
         )
@@ -104,28 +159,34 @@ class Runtime:
             detections_for_image, layout=layout, labels=info.labels, confidence=cfg.model.confidence,
             iou=cfg.model.iou, max_detections=cfg.model.max_detections,
         )
-        runs = self._engine.concurrency
-        self._inference = InferenceWorker(
-            self._batcher.next_batch, [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)],
-            self._engine.infer, runs, postprocess, self._emit_results, self.metrics,
-        )
-        self._inference.start()
-        for camera in cfg.cameras:
-            worker = CameraWorker(
-                camera, cfg.source, self._decoder_factory, self._batcher.put, self.metrics,
-                self._on_camera_state,
-            )
-            self._cameras[camera.id] = worker
-            worker.start()
+        runs = engine.concurrency
+        if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
+            preprocessors = engine.preprocessors(runs + 1, max_batch)
+        else:
+            preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
+        inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
+                                    self._emit_results, self.metrics,
+                                    name="" if gpu_index is None else f"gpu{gpu_index}")
+        return Lane(gpu, cameras, engine, batcher, inference)
+
+    def _camera_decoder(self, camera: CameraConfig, lane: Lane) -> Callable:
+        """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
+        if self._path.decoder != "nvdec":
+            return self._decoder_factory
+        from pipeline.s2_nvdec import nvdec_decoder  # GPU path only
+
+        count = functools.partial(lambda cam, kind: self.metrics.source_errors.labels(cam, kind).inc(), camera.id)
+        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count)
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
         for worker in self._cameras.values():
             worker.request_stop()
-        if self._batcher is not None:
-            self._batcher.close()
-        if self._inference is not None and not await asyncio.to_thread(self._inference.stop, INFERENCE_JOIN_S):
-            log_event(log, logging.WARNING, "inference thread did not stop in time")
+        for lane in self._lanes:
+            lane.batcher.close()
+        for lane in self._lanes:
+            if not await asyncio.to_thread(lane.inference.stop, INFERENCE_JOIN_S):
+                log_event(log, logging.WARNING, "inference thread did not stop in time", gpu=lane.gpu and lane.gpu.index)
         blocked = [
             cam for cam, worker in self._cameras.items()
             if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S / max(1, len(self._cameras)))
@@ -136,8 +197,8 @@ class Runtime:
         await asyncio.sleep(0)  # run the result/status callbacks the threads scheduled last
         await self._publisher.stop(self.config.kafka.stop_timeout_s)
         await self._http.stop()
-        if self._engine is not None:
-            self._engine.close()
+        for lane in self._lanes:
+            lane.engine.close()
         log_event(log, logging.INFO, "stopped", seconds=round(time.monotonic() - started, 2))
 
     def _capture_signals(self) -> Callable[[], None]:
@@ -194,19 +255,20 @@ class Runtime:
 
     # ------------------------------------------------------------------ health
     def healthz(self) -> tuple[bool, dict]:
-        """Alive: the inference threads run and the engine has freed a buffer in the last 30 s."""
-        if self._inference is None:
+        """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""
+        if not self._lanes:
             return True, {"inference": "starting"}
-        health = self._inference.health()
-        return health["healthy"], {"inference": health}
+        lanes = {str(lane.gpu.index if lane.gpu else "cpu"): lane.inference.health() for lane in self._lanes}
+        return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
 
     def readyz(self) -> tuple[bool, dict]:
         """Ready: model loaded, Kafka producer connected and at least one camera streaming."""
         cameras = {cam: w.health() for cam, w in self._cameras.items()}
         streaming = sum(1 for h in cameras.values() if h["state"] == CameraState.STREAMING.value)
-        ready = self._engine is not None and self._publisher.connected and streaming > 0
+        loaded = bool(self._lanes)
+        ready = loaded and self._publisher.connected and streaming > 0
         return ready, {
-            "model_loaded": self._engine is not None,
+            "model_loaded": loaded,
             "kafka": self._publisher.health(),
             "cameras_streaming": streaming,
             "cameras": cameras,

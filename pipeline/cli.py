@@ -1,4 +1,5 @@
-"""Command line: `rtsp-pipeline run --config FILE` and `rtsp-pipeline validate-config FILE`.
+"""Command line: `rtsp-pipeline run --config FILE`, `rtsp-pipeline validate-config FILE` and
+`rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache).
 
 Exit codes: 0 success or clean stop, 2 invalid configuration (one line per problem on stderr),
 1 failure at run time (model cannot load, address in use, ...).
@@ -26,15 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="camera list YAML")
     check = commands.add_parser("validate-config", help="check a config file and exit (0 valid, 2 not)")
     check.add_argument("file")
+    build = commands.add_parser("build-engine", help="build the TensorRT engine of each GPU into the cache")
+    build.add_argument("--config", required=True, help="camera list YAML (its model, batching, gpu)")
+    build.add_argument("--force", action="store_true", help="rebuild even when the cache has the engine")
     args = parser.parse_args(argv)
 
-    path = args.config if args.command == "run" else args.file
+    path = args.file if args.command == "validate-config" else args.config
     config = _load_or_report(path)
     if config is None:
         return EXIT_CONFIG
     if args.command == "validate-config":
         print(f"{path}: OK ({len(config.cameras)} cameras)")
         return EXIT_OK
+    if args.command == "build-engine":
+        return _build_engines(config, args.force)
     return _run(config)
 
 
@@ -56,6 +62,24 @@ def _run(config: Config) -> int:
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE
+
+
+def _build_engines(config: Config, force: bool) -> int:
+    """Build (or find) the plan for every GPU the config uses; print where each is."""
+    from pipeline.gpu import Gpu, choose_path, probe
+    from pipeline.s4_infer import engine_cache
+
+    setup_logging(config.log_level, config.secrets())
+    try:
+        found = probe()
+        choose_path("tensorrt", "pyav", found)  # says what is missing on this machine
+        for index in config.gpu.devices or range(found.devices):
+            plan = engine_cache.plan_for(config.model, Gpu(index), config.batching.max_batch, force=force)
+            print(f"GPU {index}: {plan}")
+    except (PipelineError, OSError, RuntimeError) as exc:
+        log_event(log, logging.ERROR, "cannot build the engine", error=str(exc))
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -51,12 +51,26 @@ class OnnxRuntimeOptions(_Strict):
     )
 
 
+class TensorRTOptions(_Strict):
+    """Settings of the TensorRT backend (engines are built per GPU model and TensorRT version)."""
+
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="engine precision")
+    engine_cache: Path | None = Field(
+        None, description="folder of built engines (default $XDG_CACHE_HOME/rtsp-pipeline/engines)"
+    )
+    build_if_missing: bool = Field(
+        True, description="build the engine at start when the cache has none (takes minutes)"
+    )
+    workspace_mb: int = Field(2048, ge=64, le=65536, description="builder workspace limit (MiB)")
+
+
 class ModelConfig(_Strict):
     """The detector and how to run it."""
 
     path: Path = Field(description="ONNX model file; relative paths start at the config file")
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
-        "auto", description="auto picks TensorRT when a GPU is usable, else ONNX Runtime"
+    backend: Literal["auto", "onnxruntime", "tensorrt", "stub"] = Field(
+        "auto", description="auto picks TensorRT when a GPU is usable, else ONNX Runtime; "
+        "stub skips inference (measures the pipeline's own ceiling; publishes no detections)"
     )
     confidence: float = Field(0.25, gt=0, le=1, description="minimum detection confidence")
     iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS merges boxes")
@@ -71,6 +85,7 @@ class ModelConfig(_Strict):
         None, description="text file with one class name per line (default: model metadata)"
     )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
 
 
 class BatchingConfig(_Strict):
@@ -159,6 +174,18 @@ class MetricsConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class GpuConfig(_Strict):
+    """Which GPUs the daemon uses and how frames are decoded."""
+
+    decoder: Literal["auto", "pyav", "nvdec"] = Field(
+        "auto", description="nvdec decodes on the GPU (frames stay there); pyav on the CPU; "
+        "auto: nvdec when the GPU path is chosen"
+    )
+    devices: list[Annotated[int, Field(ge=0, le=63)]] | None = Field(
+        None, min_length=1, description="GPU indexes to use (default: all)"
+    )
+
+
 class CameraConfig(_Strict):
     """One camera."""
 
@@ -166,6 +193,9 @@ class CameraConfig(_Strict):
     url: str = Field(description="rtsp:// or rtsps:// URL; put passwords in ${ENV_VARS}")
     fps: float | None = Field(
         None, gt=0, le=240, description="frames per second to infer (default: every frame)"
+    )
+    gpu: int | None = Field(
+        None, ge=0, le=63, description="GPU index for this camera (default: spread evenly)"
     )
 
     @field_validator("url")
@@ -196,6 +226,7 @@ class Config(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     kafka: KafkaConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     cameras: Annotated[list[CameraConfig], Field(min_length=1, description="the cameras to read")]
 
@@ -207,6 +238,13 @@ class Config(_Strict):
         if dupes:
             raise ValueError(f"duplicate camera ids: {', '.join(dupes)}; each id must be unique")
         return cameras
+
+    @model_validator(mode="after")
+    def _decoder_needs_gpu_backend(self) -> Config:
+        if self.gpu.decoder == "nvdec" and self.model.backend == "onnxruntime":
+            raise ValueError("gpu.decoder: nvdec keeps frames on the GPU, where ONNX Runtime (CPU) "
+                             "cannot read them; use model.backend tensorrt, stub or auto, or gpu.decoder pyav")
+        return self
 
     def secrets(self) -> set[str]:
         """Strings that must never appear in logs, metrics or messages."""
@@ -350,6 +388,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
         for key in ("path", "labels"):
             if isinstance(model.get(key), str):
                 model[key] = str((base / os.path.expanduser(model[key])).resolve())
+        trt = model.get("tensorrt")
+        if isinstance(trt, dict) and isinstance(trt.get("engine_cache"), str):
+            trt["engine_cache"] = str((base / os.path.expanduser(trt["engine_cache"])).resolve())
 
 
 def _check_files(config: Config, path: Path, marks: dict) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,12 +56,61 @@ class Frame:
     """A decoded picture on its way to inference.
 
     `image` is the decoder's native picture: an `av.VideoFrame` on the CPU path (converted to RGB
-    only when it is batched, so frames that get superseded never pay for conversion).
+    only when it is batched, so frames that get superseded never pay for conversion), a
+    `DeviceFrame` (NV12 in GPU memory) on the NVDEC path.
     """
 
     meta: FrameMeta
     image: Any
     ready_at: float  # time.monotonic() when it was handed over; frame age is measured from it
+
+
+# Kr, Kb of each matrix (ITU-R BT.601 / BT.709 / BT.2020 non-constant luminance)
+_MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
+# FFmpeg's AVColorSpace codes -> our matrix names (unknown codes fall back like FFmpeg: BT.601)
+_AV_COLORSPACE = {1: "bt709", 5: "bt601", 6: "bt601", 9: "bt2020", 10: "bt2020"}
+_AV_RANGE_FULL = 2  # AVCOL_RANGE_JPEG; 0 (unspecified) and 1 (MPEG) are limited range
+
+
+@dataclass(frozen=True, slots=True)
+class ColorSpec:
+    """How a stream's YUV maps to RGB: the matrix and whether Y spans 0-255 or 16-235."""
+
+    matrix: str = "bt601"
+    full_range: bool = False
+
+    @classmethod
+    def from_av(cls, colorspace: int | None, color_range: int | None) -> ColorSpec:
+        """From FFmpeg's codes as PyAV reports them; unspecified means BT.601 limited, as FFmpeg
+        (and so the CPU path) assumes."""
+        return cls(_AV_COLORSPACE.get(int(colorspace or 2), "bt601"), int(color_range or 0) == _AV_RANGE_FULL)
+
+    def coefficients(self) -> tuple[float, ...]:
+        """(y_offset, y_scale, c_scale, r_v, g_u, g_v, b_u) as the kernel takes them."""
+        kr, kb = _MATRICES[self.matrix]
+        kg = 1 - kr - kb
+        if self.full_range:
+            y_offset, y_scale, c_scale = 0.0, 1.0, 1.0
+        else:
+            y_offset, y_scale, c_scale = 16.0, 255 / 219, 255 / 224
+        return (y_offset, y_scale, c_scale, 2 * (1 - kr), 2 * kb * (1 - kb) / kg, 2 * kr * (1 - kr) / kg,
+                2 * (1 - kb))
+
+
+@dataclass(eq=False)
+class DeviceFrame:
+    """A decoded NV12 picture in GPU memory (the GPU path's `Frame.image`)."""
+
+    width: int
+    height: int
+    time: float | None  # media time in seconds (None: the packet had no timestamp)
+    luma_ptr: int
+    luma_pitch: int
+    chroma_ptr: int
+    chroma_pitch: int
+    color: ColorSpec
+    gpu: int
+    lease: Any = field(default=None, repr=False)  # the pool buffer, held until this frame is dropped
 
 
 @dataclass(frozen=True, slots=True)

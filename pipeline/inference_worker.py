@@ -54,6 +54,7 @@ class InferenceWorker:
         postprocess: Callable,
         emit: Callable[[list[FrameResult]], None],
         metrics: Metrics,
+        name: str = "",
     ) -> None:
         self._next_batch = next_batch
         self._free: queue.Queue = queue.Queue()
@@ -69,11 +70,12 @@ class InferenceWorker:
         self._seq: dict[str, int] = defaultdict(int)
         self._next_index = 0
         self._stop = threading.Event()
+        sfx = f"-{name}" if name else ""  # which lane (GPU) in thread dumps
         self._threads = [
-            threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
-            *[threading.Thread(target=self._engine_loop, name=f"inference-{i}", daemon=True)
+            threading.Thread(target=self._prepare_loop, name=f"prepare{sfx}", daemon=True),
+            *[threading.Thread(target=self._engine_loop, name=f"inference{sfx}-{i}", daemon=True)
               for i in range(concurrency)],
-            threading.Thread(target=self._finish_loop, name="finish", daemon=True),
+            threading.Thread(target=self._finish_loop, name=f"finish{sfx}", daemon=True),
         ]
         self.last_beat = time.monotonic()
         self.batches = 0

@@ -67,6 +67,11 @@ class Metrics:
             p + "publish_queue_depth", "Messages waiting to be sent to Kafka", registry=r
         )
         self.kafka_connected = Gauge(p + "kafka_connected", "1 while the producer is started", registry=r)
+        self.gpu_copy_bytes = Counter(
+            p + "gpu_copy_bytes", "Bytes our code copied between host and GPU (h2d, d2h) or within "
+            "the GPU (d2d); on the NVDEC path only detections go d2h", ["gpu", "direction"], registry=r,
+        )
+        self.camera_gpu = Gauge(p + "camera_gpu", "The GPU a camera runs on", ["camera"], registry=r)
         self.model_info = Gauge(
             p + "model_info", "The loaded model", ["name", "sha256", "backend"], registry=r
         )

@@ -238,42 +238,51 @@ class CameraWorker:
             if not container.streams.video:
                 raise SourceError(self.camera.id, "stream has no video track")
             stream = container.streams.video[0]
-            decoder = self._decoder_factory(stream)
-            sampler = FpsSampler(self.camera.fps)
-            gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
-            rate = stream.average_rate or stream.guessed_rate
-            clock = MediaClock(1 / float(rate) if rate else 0.04)
-            last_picture = time.monotonic()
             try:
-                for packet in container.demux(stream):
-                    if self._stop.is_set():
-                        return
-                    if packet.size == 0:
-                        continue
-                    received = time.time()
-                    if packet.is_keyframe and packet.pts is not None:
-                        decision = gate.keyframe(float(packet.pts * packet.time_base))
-                        if decision is not None:
-                            decoder.keyframes_only(decision)
-                    try:
-                        pictures = decoder.decode(packet)
-                    except av.error.InvalidDataError:  # a damaged packet: skip it, count it
-                        self._metrics.source_errors.labels(self.camera.id, "decode_error").inc()
-                        pictures = []
-                    now = time.monotonic()
-                    if pictures:
-                        last_picture = now
-                    elif now - last_picture > self._settings.stall_timeout_s:
-                        raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
-                    for picture in pictures:
-                        self._handle_picture(container, picture, received, sampler, clock)
-            except av.error.ExitError:  # PyAV's read timeout
-                if not self._streamed:
-                    raise
-                raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
+                decoder = self._decoder_factory(stream)
+            except ValueError as exc:  # e.g. a codec the configured decoder cannot take
+                raise SourceError(self.camera.id, f"cannot decode this stream: {exc}") from None
+            try:
+                self._stream_packets(container, stream, decoder)
+            finally:
+                decoder.close()
+
+    def _stream_packets(self, container, stream, decoder) -> None:
+        sampler = FpsSampler(self.camera.fps)
+        gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
+        rate = stream.average_rate or stream.guessed_rate
+        clock = MediaClock(1 / float(rate) if rate else 0.04)
+        last_picture = time.monotonic()
+        try:
+            for packet in container.demux(stream):
+                if self._stop.is_set():
+                    return
+                if packet.size == 0:
+                    continue
+                received = time.time()
+                if packet.is_keyframe and packet.pts is not None:
+                    decision = gate.keyframe(float(packet.pts * packet.time_base))
+                    if decision is not None:
+                        decoder.keyframes_only(decision)
+                try:
+                    pictures = decoder.decode(packet)
+                except av.error.InvalidDataError:  # a damaged packet: skip it, count it
+                    self._metrics.source_errors.labels(self.camera.id, "decode_error").inc()
+                    pictures = []
+                now = time.monotonic()
+                if pictures:
+                    last_picture = now
+                elif now - last_picture > self._settings.stall_timeout_s:
+                    raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
+                for picture in pictures:
+                    self._handle_picture(container, decoder, picture, received, sampler, clock)
+        except av.error.ExitError:  # PyAV's read timeout
+            if not self._streamed:
+                raise
+            raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
 
     def _handle_picture(
-        self, container, picture: av.VideoFrame, received: float, sampler: FpsSampler, clock: MediaClock
+        self, container, decoder, picture, received: float, sampler: FpsSampler, clock: MediaClock
     ) -> None:
         cam = self.camera.id
         self._metrics.frames_decoded.labels(cam).inc()
@@ -288,8 +297,12 @@ class CameraWorker:
         if not sampler.take(pts):
             return
         captured, source = capture_time(container.start_time_realtime, pts, received)
+        kept = decoder.retain(picture)
+        if kept is None:
+            self._metrics.frames_dropped.labels(cam, "decoder_buffers_busy").inc()
+            return
         meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height)
-        self._deliver(Frame(meta, picture, time.monotonic()))
+        self._deliver(Frame(meta, kept, time.monotonic()))
 
 
 def capture_time(start_realtime_us: int | None, media_time: float | None, received: float) -> tuple[float, str]:

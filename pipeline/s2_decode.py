@@ -1,7 +1,7 @@
 """Decode: compressed packets of one camera in, pictures out (CPU: FFmpeg through PyAV).
 
 The decoder is built per camera stream by a factory the Runtime passes to the source, so the GPU
-path can hand in an NVDEC decoder with the same two methods.
+path (pipeline.s2_nvdec) hands in an NVDEC decoder with the same methods.
 """
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ class Decoder(Protocol):
     def decode(self, packet: av.Packet) -> list: ...
 
     def keyframes_only(self, enabled: bool) -> None: ...
+
+    def retain(self, picture):
+        """Make a picture the source keeps outlive the next `decode` call; None: cannot (dropped)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class PyAVDecoder:
@@ -37,6 +43,13 @@ class PyAVDecoder:
         if enabled != self._keyframes_only:
             self._ctx.skip_frame = "NONKEY" if enabled else "DEFAULT"
             self._keyframes_only = enabled
+
+    def retain(self, picture: av.VideoFrame) -> av.VideoFrame:
+        """FFmpeg's frames are reference-counted: keeping the object keeps the picture."""
+        return picture
+
+    def close(self) -> None:
+        """Nothing to release: the codec context closes with its container."""
 
 
 def cpu_decoder(stream: av.video.stream.VideoStream) -> Decoder:

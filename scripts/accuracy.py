@@ -186,7 +186,7 @@ def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=T
     import uuid
 
     from scripts.scenes import Scene, truth_path
-    from scripts.testbed import Daemon, RtspServer, consume, free_port
+    from scripts.testbed import Daemon, RtspServer, consume, daemon_config, free_port
 
     workdir.mkdir(parents=True, exist_ok=True)
     clips = {}
@@ -198,14 +198,11 @@ def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=T
     truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
     topic = f"acc-{uuid.uuid4().hex[:8]}"
     with RtspServer(clips) as rtsp:
-        config = workdir / f"{topic}.yaml"
-        config.write_text("\n".join([
-            f"model: {{path: {Path(model).resolve()}, input_size: {input_size}, confidence: {confidence}}}",
-            f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: {topic}, status_topic: {topic}-status}}",
-            f"metrics: {{listen: '127.0.0.1:{free_port()}'}}",
-            "cameras:",
-            *[f"  - {{id: {cam}, url: '{rtsp.url(cam)}', fps: {fps}}}" for cam in cameras],
-        ]) + "\n")
+        config = daemon_config(
+            workdir / f"{topic}.yaml", {"path": model, "input_size": input_size, "confidence": confidence},
+            broker.bootstrap, [(cam, rtsp.url(cam), fps) for cam in cameras], topic=topic,
+            status_topic=f"{topic}-status", metrics_port=free_port(),
+        )
         daemon = Daemon(config, workdir / f"{topic}.log")
         daemon.start()
         try:

@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.bench_ort_threads import images_per_second, session  # noqa: E402
 from scripts.testbed import (  # noqa: E402
-    REPO, Broker, Daemon, RtspServer, consume, free_port, http_get, make_clip, metric_values, wait_for,
+    REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port, http_get, make_clip, metric_values,
+    wait_for,
 )
 
 MODEL = REPO / "engines" / "yolov8n.onnx"
@@ -85,15 +86,10 @@ def percentile(values: list[float], q: float) -> float:
 def run_daemon(rtsp: RtspServer, broker: Broker, cameras: int, seconds: float, warmup: float,
                workdir: Path, profile: bool = False) -> dict:
     port = free_port()
-    config = workdir / "bench.yaml"
-    config.write_text("\n".join([
-        f"model: {{path: {MODEL}}}",  # default ONNX Runtime settings
-        f"batching: {{max_batch: {cameras}, max_wait_ms: 20}}",
-        f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: bench}}",
-        f"metrics: {{listen: '127.0.0.1:{port}'}}",
-        "cameras:",
-        *[f"  - {{id: cam{i}, url: '{rtsp.url(f'cam{i}')}'}}" for i in range(cameras)],
-    ]) + "\n")
+    config = daemon_config(  # default ONNX Runtime settings
+        workdir / "bench.yaml", MODEL, broker.bootstrap, [(f"cam{i}", rtsp.url(f"cam{i}"), None) for i in range(cameras)],
+        topic="bench", metrics_port=port, batching={"max_batch": cameras, "max_wait_ms": 20},
+    )
     daemon = Daemon(config, workdir / "bench-daemon.log")
     daemon.start()
     try:

@@ -5,7 +5,10 @@ per-frame ground truth.
 
 Each scene has objects of four classes (disc, square, triangle, cross) in random colours, moving
 in straight lines across a noisy, cluttered background; they enter and leave the frame and pass
-in front of each other (drawn by depth). Sensor noise and brightness flicker change every frame.
+in front of each other (drawn by depth). Distractors move among them: thin ellipses, rings and
+soft colour blobs in the same vivid colours, which belong to no class (no truth; a detection of
+one is a false positive) and hide what is behind them. Sensor noise and brightness flicker change
+every frame.
 
 Ground truth (`<clip>.truth.json`): for every frame index, each object's class and box in source
 pixels (clipped to the frame) and its visible fraction. Objects less than half visible (hidden by
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 CLASSES = ("disc", "square", "triangle", "cross")
+DISTRACTORS = ("ellipse", "ring", "blob")  # drawn with class_id -1, -2, -3; never in the truth
 DIFFICULT_BELOW = 0.5  # visible fraction under which an object is "difficult"
 
 
@@ -38,14 +42,15 @@ DIFFICULT_BELOW = 0.5  # visible fraction under which an object is "difficult"
 class Thing:
     """One object's whole life in a scene."""
 
-    class_id: int
+    class_id: int  # < 0: a distractor, DISTRACTORS[-1 - class_id]
     size: float  # pixels: diameter / side / height
     color: tuple[int, int, int]
     x0: float  # centre at frame 0 (may be off-frame)
     y0: float
     vx: float  # pixels per frame
     vy: float
-    depth: int  # drawn in increasing depth order: larger is in front
+    depth: float  # drawn in increasing depth order: larger is in front
+    angle: float = 0.0  # distractors: ellipse orientation (radians)
 
     def centre(self, frame: int) -> tuple[float, float]:
         return self.x0 + self.vx * frame, self.y0 + self.vy * frame
@@ -66,7 +71,7 @@ class Scene:
     """A deterministic scene: background, objects and their motion, from a seed."""
 
     def __init__(self, seed: int, width: int, height: int, fps: int = 25, frames: int = 200,
-                 density: float = 5.0) -> None:
+                 density: float = 5.0, distractors: float = 1.5) -> None:
         self.seed, self.width, self.height, self.fps, self.frames = seed, width, height, fps, frames
         rng = np.random.default_rng(seed)
         self.background = _background(rng, width, height)
@@ -74,6 +79,8 @@ class Scene:
                        for _ in range(4)]
         self.things = _things(rng, width, height, frames, density)
         self._flicker = rng.uniform(-8, 8, frames).astype(np.float32)
+        # drawn last from the generator, so a seed's objects do not depend on the distractors
+        self.things += _distractors(rng, width, height, frames, distractors, len(self.things))
 
     # ---------------------------------------------------------------- rendering
     def render(self, frame: int) -> tuple[np.ndarray, list[TruthBox]]:
@@ -89,7 +96,8 @@ class Scene:
         shift = (frame * 7919) % self.width
         img += np.roll(noise, shift, axis=1) + self._flicker[frame]
         np.clip(img, 0, 255, out=img)
-        truth = [self._truth(ids, index, thing, box, area) for index, thing, box, area in drawn]
+        truth = [self._truth(ids, index, thing, box, area) for index, thing, box, area in drawn
+                 if thing.class_id >= 0]
         return img.astype(np.uint8), truth
 
     def _draw(self, img, ids, index, thing: Thing, frame: int):
@@ -97,6 +105,9 @@ class Scene:
         half = thing.size / 2
         x1, y1, x2, y2 = cx - half, cy - half, cx + half, cy + half
         if x2 <= 0 or y2 <= 0 or x1 >= self.width or y1 >= self.height:
+            return None
+        if thing.class_id < 0:
+            self._draw_distractor(img, ids, index, thing, cx, cy)
             return None
         mask, ox, oy, full_area = _shape_mask(thing.class_id, cx, cy, thing.size, self.width, self.height)
         if mask is None or full_area == 0:
@@ -107,6 +118,17 @@ class Scene:
         ys, xs = np.nonzero(mask)
         box = (float(ox + xs.min()), float(oy + ys.min()), float(ox + xs.max() + 1), float(oy + ys.max() + 1))
         return box, full_area
+
+    def _draw_distractor(self, img, ids, index, thing: Thing, cx: float, cy: float) -> None:
+        alpha, ox, oy = _distractor_alpha(thing, cx, cy, self.width, self.height)
+        if alpha is None:
+            return
+        h, w = alpha.shape
+        region = img[oy:oy + h, ox:ox + w]
+        a = alpha[..., None]
+        region *= 1 - a
+        region += a * np.asarray(thing.color, np.float32)
+        ids[oy:oy + h, ox:ox + w][alpha >= 0.5] = index  # hides what is behind it
 
     def _truth(self, ids, index, thing: Thing, box, full_area) -> TruthBox:
         x1, y1, x2, y2 = (int(v) for v in box)
@@ -226,6 +248,48 @@ def _things(rng: np.random.Generator, width: int, height: int, frames: int, dens
         things.append(Thing(int(rng.integers(0, len(CLASSES))), size, color,
                             mx - vx * t_mid, my - vy * t_mid, vx, vy, depth))
     return things
+
+
+def _distractors(rng: np.random.Generator, width: int, height: int, frames: int, density: float,
+                 layers: int) -> list[Thing]:
+    """Things of no class (about `density` in view), at random depths among the objects."""
+    if density <= 0:
+        return []
+    things = []
+    speed_unit = max(width, height) / 25
+    for _ in range(int(density * 2.5 + rng.integers(0, 2))):
+        size = float(rng.uniform(0.07, 0.22) * height)
+        angle = rng.uniform(0, 2 * math.pi)
+        speed = rng.uniform(0.8, 3.5) * speed_unit / 25
+        vx, vy = speed * math.cos(angle), speed * math.sin(angle)
+        t_mid = rng.uniform(0, frames)
+        mx, my = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        kind = int(rng.integers(0, len(DISTRACTORS)))
+        things.append(Thing(-1 - kind, size, _vivid(rng), mx - vx * t_mid, my - vy * t_mid, vx, vy,
+                            float(rng.uniform(-0.5, layers)), float(rng.uniform(0, math.pi))))
+    return things
+
+
+def _distractor_alpha(thing: Thing, cx: float, cy: float, width: int, height: int):
+    """Opacity (float HxW in [0, 1]) of a distractor inside the frame, and its offset."""
+    half = thing.size / 2
+    x1, y1 = max(int(math.floor(cx - half)), 0), max(int(math.floor(cy - half)), 0)
+    x2, y2 = min(int(math.ceil(cx + half)), width), min(int(math.ceil(cy + half)), height)
+    if x2 <= x1 or y2 <= y1:
+        return None, 0, 0
+    yy, xx = np.mgrid[y1:y2, x1:x2].astype(np.float32)
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    kind = DISTRACTORS[-1 - thing.class_id]
+    if kind == "ellipse":  # thin: 3-4 times longer than wide, any orientation
+        c, s = math.cos(thing.angle), math.sin(thing.angle)
+        u, v = (dx * c + dy * s) / half, (dy * c - dx * s) / (half / 3.5)
+        alpha = (u * u + v * v <= 1).astype(np.float32)
+    elif kind == "ring":  # hollow: the background shows through the middle
+        r = np.sqrt(dx * dx + dy * dy)
+        alpha = ((r <= half) & (r >= 0.65 * half)).astype(np.float32)
+    else:  # soft round blob with no edge
+        alpha = 0.9 * np.exp(-(dx * dx + dy * dy) / (2 * (half / 2.5) ** 2))
+    return alpha, x1, y1
 
 
 def _vivid(rng: np.random.Generator) -> tuple[int, int, int]:

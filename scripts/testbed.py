@@ -43,6 +43,27 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple], *, topic: str = "detections",
+                  status_topic: str = "camera-status", metrics_port: int = 0, **sections: dict) -> Path:
+    """Write a daemon config: `cameras` as (id, url, fps or None); `model` may be a path or a dict
+    of model settings with `path`; other sections (batching, source, gpu, ...) as dicts (`kafka`
+    settings are added to the broker and topics)."""
+    import yaml
+
+    model_section = dict(model) if isinstance(model, dict) else {"path": model}
+    model_section["path"] = str(Path(model_section["path"]).resolve())
+    config = {
+        "model": model_section,
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "status_topic": status_topic,
+                  **sections.pop("kafka", {})},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        **sections,
+        "cameras": [{"id": cam, "url": url, **({"fps": fps} if fps else {})} for cam, url, fps in cameras],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int = 25, gop: int = 50) -> Path:
     """An H.264 MP4 of ffmpeg's moving test pattern (no B-frames, yuv420p); reused if present."""
     path = Path(path)
@@ -58,6 +79,28 @@ def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int 
         check=True,
     )
     tmp.rename(path)
+    return path
+
+
+def pyav_clip(path: Path, frames, fps: int = 25, gop: int = 50, container: str | None = None) -> Path:
+    """Encode RGB frames (an iterable of HxWx3 uint8) to H.264 with PyAV's own libx264, for
+    machines without the ffmpeg program (the GPU machines). `container` "h264" writes a raw
+    Annex B stream (which can be concatenated); default: from the suffix."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container) as out:
+        stream = None
+        for image in frames:
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "yuv420p"
+                stream.options = {"g": str(gop), "bf": "0", "preset": "veryfast"}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
     return path
 
 

@@ -4,7 +4,7 @@
     .venv-export/bin/python scripts/train_detector.py --work .cache/train --epochs 40 \\
         --out engines/shapes-yolov8n.onnx
 
-1. Dataset: scenes from scripts/scenes.py (train seeds 1000+, validation seeds 5000+; the accuracy
+1. Dataset: scenes from scripts/scenes.py with distractors (train seeds 1000+, validation seeds 5000+; the accuracy
    test uses other seeds) at 1280x720, 1920x1080 and 1024x768, encoded to H.264 and decoded again
    (so training sees the compression the pipeline sees), every 4th frame scaled to 480 px on the
    long side, YOLO labels for objects at least 35% visible.
@@ -32,7 +32,7 @@ LABEL_MIN_VISIBLE = 0.35
 IMAGE_LONG_SIDE = 480
 
 
-def build_split(root: Path, split: str, seeds: range, frames: int, every: int) -> int:
+def build_split(root: Path, split: str, seeds: range, frames: int, every: int, distractors: float) -> int:
     """Render, encode, decode and label the scenes of one split; returns the image count."""
     import av
     import cv2
@@ -44,7 +44,7 @@ def build_split(root: Path, split: str, seeds: range, frames: int, every: int) -
     with tempfile.TemporaryDirectory() as tmp:
         for n, seed in enumerate(seeds):
             width, height = SIZES[n % len(SIZES)]
-            scene = Scene(seed, width, height, frames=frames)
+            scene = Scene(seed, width, height, frames=frames, distractors=distractors)
             clip = scene.write(Path(tmp) / f"{seed}.mp4")
             truth = json.loads(clip.with_suffix(".truth.json").read_text())["frames"]
             scale = IMAGE_LONG_SIDE / max(width, height)
@@ -80,14 +80,22 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distractors", type=float, default=1.5,
+                        help="scenes' distractors in view (0: none, as the first model was trained)")
+    parser.add_argument("--init", type=Path,
+                        help="start from these weights (a .pt of an earlier run) instead of the yaml")
+    parser.add_argument("--warmup-epochs", type=float, default=3.0)
+    parser.add_argument("--close-mosaic", type=int, default=5, help="last N epochs without mosaic")
     parser.add_argument("--out", type=Path, required=True, help="where to write the ONNX model")
     args = parser.parse_args()
 
     data = args.work / "dataset"
     if not (data / "done").exists():
         shutil.rmtree(data, ignore_errors=True)
-        n_train = build_split(data, "train", range(1000, 1000 + args.train_scenes), args.frames, args.every)
-        n_val = build_split(data, "val", range(5000, 5000 + args.val_scenes), args.frames, args.every)
+        n_train = build_split(data, "train", range(1000, 1000 + args.train_scenes), args.frames, args.every,
+                              args.distractors)
+        n_val = build_split(data, "val", range(5000, 5000 + args.val_scenes), args.frames, args.every,
+                            args.distractors)
         (data / "done").write_text(f"{n_train} {n_val}\n")
         print(f"dataset: {n_train} training and {n_val} validation images", flush=True)
     spec = data / "shapes.yaml"
@@ -102,12 +110,13 @@ def main() -> int:
 
     torch.set_num_threads(2)  # ultralytics uses one thread on the CPU by default
     torch.manual_seed(args.seed)
-    model = YOLO("yolov8n.yaml")  # architecture only
+    model = YOLO(str(args.init) if args.init else "yolov8n.yaml")  # yaml: architecture only
     model.train(
         data=str(spec), imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, workers=2, device="cpu",
-        seed=args.seed, deterministic=True, pretrained=False, amp=False, plots=False, cache="ram",
+        seed=args.seed, deterministic=True, pretrained=args.init is not None, amp=False, plots=False, cache="ram",
         project=str(args.work.resolve()), name="run", exist_ok=True, flipud=0.0, fliplr=0.5,
-        degrees=0.0, mosaic=1.0, close_mosaic=5, patience=100, verbose=False,
+        degrees=0.0, mosaic=1.0, close_mosaic=args.close_mosaic, patience=100,
+        warmup_epochs=args.warmup_epochs, verbose=False,
     )
     best = args.work / "run" / "weights" / "best.pt"
     trained = YOLO(str(best))
@@ -118,7 +127,9 @@ def main() -> int:
     shutil.copyfile(exported, args.out)
     result = {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map),
               "per_class_map50": dict(zip(CLASSES, (float(v) for v in metrics.box.ap50))),
-              "epochs": args.epochs, "imgsz": args.imgsz, "onnx": str(args.out)}
+              "epochs": args.epochs, "imgsz": args.imgsz, "onnx": str(args.out),
+              "init": str(args.init) if args.init else None, "train_scenes": args.train_scenes,
+              "distractors": args.distractors}
     (args.work / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

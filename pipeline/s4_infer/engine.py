@@ -91,21 +91,53 @@ def input_spec_from_shape(shape: tuple, input_size: int, stride: int = 32) -> In
     return InputSpec(fixed(shape[0]), fixed(shape[2]), fixed(shape[3]), input_size, stride)
 
 
-def load_engine(config: ModelConfig) -> Engine:
-    """Load the configured model with the configured (or best available) backend."""
-    backend = config.backend
-    if backend == "auto":
-        backend = "tensorrt" if _gpu_usable() else "onnxruntime"
+def guess_num_classes(shape: tuple) -> int | None:
+    """nc from a YOLOv8-style [B, 4+nc, N] output when the middle dim is fixed and small."""
+    if len(shape) == 3 and isinstance(shape[1], int) and 4 < shape[1] < 1000:
+        return shape[1] - 4
+    return None
+
+
+def model_info(config: ModelConfig, input_shape: tuple, output_shape: tuple, metadata: dict[str, str],
+               sha256: str | None = None) -> ModelInfo:
+    """ModelInfo of the configured model from its I/O shapes and metadata."""
+    spec = input_spec_from_shape(input_shape, config.input_size, int(metadata.get("stride", 32)))
+    labels = parse_labels(metadata, config.labels, guess_num_classes(output_shape))
+    return ModelInfo(config.path.stem, sha256 or file_sha256(config.path), spec, output_shape, labels, metadata)
+
+
+def describe_onnx(config: ModelConfig) -> ModelInfo:
+    """ModelInfo of the configured ONNX file, read with ONNX Runtime (for backends whose own
+    artifact lacks the metadata: TensorRT plans, the stub)."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(config.path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        raise EngineError(f"cannot load model {config.path}: {exc}") from None
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    return model_info(config, tuple(session.get_inputs()[0].shape), tuple(session.get_outputs()[0].shape),
+                      metadata)
+
+
+def load_engine(config: ModelConfig, backend: str | None = None, gpu=None, max_batch: int = 8) -> Engine:
+    """Load the model with `backend` (default: the configured one; "auto" resolves to TensorRT
+    when the GPU path is usable here, else ONNX Runtime). `gpu` (a pipeline.gpu.Gpu) is the GPU
+    the engine runs on; `max_batch` sizes TensorRT's profile and input buffers."""
+    backend = backend or config.backend
+    if backend in ("auto", "tensorrt") and gpu is None:
+        from pipeline.gpu import choose_path, probe
+
+        backend = choose_path(backend, "pyav", probe()).backend  # EngineError: what is missing
     if backend == "tensorrt":
-        raise EngineError(
-            "the TensorRT backend is not available in this version; use backend: onnxruntime"
-        )
+        from pipeline.gpu import Gpu
+        from pipeline.s4_infer.tensorrt_backend import TensorRTEngine
+
+        return TensorRTEngine(config, gpu or Gpu(0), max_batch)
+    if backend == "stub":
+        from pipeline.s4_infer.stub_backend import StubEngine
+
+        return StubEngine(config, gpu)
     from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(config)
-
-
-def _gpu_usable() -> bool:
-    """Whether `auto` may pick the GPU path. Always False until that path exists (its own issue);
-    it will then import NVIDIA's modules lazily here (they raise without a driver)."""
-    return False

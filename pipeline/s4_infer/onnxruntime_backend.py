@@ -15,7 +15,7 @@ import onnxruntime as ort
 from pipeline.config import ModelConfig
 from pipeline.core import EngineError
 from pipeline.logs import log_event
-from pipeline.s4_infer.engine import ModelInfo, file_sha256, input_spec_from_shape, parse_labels
+from pipeline.s4_infer.engine import model_info
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,9 @@ class OnnxRuntimeEngine:
         self._input_name = inp.name
         self._output_name = out.name
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        spec = input_spec_from_shape(tuple(inp.shape), config.input_size, int(metadata.get("stride", 32)))
-        labels = parse_labels(metadata, config.labels, _guess_num_classes(tuple(out.shape)))
-        self.info = ModelInfo(
-            name=config.path.stem,
-            sha256=file_sha256(config.path),
-            input_spec=spec,
-            output_shape=tuple(out.shape),
-            labels=labels,
-            metadata=metadata,
-        )
+        self.info = model_info(config, tuple(inp.shape), tuple(out.shape), metadata)
         log_event(log, logging.INFO, "model loaded", backend=self.backend, model=self.info.name,
-                  input=list(inp.shape), output=list(out.shape), classes=len(labels),
+                  input=list(inp.shape), output=list(out.shape), classes=len(self.info.labels),
                   threads=threads, parallel_runs=self.concurrency)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -72,9 +63,3 @@ class OnnxRuntimeEngine:
         """Drop the session."""
         self._session = None
 
-
-def _guess_num_classes(shape: tuple) -> int | None:
-    """nc from a YOLOv8-style [B, 4+nc, N] output when the middle dim is fixed and small."""
-    if len(shape) == 3 and isinstance(shape[1], int) and 4 < shape[1] < 1000:
-        return shape[1] - 4
-    return None

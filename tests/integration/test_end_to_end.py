@@ -10,28 +10,22 @@ import jsonschema
 import pytest
 
 from scripts.testbed import (
-    REPO, Daemon, NotRtspServer, SilentServer, consume, free_port, http_get, metric_values,
+    REPO, Daemon, NotRtspServer, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
 )
 
 GOOD = ("wide", "classic", "portrait")
 BAD = ("refused", "silent", "not-rtsp")
 PASSWORD = "Secr3t-pw"
 SIZES = {"wide": (1280, 720), "classic": (640, 480), "portrait": (480, 848)}
+MODEL = REPO / "engines" / "yolov8n.onnx"
 
 
-def write_config(path, broker, cameras, topic, status_topic, metrics_port):
-    lines = [
-        "model:",
-        f"  path: {REPO / 'engines' / 'yolov8n.onnx'}",
-        "batching: {max_batch: 4, max_wait_ms: 20}",
-        "source: {open_timeout_s: 3, stall_timeout_s: 3, backoff_initial_s: 0.5, backoff_max_s: 2}",
-        f"kafka: {{bootstrap_servers: '{broker.bootstrap}', topic: {topic}, status_topic: {status_topic}}}",
-        f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}",
-        "cameras:",
-    ]
-    lines += [f"  - {{id: {cam}, url: '{url}', fps: {fps}}}" for cam, url, fps in cameras]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def write_config(path, broker, cameras, topic, status_topic, metrics_port, model=MODEL):
+    return daemon_config(
+        path, model, broker.bootstrap, cameras, topic=topic, status_topic=status_topic,
+        metrics_port=metrics_port, batching={"max_batch": 4, "max_wait_ms": 20},
+        source={"open_timeout_s": 3, "stall_timeout_s": 3, "backoff_initial_s": 0.5, "backoff_max_s": 2},
+    )
 
 
 def good_cameras(rtsp_server):

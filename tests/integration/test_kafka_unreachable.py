@@ -4,19 +4,14 @@ import json
 import signal
 import time
 
-from scripts.testbed import REPO, Daemon, free_port, http_get, metric_values, wait_for
+from scripts.testbed import REPO, Daemon, daemon_config, free_port, http_get, metric_values, wait_for
 
 
 def test_daemon_without_broker_stays_alive_counts_drops_and_stops_on_sigint(tmp_path, rtsp_server):
     port = free_port()
-    config = tmp_path / "nokafka.yaml"
-    config.write_text("\n".join([
-        f"model: {{path: {REPO / 'engines' / 'yolov8n.onnx'}}}",
-        f"kafka: {{bootstrap_servers: '127.0.0.1:{free_port()}', queue_size: 5, stop_timeout_s: 2}}",
-        f"metrics: {{listen: '127.0.0.1:{port}'}}",
-        "cameras:",
-        f"  - {{id: classic, url: '{rtsp_server.url('classic')}', fps: 10}}",
-    ]) + "\n")
+    config = daemon_config(tmp_path / "nokafka.yaml", REPO / "engines" / "yolov8n.onnx", f"127.0.0.1:{free_port()}",
+                           [("classic", rtsp_server.url("classic"), 10)], metrics_port=port,
+                           kafka={"queue_size": 5, "stop_timeout_s": 2})
     daemon = Daemon(config, tmp_path / "nokafka.log")
     daemon.start()
     try:

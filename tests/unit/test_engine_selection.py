@@ -1,4 +1,4 @@
-"""Backend selection: the CPU path runs without any GPU module, and TensorRT is refused clearly."""
+"""Backend selection: the CPU path runs without any GPU module; TensorRT without a GPU is refused clearly."""
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +39,8 @@ def test_model_metadata_gives_input_rules_and_labels():
     assert batch.shape == (2, 84, 5040)
 
 
-def test_tensorrt_backend_is_refused_with_a_clear_error():
-    with pytest.raises(EngineError, match="TensorRT backend is not available"):
+def test_tensorrt_backend_without_a_gpu_is_refused_saying_what_is_missing():
+    with pytest.raises(EngineError, match=r"needs an NVIDIA GPU .* this machine has 0 GPU\(s\) and lacks pycuda"):
         load_engine(ModelConfig(path=MODEL, backend="tensorrt"))
 
 

@@ -46,6 +46,22 @@ def test_objects_enter_leave_and_hide_each_other():
     assert partly_hidden > 0 and at_edge > 0
 
 
+def test_distractors_are_drawn_never_labelled_and_hide_what_is_behind_them():
+    plain = Scene(seed=5, width=640, height=360, frames=100, distractors=0)
+    busy = Scene(seed=5, width=640, height=360, frames=100, distractors=4)
+    assert not any(t.class_id < 0 for t in plain.things) and any(t.class_id < 0 for t in busy.things)
+    differs = hidden = 0
+    for index in range(0, 100, 4):
+        img_p, truth_p = plain.render(index)
+        img_b, truth_b = busy.render(index)
+        # the same objects in the same places: distractors come on top of a seed's scene
+        assert [(t.class_id, t.bbox) for t in truth_p] == [(t.class_id, t.bbox) for t in truth_b]
+        differs += not np.array_equal(img_p, img_b)
+        hidden += sum(b.visible < p.visible for p, b in zip(truth_p, truth_b))
+    assert differs > 10, "distractors are visible in most frames"
+    assert hidden > 0, "a distractor in front lowers the visible fraction of what it covers"
+
+
 def test_truth_is_found_by_pts_and_wraps_at_the_clip_end(scene):
     truth = Truth.of_scene(scene)
     assert truth.index_of(0.0) == 0 and truth.index_of(1.0) == 25

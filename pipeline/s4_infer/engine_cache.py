@@ -1,0 +1,164 @@
+"""TensorRT engines: built from the ONNX model per GPU model and TensorRT version, kept in a cache.
+
+A plan only runs on the GPU model and TensorRT version it was built with, so engines are never
+committed: `rtsp-pipeline build-engine` (or the daemon's first start) builds one into the cache,
+under a key of everything that changes the plan. A changed model, GPU, TensorRT version,
+precision, batch or input size gives a new key, hence a rebuild; anything else reuses the plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.core import EngineError
+from pipeline.logs import log_event
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the build recipe below changes what a plan contains
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a serialized TensorRT plan depends on."""
+
+    model_sha256: str
+    gpu_name: str
+    compute_capability: str  # "9.0"
+    tensorrt_version: str
+    precision: str  # "fp16" or "fp32"
+    max_batch: int
+    input_size: int  # long side; the profile allows any stride multiple up to it
+    cache_format: int = CACHE_FORMAT
+
+    def digest(self) -> str:
+        """A stable hex digest of the key's fields."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """$RTSP_PIPELINE_ENGINE_CACHE, else $XDG_CACHE_HOME/rtsp-pipeline/engines, else ~/.cache/..."""
+    env = os.environ if environ is None else environ
+    if env.get("RTSP_PIPELINE_ENGINE_CACHE"):
+        return Path(env["RTSP_PIPELINE_ENGINE_CACHE"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "rtsp-pipeline" / "engines"
+
+
+def engine_path(cache_dir: Path, model_name: str, key: EngineKey) -> Path:
+    """Where the plan for `key` lives (its key is written beside it as JSON)."""
+    gpu = "".join(c if c.isalnum() else "-" for c in key.gpu_name).strip("-").lower()
+    return Path(cache_dir) / f"{model_name}.{gpu}.trt{key.tensorrt_version}.{key.precision}.{key.digest()[:16]}.plan"
+
+
+def store(path: Path, plan: bytes, key: EngineKey) -> None:
+    """Write a plan atomically (a crash never leaves half a plan under the final name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(plan)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2, sort_keys=True))
+
+
+def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False) -> Path:
+    """The cached plan of `model` (a ModelConfig) for `gpu` (a pipeline.gpu.Gpu), built first when
+    missing (or when `force`); EngineError when missing and `build` is False."""
+    import tensorrt as trt  # lazy: only where TensorRT is installed
+
+    from pipeline.s4_infer.engine import file_sha256
+
+    key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
+                    model.tensorrt.precision, max_batch, model.input_size)
+    path = engine_path(model.tensorrt.engine_cache or default_cache_dir(), model.path.stem, key)
+    if path.exists() and not force:
+        return path
+    if not build:
+        raise EngineError(
+            f"no TensorRT engine for this model, GPU ({key.gpu_name}) and TensorRT {key.tensorrt_version} "
+            f"in {path.parent}; build it with `rtsp-pipeline build-engine --config <your config>`"
+        )
+    with gpu.current():
+        store(path, build_plan(model.path, key, model.tensorrt.workspace_mb), key)
+    return path
+
+
+def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progress: bool = True) -> bytes:
+    """ONNX -> serialized TensorRT plan with a dynamic-batch (and H/W) profile.
+
+    TensorRT 10 (JetPack): FP16 through the builder flag. TensorRT 11 removed that flag (networks
+    are strongly typed), so FP16 there means converting the ONNX weights to FP16 first (ONNX
+    Runtime's converter, float32 I/O kept)."""
+    import tensorrt as trt  # lazy: only where TensorRT is installed
+
+    major = int(trt.__version__.split(".")[0])
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = major >= 11
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    model_bytes = Path(onnx_path).read_bytes()
+    if strongly_typed and key.precision == "fp16":
+        model_bytes = _fp16_onnx(model_bytes)
+    if not parser.parse(model_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if key.precision == "fp16" and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+    inp = network.get_input(0)
+    profile = builder.create_optimization_profile()
+    size = key.input_size
+    profile.set_shape(inp.name, (1, 3, 32, 32), (max(1, key.max_batch // 2), 3, size, size),
+                      (key.max_batch, 3, size, size))
+    config.add_optimization_profile(profile)
+    if progress and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(trt)
+    started = time.monotonic()
+    log_event(log, logging.INFO, "building TensorRT engine (minutes, once per GPU model and version)",
+              model=str(onnx_path), precision=key.precision, max_batch=key.max_batch, input_size=size)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    log_event(log, logging.INFO, "TensorRT engine built", seconds=round(time.monotonic() - started, 1))
+    return bytes(plan)
+
+
+def _fp16_onnx(model_bytes: bytes) -> bytes:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
+    return model.SerializeToString()
+
+
+def _progress_monitor(trt):
+    """A TensorRT progress monitor that logs each phase's progress at most every 2 s."""
+
+    class Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._last = 0.0
+
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+            log_event(log, logging.INFO, "engine build phase", phase=phase_name, steps=num_steps)
+
+        def step_complete(self, phase_name, step) -> bool:
+            now = time.monotonic()
+            if now - self._last >= 2:
+                self._last = now
+                log_event(log, logging.INFO, "engine build progress", phase=phase_name, step=step)
+            return True  # keep building
+
+        def phase_finish(self, phase_name) -> None:
+            pass
+
+    return Progress()

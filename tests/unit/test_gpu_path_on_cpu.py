@@ -1,0 +1,225 @@
+"""The GPU path's pieces that can be checked without a GPU: the preprocessing kernel's numpy
+reference (known colours, FFmpeg's own conversion, letterbox geometry), that nvcc compiles the
+kernel, path selection, camera placement, engine-cache keys, the stub engine's output, and that
+no module of the package imports an NVIDIA module at import time."""
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.core import ColorSpec, EngineError, Letterbox
+from pipeline.gpu import GPU_MODULES, GpuProbe, TransferCounter, choose_path, place_cameras, probe
+from pipeline.s4_infer import engine_cache
+from pipeline.s4_infer.gpu_preprocess import KERNEL_SOURCE, PAD_VALUE, letterbox_nv12_reference
+from pipeline.s4_infer.stub_backend import stub_output_shape
+from scripts.scenes import Scene
+
+
+def uniform_nv12(w, h, y, u, v):
+    return np.full((h, w), y, np.uint8), np.dstack([np.full((h // 2, w // 2), u, np.uint8),
+                                                    np.full((h // 2, w // 2), v, np.uint8)])
+
+
+def convert(luma, chroma, color, out_hw=None, lb=None):
+    h, w = luma.shape
+    lb = lb or Letterbox(1.0, 0, 0, w, h)
+    out = np.empty((3, *(out_hw or (h, w))), np.float32)
+    letterbox_nv12_reference(luma, chroma, color, lb, out)
+    return out
+
+
+@pytest.mark.parametrize("color, yuv, rgb", [
+    (ColorSpec("bt601"), (16, 128, 128), (0, 0, 0)),          # limited-range black
+    (ColorSpec("bt601"), (235, 128, 128), (1, 1, 1)),         # limited-range white
+    (ColorSpec("bt601", True), (0, 128, 128), (0, 0, 0)),     # full-range black
+    (ColorSpec("bt601", True), (128, 128, 128), (128 / 255,) * 3),
+    (ColorSpec("bt709"), (63, 102, 240), (1, 0, 0)),          # BT.709 limited red
+    (ColorSpec("bt601"), (81, 90, 240), (1, 0, 0)),           # BT.601 limited red
+    (ColorSpec("bt709"), (173, 42, 26), (0, 1, 0)),           # BT.709 limited green
+    (ColorSpec("bt601"), (41, 240, 110), (0, 0, 1)),          # BT.601 limited blue
+])
+def test_known_colours_convert_to_the_right_rgb(color, yuv, rgb):
+    out = convert(*uniform_nv12(16, 8, *yuv), color)
+    assert np.allclose(out.reshape(3, -1).mean(axis=1), rgb, atol=2.5 / 255)
+    assert out.max() <= 1 and out.min() >= 0
+
+
+def test_matches_ffmpegs_own_conversion_on_a_decoded_frame(tmp_path):
+    clip = Scene(seed=21, width=640, height=480, frames=3).write(tmp_path / "c.mp4")
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+    nv12 = frame.reformat(format="nv12")
+    w, h = frame.width, frame.height
+    luma = np.frombuffer(nv12.planes[0], np.uint8).reshape(h, -1)[:, :w]
+    chroma = np.frombuffer(nv12.planes[1], np.uint8).reshape(h // 2, -1)[:, :w].reshape(h // 2, w // 2, 2)
+    ffmpeg = frame.to_ndarray(format="rgb24").transpose(2, 0, 1) / 255
+    ours = convert(luma, chroma, ColorSpec.from_av(frame.colorspace, frame.color_range))
+    error = np.median(np.abs(ours - ffmpeg)) * 255
+    # FFmpeg upsamples chroma its own way, so edges differ; colours and levels must agree
+    assert error <= 2, error
+    for wrong in (ColorSpec("bt709"), ColorSpec("bt601", full_range=True)):  # the check can fail
+        assert np.median(np.abs(convert(luma, chroma, wrong) - ffmpeg)) * 255 > 2 * error, wrong
+
+
+def test_letterbox_scales_the_picture_into_place_and_pads_the_rest():
+    luma, chroma = uniform_nv12(64, 32, 16, 128, 128)
+    luma[8:24, 16:48] = 235  # a white block in the middle of a black frame
+    lb = Letterbox(0.5, 0, 8, 64, 32)  # 32x16 picture centred in a 32x32 input
+    out = convert(luma, chroma, ColorSpec(), out_hw=(32, 32), lb=lb)
+    assert np.allclose(out[:, :8], PAD_VALUE) and np.allclose(out[:, 24:], PAD_VALUE)
+    assert np.allclose(out[:, 16, 16], 1, atol=1e-3)  # block centre (32, 16) -> (16, 8 + 8)
+    assert np.allclose(out[:, 10, 2], 0, atol=1e-3)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_nvcc_compiles_the_kernel_with_both_entry_points(tmp_path):
+    ptx = tmp_path / "k.ptx"
+    result = subprocess.run(["nvcc", "--ptx", "-std=c++17", "-arch=sm_80", "-o", str(ptx), str(KERNEL_SOURCE)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = ptx.read_text()
+    assert ".entry letterbox_nv12_f32(" in text and ".entry letterbox_nv12_f16(" in text
+
+
+@pytest.mark.parametrize("codes, expected", [
+    ((1, 1), ColorSpec("bt709", False)), ((2, 0), ColorSpec("bt601", False)),
+    ((5, 2), ColorSpec("bt601", True)), ((9, 1), ColorSpec("bt2020", False)), ((None, None), ColorSpec()),
+])
+def test_stream_colour_codes_choose_matrix_and_range(codes, expected):
+    assert ColorSpec.from_av(*codes) == expected
+
+
+NO_GPU = GpuProbe(0, {m: False for m in GPU_MODULES})
+GPU_BUT_NO_TRT = GpuProbe(1, {"pycuda": True, "PyNvVideoCodec": True, "tensorrt": False})
+FULL_GPU = GpuProbe(2, {m: True for m in GPU_MODULES})
+
+
+@pytest.mark.parametrize("backend, decoder, found, expected", [
+    ("auto", "auto", NO_GPU, ("onnxruntime", "pyav")),
+    ("auto", "auto", FULL_GPU, ("tensorrt", "nvdec")),
+    ("auto", "auto", GPU_BUT_NO_TRT, ("onnxruntime", "pyav")),
+    ("auto", "pyav", FULL_GPU, ("tensorrt", "pyav")),
+    ("stub", "auto", NO_GPU, ("stub", "pyav")),
+    ("stub", "auto", GPU_BUT_NO_TRT, ("stub", "nvdec")),
+    ("onnxruntime", "auto", FULL_GPU, ("onnxruntime", "pyav")),
+])
+def test_path_choice(backend, decoder, found, expected):
+    choice = choose_path(backend, decoder, found)
+    assert (choice.backend, choice.decoder) == expected
+    assert choice.on_gpu == (expected[0] == "tensorrt" or expected[1] == "nvdec")
+
+
+def test_auto_on_a_gpu_without_tensorrt_says_why_it_stays_on_the_cpu():
+    assert "tensorrt" in choose_path("auto", "auto", GPU_BUT_NO_TRT).why
+
+
+@pytest.mark.parametrize("backend, decoder, found, message", [
+    ("tensorrt", "auto", NO_GPU, "needs an NVIDIA GPU"),
+    ("tensorrt", "auto", GPU_BUT_NO_TRT, "lacks tensorrt"),
+    ("stub", "nvdec", NO_GPU, "gpu.decoder nvdec needs an NVIDIA GPU"),
+    ("onnxruntime", "nvdec", FULL_GPU, "ONNX Runtime"),
+])
+def test_impossible_choices_are_refused_saying_what_is_missing(backend, decoder, found, message):
+    with pytest.raises(EngineError, match=message):
+        choose_path(backend, decoder, found)
+
+
+def test_probe_counts_the_gpus_the_driver_lists(tmp_path):
+    for bus in ("0000:01:00.0", "0000:41:00.0"):
+        (tmp_path / bus).mkdir()
+    assert probe(str(tmp_path)).devices == 2
+    assert probe(str(tmp_path / "absent")).devices == 0
+
+
+def test_cameras_go_to_their_configured_gpu_and_the_rest_spread_evenly():
+    placed = place_cameras({"a": None, "b": 1, "c": None, "d": None, "e": 1, "f": None}, [0, 1])
+    assert placed["b"] == placed["e"] == 1
+    counts = [list(placed.values()).count(g) for g in (0, 1)]
+    assert counts == [3, 3] and placed["a"] == 0
+
+
+def test_a_camera_set_to_a_missing_gpu_is_named():
+    with pytest.raises(EngineError, match=r"cam-7 \(gpu 3\)"):
+        place_cameras({"cam-1": None, "cam-7": 3}, [0, 1])
+
+
+KEY = engine_cache.EngineKey("ab" * 32, "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", "fp16", 8, 640)
+
+
+@pytest.mark.parametrize("change", [
+    {"model_sha256": "cd" * 32}, {"gpu_name": "NVIDIA L4"}, {"compute_capability": "8.9"},
+    {"tensorrt_version": "11.4.0"}, {"precision": "fp32"}, {"max_batch": 16}, {"input_size": 320},
+])
+def test_engine_cache_key_changes_with_anything_that_changes_the_plan(change, tmp_path):
+    same = engine_cache.engine_path(tmp_path, "yolo", replace(KEY))
+    assert same == engine_cache.engine_path(tmp_path, "yolo", KEY)
+    assert engine_cache.engine_path(tmp_path, "yolo", replace(KEY, **change)) != same
+
+
+def test_engine_cache_stores_the_plan_with_its_key_and_names_gpu_and_version(tmp_path):
+    path = engine_cache.engine_path(tmp_path / "cache", "shapes", KEY)
+    engine_cache.store(path, b"plan-bytes", KEY)
+    assert path.read_bytes() == b"plan-bytes"
+    assert json.loads(path.with_suffix(".json").read_text())["gpu_name"] == KEY.gpu_name
+    assert "nvidia-h100-80gb-hbm3" in path.name and "trt10.13.0" in path.name
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_engine_cache_location_follows_the_environment(tmp_path):
+    assert engine_cache.default_cache_dir({"RTSP_PIPELINE_ENGINE_CACHE": "/var/cache/x"}) == Path("/var/cache/x")
+    assert engine_cache.default_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/rtsp-pipeline/engines")
+
+
+@pytest.mark.parametrize("model_shape, expected", [
+    ((1, 84, 8400), (4, 84, 1)), (("batch", 8, "anchors"), (4, 8, 1)),
+    ((1, 25200, 85), (4, 1, 85)), ((1, 300, 6), (4, 300, 6)),
+])
+def test_stub_output_keeps_the_models_layout_with_one_empty_candidate(model_shape, expected):
+    assert stub_output_shape(model_shape, 4) == expected
+
+
+def test_transfer_counter_counts_each_direction_and_reports_each_copy():
+    seen = []
+    counter = TransferCounter(lambda d, n: seen.append((d, n)))
+    counter.add("d2d", 100)
+    counter.add("d2h", 8)
+    counter.add("d2h", 8)
+    assert counter.snapshot() == {"h2d": (0, 0), "d2h": (2, 16), "d2d": (1, 100)}
+    assert seen == [("d2d", 100), ("d2h", 8), ("d2h", 8)]
+
+
+def test_no_module_of_the_package_imports_an_nvidia_module():
+    code = f"""
+import importlib, pkgutil, sys, pipeline
+for mod in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+    if not mod.name.endswith("__main__"):
+        importlib.import_module(mod.name)
+print(sorted(m for m in {GPU_MODULES!r} if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_with_every_setting_is_valid():
+    env = {"GATE_PASS": "secret", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "validate-config", str(REPO / "configs" / "example.yaml")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_build_engine_without_a_gpu_exits_1_saying_what_is_missing():
+    env = {"GATE_PASS": "secret", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "build-engine", "--config",
+                             str(REPO / "configs" / "example.yaml")], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert "needs an NVIDIA GPU" in result.stderr + result.stdout
