@@ -28,6 +28,7 @@ from pipeline.logs import log_event
 from pipeline.metrics import Metrics
 from pipeline.s1_source import CameraWorker
 from pipeline.s2_decode import cpu_decoder
+from pipeline.s2_nvdec import nvdec_decoder
 from pipeline.s3_batch import DeadlineBatcher
 from pipeline.s4_infer import Engine, load_engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
@@ -173,8 +174,6 @@ class Runtime:
         """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
         if self._path.decoder != "nvdec":
             return self._decoder_factory
-        from pipeline.s2_nvdec import nvdec_decoder  # GPU path only
-
         count = functools.partial(lambda cam, kind: self.metrics.source_errors.labels(cam, kind).inc(), camera.id)
         return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count)
 

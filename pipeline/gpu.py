@@ -212,7 +212,8 @@ class Gpu:
         self._cuda.memcpy_dtoh_async(host, src, stream)
         self.transfers.add("d2h", nbytes)
 
-    def copy_h2d(self, dst: int, host, stream) -> None:
-        """Host->device copy (only the CPU-preprocessed input of the pyav + tensorrt mix)."""
-        self._cuda.memcpy_htod_async(dst, host, stream)
+    def copy_h2d(self, dst: int, host) -> None:
+        """Host->device copy, synchronous (pageable memory: only the CPU-preprocessed input of the
+        pyav + tensorrt mix, never on the NVDEC path)."""
+        self._cuda.memcpy_htod(dst, host)
         self.transfers.add("h2d", host.nbytes)

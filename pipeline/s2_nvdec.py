@@ -95,7 +95,7 @@ class NvDecoder:
             pictures += self._decode_annexb(annexb)
         return pictures
 
-    def _decode_annexb(self, packet: av.Packet) -> list:
+    def _decode_annexb(self, packet: av.Packet, retry: bool = True) -> list:
         data = self._nvc.PacketData()
         # the bytes behind bsl_data must live until Decode returns: `payload` holds them
         if self._need_key and self._headers:  # SPS/PPS sent out of band (SDP) go in front
@@ -113,7 +113,9 @@ class NvDecoder:
                 width, height = self._decoder.GetWidth(), self._decoder.GetHeight()
         except Exception as exc:  # NVDEC errors are plain exceptions; this camera starts over
             self._recreate(exc)
-            return []
+            # a keyframe that failed (e.g. a larger resolution than the decoder was made for)
+            # is tried once on the new decoder rather than losing a whole GOP
+            return self._decode_annexb(packet, retry=False) if retry and packet.is_keyframe else []
         del payload
         return [self._picture(f, width, height) for f in frames]
 

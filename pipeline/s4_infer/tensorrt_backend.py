@@ -40,6 +40,7 @@ class TensorRTEngine:
 
         self._trt, self._gpu, self._config = trt, gpu, config
         self.max_batch = max_batch
+        self._staging, self._staging_bytes = None, 0  # input from CPU preprocessing (pyav decoder)
         plan_path = engine_cache.plan_for(config, gpu, max_batch, build=config.tensorrt.build_if_missing)
         with gpu.current():
             self._engine = self._load(plan_path)
@@ -110,10 +111,10 @@ class TensorRTEngine:
     def _upload(self, array: np.ndarray) -> DeviceInput:
         """Host batch -> this engine's staging input (for PyAV decode with TensorRT)."""
         array = np.ascontiguousarray(array, dtype=self.input_dtype)
-        if getattr(self, "_staging_bytes", 0) < array.nbytes:
+        if self._staging_bytes < array.nbytes:
             self._staging = self._gpu.alloc(array.nbytes)
             self._staging_bytes = array.nbytes
-        self._gpu.copy_h2d(int(self._staging), array, self._stream)
+        self._gpu.copy_h2d(int(self._staging), array)
         return DeviceInput(int(self._staging), tuple(array.shape), None)
 
     def close(self) -> None:

@@ -223,3 +223,26 @@ def test_build_engine_without_a_gpu_exits_1_saying_what_is_missing():
                              str(REPO / "configs" / "example.yaml")], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1
     assert "needs an NVIDIA GPU" in result.stderr + result.stdout
+
+
+def test_fp16_conversion_for_strongly_typed_tensorrt_keeps_float_io_and_the_detections(tmp_path):
+    import onnxruntime as ort
+
+    from pipeline.s4_infer.engine_cache import _fp16_onnx
+
+    model = REPO / "engines" / "shapes-yolov8n.onnx"
+    half = tmp_path / "half.onnx"
+    half.write_bytes(_fp16_onnx(model.read_bytes()))
+    assert half.stat().st_size < 0.6 * model.stat().st_size  # weights are half as large
+    scene = Scene(seed=31, width=320, height=320, frames=1)
+    image = scene.render(0)[0].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    outputs = []
+    for path in (model, half):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(float)"
+        outputs.append(session.run(None, {session.get_inputs()[0].name: image})[0])
+    full, reduced = outputs
+    assert reduced.dtype == np.float32 and reduced.shape == full.shape
+    scores_full, scores_half = full[0, 4:].max(axis=0), reduced[0, 4:].max(axis=0)
+    confident = scores_full > 0.5
+    assert confident.any() and np.abs(scores_half[confident] - scores_full[confident]).max() < 0.02
