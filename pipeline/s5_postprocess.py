@@ -43,7 +43,28 @@ def detect_layout(shape: Sequence, num_classes: int | None, metadata: dict[str, 
 
 
 def candidates(output: np.ndarray, layout: str, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's raw output -> (boxes xyxy [K,4], scores [K], classes [K]) above `confidence`."""
+    """One image's raw output -> (boxes xyxy [K,4], scores [K], classes [K]) above `confidence`.
+    Rows with a non-finite box, score or class are dropped (a broken model must not publish NaN)."""
+    _check_shape(output, layout)
+    boxes, scores, classes = _raw_candidates(output, layout, confidence)
+    finite = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & np.isfinite(classes)
+              & (classes >= 0) & (classes < 2**31))
+    return boxes[finite], scores[finite], classes[finite].astype(np.int64)
+
+
+def _check_shape(output: np.ndarray, layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if output.ndim != 2:
+        raise LayoutError(f"one image's output must be 2-D, got shape {list(output.shape)}; check model.layout")
+    needed = {"yolov8": (0, 5, "4 box rows and a row per class"), "yolov5": (1, 5, "4 box columns and objectness"),
+              "end2end": (1, 6, "x1, y1, x2, y2, score, class columns")}[layout]
+    axis, least, what = needed
+    if output.shape[axis] < least:
+        raise LayoutError(f"{layout} output needs {what}, got shape {list(output.shape)}; check model.layout")
+
+
+def _raw_candidates(output: np.ndarray, layout: str, confidence: float):
     if layout == "yolov8":
         scores_all = output[4:]
         classes = scores_all.argmax(axis=0)
@@ -59,11 +80,9 @@ def candidates(output: np.ndarray, layout: str, confidence: float) -> tuple[np.n
         scores = rows[:, 4] * (cls_scores[np.arange(len(rows)), classes] if cls_scores.shape[1] else 1)
         keep = scores >= confidence
         return _xywh_to_xyxy(rows[keep, :4]), scores[keep], classes[keep]
-    if layout == "end2end":
-        keep = output[:, 4] >= confidence
-        rows = output[keep]
-        return rows[:, :4].astype(np.float32), rows[:, 4], rows[:, 5].astype(np.int64)
-    raise LayoutError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    keep = output[:, 4] >= confidence  # end2end
+    rows = output[keep]
+    return rows[:, :4].astype(np.float32), rows[:, 4], rows[:, 5]
 
 
 def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:

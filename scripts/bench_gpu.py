@@ -63,9 +63,14 @@ def bare_decode_fps(clip: Path, gpu_index: int, seconds: float) -> dict:
         for packet in demuxer:
             frames += len(decoder.Decode(packet))
     elapsed = time.monotonic() - start
-    caps = nvc.GetDecoderCaps(gpuid=gpu_index, codec=nvc.cudaVideoCodec.H264,
-                              chromaformat=nvc.cudaVideoChromaFormat.YUV420, bitdepth=8)
-    return {"fps": frames / elapsed, "frames": frames, "nvdec_engines": int(caps.get("num_decoder_engines", 1))}
+    try:
+        caps = nvc.GetDecoderCaps(gpuid=gpu_index, codec=nvc.cudaVideoCodec.H264,
+                                  chromaformat=nvc.cudaVideoChromaFormat.YUV420, bitdepth=8)
+        engines = int(caps["num_decoder_engines"])
+    except Exception as exc:  # older drivers do not report it: say so rather than guess
+        print(f"NVDEC engine count unknown ({exc!r}); capacity assumes 1", file=sys.stderr)
+        engines = 1
+    return {"fps": frames / elapsed, "frames": frames, "nvdec_engines": engines}
 
 
 def our_decode_fps(clip: Path, gpu, seconds: float, retain: bool) -> dict:

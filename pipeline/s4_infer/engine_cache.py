@@ -94,14 +94,16 @@ def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progre
 
     TensorRT 10 (JetPack): FP16 through the builder flag. TensorRT 11 removed that flag (networks
     are strongly typed), so FP16 there means converting the ONNX weights to FP16 first (ONNX
-    Runtime's converter, float32 I/O kept)."""
+    Runtime's converter, float32 I/O kept; NVIDIA suggests ModelOpt AutoCast, which is not a
+    dependency here)."""
     import tensorrt as trt  # lazy: only where TensorRT is installed
 
     major = int(trt.__version__.split(".")[0])
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = major >= 11
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    strongly_typed = major >= 11  # 11 removed the precision flags; the creation flag is then ignored
+    typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(typed_flag) if strongly_typed and typed_flag is not None else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     model_bytes = Path(onnx_path).read_bytes()
