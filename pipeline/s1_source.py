@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 S = CameraState
 MAX_RTCP_SKEW_S = 2.0
 
+# failures that retrying soon will not fix: retried at the longest backoff delay
+SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found"})
 TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
     S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
     S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.STOPPED}),
@@ -44,11 +46,12 @@ class Backoff:
         self._attempt = 0
         self._rng = rng or random.Random()
 
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call doubles the base."""
+    def next_delay(self, slow: bool = False) -> float:
+        """The delay before the next attempt; each call doubles the base. `slow` (a failure that
+        will not fix itself soon, such as wrong credentials) goes straight to the longest delay."""
         base = min(self._max, self._initial * (2 ** min(self._attempt, 30)))
         self._attempt += 1
-        return base * self._rng.uniform(0.5, 1.0)
+        return (self._max if slow else base) * self._rng.uniform(0.5, 1.0)
 
     def reset(self) -> None:
         """Start again from the initial delay (after a connection that worked)."""
@@ -170,24 +173,24 @@ class CameraWorker:
         return {"state": self.state.value, "last_frame_age_s": age}
 
     # ------------------------------------------------------------------ state machine
-    def _set_state(self, new: CameraState, reason: str, initial: bool = False) -> None:
+    def _set_state(self, new: CameraState, reason: str, initial: bool = False, quiet: bool = False) -> None:
         with self._state_lock:
             old = self.state
             if not initial and new not in TRANSITIONS[old]:
                 raise AssertionError(f"camera {self.camera.id}: illegal transition {old} -> {new}")
             self.state = new
         self._metrics.set_camera_state(self.camera.id, new)
-        log_event(log, logging.INFO, "camera state", camera=self.camera.id, state=new.value,
-                  previous=old.value, reason=reason)
+        log_event(log, logging.DEBUG if quiet else logging.INFO, "camera state", camera=self.camera.id,
+                  state=new.value, previous=old.value, reason=reason)
         self._on_state(self.camera.id, new, reason)
 
     def _run(self) -> None:
         backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
-        first = True
+        first, last_kind, repeated = True, None, False
         while not self._stop.is_set():
             if not first:
                 self._metrics.reconnects.labels(self.camera.id).inc()
-                self._set_state(CameraState.CONNECTING, "reconnecting")
+                self._set_state(CameraState.CONNECTING, "reconnecting", quiet=repeated)
             first = False
             self._streamed = False  # set when this attempt decodes its first picture
             attempt_started = time.monotonic()
@@ -211,9 +214,12 @@ class CameraWorker:
                 break
             if self._streamed:
                 backoff.reset()
+                last_kind = None
             self._metrics.source_errors.labels(self.camera.id, kind).inc()
-            delay = backoff.next_delay()
-            self._set_state(CameraState.BACKING_OFF, f"{reason}; retrying in {delay:.1f}s")
+            delay = backoff.next_delay(slow=kind in SLOW_RETRY_KINDS)
+            # the same failure again is counted and published, but logged at debug level only
+            repeated, last_kind = kind == last_kind, kind
+            self._set_state(CameraState.BACKING_OFF, f"{reason}; retrying in {delay:.1f}s", quiet=repeated)
             self._stop.wait(delay)
         self._set_state(CameraState.STOPPED, "stopped")
 

@@ -236,6 +236,76 @@ class NotRtspServer:
         self.sock.close()
 
 
+class FakeRtspCamera:
+    """Speaks just enough RTSP to misbehave like a real camera: `answer="mute"` accepts
+    DESCRIBE/SETUP/PLAY and then never sends a packet; `answer=401` (or 403, 404) refuses every
+    request with that status, as a camera with other credentials (or path) does. Counts requests."""
+
+    SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fake\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+           "a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\na=control:trackID=0\r\n")
+    REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+
+    def __init__(self, answer: str | int = "mute") -> None:
+        self.answer = answer
+        self.sock = _listening_socket()
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[str] = []
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str = "stream", credentials: str = "") -> str:
+        """An rtsp:// URL of this camera."""
+        return f"rtsp://{credentials + '@' if credentials else ''}127.0.0.1:{self.port}/{path}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buffer += chunk
+                while b"\r\n\r\n" in buffer:
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    conn.sendall(self._reply(head.decode(errors="replace")))
+
+    def _reply(self, request: str) -> bytes:
+        lines = request.split("\r\n")
+        method = lines[0].split(" ")[0]
+        self.requests.append(method)
+        cseq = next((line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("cseq:")), "0")
+        if isinstance(self.answer, int):
+            extra = 'WWW-Authenticate: Basic realm="camera"\r\n' if self.answer == 401 else ""
+            return f"RTSP/1.0 {self.answer} {self.REASONS[self.answer]}\r\nCSeq: {cseq}\r\n{extra}\r\n".encode()
+        headers, body = "", ""
+        if method == "OPTIONS":
+            headers = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n"
+        elif method == "DESCRIBE":
+            body = self.SDP
+            headers = f"Content-Type: application/sdp\r\nContent-Base: {lines[0].split(' ')[1]}/\r\n"
+        elif method == "SETUP":
+            headers = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\nSession: 4242\r\n"
+        elif method == "PLAY":
+            headers = "Session: 4242\r\n"
+        return (f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{headers}Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def close(self) -> None:
+        """Stop serving and drop open sessions."""
+        self.sock.close()
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
 @dataclass
 class Daemon(_Process):
     """`rtsp-pipeline run --config FILE` as a subprocess, its stderr kept in a file."""

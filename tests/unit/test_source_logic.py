@@ -17,6 +17,11 @@ def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets():
     assert backoff.next_delay() <= 1.0
 
 
+def test_failures_that_will_not_fix_themselves_retry_at_the_longest_delay():
+    backoff = Backoff(1.0, 8.0, random.Random(2))
+    assert all(4.0 <= backoff.next_delay(slow=True) <= 8.0 for _ in range(5))
+
+
 def test_sampler_keeps_target_rate_from_a_25fps_stream():
     sampler = FpsSampler(5)
     kept = [i for i in range(250) if sampler.take(i * 0.04)]  # 10 s at 25 fps

@@ -1,0 +1,56 @@
+"""Cameras that refuse, lie or go mute: only that camera degrades, the status topic and metrics
+say what happened, credential and path errors are retried slowly and logged once, and a working
+camera beside them keeps its frame rate."""
+import json
+import uuid
+from collections import Counter
+
+import pytest
+
+from scripts.testbed import REPO, Daemon, FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values
+
+MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
+RUN_S = 10
+
+
+@pytest.fixture()
+def faulty_cameras():
+    cams = {"wrong-password": FakeRtspCamera(401), "wrong-path": FakeRtspCamera(404), "mute": FakeRtspCamera("mute")}
+    yield cams
+    for cam in cams.values():
+        cam.close()
+
+
+def test_bad_cameras_are_reported_and_retried_without_disturbing_a_good_one(tmp_path, rtsp_server, broker, faulty_cameras):
+    topic, port = f"faults-{uuid.uuid4().hex[:8]}", free_port()
+    cameras = [("good", rtsp_server.url("classic"), 5)]
+    cameras += [(name, cam.url(credentials="viewer:Secr3t-pw"), 5) for name, cam in faulty_cameras.items()]
+    config = daemon_config(tmp_path / "faults.yaml", MODEL, broker.bootstrap, cameras, topic=topic,
+                           status_topic=f"{topic}-status", metrics_port=port,
+                           source={"open_timeout_s": 2, "stall_timeout_s": 2, "backoff_initial_s": 0.2,
+                                   "backoff_max_s": 4})
+    daemon = Daemon(config, tmp_path / "faults.log")
+    daemon.start()
+    try:
+        records = consume(broker.bootstrap, [topic, f"{topic}-status"],
+                          lambda rs: sum(r.topic == topic for r in rs) >= RUN_S * 5 * 0.8, RUN_S + 30)
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    finally:
+        daemon.stop()
+    detections = Counter(r.key for r in records if r.topic == topic)
+    assert set(detections) == {"good"}, detections  # nothing from the bad cameras, the good one at 5 fps
+    reasons = {r.key: r.value["reason"] for r in records if r.topic.endswith("-status") and r.value["state"] == "backing_off"}
+    assert reasons["wrong-password"].startswith("unauthorized: check the credentials")
+    assert reasons["wrong-path"].startswith("stream not found: check the URL path")
+    assert reasons["mute"].startswith("timed out")
+    errors = metric_values(metrics, "rtsp_pipeline_source_errors_total")
+    # credential and path errors wait the longest delay (2-4 s): a handful of tries, not dozens
+    for cam, kind in (("wrong-password", "unauthorized"), ("wrong-path", "not_found")):
+        tries = errors[f'{{camera="{cam}",kind="{kind}"}}']
+        assert 1 <= tries <= 1 + RUN_S / 2, (cam, tries)
+    assert errors['{camera="mute",kind="timeout"}'] >= 1
+    log = [json.loads(line) for line in daemon.log_text().splitlines() if line.startswith("{")]
+    unauthorized = [e for e in log if e.get("camera") == "wrong-password" and "unauthorized" in e.get("reason", "")]
+    assert errors['{camera="wrong-password",kind="unauthorized"}'] >= 2
+    assert len(unauthorized) == 1, "the same failure again is counted and published, but logged once"
+    assert "Secr3t-pw" not in daemon.log_text() + metrics + json.dumps([r.value for r in records])
