@@ -1,17 +1,22 @@
 """With no broker reachable the daemon keeps running: alive, not ready, drops counted, and
-SIGINT still stops it promptly with exit code 0."""
+SIGINT still stops it promptly with exit code 0, also with dead cameras (one that never answers,
+one that accepts the stream and never sends a packet)."""
 import json
 import signal
 import time
 
-from scripts.testbed import REPO, Daemon, daemon_config, free_port, http_get, metric_values, wait_for
+from scripts.testbed import (
+    REPO, Daemon, FakeRtspCamera, SilentServer, daemon_config, free_port, http_get, metric_values, wait_for,
+)
 
 
 def test_daemon_without_broker_stays_alive_counts_drops_and_stops_on_sigint(tmp_path, rtsp_server):
     port = free_port()
+    silent, mute = SilentServer(), FakeRtspCamera("mute")
+    cameras = [("classic", rtsp_server.url("classic"), 10), ("silent", f"rtsp://127.0.0.1:{silent.port}/s", 5),
+               ("mute", mute.url(), 5)]
     config = daemon_config(tmp_path / "nokafka.yaml", REPO / "engines" / "yolov8n.onnx", f"127.0.0.1:{free_port()}",
-                           [("classic", rtsp_server.url("classic"), 10)], metrics_port=port,
-                           kafka={"queue_size": 5, "stop_timeout_s": 2})
+                           cameras, metrics_port=port, kafka={"queue_size": 5, "stop_timeout_s": 2})
     daemon = Daemon(config, tmp_path / "nokafka.log")
     daemon.start()
     try:
@@ -33,3 +38,5 @@ def test_daemon_without_broker_stays_alive_counts_drops_and_stops_on_sigint(tmp_
         assert "kafka unreachable; retrying" in daemon.log_text()
     finally:
         daemon.stop()
+        silent.close()
+        mute.close()
