@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Serve H.264 MP4 clips over RTSP, looping each one forever (test and demo camera server).
+"""Serve H.264 clips (MP4, or MPEG-TS for streams whose SPS changes) over RTSP, looping each one
+forever (test and demo camera server).
 
 Runs with Debian's /usr/bin/python3 (it needs python3-gi and gir1.2-gst-rtsp-server-1.0):
 
@@ -20,9 +21,10 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 LAUNCH = (
-    "( filesrc location={path} ! qtdemux ! h264parse config-interval=-1 ! "
+    "( filesrc location={path} ! {demux} ! h264parse config-interval=-1 ! "
     "rtph264pay name=pay0 pt=96 config-interval=-1 )"
 )
+DEMUXERS = {".mp4": "qtdemux", ".ts": "tsdemux"}  # MPEG-TS: concatenated clips change SPS mid-stream
 
 
 def _loop_forever(media):
@@ -49,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("mounts", nargs="+", help="NAME=FILE.mp4")
+    parser.add_argument("mounts", nargs="+", help="NAME=FILE.mp4 or NAME=FILE.ts")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -63,7 +65,8 @@ def main() -> int:
             print(f"bad mount {spec!r}: expected NAME=EXISTING_FILE", file=sys.stderr)
             return 2
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(LAUNCH.format(path=os.path.abspath(path)))
+        demux = DEMUXERS.get(os.path.splitext(path)[1], "qtdemux")
+        factory.set_launch(LAUNCH.format(path=os.path.abspath(path), demux=demux))
         factory.set_shared(True)
         factory.connect("media-configure", lambda _f, media: _loop_forever(media))
         mounts.add_factory(f"/{name}", factory)

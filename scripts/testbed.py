@@ -82,6 +82,41 @@ def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int 
     return path
 
 
+def ts_clip(path: Path, parts: list[tuple[int, int, float]], fps: int = 25, gop: int = 25) -> Path:
+    """An MPEG-TS H.264 clip of ffmpeg's test pattern whose resolution changes between `parts`
+    ((width, height, seconds) each; a new SPS at each change, timestamps continuous)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data, offset = b"", 0.0
+    for i, (width, height, seconds) in enumerate(parts):
+        part = path.with_suffix(f".part{i}.ts")
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}",
+             "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0",
+             "-pix_fmt", "yuv420p", "-output_ts_offset", str(offset), "-f", "mpegts", str(part)],
+            check=True,
+        )
+        data += part.read_bytes()
+        part.unlink()
+        offset += seconds
+    path.write_bytes(data)
+    return path
+
+
+def corrupt_ts(source: Path, path: Path, every: int = 40, seed: int = 1) -> Path:
+    """A copy of an MPEG-TS clip with the payload of every `every`-th TS packet overwritten by
+    random bytes (the container stays readable; the H.264 inside is damaged)."""
+    import random
+
+    rng = random.Random(seed)
+    data = bytearray(Path(source).read_bytes())
+    for start in range(188 * 20, len(data) - 188, 188 * every):  # spare the first packets (PAT/PMT)
+        if data[start] == 0x47:
+            data[start + 8:start + 188] = bytes(rng.randrange(256) for _ in range(180))
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
 def pyav_clip(path: Path, frames, fps: int = 25, gop: int = 50, container: str | None = None) -> Path:
     """Encode RGB frames (an iterable of HxWx3 uint8) to H.264 with PyAV's own libx264, for
     machines without the ffmpeg program (the GPU machines). `container` "h264" writes a raw

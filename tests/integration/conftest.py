@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import Broker, RtspServer, make_clip
+from scripts.testbed import Broker, RtspServer, corrupt_ts, make_clip, ts_clip
 
 pytestmark = pytest.mark.integration
 CLIPS = {  # name: (width, height) -- three aspect ratios: 16:9, 4:3 and portrait
@@ -27,6 +27,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("clips")
     clips = {name: make_clip(folder / f"{name}.mp4", w, h) for name, (w, h) in CLIPS.items()}
     clips["gop1s"] = make_clip(folder / "gop1s.mp4", 640, 360, gop=25)  # a keyframe every second
+    clips["resize"] = ts_clip(folder / "resize.ts", [(640, 360, 2), (1280, 720, 2)])  # new SPS mid-stream
+    clips["corrupt"] = corrupt_ts(clips["resize"], folder / "corrupt.ts")  # damaged H.264 packets
     return clips
 
 
