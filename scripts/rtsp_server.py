@@ -7,7 +7,8 @@ Runs with Debian's /usr/bin/python3 (it needs python3-gi and gir1.2-gst-rtsp-ser
     /usr/bin/python3 scripts/rtsp_server.py --port 8554 cam1=clips/a.mp4 cam2=clips/b.mp4
 
 Each NAME=FILE is served at rtsp://127.0.0.1:PORT/NAME. The server prints one line
-"READY <port>" to stdout once it listens, and stops on SIGTERM/SIGINT.
+"READY <port>" to stdout once it listens, and stops on SIGTERM/SIGINT. SIGUSR1 pauses every
+stream (connections stay open, no packet is sent: a stalled camera) and SIGUSR2 resumes them.
 """
 import argparse
 import os
@@ -25,6 +26,15 @@ LAUNCH = (
     "rtph264pay name=pay0 pt=96 config-interval=-1 )"
 )
 DEMUXERS = {".mp4": "qtdemux", ".ts": "tsdemux"}  # MPEG-TS: concatenated clips change SPS mid-stream
+
+
+MEDIA = []  # every configured media, for pausing and resuming
+
+
+def _set_all(state):
+    for media in MEDIA:
+        media.set_pipeline_state(state)
+    return True  # keep the signal handler
 
 
 def _loop_forever(media):
@@ -68,7 +78,7 @@ def main() -> int:
         demux = DEMUXERS.get(os.path.splitext(path)[1], "qtdemux")
         factory.set_launch(LAUNCH.format(path=os.path.abspath(path), demux=demux))
         factory.set_shared(True)
-        factory.connect("media-configure", lambda _f, media: _loop_forever(media))
+        factory.connect("media-configure", lambda _f, media: (_loop_forever(media), MEDIA.append(media)))
         mounts.add_factory(f"/{name}", factory)
     if server.attach(None) == 0:
         print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
@@ -77,6 +87,8 @@ def main() -> int:
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR1, _set_all, Gst.State.PAUSED)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR2, _set_all, Gst.State.PLAYING)
     print(f"READY {args.port}", flush=True)
     loop.run()
     return 0

