@@ -22,7 +22,8 @@ from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 S = CameraState
-MAX_RTCP_SKEW_S = 2.0
+MAX_RTCP_SKEW_S = 2.0  # how long before its arrival a frame may have been captured (latency)
+MAX_RTCP_AHEAD_S = 0.1  # how far a capture time may lie after arrival (camera clock skew)
 
 # failures that retrying soon will not fix: retried at the longest backoff delay
 SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found"})
@@ -316,12 +317,13 @@ def capture_time(start_realtime_us: int | None, media_time: float | None, receiv
 
     FFmpeg maps media time to wall time with the first RTCP sender report only
     (`start_time_realtime` is the wall time of media time 0), so after a timestamp jump (camera
-    restart, clock change) that mapping is wrong. A mapped time further than MAX_RTCP_SKEW_S from
-    the receive time is not trusted.
+    restart, clock change) that mapping is wrong. A mapped time more than MAX_RTCP_SKEW_S before
+    the receive time, or after it by more than clock skew (MAX_RTCP_AHEAD_S: a frame cannot
+    arrive before it was captured), is not trusted.
     """
     if start_realtime_us is not None and media_time is not None:
         captured = start_realtime_us / 1e6 + media_time
-        if abs(captured - received) <= MAX_RTCP_SKEW_S:
+        if -MAX_RTCP_SKEW_S <= captured - received <= MAX_RTCP_AHEAD_S:
             return captured, "rtcp"
     return received, "receive"
 

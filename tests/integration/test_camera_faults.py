@@ -2,12 +2,15 @@
 say what happened, credential and path errors are retried slowly and logged once, and a working
 camera beside them keeps its frame rate."""
 import json
+import os
 import uuid
 from collections import Counter
 
 import pytest
 
-from scripts.testbed import REPO, Daemon, FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values
+from scripts.testbed import (
+    REPO, Daemon, FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values, wait_for,
+)
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 RUN_S = 10
@@ -54,3 +57,34 @@ def test_bad_cameras_are_reported_and_retried_without_disturbing_a_good_one(tmp_
     assert errors['{camera="wrong-password",kind="unauthorized"}'] >= 2
     assert len(unauthorized) == 1, "the same failure again is counted and published, but logged once"
     assert "Secr3t-pw" not in daemon.log_text() + metrics + json.dumps([r.value for r in records])
+
+
+def open_files_and_threads(pid: int) -> tuple[int, int]:
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_no_thread_or_file_descriptor_leaks_after_20_fault_cycles(tmp_path, rtsp_server, broker):
+    mute, missing = FakeRtspCamera("mute"), FakeRtspCamera(404)
+    port = free_port()
+    cameras = [("good", rtsp_server.url("classic"), 5), ("mute", mute.url(), 5), ("missing", missing.url(), 5)]
+    config = daemon_config(tmp_path / "leaks.yaml", MODEL, broker.bootstrap, cameras, metrics_port=port,
+                           topic=f"leaks-{uuid.uuid4().hex[:8]}",
+                           source={"open_timeout_s": 0.5, "stall_timeout_s": 0.5, "backoff_initial_s": 0.05,
+                                   "backoff_max_s": 0.2})
+    daemon = Daemon(config, tmp_path / "leaks.log")
+    daemon.start()
+
+    def cycles() -> float:
+        errors = metric_values(http_get(f"http://127.0.0.1:{port}/metrics")[1], "rtsp_pipeline_source_errors_total")
+        return min(errors.get('{camera="mute",kind="timeout"}', 0), errors.get('{camera="missing",kind="not_found"}', 0))
+    try:
+        wait_for(lambda: cycles() >= 5, 60, "5 fault cycles of each bad camera")
+        early = open_files_and_threads(daemon.proc.pid)
+        wait_for(lambda: cycles() >= 25, 120, "20 more fault cycles")
+        late = open_files_and_threads(daemon.proc.pid)
+    finally:
+        daemon.stop()
+        mute.close()
+        missing.close()
+    print(f"fds/threads after 5 cycles: {early}, after 25: {late}")
+    assert late[0] <= early[0] + 2 and late[1] <= early[1], (early, late)  # +2: a reconnect in progress

@@ -54,6 +54,8 @@ def test_keyframes_only_when_gop_fits_the_sampling_interval(fps, gop, expected):
 def test_capture_time_prefers_plausible_rtcp_and_falls_back_to_receive():
     assert capture_time(1_000_000_000, 0.5, 1000.6) == (pytest.approx(1000.5), "rtcp")
     assert capture_time(1_000_000_000, 50.0, 1000.6) == (1000.6, "receive")  # stale mapping
+    assert capture_time(1_000_000_000, 1.3, 1000.6) == (1000.6, "receive")  # "captured" after arrival
+    assert capture_time(1_000_000_000, 0.65, 1000.6) == (pytest.approx(1000.65), "rtcp")  # clock skew
     assert capture_time(None, 0.5, 1000.6) == (1000.6, "receive")
 
 
