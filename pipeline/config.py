@@ -117,6 +117,30 @@ class SourceConfig(_Strict):
         return self
 
 
+class KafkaTls(_Strict):
+    """TLS to the brokers (security_protocol SSL or SASL_SSL)."""
+
+    cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates "
+                                "(default: the system's)")
+    certfile: Path | None = Field(None, description="client certificate, for brokers that require one")
+    keyfile: Path | None = Field(None, description="the client certificate's private key")
+    check_hostname: bool = Field(True, description="verify the broker's name against its certificate")
+
+    @model_validator(mode="after")
+    def _pair(self) -> KafkaTls:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: set both or neither")
+        return self
+
+
+class KafkaSasl(_Strict):
+    """SASL authentication (security_protocol SASL_PLAINTEXT or SASL_SSL)."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(description="SASL mechanism")
+    username: str = Field(min_length=1, description="SASL user")
+    password: str = Field(min_length=1, description="SASL password; put it in ${ENV_VAR}")
+
+
 class KafkaConfig(_Strict):
     """Where detections and camera status go."""
 
@@ -139,6 +163,25 @@ class KafkaConfig(_Strict):
     request_timeout_s: float = Field(30, gt=0, le=600, description="producer request timeout")
     publish_empty: bool = Field(True, description="publish frames with no detections too")
     stop_timeout_s: float = Field(5, gt=0, le=120, description="limit for flushing Kafka on shutdown")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to talk to the brokers"
+    )
+    tls: KafkaTls | None = Field(None, description="TLS settings (SSL, SASL_SSL)")
+    sasl: KafkaSasl | None = Field(None, description="SASL settings (SASL_PLAINTEXT, SASL_SSL)")
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaConfig:
+        sasl_needed = self.security_protocol.startswith("SASL")
+        if sasl_needed and self.sasl is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs a sasl: section "
+                             "(mechanism, username, password)")
+        if not sasl_needed and self.sasl is not None:
+            raise ValueError(f"sasl: is set but security_protocol {self.security_protocol} does not use it; "
+                             "use SASL_PLAINTEXT or SASL_SSL")
+        if self.tls is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError(f"tls: is set but security_protocol {self.security_protocol} does not use TLS; "
+                             "use SSL or SASL_SSL")
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -253,6 +296,8 @@ class Config(_Strict):
             parts = urlsplit(cam.url)
             if parts.password:
                 found.add(parts.password)
+        if self.kafka.sasl is not None:
+            found.add(self.kafka.sasl.password)
         return {s for s in found if len(s) >= 3}
 
 
@@ -391,18 +436,23 @@ def _resolve_paths(data: dict, base: Path) -> None:
         trt = model.get("tensorrt")
         if isinstance(trt, dict) and isinstance(trt.get("engine_cache"), str):
             trt["engine_cache"] = str((base / os.path.expanduser(trt["engine_cache"])).resolve())
+    kafka = data.get("kafka")
+    tls = kafka.get("tls") if isinstance(kafka, dict) else None
+    if isinstance(tls, dict):
+        for key in ("cafile", "certfile", "keyfile"):
+            if isinstance(tls.get(key), str):
+                tls[key] = str((base / os.path.expanduser(tls[key])).resolve())
 
 
 def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
-    problems = []
-    for key in ("path", "labels"):
-        file = getattr(config.model, key)
-        if file is not None and not Path(file).is_file():
-            problems.append(
-                f"{path}:{_line(marks, ('model', key))}: model.{key}: file {file} does not exist; "
-                "fix the path (relative paths start at the config file's folder)"
-            )
-    return problems
+    files = [(("model", key), getattr(config.model, key)) for key in ("path", "labels")]
+    if config.kafka.tls is not None:
+        files += [(("kafka", "tls", key), getattr(config.kafka.tls, key)) for key in ("cafile", "certfile", "keyfile")]
+    return [
+        f"{path}:{_line(marks, loc)}: {'.'.join(loc)}: file {file} does not exist; "
+        "fix the path (relative paths start at the config file's folder)"
+        for loc, file in files if file is not None and not Path(file).is_file()
+    ]
 
 
 def _describe(err: dict, path: Path, marks: dict) -> str:

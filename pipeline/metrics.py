@@ -63,6 +63,10 @@ class Metrics:
         self.kafka_send_errors = Counter(
             p + "kafka_send_errors", "Messages Kafka did not acknowledge", ["reason"], registry=r
         )
+        self.kafka_connect_errors = Counter(
+            p + "kafka_connect_errors", "Failed attempts to connect to Kafka (unreachable, TLS, SASL)",
+            ["reason"], registry=r,
+        )
         self.publish_queue_depth = Gauge(
             p + "publish_queue_depth", "Messages waiting to be sent to Kafka", registry=r
         )

@@ -9,6 +9,7 @@ this version: a message Kafka does not acknowledge is counted in `kafka_send_err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -78,6 +79,25 @@ def encode_status(camera_id: str, state: CameraState, previous: CameraState | No
         "at": rfc3339_ms(at),
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def security_options(config: KafkaConfig) -> dict:
+    """aiokafka's security arguments for the configured protocol, TLS and SASL settings."""
+    options: dict = {"security_protocol": config.security_protocol}
+    if config.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        tls = config.tls
+        context = create_ssl_context(
+            cafile=tls.cafile if tls else None, certfile=tls.certfile if tls else None,
+            keyfile=tls.keyfile if tls else None,
+        )
+        context.check_hostname = tls.check_hostname if tls else True
+        options["ssl_context"] = context
+    if config.sasl is not None:
+        options.update(sasl_mechanism=config.sasl.mechanism, sasl_plain_username=config.sasl.username,
+                       sasl_plain_password=config.sasl.password)
+    return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +204,13 @@ class KafkaPublisher:
             producer = self._make_producer()
             try:
                 await producer.start()
-            except KafkaError as exc:
-                await producer.stop()
-                self._log_error("kafka unreachable; retrying", error=repr(exc), retry_in_s=delay)
+            except Exception as exc:  # unreachable, refused, TLS or SASL failure: all retried, never fatal
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                self._metrics.kafka_connect_errors.labels(type(exc).__name__).inc()
+                self._log_error("kafka unreachable; retrying", error=repr(exc), retry_in_s=delay,
+                                security_protocol=self._config.security_protocol,
+                                sasl_mechanism=self._config.sasl.mechanism if self._config.sasl else None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -206,6 +230,7 @@ class KafkaPublisher:
             linger_ms=c.linger_ms,
             request_timeout_ms=int(c.request_timeout_s * 1000),
             retry_backoff_ms=200,
+            **security_options(c),
         )
 
     def _delivered(self, message: Outgoing, future: asyncio.Future) -> None:

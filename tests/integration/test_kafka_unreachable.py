@@ -2,6 +2,7 @@
 SIGINT still stops it promptly with exit code 0, also with dead cameras (one that never answers,
 one that accepts the stream and never sends a packet)."""
 import json
+import os
 import signal
 import time
 
@@ -40,3 +41,30 @@ def test_daemon_without_broker_stays_alive_counts_drops_and_stops_on_sigint(tmp_
         daemon.stop()
         silent.close()
         mute.close()
+
+
+def test_broker_refusing_our_sasl_login_is_retried_counted_and_never_leaks_the_password(tmp_path, rtsp_server, broker):
+    port = free_port()
+    config = daemon_config(tmp_path / "sasl.yaml", REPO / "engines" / "yolov8n.onnx", broker.bootstrap,
+                           [("classic", rtsp_server.url("classic"), 5)], metrics_port=port,
+                           kafka={"security_protocol": "SASL_PLAINTEXT",
+                                  "sasl": {"mechanism": "SCRAM-SHA-256", "username": "pipeline",
+                                           "password": "${KAFKA_PASSWORD}"}})
+    daemon = Daemon(config, tmp_path / "sasl.log", env={**os.environ, "KAFKA_PASSWORD": "Kafka-Pa55word"})
+    daemon.start()
+    try:
+        def connect_errors():
+            text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            return sum(metric_values(text, "rtsp_pipeline_kafka_connect_errors_total").values())
+        wait_for(lambda: connect_errors() >= 2, 60, "failed Kafka logins to be counted")
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 503 and json.loads(body)["kafka"]["connected"] is False
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(15) == 0
+    finally:
+        daemon.stop()
+    log = daemon.log_text()
+    assert '"security_protocol": "SASL_PLAINTEXT"' in log and '"sasl_mechanism": "SCRAM-SHA-256"' in log
+    assert "Kafka-Pa55word" not in log + metrics

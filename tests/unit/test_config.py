@@ -67,6 +67,16 @@ def test_env_default_is_used(tmp_path):
         ("  path: model.onnx", "  path: model.onnx\n  confidence: 2", ":3: model.confidence: Input should be less than or equal to 1"),
         ("kafka:\n", "kafka:\n  linger: 5\n", ":4: kafka.linger: unknown key 'linger'"),
         ("  - id: gate-1", "  - id: 'gate 1'", ":6: cameras[0].id: String should match pattern"),
+        ('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  security_protocol: SASL_SSL\n',
+         ":3: kafka: security_protocol SASL_SSL needs a sasl: section"),
+        ('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  sasl: {mechanism: PLAIN, username: u, password: p}\n',
+         ":3: kafka: sasl: is set but security_protocol PLAINTEXT does not use it"),
+        ('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  security_protocol: SASL_PLAINTEXT\n  sasl: {mechanism: MD5, username: u, password: p}\n',
+         ":6: kafka.sasl.mechanism: Input should be 'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'"),
+        ('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  security_protocol: SSL\n  tls: {cafile: ca.pem}\n',
+         ":6: kafka.tls.cafile: file "),
+        ('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  security_protocol: SSL\n  tls: {certfile: model.onnx}\n',
+         ":6: kafka.tls: certfile and keyfile go together"),
     ],
 )
 def test_each_mistake_is_reported_at_its_line(tmp_path, old, new, expected):
@@ -126,3 +136,10 @@ def test_python_dash_m_pipeline_is_the_same_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline", "validate-config", str(good)],
                          capture_output=True, text=True, env={"PATH": ""}, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "GATE_PASS" in bad.stderr
+
+
+def test_sasl_password_comes_from_the_environment_and_is_a_secret(tmp_path):
+    text = GOOD.replace('"127.0.0.1:9092"\n', '"127.0.0.1:9092"\n  security_protocol: SASL_SSL\n'
+                        '  sasl: {mechanism: SCRAM-SHA-512, username: pipeline, password: "${KAFKA_PASS}"}\n')
+    config = load_config(write(tmp_path, text), {"GATE_PASS": "pw1", "KAFKA_PASS": "kafka-pw-9"})
+    assert config.kafka.sasl.password == "kafka-pw-9" and "kafka-pw-9" in config.secrets()
