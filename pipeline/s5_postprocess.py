@@ -46,9 +46,10 @@ def candidates(output: np.ndarray, layout: str, confidence: float) -> tuple[np.n
     """One image's raw output -> (boxes xyxy [K,4], scores [K], classes [K]) above `confidence`.
     Rows with a non-finite box, score or class are dropped (a broken model must not publish NaN)."""
     _check_shape(output, layout)
-    boxes, scores, classes = _raw_candidates(output, layout, confidence)
-    finite = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & np.isfinite(classes)
-              & (classes >= 0) & (classes < 2**31))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN rows are dropped just below
+        boxes, scores, classes = _raw_candidates(output, layout, confidence)
+        finite = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & np.isfinite(classes)
+                  & (classes >= 0) & (classes < 2**31))
     return boxes[finite], scores[finite], classes[finite].astype(np.int64)
 
 
