@@ -17,15 +17,17 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import CameraConfig, Config
+from pipeline.config import CameraConfig, Config, ConfigError, load_config
 from pipeline.core import CameraState, FrameResult
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
 from pipeline.http import HttpServer
 from pipeline.inference_worker import InferenceWorker
-from pipeline.logs import log_event
+from pipeline.logs import add_secrets, log_event
 from pipeline.metrics import Metrics
+from pipeline.reload import plan_reload
 from pipeline.s1_source import CameraWorker
 from pipeline.s2_decode import cpu_decoder
 from pipeline.s2_nvdec import nvdec_decoder
@@ -62,8 +64,10 @@ class Runtime:
         decoder_factory: Callable = cpu_decoder,
         gpu_probe: Callable[[], GpuProbe] = probe,
         gpu_factory: Callable[..., Any] = Gpu,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self._config_path = config_path  # re-read on SIGHUP
         self.metrics = Metrics()
         self._engine_loader = engine_loader
         self._decoder_factory = decoder_factory
@@ -76,6 +80,8 @@ class Runtime:
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
         self._cameras: dict[str, CameraWorker] = {}
+        self._camera_lane: dict[str, Lane] = {}
+        self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
         self._http = HttpServer(
             config.metrics.host, config.metrics.port, self.metrics.render, self.healthz, self.readyz
@@ -110,11 +116,66 @@ class Runtime:
         await self._publisher.start()
         for lane in self._lanes:
             lane.inference.start()
-            for camera in lane.cameras:
-                worker = CameraWorker(camera, cfg.source, self._camera_decoder(camera, lane),
-                                      lane.batcher.put, self.metrics, self._on_camera_state)
-                self._cameras[camera.id] = worker
-                worker.start()
+            for camera in list(lane.cameras):
+                self._start_camera(camera, lane)
+
+    def _start_camera(self, camera: CameraConfig, lane: Lane) -> None:
+        worker = CameraWorker(camera, self.config.source, self._camera_decoder(camera, lane),
+                              lane.batcher.put, self.metrics, self._on_camera_state)
+        self._cameras[camera.id] = worker
+        self._camera_lane[camera.id] = lane
+        if camera not in lane.cameras:
+            lane.cameras.append(camera)
+        worker.start()
+
+    async def _stop_camera(self, camera_id: str) -> None:
+        worker, lane = self._cameras.pop(camera_id), self._camera_lane.pop(camera_id)
+        if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S):
+            log_event(log, logging.WARNING, "camera thread still blocked; abandoning it", camera=camera_id)
+        lane.batcher.remove_camera(camera_id)
+        lane.cameras[:] = [c for c in lane.cameras if c.id != camera_id]
+
+    # ------------------------------------------------------------------ hot reload (SIGHUP)
+    async def reload(self) -> bool:
+        """Re-read the config file and apply its camera list; False (running config kept) when
+        the new file is invalid: its problems are logged exactly as validate-config prints them."""
+        if self._config_path is None:
+            log_event(log, logging.WARNING, "no config file to reload")
+            return False
+        try:
+            new = await asyncio.to_thread(load_config, self._config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log_event(log, logging.ERROR, "config reload rejected; running config kept", problem=problem)
+            self.metrics.config_reloads.labels("rejected").inc()
+            return False
+        plan = plan_reload(self.config, new)
+        if plan.needs_restart:
+            log_event(log, logging.WARNING, "config changes outside cameras take effect at the next start",
+                      sections=list(plan.needs_restart))
+        add_secrets(new.secrets())
+        for camera_id in [*plan.removed, *(c.id for c in plan.changed)]:
+            await self._stop_camera(camera_id)
+        self.config = self.config.model_copy(update={"cameras": new.cameras})
+        for camera in [*plan.changed, *plan.added]:
+            lane = self._lane_for(camera)
+            if lane is not None:
+                self._start_camera(camera, lane)
+        self.metrics.config_reloads.labels("applied").inc()
+        log_event(log, logging.INFO, "config reloaded", added=[c.id for c in plan.added],
+                  removed=list(plan.removed), changed=[c.id for c in plan.changed],
+                  unchanged=len(self._cameras) - len(plan.added) - len(plan.changed))
+        return True
+
+    def _lane_for(self, camera: CameraConfig) -> Lane | None:
+        """The lane a camera added at run time goes to: its GPU's, or the least loaded."""
+        if camera.gpu is not None and self._path.on_gpu:
+            lane = next((lane for lane in self._lanes if lane.gpu.index == camera.gpu), None)
+            if lane is None:
+                log_event(log, logging.ERROR, "camera not started: its GPU has no lane; restart to use it",
+                          camera=camera.id, gpu=camera.gpu)
+            return lane
+        return min(self._lanes, key=lambda lane: len(lane.cameras))
 
     def _camera_lanes(self) -> dict[int | None, list[CameraConfig]]:
         """GPU index (None: CPU) -> its cameras, in config order; only GPUs with cameras get a lane."""
@@ -179,6 +240,8 @@ class Runtime:
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
+        if self._reloading is not None:  # let a reload in progress finish starting or stopping cameras
+            await asyncio.gather(self._reloading, return_exceptions=True)
         for worker in self._cameras.values():
             worker.request_stop()
         for lane in self._lanes:
@@ -202,9 +265,10 @@ class Runtime:
 
     def _capture_signals(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
 
         def restore() -> None:
             for sig, handler in previous.items():
@@ -212,6 +276,13 @@ class Runtime:
                 signal.signal(sig, handler)
 
         return restore
+
+    def _on_reload_signal(self) -> None:
+        log_event(log, logging.INFO, "signal received; reloading the config", signal="SIGHUP")
+        if self._reloading is not None and not self._reloading.done():
+            log_event(log, logging.WARNING, "a reload is still running; this SIGHUP is ignored")
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self.reload())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log_event(log, logging.INFO, "signal received; stopping", signal=signal.Signals(sig).name)

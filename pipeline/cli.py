@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.core import PipelineError
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "build-engine":
         return _build_engines(config, args.force)
-    return _run(config)
+    return _run(config, path)
 
 
 def _load_or_report(path: str) -> Config | None:
@@ -53,12 +54,12 @@ def _load_or_report(path: str) -> Config | None:
         return None
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, path: str) -> int:
     from pipeline.app import Runtime  # imported here so validate-config stays light
 
     setup_logging(config.log_level, config.secrets())
     try:
-        return asyncio.run(Runtime(config).run())
+        return asyncio.run(Runtime(config, config_path=Path(path)).run())
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE

@@ -24,7 +24,12 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        self._secrets: tuple[str, ...] = ()
+        self.add_secrets(secrets)
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Mask these too from now on (a reloaded config may bring new passwords)."""
+        self._secrets = tuple(sorted(set(self._secrets) | set(secrets), key=len, reverse=True))
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -48,6 +53,13 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Mask more secrets in every JSON log handler set up by `setup_logging`."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.add_secrets(secrets)
 
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields) -> None:

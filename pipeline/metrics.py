@@ -76,6 +76,9 @@ class Metrics:
             "the GPU (d2d); on the NVDEC path only detections go d2h", ["gpu", "direction"], registry=r,
         )
         self.camera_gpu = Gauge(p + "camera_gpu", "The GPU a camera runs on", ["camera"], registry=r)
+        self.config_reloads = Counter(
+            p + "config_reloads", "Config reloads (SIGHUP) by result: applied, rejected", ["result"], registry=r,
+        )
         self.model_info = Gauge(
             p + "model_info", "The loaded model", ["name", "sha256", "backend"], registry=r
         )
