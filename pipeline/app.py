@@ -15,6 +15,7 @@ import functools
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class Runtime:
     ) -> None:
         self.config = config
         self._config_path = config_path  # re-read on SIGHUP
+        self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
         self.metrics = Metrics()
         self._engine_loader = engine_loader
         self._decoder_factory = decoder_factory
@@ -313,7 +315,7 @@ class Runtime:
                 continue
             cam = result.meta.camera_id
             self._publisher.offer(Outgoing(
-                topic, cam, encode_detections(result, self._model_ref), cam,
+                topic, cam, encode_detections(result, self._model_ref, self.run_id), cam,
                 len(result.detections), result.meta.captured_at,
             ))
 

@@ -141,6 +141,26 @@ class KafkaSasl(_Strict):
     password: str = Field(min_length=1, description="SASL password; put it in ${ENV_VAR}")
 
 
+def default_spool_folder() -> Path:
+    """$STATE_DIRECTORY (systemd), else $XDG_STATE_HOME or ~/.local/state, + rtsp-pipeline/spool."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "spool"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rtsp-pipeline" / "spool"
+
+
+class SpoolConfig(_Strict):
+    """The on-disk spool every message passes through until Kafka acknowledges it."""
+
+    folder: Path = Field(default_factory=default_spool_folder,
+                         description="spool folder, one per daemon (default: $STATE_DIRECTORY/spool or "
+                         "~/.local/state/rtsp-pipeline/spool)")
+    max_mb: float = Field(1024, gt=0, le=1_000_000, description="disk space the spool may use (MiB)")
+    policy: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest", description="what goes when the spool is full: the oldest or the newest messages"
+    )
+
+
 class KafkaConfig(_Strict):
     """Where detections and camera status go."""
 
@@ -157,10 +177,11 @@ class KafkaConfig(_Strict):
     max_in_flight: int = Field(
         1000, ge=1, le=100000, description="messages sent but not yet acknowledged, at most"
     )
-    queue_size: int = Field(
-        10000, ge=1, le=1000000, description="messages waiting to be sent; beyond it the newest is dropped"
+    spool: SpoolConfig = Field(default_factory=lambda: SpoolConfig())
+    request_timeout_s: float = Field(
+        120, gt=0, le=3600, description="producer request timeout; also how long the producer retries a "
+        "batch during an outage, in order (longer outages re-send from the spool)"
     )
-    request_timeout_s: float = Field(30, gt=0, le=600, description="producer request timeout")
     publish_empty: bool = Field(True, description="publish frames with no detections too")
     stop_timeout_s: float = Field(5, gt=0, le=120, description="limit for flushing Kafka on shutdown")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -437,11 +458,12 @@ def _resolve_paths(data: dict, base: Path) -> None:
         if isinstance(trt, dict) and isinstance(trt.get("engine_cache"), str):
             trt["engine_cache"] = str((base / os.path.expanduser(trt["engine_cache"])).resolve())
     kafka = data.get("kafka")
-    tls = kafka.get("tls") if isinstance(kafka, dict) else None
-    if isinstance(tls, dict):
-        for key in ("cafile", "certfile", "keyfile"):
-            if isinstance(tls.get(key), str):
-                tls[key] = str((base / os.path.expanduser(tls[key])).resolve())
+    for section, keys in (("tls", ("cafile", "certfile", "keyfile")), ("spool", ("folder",))):
+        sub = kafka.get(section) if isinstance(kafka, dict) else None
+        if isinstance(sub, dict):
+            for key in keys:
+                if isinstance(sub.get(key), str):
+                    sub[key] = str((base / os.path.expanduser(sub[key])).resolve())
 
 
 def _check_files(config: Config, path: Path, marks: dict) -> list[str]:

@@ -45,10 +45,33 @@ class JsonFormatter(logging.Formatter):
         return scrub(json.dumps(entry, default=str), self._secrets)
 
 
+class RateLimit(logging.Filter):
+    """Lets the same message of the `prefix` loggers through at most once per `interval_s` (a
+    library that logs every reconnect attempt during an outage must not flood the log)."""
+
+    def __init__(self, prefix: str, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self._prefix, self._interval = prefix, interval_s
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            return False
+        if len(self._last) > 1000:  # bounded: forget old keys
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """Send every log record to stderr as scrubbed JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets))
+    handler.addFilter(RateLimit("aiokafka"))  # it logs every reconnect attempt of an outage
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -68,7 +68,11 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.publish_queue_depth = Gauge(
-            p + "publish_queue_depth", "Messages waiting to be sent to Kafka", registry=r
+            p + "publish_queue_depth", "Messages in the spool not yet delivered to Kafka", registry=r
+        )
+        self.spool_bytes = Gauge(p + "spool_bytes", "Disk space the spool uses", registry=r)
+        self.spool_dropped = Counter(
+            p + "spool_dropped", "Messages dropped because the spool was full, by policy", ["policy"], registry=r
         )
         self.kafka_connected = Gauge(p + "kafka_connected", "1 while the producer is started", registry=r)
         self.gpu_copy_bytes = Counter(

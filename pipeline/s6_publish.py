@@ -1,15 +1,28 @@
 """Publish: detection and camera-status messages as versioned JSON to Kafka (aiokafka).
 
-Hand-over policy: `offer()` never blocks (inference must not wait on Kafka). Messages wait in a
-bounded queue (`kafka.queue_size`); when it is full the newest message is dropped and counted
-(`messages_dropped_total{reason="publish_queue_full"}`), which consumers see as a `frame.seq` gap.
-At most `kafka.max_in_flight` messages are sent but unacknowledged. Delivery is at-most-once in
-this version: a message Kafka does not acknowledge is counted in `kafka_send_errors_total`.
+Hand-over: `offer()` never blocks (inference must not wait on Kafka). Every message is appended to
+the on-disk spool (s6_spool) and sent from there in order, one message per camera (Kafka key) in
+flight at a time and at most `kafka.max_in_flight` read from the spool; it leaves the spool once
+Kafka has acknowledged it and everything before it.
+While Kafka is unreachable messages accumulate in the spool, bounded by `kafka.spool.max_mb`
+(then its policy drops the oldest or the newest, counted). A failed send re-sends from the first
+undelivered message, so per camera the order is kept and a message may arrive twice: delivery
+is at least once; consumers deduplicate on (camera_id, run_id, frame.seq). What is spooled when
+the daemon stops (or is killed) is sent at the next start.
+
+Order per camera: a camera's next message goes to the producer only when its previous one is
+acknowledged, so a failed message is never overtaken by a later one of the same camera; after a
+failure the spool re-sends from the first undelivered message (duplicates possible, never
+reordering of first deliveries). The producer retries a batch until `kafka.request_timeout_s`, so
+outages shorter than that need no re-send at all.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import fcntl
+import functools
 import json
 import logging
 import time
@@ -20,13 +33,19 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline.config import KafkaConfig
-from pipeline.core import CameraState, FrameResult, ModelRef
+from pipeline.core import CameraState, FrameResult, ModelRef, PipelineError
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
+from pipeline.s6_spool import Record, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
 DETECTIONS_SCHEMA = "detections/v1"
 STATUS_SCHEMA = "camera-status/v1"
+
+
+class PublishError(PipelineError):
+    """Messages cannot be published or kept (e.g. the spool folder is unusable)."""
 
 
 def rfc3339_ms(ts: float) -> str:
@@ -34,12 +53,13 @@ def rfc3339_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_detections(result: FrameResult, model: ModelRef) -> bytes:
+def encode_detections(result: FrameResult, model: ModelRef, run_id: str) -> bytes:
     """The detections/v1 message value for one inferred frame."""
     meta = result.meta
     body = {
         "schema": DETECTIONS_SCHEMA,
         "camera_id": meta.camera_id,
+        "run_id": run_id,
         "frame": {
             "seq": result.seq,
             "pts": meta.pts,
@@ -113,67 +133,114 @@ class Outgoing:
 
 
 class KafkaPublisher:
-    """Sends queued messages with one aiokafka producer; reconnects with backoff; never blocks offer()."""
+    """Sends every message through the on-disk spool with one aiokafka producer, in order;
+    reconnects and re-sends with backoff; `offer()` never blocks."""
 
     def __init__(self, config: KafkaConfig, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(config.queue_size)
-        self._in_flight = asyncio.Semaphore(config.max_in_flight)
+        self._spool: Spool | None = None
+        self._lock_file = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # a message was spooled, a send finished, or stop began
+        self._outstanding = 0  # sent, not yet acknowledged or failed
+        self._busy: set[str] = set()  # cameras (message keys) with a message in flight
+        self._waiting: dict[str, collections.deque[Record]] = {}  # read from the spool, not yet sent
+        self._failed = False  # a send failed: re-send from the first undelivered message
         self._accepting = True
         self._last_error_log = 0.0
 
     # ------------------------------------------------------------------ hand-over
     def offer(self, message: Outgoing) -> bool:
-        """Queue a message (call on the event loop); False, counted, when the queue is full."""
-        if not self._accepting:
+        """Spool a message (call on the event loop); False, counted, when it cannot be kept."""
+        spool = self._spool
+        if not self._accepting or spool is None:
             self._metrics.messages_dropped.labels(message.camera, "shutdown").inc()
             return False
+        dropped_before = spool.dropped
         try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self._metrics.messages_dropped.labels(message.camera, "publish_queue_full").inc()
-            self._log_error("publish queue full: dropping newest message", camera=message.camera)
+            spool.append(message.topic, message.key, message.value)
+        except SpoolFull:
+            self._metrics.messages_dropped.labels(message.camera, "spool_full").inc()
+            self._log_error("spool full: dropping the newest message", camera=message.camera,
+                            policy=spool.policy, spool_bytes=spool.bytes)
             return False
-        self._metrics.publish_queue_depth.set(self._queue.qsize())
+        except OSError as exc:  # disk full, folder gone: count and carry on
+            self._metrics.messages_dropped.labels(message.camera, "spool_error").inc()
+            self._log_error("cannot write to the spool: dropping the message", error=repr(exc))
+            return False
+        finally:
+            if spool.dropped > dropped_before and spool.policy == "drop_oldest":
+                self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - dropped_before)
+                self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
+        self._update_gauges()
+        self._wake.set()
         return True
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
-        """Start sending in the background (connects, and reconnects, by itself)."""
+        """Open the spool (sending what an earlier run left in it) and start sending."""
+        self._spool = self._open_spool()
+        if self._spool.pending:
+            log_event(log, logging.INFO, "spool holds messages from an earlier run; sending them first",
+                      messages=self._spool.pending, folder=str(self._config.spool.folder))
+        self._update_gauges()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
         self._task.add_done_callback(self._task_ended)
+
+    def _open_spool(self) -> Spool:
+        cfg = self._config.spool
+        try:
+            cfg.folder.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(cfg.folder / "lock", "w")  # noqa: SIM115 - held while running
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+            if isinstance(exc, BlockingIOError):
+                raise PublishError(f"spool folder {cfg.folder} is used by another running daemon; give "
+                                   "each daemon its own kafka.spool.folder") from None
+            raise PublishError(f"cannot use spool folder {cfg.folder}: {exc.strerror}; "
+                               "fix kafka.spool.folder or its permissions") from None
+        return Spool(cfg.folder, int(cfg.max_mb * (1 << 20)), cfg.policy)
 
     def _task_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("publisher task died; nothing more will be sent", exc_info=task.exception())
 
     async def stop(self, timeout: float) -> None:
-        """Stop accepting, send what is queued, flush the producer; give up after `timeout` s."""
+        """Stop accepting, deliver what is spooled while time allows, keep the rest on disk for
+        the next start."""
         self._accepting = False
         deadline = time.monotonic() + timeout
-        if self._producer is not None:
-            try:
-                await asyncio.wait_for(self._queue.join(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
+        spool = self._spool
+        while spool is not None and spool.pending and self.connected and time.monotonic() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - time.monotonic()))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        dropped = self._drain_queue()
         if self._producer is not None:
             try:
                 await asyncio.wait_for(self._producer.stop(), max(0.1, deadline - time.monotonic()))
             except (TimeoutError, KafkaError) as exc:
                 log_event(log, logging.WARNING, "kafka flush incomplete at shutdown", error=repr(exc))
         self._metrics.kafka_connected.set(0)
-        log_event(log, logging.INFO, "publisher stopped", unsent=dropped)
+        if spool is not None:
+            log_event(log, logging.INFO, "publisher stopped", undelivered_kept_in_spool=spool.pending)
+            spool.close()
+            self._spool = None
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     def health(self) -> dict:
-        """Whether the producer is connected and sending, and the queue depth."""
-        return {"connected": self.connected, "queued": self._queue.qsize()}
+        """Whether the producer is connected and sending, and what waits in the spool."""
+        spool = self._spool
+        return {"connected": self.connected, "queued": spool.pending if spool else 0,
+                "spool_bytes": spool.bytes if spool else 0}
 
     @property
     def connected(self) -> bool:
@@ -183,20 +250,56 @@ class KafkaPublisher:
     # ------------------------------------------------------------------ sending
     async def _run(self) -> None:
         await self._connect()
+        retry = _RETRY_FIRST_S
         while True:
-            message = await self._queue.get()
-            self._metrics.publish_queue_depth.set(self._queue.qsize())
-            await self._in_flight.acquire()
+            if self._failed:  # re-send from the first undelivered message, in order
+                await self._settle()
+                self._waiting.clear()
+                self._spool.rewind()  # type: ignore[union-attr]
+                self._failed = False
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX_S)
+                continue
+            await self._send_ready()
+            held = self._outstanding + sum(map(len, self._waiting.values()))
+            free = self._config.max_in_flight - held
+            records = self._spool.read(free) if free > 0 else []  # type: ignore[union-attr]
+            for record in records:
+                self._waiting.setdefault(record.key, collections.deque()).append(record)
+            if not records and not self._sendable():
+                self._wake.clear()
+                await self._wake.wait()
+            elif not self._failed:
+                retry = _RETRY_FIRST_S
+
+    def _sendable(self) -> bool:
+        return any(queue and key not in self._busy for key, queue in self._waiting.items())
+
+    async def _send_ready(self) -> None:
+        """Hand the producer the next message of every camera that has none in flight: one per
+        camera at a time, so a failed send can never be overtaken by a later one of its camera."""
+        for key in [k for k, queue in self._waiting.items() if queue and k not in self._busy]:
+            if self._failed:  # stop feeding the producer: re-send in order after it settles
+                return
+            record = self._waiting[key].popleft()
+            if not self._waiting[key]:
+                del self._waiting[key]
             try:
                 future = await self._producer.send(  # type: ignore[union-attr]
-                    message.topic, message.value, key=message.key.encode()
+                    record.topic, record.value, key=record.key.encode()
                 )
             except KafkaError as exc:
-                self._in_flight.release()
-                self._failed(message, exc)
-                self._queue.task_done()
-                continue
-            future.add_done_callback(lambda fut, m=message: self._delivered(m, fut))
+                self._send_failed(record, exc)
+                return
+            self._outstanding += 1
+            self._busy.add(key)
+            future.add_done_callback(functools.partial(self._delivered, record))
+
+    async def _settle(self) -> None:
+        """Wait until every message in flight is acknowledged or failed."""
+        while self._outstanding:
+            self._wake.clear()
+            await self._wake.wait()
 
     async def _connect(self) -> None:
         delay = 0.5
@@ -233,34 +336,44 @@ class KafkaPublisher:
             **security_options(c),
         )
 
-    def _delivered(self, message: Outgoing, future: asyncio.Future) -> None:
-        self._in_flight.release()
-        self._queue.task_done()
+    def _delivered(self, record: Record, future: asyncio.Future) -> None:
+        self._outstanding -= 1
+        self._busy.discard(record.key)
+        self._wake.set()
         if future.cancelled():
-            self._metrics.kafka_send_errors.labels("cancelled").inc()
+            self._send_failed(record, asyncio.CancelledError())
             return
         exc = future.exception()
         if exc is not None:
-            self._failed(message, exc)
+            self._send_failed(record, exc)
             return
-        self._metrics.messages_published.labels(message.topic).inc()
-        if message.topic == self._config.topic:
-            self._metrics.detections_published.labels(message.camera).inc(message.detections)
-            if message.captured_at is not None:
-                self._metrics.capture_to_ack_seconds.observe(max(0.0, time.time() - message.captured_at))
+        if self._spool is None:  # delivered after the spool closed at shutdown: sent again next start
+            return
+        self._spool.ack(record.number)
+        self._update_gauges()
+        self._metrics.messages_published.labels(record.topic).inc()
+        if record.topic == self._config.topic:
+            self._count_detections(record)
 
-    def _failed(self, message: Outgoing, exc: BaseException) -> None:
+    def _count_detections(self, record: Record) -> None:
+        try:
+            body = json.loads(record.value)
+            self._metrics.detections_published.labels(record.key).inc(len(body["detections"]))
+            captured = datetime.fromisoformat(body["frame"]["captured_at"].replace("Z", "+00:00")).timestamp()
+            self._metrics.capture_to_ack_seconds.observe(max(0.0, time.time() - captured))
+        except (ValueError, KeyError, TypeError):
+            pass  # not one of ours: nothing to count
+
+    def _send_failed(self, record: Record, exc: BaseException) -> None:
+        self._failed = True
         self._metrics.kafka_send_errors.labels(type(exc).__name__).inc()
-        self._log_error("kafka send failed", camera=message.camera, topic=message.topic, error=repr(exc))
+        self._log_error("kafka send failed; will re-send from the first undelivered message",
+                        camera=record.key, topic=record.topic, error=repr(exc))
 
-    def _drain_queue(self) -> int:
-        count = 0
-        while not self._queue.empty():
-            message = self._queue.get_nowait()
-            self._queue.task_done()
-            self._metrics.messages_dropped.labels(message.camera, "shutdown").inc()
-            count += 1
-        return count
+    def _update_gauges(self) -> None:
+        if self._spool is not None:
+            self._metrics.publish_queue_depth.set(self._spool.pending)
+            self._metrics.spool_bytes.set(self._spool.bytes)
 
     def _log_error(self, event: str, **fields) -> None:
         """Log at most one publish error per 10 s, so an outage does not flood the log."""

@@ -11,12 +11,13 @@ everything.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.scenes import Scene  # noqa: E402
+from scripts.scenes import GENERATOR_VERSION, Scene  # noqa: E402
 from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, free_port  # noqa: E402
 
 
@@ -30,11 +31,12 @@ def main() -> int:
     work = REPO / "demo"
     clips = {}
     for name, (seed, w, h) in CLIPS.items():
-        clip = work / f"{name}-{seed}.mp4"
+        clip = work / f"{name}-{seed}-g{GENERATOR_VERSION}.mp4"
         if not clip.exists():
             print(f"rendering demo scene {name} ({w}x{h}) ...", flush=True)
             Scene(seed, w, h, frames=250).write(clip)
         clips[name] = clip
+    shutil.rmtree(work / "spool", ignore_errors=True)  # messages for an earlier demo's broker
     metrics_port = free_port()
     with RtspServer(clips) as rtsp, Broker() as broker:
         env = {"DEMO_RTSP": f"127.0.0.1:{rtsp.port}", "DEMO_KAFKA": broker.bootstrap,

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+GENERATOR_VERSION = 2  # bump when a seed's pictures change (2: distractors), so cached clips are redone
 CLASSES = ("disc", "square", "triangle", "cross")
 DISTRACTORS = ("ellipse", "ring", "blob")  # drawn with class_id -1, -2, -3; never in the truth
 DIFFICULT_BELOW = 0.5  # visible fraction under which an object is "difficult"

@@ -47,7 +47,7 @@ def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple],
                   status_topic: str = "camera-status", metrics_port: int = 0, **sections: dict) -> Path:
     """Write a daemon config: `cameras` as (id, url, fps or None); `model` may be a path or a dict
     of model settings with `path`; other sections (batching, source, gpu, ...) as dicts (`kafka`
-    settings are added to the broker and topics)."""
+    settings are added to the broker, topics and a spool folder beside the config)."""
     import yaml
 
     model_section = dict(model) if isinstance(model, dict) else {"path": model}
@@ -55,6 +55,7 @@ def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple],
     config = {
         "model": model_section,
         "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "status_topic": status_topic,
+                  "spool": {"folder": str(path.parent / f"{path.stem}-spool")},  # one per daemon
                   **sections.pop("kafka", {})},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         **sections,
@@ -210,22 +211,88 @@ def tansu_binary() -> Path:
 
 
 class Broker(_Process):
-    """A Kafka-protocol broker (Tansu, in-memory) on 127.0.0.1."""
+    """A Kafka-protocol broker (Tansu, in-memory) on 127.0.0.1. `advertised_port`: the port it
+    tells clients to use (a NetworkCut in front of it)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.advertised_port = advertised_port or self.port
+        self.bootstrap = f"127.0.0.1:{self.advertised_port}"
 
     def start(self) -> None:
         """Start and wait until it accepts connections."""
-        url = f"tcp://127.0.0.1:{self.port}"
+        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.advertised_port}"
         self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: _accepts(self.port) or self.proc.poll() is not None, 15, "the broker to listen")
         if self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with {self.proc.returncode}")
+
+
+class NetworkCut:
+    """A TCP forwarder 127.0.0.1:port -> 127.0.0.1:target that can be cut (every connection
+    closed, new ones refused: the far side looks down) and restored on the same port. Tests use
+    it for Kafka outages: Tansu keeps topics in memory only and, restarted, acknowledges writes to
+    topics it lost without storing them, so the broker process itself is not restarted."""
+
+    def __init__(self, target: int, port: int | None = None) -> None:
+        self.target, self.port = target, port or free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        """Accept connections again (on the same port)."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Close the listener and every forwarded connection."""
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone does not
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
 
 def _accepts(port: int) -> bool:

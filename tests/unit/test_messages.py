@@ -9,6 +9,7 @@ from pipeline.core import CameraState, Detection, FrameMeta, FrameResult, ModelR
 from pipeline.s6_publish import encode_detections, encode_status, rfc3339_ms
 
 MODEL = ModelRef("yolov8n", "ab" * 32, "onnxruntime")
+RUN = "0123456789abcdef" * 2
 
 
 def schema(name: str) -> dict:
@@ -22,12 +23,13 @@ def result(detections=()) -> FrameResult:
 
 def test_detections_message_has_the_v1_shape_and_validates():
     det = Detection(2, "dog", 0.8731, (10.0, 20.5, 110.0, 220.0))
-    value = encode_detections(result([det]), MODEL)
+    value = encode_detections(result([det]), MODEL, RUN)
     body = json.loads(value.decode("utf-8"))
     jsonschema.validate(body, schema("detections-v1.schema.json"))
     assert body == {
         "schema": "detections/v1",
         "camera_id": "gate-1",
+        "run_id": RUN,
         "frame": {"seq": 41, "pts": 12.04, "captured_at": "2026-11-21T05:58:23.077Z", "clock": "rtcp",
                   "width": 1920, "height": 1080},
         "detections": [{"class_id": 2, "label": "dog", "confidence": 0.8731, "bbox": [10.0, 20.5, 110.0, 220.0]}],
@@ -36,13 +38,13 @@ def test_detections_message_has_the_v1_shape_and_validates():
 
 
 def test_empty_frame_message_validates():
-    body = json.loads(encode_detections(result(), MODEL))
+    body = json.loads(encode_detections(result(), MODEL, RUN))
     jsonschema.validate(body, schema("detections-v1.schema.json"))
     assert body["detections"] == []
 
 
 def test_schema_rejects_a_message_without_seq():
-    body = json.loads(encode_detections(result(), MODEL))
+    body = json.loads(encode_detections(result(), MODEL, RUN))
     del body["frame"]["seq"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(body, schema("detections-v1.schema.json"))

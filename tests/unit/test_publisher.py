@@ -1,24 +1,64 @@
-"""The publisher never blocks its caller: a full queue drops the newest message and counts it."""
+"""The publisher never blocks its caller: every message is spooled on disk; with no broker the
+spool keeps them (to be sent at the next start); a full spool drops by its named policy, counted;
+two daemons cannot share a spool folder."""
 import asyncio
+
+import pytest
 
 from pipeline.config import KafkaConfig
 from pipeline.metrics import Metrics
-from pipeline.s6_publish import KafkaPublisher, Outgoing
+from pipeline.s6_publish import KafkaPublisher, Outgoing, PublishError
+from pipeline.s6_spool import Spool
 from scripts.testbed import free_port, metric_values
 
 
-def test_full_queue_drops_newest_and_counts_then_stop_counts_unsent():
+def config(folder, **spool):
+    return KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", stop_timeout_s=0.5,
+                       spool={"folder": folder, **spool})
+
+
+def test_without_a_broker_messages_stay_in_the_spool_for_the_next_start(tmp_path):
     async def scenario():
         metrics = Metrics()
-        config = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", queue_size=2, stop_timeout_s=1)
-        publisher = KafkaPublisher(config, metrics)  # never started: nothing is sent
-        accepted = [publisher.offer(Outgoing("detections", "cam", b"{}", "cam")) for _ in range(3)]
-        await publisher.stop(timeout=1)
+        publisher = KafkaPublisher(config(tmp_path), metrics)
+        await publisher.start()
+        accepted = [publisher.offer(Outgoing("detections", "cam", b'{"n": %d}' % i, "cam")) for i in range(3)]
+        await publisher.stop(timeout=0.5)
         late = publisher.offer(Outgoing("detections", "cam", b"{}", "cam"))
         return accepted, late, metrics.render().decode()
 
     accepted, late, text = asyncio.run(scenario())
-    assert accepted == [True, True, False] and late is False
-    dropped = metric_values(text, "rtsp_pipeline_messages_dropped_total")
-    assert dropped['{camera="cam",reason="publish_queue_full"}'] == 1
-    assert dropped['{camera="cam",reason="shutdown"}'] == 3  # 2 unsent at stop + 1 offered after
+    assert accepted == [True, True, True] and late is False
+    assert metric_values(text, "rtsp_pipeline_messages_dropped_total") == {'{camera="cam",reason="shutdown"}': 1.0}
+    kept = Spool(tmp_path, max_bytes=1 << 20)
+    assert [r.value for r in kept.read(10)] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    kept.close()
+
+
+def test_a_full_spool_drops_by_its_policy_and_counts(tmp_path):
+    async def scenario(policy):
+        metrics = Metrics()
+        publisher = KafkaPublisher(config(tmp_path / policy, max_mb=0.01, policy=policy), metrics)
+        await publisher.start()
+        results = [publisher.offer(Outgoing("detections", "cam", b"x" * 500, "cam")) for _ in range(100)]
+        await publisher.stop(timeout=0.5)
+        return results, metrics.render().decode()
+
+    results, text = asyncio.run(scenario("drop_newest"))
+    assert results[0] and not results[-1]
+    assert metric_values(text, "rtsp_pipeline_messages_dropped_total")['{camera="cam",reason="spool_full"}'] >= 70
+    results, text = asyncio.run(scenario("drop_oldest"))
+    assert all(results) and metric_values(text, "rtsp_pipeline_spool_dropped_total")['{policy="drop_oldest"}'] >= 70
+
+
+def test_two_publishers_cannot_share_a_spool_folder(tmp_path):
+    async def scenario():
+        first = KafkaPublisher(config(tmp_path), Metrics())
+        await first.start()
+        try:
+            with pytest.raises(PublishError, match="used by another running daemon"):
+                await KafkaPublisher(config(tmp_path), Metrics()).start()
+        finally:
+            await first.stop(timeout=0.5)
+
+    asyncio.run(scenario())
