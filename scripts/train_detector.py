@@ -1,15 +1,21 @@
 """Train the shapes detector (YOLOv8n) on generated scenes and export it to ONNX. Dev-only, offline.
 
     bash scripts/make_export_env.sh .venv-export
-    .venv-export/bin/python scripts/train_detector.py --work .cache/train --epochs 40 \\
-        --out engines/shapes-yolov8n.onnx
+    .venv-export/bin/python scripts/train_detector.py --work .cache/train --train-scenes 32 \\
+        --epochs 30 --distractors 0 --out .cache/stage1.onnx                       # stage 1
+    .venv-export/bin/python scripts/train_detector.py --work .cache/train2 --train-scenes 64 \\
+        --epochs 15 --init .cache/train/run/weights/best.pt --warmup-epochs 1 --close-mosaic 3 \\
+        --out engines/shapes-yolov8n.onnx                                          # stage 2
+(the two stages of the committed model: engines/README.md)
 
-1. Dataset: scenes from scripts/scenes.py with distractors (train seeds 1000+, validation seeds 5000+; the accuracy
-   test uses other seeds) at 1280x720, 1920x1080 and 1024x768, encoded to H.264 and decoded again
+1. Dataset: scenes from scripts/scenes.py, with distractors unless `--distractors 0` (train seeds
+   1000+, validation seeds 5000+; the accuracy test uses other seeds) at 1280x720, 1920x1080 and
+   1024x768, encoded to H.264 and decoded again
    (so training sees the compression the pipeline sees), every 4th frame scaled to 480 px on the
    long side, YOLO labels for objects at least 35% visible.
-2. Training: ultralytics YOLOv8n from its architecture yaml (no weights downloaded), seeded,
-   deterministic, on the CPU with 2 threads, images of 320 px (the daemon's `input_size: 320`).
+2. Training: ultralytics YOLOv8n from its architecture yaml (no weights downloaded) or from an
+   earlier run's weights (`--init`), seeded, deterministic, on the CPU with 2 threads, images of
+   320 px (the daemon's `input_size: 320`).
 3. Export: best weights to ONNX (dynamic batch and H/W, opset 17), labels in its metadata.
 Training metrics (mAP50 on the validation scenes) are printed and written to <work>/result.json.
 """
