@@ -295,6 +295,16 @@ class NetworkCut:
             dst.shutdown(socket.SHUT_WR)
 
 
+def _serve_forever(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Accept connections until `sock` is closed, handing each to `handle`."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        handle(conn)
+
+
 def _accepts(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
@@ -326,20 +336,15 @@ class NotRtspServer:
     def __init__(self) -> None:
         self.sock = _listening_socket()
         self.port = self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        threading.Thread(target=_serve_forever, args=(self.sock, self._answer), daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                with contextlib.suppress(OSError):
-                    conn.settimeout(2)
-                    conn.recv(4096)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>")
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            with contextlib.suppress(OSError):
+                conn.settimeout(2)
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>")
 
     def close(self) -> None:
         """Stop serving."""
@@ -361,20 +366,15 @@ class FakeRtspCamera:
         self.port = self.sock.getsockname()[1]
         self.requests: list[str] = []
         self._open: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=_serve_forever, args=(self.sock, self._start_session), daemon=True).start()
 
     def url(self, path: str = "stream", credentials: str = "") -> str:
         """An rtsp:// URL of this camera."""
         return f"rtsp://{credentials + '@' if credentials else ''}127.0.0.1:{self.port}/{path}"
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._open.append(conn)
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+    def _start_session(self, conn: socket.socket) -> None:
+        self._open.append(conn)
+        threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
         buffer = b""
