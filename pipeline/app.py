@@ -314,16 +314,13 @@ class Runtime:
             if not result.detections and not self.config.kafka.publish_empty:
                 continue
             cam = result.meta.camera_id
-            self._publisher.offer(Outgoing(
-                topic, cam, encode_detections(result, self._model_ref, self.run_id), cam,
-                len(result.detections), result.meta.captured_at,
-            ))
+            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, self._model_ref, self.run_id)))
 
     def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float) -> None:
         previous = self._last_state.get(camera_id)
         self._last_state[camera_id] = state
         value = encode_status(camera_id, state, previous, reason, at)
-        self._publisher.offer(Outgoing(self.config.kafka.status_topic, camera_id, value, camera_id))
+        self._publisher.offer(Outgoing(self.config.kafka.status_topic, camera_id, value))
 
     # ------------------------------------------------------------------ health
     def healthz(self) -> tuple[bool, dict]:

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError,
+)
 
 from pipeline.config import KafkaConfig
 from pipeline.core import CameraState, FrameResult, ModelRef, PipelineError
@@ -40,6 +42,8 @@ from pipeline.s6_spool import Record, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
+# Kafka will never take this message: sending it again would block its camera for good
+_REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 DETECTIONS_SCHEMA = "detections/v1"
 STATUS_SCHEMA = "camera-status/v1"
 
@@ -122,14 +126,11 @@ def security_options(config: KafkaConfig) -> dict:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message waiting to be sent."""
+    """One message to send; its key is the camera id."""
 
     topic: str
     key: str
     value: bytes
-    camera: str
-    detections: int = 0
-    captured_at: float | None = None
 
 
 class KafkaPublisher:
@@ -156,18 +157,18 @@ class KafkaPublisher:
         """Spool a message (call on the event loop); False, counted, when it cannot be kept."""
         spool = self._spool
         if not self._accepting or spool is None:
-            self._metrics.messages_dropped.labels(message.camera, "shutdown").inc()
+            self._metrics.messages_dropped.labels(message.key, "shutdown").inc()
             return False
         dropped_before = spool.dropped
         try:
             spool.append(message.topic, message.key, message.value)
         except SpoolFull:
-            self._metrics.messages_dropped.labels(message.camera, "spool_full").inc()
-            self._log_error("spool full: dropping the newest message", camera=message.camera,
+            self._metrics.messages_dropped.labels(message.key, "spool_full").inc()
+            self._log_error("spool full: dropping the newest message", camera=message.key,
                             policy=spool.policy, spool_bytes=spool.bytes)
             return False
         except OSError as exc:  # disk full, folder gone: count and carry on
-            self._metrics.messages_dropped.labels(message.camera, "spool_error").inc()
+            self._metrics.messages_dropped.labels(message.key, "spool_error").inc()
             self._log_error("cannot write to the spool: dropping the message", error=repr(exc))
             return False
         finally:
@@ -290,7 +291,9 @@ class KafkaPublisher:
                 )
             except KafkaError as exc:
                 self._send_failed(record, exc)
-                return
+                if self._failed:
+                    return
+                continue
             self._outstanding += 1
             self._busy.add(key)
             future.add_done_callback(functools.partial(self._delivered, record))
@@ -365,8 +368,15 @@ class KafkaPublisher:
             pass  # not one of ours: nothing to count
 
     def _send_failed(self, record: Record, exc: BaseException) -> None:
-        self._failed = True
         self._metrics.kafka_send_errors.labels(type(exc).__name__).inc()
+        if isinstance(exc, _REJECTED):  # give this one up (counted), the camera's next goes on
+            self._metrics.messages_dropped.labels(record.key, "kafka_rejected").inc()
+            log_event(log, logging.ERROR, "kafka rejected a message for good; dropped", camera=record.key,
+                      topic=record.topic, bytes=len(record.value), error=repr(exc))
+            if self._spool is not None:
+                self._spool.ack(record.number)
+            return
+        self._failed = True
         self._log_error("kafka send failed; will re-send from the first undelivered message",
                         camera=record.key, topic=record.topic, error=repr(exc))
 

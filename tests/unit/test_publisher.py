@@ -22,9 +22,9 @@ def test_without_a_broker_messages_stay_in_the_spool_for_the_next_start(tmp_path
         metrics = Metrics()
         publisher = KafkaPublisher(config(tmp_path), metrics)
         await publisher.start()
-        accepted = [publisher.offer(Outgoing("detections", "cam", b'{"n": %d}' % i, "cam")) for i in range(3)]
+        accepted = [publisher.offer(Outgoing("detections", "cam", b'{"n": %d}' % i)) for i in range(3)]
         await publisher.stop(timeout=0.5)
-        late = publisher.offer(Outgoing("detections", "cam", b"{}", "cam"))
+        late = publisher.offer(Outgoing("detections", "cam", b"{}"))
         return accepted, late, metrics.render().decode()
 
     accepted, late, text = asyncio.run(scenario())
@@ -40,7 +40,7 @@ def test_a_full_spool_drops_by_its_policy_and_counts(tmp_path):
         metrics = Metrics()
         publisher = KafkaPublisher(config(tmp_path / policy, max_mb=0.01, policy=policy), metrics)
         await publisher.start()
-        results = [publisher.offer(Outgoing("detections", "cam", b"x" * 500, "cam")) for _ in range(100)]
+        results = [publisher.offer(Outgoing("detections", "cam", b"x" * 500)) for _ in range(100)]
         await publisher.stop(timeout=0.5)
         return results, metrics.render().decode()
 
