@@ -2,9 +2,12 @@
 and restarted, stream stalled, Kafka network path cut): no message lost and memory flat."""
 import json
 
+import pytest
+
 from scripts.soak import run
 
 
+@pytest.mark.timeout(900)
 def test_five_minutes_with_faults_lose_nothing_and_memory_stays_flat(tmp_path):
     result = run(minutes=5, cameras=4, fault_every=60, work=tmp_path)
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
