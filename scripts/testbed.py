@@ -9,6 +9,7 @@ import contextlib
 import importlib.resources
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has python3-gi and GstRtspServer
+
+# Credentials the test suite hands the daemon. Every camera URL of the local RTSP server carries
+# CAMERA_CREDENTIALS (the server does not ask for them, the daemon still holds them), and the
+# suite's secret audit checks that none of SUITE_SECRETS appears in anything a daemon emitted.
+CAMERA_CREDENTIALS = "operator:Cam-Pa55-7f3k"
+WRONG_CAMERA_CREDENTIALS = "viewer:Secr3t-pw"
+KAFKA_PASSWORD = "Kafka-Pa55word"
+SUITE_SECRETS = ("Cam-Pa55-7f3k", "Secr3t-pw", KAFKA_PASSWORD)
+TRANSCRIPTS_ENV = "PIPELINE_TEST_TRANSCRIPTS"  # folder where helpers keep what daemons emitted
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@", re.IGNORECASE)
 
 
 def free_port() -> int:
@@ -188,8 +199,8 @@ class RtspServer(_Process):
         if not line.startswith("READY"):
             raise RuntimeError(f"RTSP server did not start: {line}{self.proc.stderr.read()}")  # type: ignore[union-attr]
 
-    def url(self, name: str, credentials: str = "") -> str:
-        """The RTSP URL of a mount."""
+    def url(self, name: str, credentials: str = CAMERA_CREDENTIALS) -> str:
+        """The RTSP URL of a mount, with the suite's camera credentials unless told otherwise."""
         auth = f"{credentials}@" if credentials else ""
         return f"rtsp://{auth}127.0.0.1:{self.port}/{name}"
 
@@ -429,6 +440,7 @@ class Daemon(_Process):
         exe = Path(sys.executable).with_name("rtsp-pipeline")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline"]
         self._log = open(self.log_path, "wb")
+        transcribe("daemon-logs", str(Path(self.log_path).resolve()))
         self.started_at = time.time()
         self.proc = subprocess.Popen(
             [*cmd, "run", "--config", str(self.config)],
@@ -451,11 +463,13 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
     """(status, body) of a GET; status 0 if nothing answered."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
+            status, body = resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        status, body = exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+    transcribe("http", body)
+    return status, body
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:
@@ -500,7 +514,45 @@ async def _consume(bootstrap, topics, until, timeout, fetch_wait_ms) -> list[Rec
             now = time.time()
             for tp, messages in batches.items():
                 for m in messages:
+                    transcribe("kafka", f"{m.key!r} {m.value!r}")
                     records.append(Record(tp.topic, m.key.decode(), json.loads(m.value), now))
     finally:
         await consumer.stop()
     return records
+
+
+# ---------------------------------------------------------------------- the suite's secret audit
+def transcribe(kind: str, text: str) -> None:
+    """Keep something a daemon emitted (an HTTP body, a Kafka message, the path of its log) for
+    the secret audit, when the test session asked for it (TRANSCRIPTS_ENV names the folder)."""
+    folder = os.environ.get(TRANSCRIPTS_ENV)
+    if folder:
+        with open(Path(folder) / f"{kind}.txt", "a", errors="replace") as fh:
+            fh.write(text.rstrip("\n") + "\n")
+
+
+def emitted_texts(folder: Path) -> dict[str, str]:
+    """{source: text} of everything transcribed into `folder`: each daemon log it names, and
+    the HTTP bodies and Kafka messages the tests read."""
+    texts = {}
+    logs = folder / "daemon-logs.txt"
+    for line in logs.read_text().splitlines() if logs.exists() else []:
+        with contextlib.suppress(OSError):
+            texts[line] = Path(line).read_text(errors="replace")
+    for kind in ("http", "kafka"):
+        path = folder / f"{kind}.txt"
+        if path.exists():
+            texts[kind] = path.read_text(errors="replace")
+    return texts
+
+
+def secret_findings(texts: dict[str, str], secrets: tuple[str, ...] = SUITE_SECRETS) -> list[str]:
+    """One line per leak: a listed secret, or any URL with a password in it."""
+    findings = []
+    for source, text in texts.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            leaked = [s for s in secrets if s in line]
+            leaked += [m.group(1) for m in _URL_PASSWORD.finditer(line) if m.group(1) != "***"]
+            if leaked:
+                findings.append(f"{source}:{number}: {sorted(set(leaked))}")
+    return findings

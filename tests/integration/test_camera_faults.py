@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from scripts.testbed import (
-    REPO, Daemon, FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values, wait_for,
+    REPO, WRONG_CAMERA_CREDENTIALS, Daemon, FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values, wait_for,
 )
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
@@ -27,7 +27,7 @@ def faulty_cameras():
 def test_bad_cameras_are_reported_and_retried_without_disturbing_a_good_one(tmp_path, rtsp_server, broker, faulty_cameras):
     topic, port = f"faults-{uuid.uuid4().hex[:8]}", free_port()
     cameras = [("good", rtsp_server.url("classic"), 5)]
-    cameras += [(name, cam.url(credentials="viewer:Secr3t-pw"), 5) for name, cam in faulty_cameras.items()]
+    cameras += [(name, cam.url(credentials=WRONG_CAMERA_CREDENTIALS), 5) for name, cam in faulty_cameras.items()]
     config = daemon_config(tmp_path / "faults.yaml", MODEL, broker.bootstrap, cameras, topic=topic,
                            status_topic=f"{topic}-status", metrics_port=port,
                            source={"open_timeout_s": 2, "stall_timeout_s": 2, "backoff_initial_s": 0.2,
@@ -56,7 +56,7 @@ def test_bad_cameras_are_reported_and_retried_without_disturbing_a_good_one(tmp_
     unauthorized = [e for e in log if e.get("camera") == "wrong-password" and "unauthorized" in e.get("reason", "")]
     assert errors['{camera="wrong-password",kind="unauthorized"}'] >= 2
     assert len(unauthorized) == 1, "the same failure again is counted and published, but logged once"
-    assert "Secr3t-pw" not in daemon.log_text() + metrics + json.dumps([r.value for r in records])
+    assert WRONG_CAMERA_CREDENTIALS.split(":")[1] not in daemon.log_text() + metrics + json.dumps([r.value for r in records])
 
 
 def open_files_and_threads(pid: int) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import signal
 import time
 
 from scripts.testbed import (
-    REPO, Daemon, FakeRtspCamera, SilentServer, daemon_config, free_port, http_get, metric_values, wait_for,
+    KAFKA_PASSWORD, REPO, Daemon, FakeRtspCamera, SilentServer, daemon_config, free_port, http_get, metric_values, wait_for,
 )
 
 
@@ -53,7 +53,7 @@ def test_broker_refusing_our_sasl_login_is_retried_counted_and_never_leaks_the_p
                            kafka={"security_protocol": "SASL_PLAINTEXT",
                                   "sasl": {"mechanism": "SCRAM-SHA-256", "username": "pipeline",
                                            "password": "${KAFKA_PASSWORD}"}})
-    daemon = Daemon(config, tmp_path / "sasl.log", env={**os.environ, "KAFKA_PASSWORD": "Kafka-Pa55word"})
+    daemon = Daemon(config, tmp_path / "sasl.log", env={**os.environ, "KAFKA_PASSWORD": KAFKA_PASSWORD})
     daemon.start()
     try:
         def connect_errors():
@@ -70,4 +70,4 @@ def test_broker_refusing_our_sasl_login_is_retried_counted_and_never_leaks_the_p
         daemon.stop()
     log = daemon.log_text()
     assert '"security_protocol": "SASL_PLAINTEXT"' in log and '"sasl_mechanism": "SCRAM-SHA-256"' in log
-    assert "Kafka-Pa55word" not in log + metrics
+    assert KAFKA_PASSWORD not in log + metrics
