@@ -75,6 +75,10 @@ class Metrics:
             p + "spool_dropped", "Messages dropped because the spool was full, by policy", ["policy"], registry=r
         )
         self.kafka_connected = Gauge(p + "kafka_connected", "1 while the producer is started", registry=r)
+        self.kafka_topic_ready = Gauge(
+            p + "kafka_topic_ready", "1 once the broker has the topic and lets us write to it; 0 while it "
+            "does not (unknown topic, not authorised): its messages wait in the spool", ["topic"], registry=r,
+        )
         self.gpu_copy_bytes = Counter(
             p + "gpu_copy_bytes", "Bytes our code copied between host and GPU (h2d, d2h) or within "
             "the GPU (d2d); on the NVDEC path only detections go d2h", ["gpu", "direction"], registry=r,

@@ -10,11 +10,18 @@ undelivered message, so per camera the order is kept and a message may arrive tw
 is at least once; consumers deduplicate on (camera_id, run_id, frame.seq). What is spooled when
 the daemon stops (or is killed) is sent at the next start.
 
-Order per camera: a camera's next message goes to the producer only when its previous one is
-acknowledged, so a failed message is never overtaken by a later one of the same camera; after a
-failure the spool re-sends from the first undelivered message (duplicates possible, never
-reordering of first deliveries). The producer retries a batch until `kafka.request_timeout_s`, so
-outages shorter than that need no re-send at all.
+Order per camera and topic: a camera's next message to a topic goes to the producer only when its
+previous one is acknowledged, so a failed message is never overtaken by a later one of the same
+camera; after a failure the spool re-sends from the first undelivered message, skipping what was
+already acknowledged (duplicates only of messages in flight at the failure, never reordering of
+first deliveries). The producer retries a batch until `kafka.request_timeout_s`, so outages
+shorter than that need no re-send at all.
+
+Topics: before its first message goes to a topic the broker is asked for it (at most
+`_TOPIC_WAIT_S`). A topic the broker does not have or does not let us write to (auto-creation off,
+no ACL, invalid name) is logged once with what to do, counted, shown as `kafka_topic_ready 0` and
+in /readyz, and asked for again with backoff; its messages wait in the spool and the other
+topic's messages keep flowing.
 """
 from __future__ import annotations
 
@@ -42,6 +49,8 @@ from pipeline.s6_spool import Record, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
+_TOPIC_WAIT_S = 10.0  # how long one look-up of a topic waits for the broker
+_TOPIC_RETRY_FIRST_S, _TOPIC_RETRY_MAX_S = 5.0, 300.0  # delays between look-ups of a missing topic
 # Kafka will never take this message: sending it again would block its camera for good
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 DETECTIONS_SCHEMA = "detections/v1"
@@ -146,9 +155,12 @@ class KafkaPublisher:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()  # a message was spooled, a send finished, or stop began
         self._outstanding = 0  # sent, not yet acknowledged or failed
-        self._busy: set[str] = set()  # cameras (message keys) with a message in flight
-        self._waiting: dict[str, collections.deque[Record]] = {}  # read from the spool, not yet sent
+        self._busy: set[tuple[str, str]] = set()  # (topic, camera) with a message in flight
+        self._waiting: dict[tuple[str, str], collections.deque[Record]] = {}  # read, not yet sent
         self._failed = False  # a send failed: re-send from the first undelivered message
+        self._reread = False  # a topic became ready: read its skipped messages again
+        self._topics_ready: set[str] = set()
+        self._topic_checks: dict[str, asyncio.Task] = {}  # topics being looked up, or waiting to be
         self._accepting = True
         self._last_error_log = 0.0
 
@@ -217,13 +229,14 @@ class KafkaPublisher:
         self._accepting = False
         deadline = time.monotonic() + timeout
         spool = self._spool
-        while spool is not None and spool.pending and self.connected and time.monotonic() < deadline:
+        while spool is not None and self._sending(spool) and self.connected and time.monotonic() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - time.monotonic()))
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._topic_checks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._producer is not None:
             try:
                 await asyncio.wait_for(self._producer.stop(), max(0.1, deadline - time.monotonic()))
@@ -237,11 +250,17 @@ class KafkaPublisher:
         if self._lock_file is not None:
             self._lock_file.close()
 
+    def _sending(self, spool: Spool) -> bool:
+        """Something is in flight or can still be sent (messages of a missing topic cannot)."""
+        return bool(self._outstanding or self._waiting or spool.unread or self._failed or self._reread)
+
     def health(self) -> dict:
-        """Whether the producer is connected and sending, and what waits in the spool."""
+        """Whether the producer is connected and sending, what waits in the spool, and the topics
+        the broker does not let us write to."""
         spool = self._spool
         return {"connected": self.connected, "queued": spool.pending if spool else 0,
-                "spool_bytes": spool.bytes if spool else 0}
+                "spool_bytes": spool.bytes if spool else 0,
+                "topics_unavailable": sorted(set(self._topic_checks) - self._topics_ready)}
 
     @property
     def connected(self) -> bool:
@@ -251,22 +270,32 @@ class KafkaPublisher:
     # ------------------------------------------------------------------ sending
     async def _run(self) -> None:
         await self._connect()
+        # the configured topics are looked up one after the other before the first send: against
+        # Tansu, a look-up that created a topic while the first produce to another new topic was
+        # in flight left that produce unanswered (seen in the kill -9 test)
+        for topic in (self._config.topic, self._config.status_topic):
+            self._look_up(topic)
+            await asyncio.wait([self._topic_checks[topic]], timeout=_TOPIC_WAIT_S)
         retry = _RETRY_FIRST_S
         while True:
-            if self._failed:  # re-send from the first undelivered message, in order
+            if self._failed or self._reread:  # read again from the first undelivered message, in order
+                failed, self._failed, self._reread = self._failed, False, False
                 await self._settle()
                 self._waiting.clear()
                 self._spool.rewind()  # type: ignore[union-attr]
-                self._failed = False
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, _RETRY_MAX_S)
+                if failed:
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX_S)
                 continue
             await self._send_ready()
             held = self._outstanding + sum(map(len, self._waiting.values()))
             free = self._config.max_in_flight - held
             records = self._spool.read(free) if free > 0 else []  # type: ignore[union-attr]
             for record in records:
-                self._waiting.setdefault(record.key, collections.deque()).append(record)
+                if record.topic in self._topics_ready:
+                    self._waiting.setdefault((record.topic, record.key), collections.deque()).append(record)
+                else:  # stays in the spool; read again once the broker has the topic
+                    self._look_up(record.topic)
             if not records and not self._sendable():
                 self._wake.clear()
                 await self._wake.wait()
@@ -325,6 +354,40 @@ class KafkaPublisher:
             log_event(log, logging.INFO, "kafka connected", bootstrap=self._config.bootstrap_servers)
             return
 
+    # ------------------------------------------------------------------ topics
+    def _look_up(self, topic: str) -> None:
+        """Start asking the broker for `topic` unless that is done or under way."""
+        if topic not in self._topic_checks:
+            self._topic_checks[topic] = asyncio.get_running_loop().create_task(
+                self._wait_for_topic(topic), name=f"kafka-topic-{topic}")
+
+    async def _wait_for_topic(self, topic: str) -> None:
+        """Ask for the topic's partitions until the broker has it; then read its messages again."""
+        delay, logged = _TOPIC_RETRY_FIRST_S, False
+        while True:
+            try:
+                await asyncio.wait_for(self._producer.partitions_for(topic), _TOPIC_WAIT_S)  # type: ignore[union-attr]
+                break
+            except (KafkaError, TimeoutError) as exc:
+                # aiokafka keeps asking until its request timeout, then says the topic is unknown
+                reason = "UnknownTopicOrPartitionError" if isinstance(exc, TimeoutError) else type(exc).__name__
+                self._metrics.kafka_send_errors.labels(reason).inc()
+                self._metrics.kafka_topic_ready.labels(topic).set(0)
+                if not logged:
+                    log_event(log, logging.ERROR, "kafka topic not available; its messages wait in the spool",
+                              topic=topic, error=reason, retry_in_s=delay,
+                              fix="create the topic (or enable auto.create.topics.enable on the broker) and "
+                                  "allow this client to write to it")
+                    logged = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _TOPIC_RETRY_MAX_S)
+        self._topics_ready.add(topic)
+        self._metrics.kafka_topic_ready.labels(topic).set(1)
+        if logged:
+            log_event(log, logging.INFO, "kafka topic available; sending its messages", topic=topic)
+        self._reread = True
+        self._wake.set()
+
     def _make_producer(self) -> AIOKafkaProducer:
         c = self._config
         return AIOKafkaProducer(
@@ -341,7 +404,7 @@ class KafkaPublisher:
 
     def _delivered(self, record: Record, future: asyncio.Future) -> None:
         self._outstanding -= 1
-        self._busy.discard(record.key)
+        self._busy.discard((record.topic, record.key))
         self._wake.set()
         if future.cancelled():
             self._send_failed(record, asyncio.CancelledError())

@@ -11,7 +11,8 @@ are read back up to the first torn or corrupt record (the tail of a crash), whic
 
 Reading is separate from committing: `read()` hands out records from a read position that
 `rewind()` moves back to the first uncommitted one (after a failed send, so order per partition
-is kept; records acknowledged out of order may then be sent twice: delivery is at least once).
+is kept); records already acknowledged out of order are skipped then, so only those in flight at
+the failure may be sent twice: delivery is at least once.
 
 Bounds: `max_bytes` on disk. When an append would pass it, the policy decides: `drop_oldest`
 deletes the oldest segment (its undelivered records are counted as dropped), `drop_newest` refuses
@@ -58,7 +59,8 @@ class Spool:
         self._segment_bytes = max(1024, min(segment_bytes, max_bytes // 4 or 1024))
         self._sync_interval = sync_interval_s
         self._segments: list[_Segment] = []  # oldest first
-        self._acked: set[int] = set()
+        self._acked: set[int] = set()  # acknowledged, above the commit mark (out of order)
+        self._bytes = 0  # on disk in segments
         self.dropped = 0  # records lost to the size limit since start
         self._committed = self._read_committed()
         self._load()
@@ -72,7 +74,7 @@ class Spool:
     @property
     def bytes(self) -> int:
         """Bytes on disk in segments."""
-        return sum(s.size for s in self._segments)
+        return self._bytes
 
     @property
     def pending(self) -> int:
@@ -102,6 +104,7 @@ class Spool:
         self._writer.write(_HEAD.pack(len(body), zlib.crc32(body)) + body)
         self._writer.flush()  # in the OS now: survives kill -9
         segment.add(size)
+        self._bytes += size
         self._next_number += 1
         if time.monotonic() - self._last_sync >= self._sync_interval:
             self.sync()
@@ -127,13 +130,13 @@ class Spool:
         self._writer = open(segment.path, "ab")  # noqa: SIM115 - kept open while it is the newest
 
     def _drop_oldest_segment(self) -> None:
-        oldest = self._segments.pop(0)
-        lost = oldest.end - max(oldest.first, self._committed)
-        self.dropped += max(0, lost)
-        oldest.path.unlink(missing_ok=True)
+        oldest = self._pop_oldest_segment()
+        first = max(oldest.first, self._committed)
+        self.dropped += max(0, oldest.end - first) - sum(1 for n in self._acked if first <= n < oldest.end)
         self._committed = max(self._committed, oldest.end)
         self._read_next = max(self._read_next, oldest.end)
         self._acked = {n for n in self._acked if n >= oldest.end}
+        self._advance_commit()
 
     # ------------------------------------------------------------------ reading and committing
     def read(self, limit: int) -> list[Record]:
@@ -148,8 +151,10 @@ class Spool:
                     reader.close()
                 segment = next(s for s in self._segments if s.first <= self._read_next < s.end)
                 reader = self._reader = _Reader(segment, self._read_next)
-            out.append(reader.next())
+            record = reader.next()
             self._read_next += 1
+            if record.number not in self._acked:  # acknowledged out of order before a rewind
+                out.append(record)
         return out
 
     def ack(self, number: int) -> None:
@@ -157,16 +162,24 @@ class Spool:
         if number < self._committed:
             return
         self._acked.add(number)
+        self._advance_commit()
+
+    def _advance_commit(self) -> None:
         while self._committed in self._acked:
             self._acked.discard(self._committed)
             self._committed += 1
         while len(self._segments) > 1 and self._segments[0].end <= self._committed:
-            self._segments.pop(0).path.unlink(missing_ok=True)
+            self._pop_oldest_segment()
+
+    def _pop_oldest_segment(self) -> _Segment:
+        oldest = self._segments.pop(0)
+        self._bytes -= oldest.size
+        oldest.path.unlink(missing_ok=True)
+        return oldest
 
     def rewind(self) -> None:
-        """Read again from the first record not committed (after a failed send)."""
+        """Read again from the first record not committed, skipping those acknowledged since."""
         self._read_next = self._committed
-        self._acked.clear()
 
     def close(self) -> None:
         """Flush, record the commit mark, close the files."""
@@ -203,8 +216,9 @@ class Spool:
                 path.unlink(missing_ok=True)  # a gap: what follows a corrupt segment is unusable
                 continue
             self._segments.append(segment)
+            self._bytes += segment.size
         while self._segments and self._segments[0].end <= self._committed:
-            self._segments.pop(0).path.unlink(missing_ok=True)
+            self._pop_oldest_segment()
         if self._segments:
             self._committed = max(self._committed, self._segments[0].first)
 

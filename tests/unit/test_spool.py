@@ -78,7 +78,20 @@ def test_rewind_after_a_failed_send_reads_from_the_first_undelivered_record(tmp_
     spool.ack(sent[0].number)
     spool.ack(sent[2].number)  # delivered out of order before the failure
     spool.rewind()
-    assert [r.number for r in spool.read(10)] == [1, 2, 3, 4, 5]  # 2 again: at least once
+    assert [r.number for r in spool.read(10)] == [1, 3, 4, 5]  # 2 was delivered: not again
+    spool.ack(1)
+    assert spool.pending == 3  # 0, 1 and 2 committed
+
+
+def test_drop_oldest_does_not_count_delivered_records_as_lost(tmp_path):
+    spool = opened(tmp_path, max_bytes=4096, segment_bytes=1024, policy="drop_oldest")
+    fill(spool, 20, size=40)
+    for record in spool.read(20)[1:]:  # all but the first delivered: the commit mark stays at 0
+        spool.ack(record.number)
+    fill(spool, 200, size=40)
+    newest = [r.number for r in spool.read(1000)]
+    assert spool.dropped == 1 + (newest[0] - 20)  # record 0, and the new ones pushed out before the first kept
+    assert spool.bytes == sum(p.stat().st_size for p in tmp_path.glob("*.seg"))
 
 
 def test_drop_oldest_keeps_the_newest_within_the_size_limit(tmp_path):
