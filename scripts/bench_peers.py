@@ -1,0 +1,275 @@
+"""The CPU benchmark against what users would otherwise run, one command, same streams and model:
+
+    .venv/bin/python scripts/bench_peers.py [--cameras 2] [--width 1920 --height 1080 --fps 25] \\
+        [--seconds 60] [--warmup 20] [--systems daemon,ultralytics,opencv,daemon-int8] \\
+        [--record docs/BENCHMARKS.md]
+
+It renders N generated scenes with ground truth (scripts/scenes.py, seeds 9401+, used nowhere
+else), serves them as looping H.264 RTSP cameras (GStreamer), starts a local broker, then runs one
+system after another, each on a freshly started RTSP server (so each is the first client and its
+pts start at 0), for a warm-up and a measured window:
+  (a) daemon       our daemon (real CLI), every frame offered, FP32 model;
+  (b) ultralytics  Ultralytics multi-stream predict (`.streams` source) on the same ONNX model,
+                   results published to the same broker (scripts/peer_ultralytics.py);
+  (c) opencv       one thread per camera: OpenCV VideoCapture + ONNX Runtime + Kafka
+                   (scripts/peer_opencv.py);
+  daemon-int8      our daemon with the INT8 model (engines/shapes-yolov8n.int8.onnx), for the record.
+Peers run in their own environment (scripts/make_peer_env.sh builds it; the product's
+dependencies are untouched). ONNX Runtime alone is measured at the daemon's input shape with the
+daemon's session settings.
+
+Measured in the window, the same way for every system, from what reaches Kafka: processed
+frames/s (messages per second; total and per camera), frames dropped (offered minus processed),
+CPU % and peak RSS of the system's process (/proc), capture->Kafka latency (consumer receive time
+minus the message's captured_at) p50/p99 and its drift (p50 of the last third minus the first),
+and precision/recall at IoU 0.5 against ground truth (each message matched to the truth frame
+at its pts, with one per-camera frame offset searched in +-10 for every system alike).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.accuracy import best_offset, evaluate  # noqa: E402
+from scripts.bench_cpu import machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib  # noqa: E402
+from scripts.scenes import Scene, Truth, truth_path  # noqa: E402
+from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port  # noqa: E402
+
+SEEDS = 9401
+FP32 = REPO / "engines" / "shapes-yolov8n.onnx"
+INT8 = REPO / "engines" / "shapes-yolov8n.int8.onnx"
+LABELS = REPO / "engines" / "shapes-yolov8n.labels.txt"
+SYSTEMS = ("daemon", "ultralytics", "opencv", "daemon-int8")
+
+
+# ---------------------------------------------------------------------- the systems
+class System:
+    """A system under test as a process: started on the cameras, READY when it has begun."""
+
+    def __init__(self, name: str, args, urls: dict[str, str], topic: str, bootstrap: str, workdir: Path) -> None:
+        self.name, self.args, self.urls, self.topic = name, args, urls, topic
+        self.bootstrap, self.workdir = bootstrap, workdir
+        self.proc: subprocess.Popen | None = None
+        self._daemon: Daemon | None = None
+
+    def start(self, run_seconds: float) -> None:
+        if self.name.startswith("daemon"):
+            model = INT8 if self.name == "daemon-int8" else FP32
+            config = daemon_config(
+                self.workdir / f"{self.topic}.yaml",
+                {"path": model, "input_size": self.args.input_size, "confidence": self.args.confidence,
+                 "labels": str(LABELS)},
+                self.bootstrap, [(cam, url, None) for cam, url in self.urls.items()], topic=self.topic,
+                status_topic=f"{self.topic}-status", metrics_port=free_port(),
+            )
+            self._daemon = Daemon(config, self.workdir / f"{self.topic}.log")
+            self._daemon.start()
+            self.proc = self._daemon.proc
+            return
+        script = REPO / "scripts" / f"peer_{self.name}.py"
+        cmd = [str(self.args.peer_env / "bin" / "python"), str(script), "--model", str(FP32),
+               "--input-size", str(self.args.input_size), "--confidence", str(self.args.confidence),
+               "--bootstrap", self.bootstrap, "--topic", self.topic, "--seconds", str(run_seconds),
+               *[f"--camera={cam}={url}" for cam, url in self.urls.items()]]
+        self._log = open(self.workdir / f"{self.topic}.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def stop(self) -> int | None:
+        if self._daemon is not None:
+            return self._daemon.stop()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+        finally:
+            self._log.close()
+
+
+def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth], broker: Broker,
+               workdir: Path) -> dict:
+    """Start `name` on the cameras, measure the window after the warm-up, stop it."""
+    topic = f"peers-{name}-{uuid.uuid4().hex[:6]}"
+    with RtspServer(clips) as rtsp:
+        system = System(name, args, {cam: rtsp.url(cam) for cam in clips}, topic, broker.bootstrap, workdir)
+        records: list = []
+        stop = threading.Event()
+        consumer = threading.Thread(target=lambda: records.extend(consume(
+            broker.bootstrap, [topic], lambda _: stop.is_set(), args.warmup + args.seconds + 180, 100)), daemon=True)
+        consumer.start()
+        system.start(args.warmup + args.seconds + 30)
+        try:
+            time.sleep(args.warmup)
+            pid = system.proc.pid
+            t0, wall0, cpu0 = time.monotonic(), time.time(), proc_cpu_seconds(pid)
+            rss = []
+            cpu1 = cpu0
+            while time.monotonic() - t0 < args.seconds and system.proc.poll() is None:
+                time.sleep(1)
+                try:
+                    rss.append(proc_rss_mib(pid))
+                    cpu1 = proc_cpu_seconds(pid)
+                except FileNotFoundError:  # it ended: measured up to its last sample
+                    break
+            elapsed = time.monotonic() - t0
+            time.sleep(3)  # let what was processed in the window reach the consumer
+        finally:
+            code = system.stop()
+            stop.set()
+            consumer.join(60)
+    window = [r for r in records if wall0 <= r.received_at <= wall0 + elapsed]
+    return summarise(name, window, truths, elapsed, 100 * (cpu1 - cpu0) / elapsed, max(rss, default=0),
+                     args.fps, code, len(clips))
+
+
+def summarise(name, window, truths, seconds, cpu, rss, fps, code, cameras) -> dict:
+    per_cam = defaultdict(int)
+    for r in window:
+        per_cam[r.key] += 1
+    latencies = [(r.received_at, r.received_at - parse_time(r.value["frame"]["captured_at"])) for r in window]
+    latencies.sort()
+    third = max(1, len(latencies) // 3)
+    lat = [v for _, v in latencies]
+    messages = [r.value for r in window]
+    offsets = {cam: best_offset([m for m in messages if m["camera_id"] == cam], truth)
+               for cam, truth in truths.items()}
+    scored = defaultdict(lambda: None)
+    for cam, truth in truths.items():
+        own = [m for m in messages if m["camera_id"] == cam]
+        scored[cam] = evaluate(own, {cam: truth}, offsets[cam]).get(cam)
+    tp = sum(s.tp for s in scored.values() if s)
+    fp = sum(s.fp for s in scored.values() if s)
+    fn = sum(s.fn for s in scored.values() if s)
+    total = sum(per_cam.values()) / seconds
+    return {
+        "name": name, "fps": total, "per_camera": {c: n / seconds for c, n in sorted(per_cam.items())},
+        "dropped": max(0.0, 1 - total / (fps * cameras)), "cpu": cpu, "rss": rss,
+        "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+        "drift": percentile(lat[-third:], 50) - percentile(lat[:third], 50),
+        "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn), "offsets": offsets,
+        "messages": len(window), "exit": code,
+    }
+
+
+def ort_alone(args, width: int, height: int, seconds: float = 15) -> float:
+    """Images/s of the daemon's engine alone (same session settings, as many concurrent runs as
+    the daemon makes) on its input shape for one frame, nothing else running."""
+    from pipeline.config import ModelConfig
+    from pipeline.s4_infer import load_engine
+
+    engine = load_engine(ModelConfig(path=FP32, input_size=args.input_size))
+    w, h = engine.info.input_spec.rect_for(width, height)
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    counts = [0] * engine.concurrency
+    end = time.monotonic() + 3 + seconds
+
+    def loop(i: int) -> None:
+        while time.monotonic() < end - seconds:  # warm-up
+            engine.infer(x)
+        while time.monotonic() < end:
+            engine.infer(x)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(engine.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.close()
+    return sum(counts) / seconds
+
+
+# ---------------------------------------------------------------------- report
+def table(results: list[dict], alone: float, shape: str) -> list[str]:
+    base = results[0]
+    lines = ["| system | frames/s total (x daemon) | per camera | dropped | CPU (200% = 2 cores) | RSS peak | "
+             "capture->Kafka p50 / p99 | p50 drift | precision / recall | messages |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        per_cam = " / ".join(f"{v:.1f}" for v in r["per_camera"].values()) or "-"
+        lines.append(
+            f"| {r['name']} | {r['fps']:.1f} (x{r['fps'] / base['fps']:.2f}) | {per_cam} | {100 * r['dropped']:.0f}% | "
+            f"{r['cpu']:.0f}% | {r['rss']:.0f} MiB | {1000 * r['p50']:.0f} / {1000 * r['p99']:.0f} ms | "
+            f"{1000 * r['drift']:+.0f} ms | {r['precision']:.3f} / {r['recall']:.3f} | {r['messages']} |")
+    lines.append(f"| ONNX Runtime alone ({shape}, daemon's session settings) | {alone:.1f} img/s "
+                 f"(daemon = x{base['fps'] / alone:.2f}) | | | | | | | | |")
+    return lines
+
+
+def versions(peer_env: Path) -> str:
+    code = ("import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
+            "('ultralytics', 'torch', 'opencv-python-headless', 'onnxruntime')))")
+    out = subprocess.run([str(peer_env / "bin" / "python"), "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or out.stderr.strip()[-200:]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=20)
+    parser.add_argument("--input-size", type=int, default=320)
+    parser.add_argument("--confidence", type=float, default=0.35)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
+    parser.add_argument("--record", type=Path, help="append the results to this markdown file")
+    args = parser.parse_args()
+    systems = args.systems.split(",")
+    if any(s in ("ultralytics", "opencv") for s in systems):
+        subprocess.run(["bash", str(REPO / "scripts" / "make_peer_env.sh"), str(args.peer_env)], check=True)
+    workdir = REPO / ".cache" / "peers"
+    workdir.mkdir(parents=True, exist_ok=True)
+    clips = {}
+    for i in range(args.cameras):
+        clip = workdir / f"scene-{SEEDS + i}-{args.width}x{args.height}-{args.fps}-g2.mp4"
+        if not clip.exists() or not truth_path(clip).exists():
+            Scene(SEEDS + i, args.width, args.height, fps=args.fps, frames=10 * args.fps).write(clip)
+        clips[f"cam{i}"] = clip
+    truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
+    with Broker() as broker:
+        alone = ort_alone(args, args.width, args.height)
+        results = [run_system(name, args, clips, truths, broker, workdir) for name in systems]
+    from pipeline.s4_infer.engine import input_spec_from_shape
+
+    w, h = input_spec_from_shape(("b", 3, "h", "w"), args.input_size).rect_for(args.width, args.height)
+    lines = [
+        f"### CPU path against its peers ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"- Machine: {machine()}; peers: {versions(args.peer_env)}",
+        f"- Command: `.venv/bin/python scripts/bench_peers.py --cameras {args.cameras} --width {args.width} "
+        f"--height {args.height} --fps {args.fps} --seconds {args.seconds:g} --warmup {args.warmup:g} "
+        f"--systems {args.systems}`",
+        f"- Streams: {args.cameras} x {args.width}x{args.height} {args.fps} fps generated scenes (seeds "
+        f"{SEEDS}+) as H.264 over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "
+        f"unless named) at {args.input_size} px, confidence {args.confidence}",
+        "",
+        *table(results, alone, f"1x3x{h}x{w}"),
+        "",
+        "Frame offsets found per camera (pts mapping; 0 = exact): " + "; ".join(
+            f"{r['name']} " + ",".join(str(o) for o in r["offsets"].values()) for r in results)
+        + ". Exit codes: " + ", ".join(f"{r['name']} {r['exit']}" for r in results) + ".",
+    ]
+    print("\n".join(lines))
+    if args.record:
+        with open(args.record, "a") as fh:
+            fh.write("\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
