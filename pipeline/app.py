@@ -62,7 +62,7 @@ class Runtime:
         config: Config,
         *,
         engine_loader: Callable[..., Engine] = load_engine,
-        decoder_factory: Callable = cpu_decoder,
+        decoder_factory: Callable | None = None,
         gpu_probe: Callable[[], GpuProbe] = probe,
         gpu_factory: Callable[..., Any] = Gpu,
         config_path: Path | None = None,
@@ -72,7 +72,7 @@ class Runtime:
         self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
         self.metrics = Metrics()
         self._engine_loader = engine_loader
-        self._decoder_factory = decoder_factory
+        self._decoder_factory = decoder_factory or functools.partial(cpu_decoder, deblock=config.source.deblock)
         self._gpu_probe = gpu_probe
         self._gpu_factory = gpu_factory
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -27,11 +27,13 @@ class Decoder(Protocol):
 class PyAVDecoder:
     """FFmpeg H.264/H.265 decoding on the CPU; pictures stay `av.VideoFrame` (YUV) until batched."""
 
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+    def __init__(self, stream: av.video.stream.VideoStream, deblock: bool = True) -> None:
         self._ctx = stream.codec_context
         # One thread per camera: cameras already decode in parallel, and frame threading would
         # add a frame of latency per thread and multiply threads by the camera count.
         self._ctx.thread_count = 1
+        if not deblock:  # the pictures are scaled down for the detector: blocking does not show
+            self._ctx.options = {**self._ctx.options, "skip_loop_filter": "all"}
         self._keyframes_only = False
 
     def decode(self, packet: av.Packet) -> list[av.VideoFrame]:
@@ -52,6 +54,6 @@ class PyAVDecoder:
         """Nothing to release: the codec context closes with its container."""
 
 
-def cpu_decoder(stream: av.video.stream.VideoStream) -> Decoder:
+def cpu_decoder(stream: av.video.stream.VideoStream, deblock: bool = True) -> Decoder:
     """Decoder factory for the CPU path."""
-    return PyAVDecoder(stream)
+    return PyAVDecoder(stream, deblock)

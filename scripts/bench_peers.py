@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=20)
     parser.add_argument("--input-size", type=int, default=320)
     parser.add_argument("--confidence", type=float, default=0.35)
+    parser.add_argument("--bitrate", default="6M", help="H.264 bitrate cap, as a camera's (0: CRF 23, ~20 Mbit/s)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
@@ -236,9 +237,10 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     clips = {}
     for i in range(args.cameras):
-        clip = workdir / f"scene-{SEEDS + i}-{args.width}x{args.height}-{args.fps}-g2.mp4"
+        clip = workdir / f"scene-{SEEDS + i}-{args.width}x{args.height}-{args.fps}-{args.bitrate}-g2.mp4"
         if not clip.exists() or not truth_path(clip).exists():
-            Scene(SEEDS + i, args.width, args.height, fps=args.fps, frames=10 * args.fps).write(clip)
+            Scene(SEEDS + i, args.width, args.height, fps=args.fps, frames=10 * args.fps).write(
+                clip, bitrate=None if args.bitrate == "0" else args.bitrate)
         clips[f"cam{i}"] = clip
     truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
     with Broker() as broker:
@@ -252,10 +254,11 @@ def main() -> int:
         "",
         f"- Machine: {machine()}; peers: {versions(args.peer_env)}",
         f"- Command: `.venv/bin/python scripts/bench_peers.py --cameras {args.cameras} --width {args.width} "
-        f"--height {args.height} --fps {args.fps} --seconds {args.seconds:g} --warmup {args.warmup:g} "
+        f"--height {args.height} --fps {args.fps} --bitrate {args.bitrate} --seconds {args.seconds:g} --warmup {args.warmup:g} "
         f"--systems {args.systems}`",
         f"- Streams: {args.cameras} x {args.width}x{args.height} {args.fps} fps generated scenes (seeds "
-        f"{SEEDS}+) as H.264 over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "
+        f"{SEEDS}+) as H.264 ({'CRF 23' if args.bitrate == '0' else args.bitrate + 'bit/s'}, GOP 50, no B-frames) "
+        f"over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "
         f"unless named) at {args.input_size} px, confidence {args.confidence}",
         "",
         *table(results, alone, f"1x3x{h}x{w}"),

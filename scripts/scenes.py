@@ -138,14 +138,17 @@ class Scene:
                         visible < DIFFICULT_BELOW)
 
     # ---------------------------------------------------------------- output
-    def write(self, clip: Path, gop: int = 50) -> Path:
-        """Encode the scene to an H.264 MP4 (ffmpeg) and its truth to `<clip>.truth.json`."""
+    def write(self, clip: Path, gop: int = 50, bitrate: str | None = None) -> Path:
+        """Encode the scene to an H.264 MP4 (ffmpeg) and its truth to `<clip>.truth.json`.
+        Quality-driven by default (CRF 23: the per-frame noise makes that ~20 Mbit/s at 1080p);
+        `bitrate` (e.g. "6M") caps it as a camera's encoder does."""
         clip = Path(clip)
         clip.parent.mkdir(parents=True, exist_ok=True)
+        rate = ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate] if bitrate else []
         encoder = subprocess.Popen(
             ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
              "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-",
-             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0",
+             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0", *rate,
              "-pix_fmt", "yuv420p", str(clip)],
             stdin=subprocess.PIPE,
         )
