@@ -180,7 +180,7 @@ def best_f1_threshold(sweep: list[tuple[float, Score]]) -> float:
 
 def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=TEST_CAMERAS,
                   input_size: int = 320, fps: float = 5, frames: int = 200, confidence: float = 0.25,
-                  timeout: float = 120) -> tuple[list[dict], dict[str, Truth]]:
+                  timeout: float = 120, source: dict | None = None) -> tuple[list[dict], dict[str, Truth]]:
     """Serve generated scenes over RTSP, run the daemon on them with `model`, and return the
     detection messages (until every camera has `per_camera`) and each camera's truth."""
     import uuid
@@ -191,7 +191,7 @@ def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=T
     workdir.mkdir(parents=True, exist_ok=True)
     clips = {}
     for cam, (seed, width, height) in cameras.items():
-        clip = workdir / f"scene-{seed}-{width}x{height}-{frames}.mp4"
+        clip = workdir / f"scene-{seed}-{width}x{height}-{frames}-fixed-gop.mp4"  # fixed GOP since scene-cut was turned off
         if not clip.exists() or not truth_path(clip).exists():
             Scene(seed, width, height, frames=frames).write(clip)
         clips[cam] = clip
@@ -201,7 +201,7 @@ def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=T
         config = daemon_config(
             workdir / f"{topic}.yaml", {"path": model, "input_size": input_size, "confidence": confidence},
             broker.bootstrap, [(cam, rtsp.url(cam), fps) for cam in cameras], topic=topic,
-            status_topic=f"{topic}-status", metrics_port=free_port(),
+            status_topic=f"{topic}-status", metrics_port=free_port(), **({"source": source} if source else {}),
         )
         daemon = Daemon(config, workdir / f"{topic}.log")
         daemon.start()
@@ -248,6 +248,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", help="read live from this broker")
     parser.add_argument("--topic", default="detections")
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--deblock", action="store_true", help="--run: decode with H.264 deblocking (source.deblock)")
     args = parser.parse_args()
     truths = {cam: Truth.load(Path(path)) for cam, _, path in (t.partition("=") for t in args.truth)}
     if args.run:
@@ -257,7 +258,8 @@ def main() -> int:
             cameras = TEST_CAMERAS if args.scenes == "test" else VALIDATION_CAMERAS
             messages, truths = run_on_scenes(args.model, REPO / ".cache" / "accuracy", broker,
                                              args.per_camera, cameras, input_size=args.input_size,
-                                             confidence=args.confidence, timeout=60 + args.per_camera)
+                                             confidence=args.confidence, timeout=60 + args.per_camera,
+                                             source={"deblock": True} if args.deblock else None)
     elif not truths:
         parser.error("give --truth CAMERA=FILE (or --run)")
     elif args.capture:

@@ -88,7 +88,10 @@ def run(n: int, args, scene_clips: list[Path], broker: Broker, workdir: Path) ->
     window = [r for r in records if wall0 <= r.received_at <= wall0 + elapsed]
     rates = Counter(r.key for r in window)
     lat = [r.received_at - parse_time(r.value["frame"]["captured_at"]) for r in window]
-    drops = {k: v - dropped0.get(k, 0) for k, v in dropped1.items() if v - dropped0.get(k, 0) > 0}
+    drops: Counter = Counter()  # by reason, summed over cameras
+    for key, value in dropped1.items():
+        if value - dropped0.get(key, 0) > 0:
+            drops[key.split('reason="')[1].rstrip('"}')] += value - dropped0.get(key, 0)
     per_cam = [rates.get(cam, 0) / elapsed for cam in mounts]
     return {"n": n, "min_rate": min(per_cam), "mean_rate": sum(per_cam) / n, "drops": drops,
             "p50": percentile(lat, 50), "p99": percentile(lat, 99), "cpu": 100 * cpu / elapsed,

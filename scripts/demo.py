@@ -31,7 +31,7 @@ def main() -> int:
     work = REPO / "demo"
     clips = {}
     for name, (seed, w, h) in CLIPS.items():
-        clip = work / f"{name}-{seed}-g{GENERATOR_VERSION}.mp4"
+        clip = work / f"{name}-{seed}-g{GENERATOR_VERSION}-fixed-gop.mp4"
         if not clip.exists():
             print(f"rendering demo scene {name} ({w}x{h}) ...", flush=True)
             Scene(seed, w, h, frames=250).write(clip)

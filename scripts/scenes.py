@@ -140,15 +140,16 @@ class Scene:
     # ---------------------------------------------------------------- output
     def write(self, clip: Path, gop: int = 50, bitrate: str | None = None) -> Path:
         """Encode the scene to an H.264 MP4 (ffmpeg) and its truth to `<clip>.truth.json`.
-        Quality-driven by default (CRF 23: the per-frame noise makes that ~20 Mbit/s at 1080p);
-        `bitrate` (e.g. "6M") caps it as a camera's encoder does."""
+        A fixed GOP as cameras use (scene-cut detection off: the scenes' brightness flicker made
+        x264 encode most frames as I-frames). Quality-driven by default (CRF 23); `bitrate`
+        (e.g. "6M") caps it as a camera's encoder does."""
         clip = Path(clip)
         clip.parent.mkdir(parents=True, exist_ok=True)
         rate = ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate] if bitrate else []
         encoder = subprocess.Popen(
             ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
              "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-",
-             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-bf", "0", *rate,
+             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-sc_threshold", "0", "-bf", "0", *rate,
              "-pix_fmt", "yuv420p", str(clip)],
             stdin=subprocess.PIPE,
         )
