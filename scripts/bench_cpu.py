@@ -156,6 +156,14 @@ def run_daemon(rtsp: RtspServer, broker: Broker, cameras: int, seconds: float, w
     }
 
 
+def report(lines: list[str], record: Path | None) -> None:
+    """Print a result section and, when asked, append it to a markdown file."""
+    print("\n".join(lines))
+    if record:
+        with open(record, "a") as fh:
+            fh.write("\n" + "\n".join(lines) + "\n")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():

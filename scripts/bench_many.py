@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.bench_cpu import machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib  # noqa: E402
+from scripts.bench_cpu import (  # noqa: E402
+    machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib, report,
+)
 from scripts.scenes import Scene  # noqa: E402
 from scripts.testbed import (  # noqa: E402
     REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port, http_get, metric_values, wait_for,
@@ -134,10 +136,7 @@ def main() -> int:
           f"{1000 * r['p99']:.0f} ms | {r['cpu']:.0f}% | {r['server_cpu']:.0f}% | {r['rss']:.0f} MiB | "
           f"{'yes' if r['sustained'] else 'no'} |" for r in results],
     ]
-    print("\n".join(lines))
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write("\n" + "\n".join(lines) + "\n")
+    report(lines, args.record)
     return 0
 
 

@@ -41,7 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.accuracy import best_offset, evaluate  # noqa: E402
-from scripts.bench_cpu import machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib  # noqa: E402
+from scripts.bench_cpu import (  # noqa: E402
+    machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib, report,
+)
 from scripts.scenes import Scene, Truth, truth_path  # noqa: E402
 from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port  # noqa: E402
 
@@ -267,10 +269,7 @@ def main() -> int:
             f"{r['name']} " + ",".join(str(o) for o in r["offsets"].values()) for r in results)
         + ". Exit codes: " + ", ".join(f"{r['name']} {r['exit']}" for r in results) + ".",
     ]
-    print("\n".join(lines))
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write("\n" + "\n".join(lines) + "\n")
+    report(lines, args.record)
     return 0
 
 

@@ -9,6 +9,18 @@ import threading
 from datetime import datetime, timezone
 
 
+def add_peer_arguments(parser) -> None:
+    """The command line every peer takes from scripts/bench_peers.py."""
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input-size", type=int, default=320)
+    parser.add_argument("--confidence", type=float, default=0.35)
+    parser.add_argument("--iou", type=float, default=0.45)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--camera", action="append", required=True, help="ID=RTSP_URL")
+    parser.add_argument("--seconds", type=float, required=True)
+
+
 def message(cam: str, seq: int, pts: float, captured_at: float, width: int, height: int,
             detections: list[dict]) -> bytes:
     """The fields of detections/v1 that the benchmark scores."""

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_kafka import PeerPublisher, message  # noqa: E402
+from peer_kafka import PeerPublisher, add_peer_arguments, message  # noqa: E402
 
 
 def letterbox(bgr: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
@@ -84,14 +84,7 @@ def camera_loop(cam: str, url: str, session: ort.InferenceSession, args, publish
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--input-size", type=int, default=320)
-    parser.add_argument("--confidence", type=float, default=0.35)
-    parser.add_argument("--iou", type=float, default=0.45)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--camera", action="append", required=True, help="ID=RTSP_URL")
-    parser.add_argument("--seconds", type=float, required=True)
+    add_peer_arguments(parser)
     args = parser.parse_args()
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     publisher = PeerPublisher(args.bootstrap, args.topic)

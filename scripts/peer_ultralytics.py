@@ -29,7 +29,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_yolo_onnx import stand_in_torchvision  # noqa: E402
-from peer_kafka import PeerPublisher, message  # noqa: E402
+from peer_kafka import PeerPublisher, add_peer_arguments, message  # noqa: E402
 
 _STAMPS: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # id(image) -> (image, pts, read at)
 _STAMPS_LOCK = threading.Lock()
@@ -64,14 +64,7 @@ def stamp_of(image) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--input-size", type=int, default=320)
-    parser.add_argument("--confidence", type=float, default=0.35)
-    parser.add_argument("--iou", type=float, default=0.45)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--camera", action="append", required=True, help="ID=RTSP_URL")
-    parser.add_argument("--seconds", type=float, required=True)
+    add_peer_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (ultralytics sets 1 on CPU)")
     args = parser.parse_args()
 
