@@ -32,7 +32,7 @@ class PyAVDecoder:
         # One thread per camera: cameras already decode in parallel, and frame threading would
         # add a frame of latency per thread and multiply threads by the camera count.
         self._ctx.thread_count = 1
-        if not deblock:  # the pictures are scaled down for the detector: blocking does not show
+        if not deblock:  # faster; the pictures are scaled down for the detector anyway
             self._ctx.options = {**self._ctx.options, "skip_loop_filter": "all"}
         self._keyframes_only = False
 

@@ -248,7 +248,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", help="read live from this broker")
     parser.add_argument("--topic", default="detections")
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--deblock", action="store_true", help="--run: decode with H.264 deblocking (source.deblock)")
+    parser.add_argument("--no-deblock", action="store_true", help="--run: skip H.264 deblocking (source.deblock)")
     args = parser.parse_args()
     truths = {cam: Truth.load(Path(path)) for cam, _, path in (t.partition("=") for t in args.truth)}
     if args.run:
@@ -259,7 +259,7 @@ def main() -> int:
             messages, truths = run_on_scenes(args.model, REPO / ".cache" / "accuracy", broker,
                                              args.per_camera, cameras, input_size=args.input_size,
                                              confidence=args.confidence, timeout=60 + args.per_camera,
-                                             source={"deblock": True} if args.deblock else None)
+                                             source={"deblock": False} if args.no_deblock else None)
     elif not truths:
         parser.error("give --truth CAMERA=FILE (or --run)")
     elif args.capture:

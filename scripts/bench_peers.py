@@ -73,6 +73,7 @@ class System:
                  "labels": str(LABELS)},
                 self.bootstrap, [(cam, url, None) for cam, url in self.urls.items()], topic=self.topic,
                 status_topic=f"{self.topic}-status", metrics_port=free_port(),
+                source={"deblock": not self.args.no_deblock},
             )
             self._daemon = Daemon(config, self.workdir / f"{self.topic}.log")
             self._daemon.start()
@@ -229,6 +230,7 @@ def main() -> int:
     parser.add_argument("--confidence", type=float, default=0.35)
     parser.add_argument("--bitrate", default="6M", help="H.264 bitrate cap, as a camera's (0: CRF 23, ~20 Mbit/s)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--no-deblock", action="store_true", help="our daemon skips H.264 deblocking (source.deblock)")
     parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
     args = parser.parse_args()
@@ -257,7 +259,7 @@ def main() -> int:
         f"- Machine: {machine()}; peers: {versions(args.peer_env)}",
         f"- Command: `.venv/bin/python scripts/bench_peers.py --cameras {args.cameras} --width {args.width} "
         f"--height {args.height} --fps {args.fps} --bitrate {args.bitrate} --seconds {args.seconds:g} --warmup {args.warmup:g} "
-        f"--systems {args.systems}`",
+        f"--systems {args.systems}{' --no-deblock' if args.no_deblock else ''}`",
         f"- Streams: {args.cameras} x {args.width}x{args.height} {args.fps} fps generated scenes (seeds "
         f"{SEEDS}+) as H.264 ({'CRF 23' if args.bitrate == '0' else args.bitrate + 'bit/s'}, GOP 50, no B-frames) "
         f"over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "
