@@ -204,6 +204,17 @@ class RtspServer(_Process):
         auth = f"{credentials}@" if credentials else ""
         return f"rtsp://{auth}127.0.0.1:{self.port}/{name}"
 
+    def answers(self, name: str, timeout: float = 8) -> bool:
+        """True if the server describes mount `name` within `timeout` (its media can be prepared)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(f"DESCRIBE {self.url(name, '')} RTSP/1.0\r\nCSeq: 1\r\n"
+                             "Accept: application/sdp\r\n\r\n".encode())
+                return sock.recv(64).startswith(b"RTSP/1.0 200")
+        except OSError:
+            return False
+
     def pause(self) -> None:
         """Stop sending packets on every stream, connections kept (a stalled camera)."""
         self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]

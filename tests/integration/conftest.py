@@ -1,5 +1,6 @@
 """Session fixtures: real H.264 clips, GStreamer's RTSP server and a Kafka-protocol broker."""
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,22 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def rtsp_server(clips):
+def _session_rtsp_server(clips):
     with RtspServer(clips) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def rtsp_server(_session_rtsp_server):
+    """The session's RTSP server, restarted on its port if it stopped answering: GStreamer's RTSP
+    server once stopped answering DESCRIBE for the whole of a CI run (its main loop idle in poll),
+    which failed every later test that used it."""
+    server = _session_rtsp_server
+    if not server.answers(next(iter(server.mounts))):
+        sys.stderr.write("RTSP test server stopped answering; restarting it\n")
+        server.stop()
+        server.start()
+    return server
 
 
 @pytest.fixture(scope="session")
