@@ -160,7 +160,8 @@ class KafkaPublisher:
         self._failed = False  # a send failed: re-send from the first undelivered message
         self._reread = False  # a topic became ready: read its skipped messages again
         self._topics_ready: set[str] = set()
-        self._topic_checks: dict[str, asyncio.Task] = {}  # topics being looked up, or waiting to be
+        self._topics_missing: set[str] = set()  # the broker said no (or nothing) to the last look-up
+        self._topic_checks: dict[str, asyncio.Task] = {}  # look-ups started, one per topic
         self._accepting = True
         self._last_error_log = 0.0
 
@@ -260,7 +261,7 @@ class KafkaPublisher:
         spool = self._spool
         return {"connected": self.connected, "queued": spool.pending if spool else 0,
                 "spool_bytes": spool.bytes if spool else 0,
-                "topics_unavailable": sorted(set(self._topic_checks) - self._topics_ready)}
+                "topics_unavailable": sorted(self._topics_missing)}
 
     @property
     def connected(self) -> bool:
@@ -373,6 +374,7 @@ class KafkaPublisher:
                 reason = "UnknownTopicOrPartitionError" if isinstance(exc, TimeoutError) else type(exc).__name__
                 self._metrics.kafka_send_errors.labels(reason).inc()
                 self._metrics.kafka_topic_ready.labels(topic).set(0)
+                self._topics_missing.add(topic)
                 if not logged:
                     log_event(log, logging.ERROR, "kafka topic not available; its messages wait in the spool",
                               topic=topic, error=reason, retry_in_s=delay,
@@ -382,6 +384,7 @@ class KafkaPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _TOPIC_RETRY_MAX_S)
         self._topics_ready.add(topic)
+        self._topics_missing.discard(topic)
         self._metrics.kafka_topic_ready.labels(topic).set(1)
         if logged:
             log_event(log, logging.INFO, "kafka topic available; sending its messages", topic=topic)
