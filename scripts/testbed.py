@@ -27,10 +27,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has python3-gi and GstRtsp
 # Credentials the test suite hands the daemon. Every camera URL of the local RTSP server carries
 # CAMERA_CREDENTIALS (the server does not ask for them, the daemon still holds them), and the
 # suite's secret audit checks that none of SUITE_SECRETS appears in anything a daemon emitted.
-CAMERA_CREDENTIALS = "operator:Cam-Pa55-7f3k"
-WRONG_CAMERA_CREDENTIALS = "viewer:Secr3t-pw"
-KAFKA_PASSWORD = "Kafka-Pa55word"
-SUITE_SECRETS = ("Cam-Pa55-7f3k", "Secr3t-pw", KAFKA_PASSWORD)
+CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD = "Cam-Pa55-7f3k", "Secr3t-pw", "Kafka-Pa55word"
+CAMERA_CREDENTIALS = f"operator:{CAMERA_PASSWORD}"
+WRONG_CAMERA_CREDENTIALS = f"viewer:{WRONG_CAMERA_PASSWORD}"
+SUITE_SECRETS = (CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD)
 TRANSCRIPTS_ENV = "PIPELINE_TEST_TRANSCRIPTS"  # folder where helpers keep what daemons emitted
 _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@", re.IGNORECASE)
 

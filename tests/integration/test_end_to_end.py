@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 
 from scripts.testbed import (
-    REPO, WRONG_CAMERA_CREDENTIALS, Daemon, NotRtspServer, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
+    REPO, WRONG_CAMERA_PASSWORD, Daemon, NotRtspServer, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
 )
 
 GOOD = ("wide", "classic", "portrait")
 BAD = ("refused", "silent", "not-rtsp")
-PASSWORD = WRONG_CAMERA_CREDENTIALS.split(":")[1]  # any password: the server does not ask
+PASSWORD = WRONG_CAMERA_PASSWORD  # any password: the server does not ask
 SIZES = {"wide": (1280, 720), "classic": (640, 480), "portrait": (480, 848)}
 MODEL = REPO / "engines" / "yolov8n.onnx"
 
