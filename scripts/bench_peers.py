@@ -28,6 +28,7 @@ at its pts, with one per-camera frame offset searched in +-10 for every system a
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import threading
@@ -133,6 +134,10 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
             stop.set()
             consumer.join(60)
     window = [r for r in records if wall0 <= r.received_at <= wall0 + elapsed]
+    if args.dump:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        with open(args.dump / f"{name}.jsonl", "w") as out:
+            out.writelines(json.dumps(r.value) + "\n" for r in window)
     return summarise(name, window, truths, elapsed, 100 * (cpu1 - cpu0) / elapsed, max(rss, default=0),
                      args.fps, code, len(clips))
 
@@ -233,6 +238,7 @@ def main() -> int:
     parser.add_argument("--no-deblock", action="store_true", help="our daemon skips H.264 deblocking (source.deblock)")
     parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
+    parser.add_argument("--dump", type=Path, help="write each system's measured messages to DIR/<system>.jsonl")
     args = parser.parse_args()
     systems = args.systems.split(",")
     if any(s in ("ultralytics", "opencv") for s in systems):

@@ -132,11 +132,22 @@ def test_detect_layout_rejects_unknown_shapes():
 
 @pytest.mark.parametrize(
     ("src", "rect"),
-    [((1920, 1080), (640, 384)), ((1280, 720), (640, 384)), ((640, 480), (640, 480)),
+    [((1920, 1080), (640, 384)), ((1280, 720), (640, 384)), ((640, 480), (640, 512)),
      ((1080, 1920), (384, 640)), ((2560, 1080), (640, 288)), ((640, 640), (640, 640))],
 )
 def test_dynamic_models_get_the_smallest_stride_rectangle(src, rect):
     assert InputSpec(None, None, None, 640).rect_for(*src) == rect
+
+
+@pytest.mark.parametrize("src", [(1920, 1080), (1280, 720), (1024, 768), (640, 480), (2560, 1080), (1080, 1920)])
+def test_the_short_side_always_has_grey_beyond_both_edges(src):
+    # a picture cut flush at its short side made the model see shapes in the edge (issue 6)
+    spec = InputSpec(None, None, None, 320)
+    w, h = spec.rect_for(*src)
+    lb = spec.letterbox(*src, w, h)
+    sw, sh = lb.scaled_size
+    short_pad = lb.pad_y if sw >= sh else lb.pad_x
+    assert short_pad >= spec.stride // 4
 
 
 def test_fixed_models_get_their_own_size():
