@@ -37,10 +37,12 @@ from pipeline.s4_infer import Engine, load_engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_image
 from pipeline.s6_publish import KafkaPublisher, Outgoing, encode_detections, encode_status
+from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
 CAMERA_JOIN_S = 2.0
 INFERENCE_JOIN_S = 5.0
+STATUS_INTERVAL_S = 10.0  # how often systemd's STATUS line is refreshed when there is no watchdog
 
 
 @dataclass
@@ -66,8 +68,10 @@ class Runtime:
         gpu_probe: Callable[[], GpuProbe] = probe,
         gpu_factory: Callable[..., Any] = Gpu,
         config_path: Path | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or SystemdNotifier(None)
         self._config_path = config_path  # re-read on SIGHUP
         self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
         self.metrics = Metrics()
@@ -94,15 +98,45 @@ class Runtime:
         """Run until stopped by a signal (or `request_stop`); return the process exit code."""
         self._loop = asyncio.get_running_loop()
         restore = self._capture_signals()
+        health_loop = None
         try:
             await self._startup()
             log_event(log, logging.INFO, "running", cameras=len(self._cameras),
                       metrics=f"{self.config.metrics.host}:{self._http.bound_port}")
+            self._notifier.ready(self.status_line())
+            if self._notifier.enabled:
+                health_loop = asyncio.get_running_loop().create_task(self._notify_health())
             await self._stop.wait()
         finally:
+            self._notifier.stopping()
+            if health_loop is not None:
+                health_loop.cancel()
+                await asyncio.gather(health_loop, return_exceptions=True)
             await self._shutdown()
+            self._notifier.close()
             restore()
         return 0
+
+    async def _notify_health(self) -> None:
+        """Pet systemd's watchdog while the inference is alive; a hung pipeline stops petting it,
+        so systemd restarts the service."""
+        interval = self._notifier.watchdog_interval_s or STATUS_INTERVAL_S
+        warned = False
+        while True:
+            await asyncio.sleep(interval)
+            healthy, detail = self.healthz()
+            if healthy:
+                self._notifier.watchdog(self.status_line())
+                warned = False
+            elif not warned:
+                log_event(log, logging.ERROR, "unhealthy; not petting the systemd watchdog", detail=detail)
+                warned = True
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: cameras streaming and the broker's state."""
+        streaming = sum(1 for w in self._cameras.values() if w.state == CameraState.STREAMING)
+        kafka = "connected" if self._publisher.connected else "not connected"
+        return f"{streaming}/{len(self._cameras)} cameras streaming; Kafka {kafka}"
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown (safe to call from the loop)."""
@@ -284,7 +318,14 @@ class Runtime:
         if self._reloading is not None and not self._reloading.done():
             log_event(log, logging.WARNING, "a reload is still running; this SIGHUP is ignored")
             return
-        self._reloading = asyncio.get_running_loop().create_task(self.reload())
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_notifying())
+
+    async def _reload_notifying(self) -> None:
+        self._notifier.reloading()
+        try:
+            await self.reload()
+        finally:
+            self._notifier.ready(self.status_line())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log_event(log, logging.INFO, "signal received; stopping", signal=signal.Signals(sig).name)

@@ -58,10 +58,12 @@ def _load_or_report(path: str) -> Config | None:
 
 def _run(config: Config, path: str) -> int:
     from pipeline.app import Runtime  # imported here so validate-config stays light
+    from pipeline.systemd import SystemdNotifier
 
     setup_logging(config.log_level, config.secrets())
+    notifier = SystemdNotifier.from_environment()
     try:
-        code = asyncio.run(Runtime(config, config_path=Path(path)).run())
+        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier).run())
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE
