@@ -6,7 +6,8 @@ asyncio loop. Results and state changes cross into the loop with `call_soon_thre
 hand-off is bounded and every drop counted.
 
 A lane is one engine with its batcher and inference pipeline: one per GPU on the GPU path
-(cameras placed by `gpu:` or evenly), a single one on the CPU path.
+(cameras placed by `gpu:` or evenly), a single one on the CPU path, and a second one beside each
+for the cameras a canary model serves (`canary:`).
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CameraConfig, Config, ConfigError, load_config
-from pipeline.core import CameraState, FrameResult
+from pipeline.core import CameraState, FrameResult, ModelRef
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
 from pipeline.http import HttpServer
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import add_secrets, log_event
 from pipeline.metrics import Metrics
+from pipeline.preview import PreviewHub
 from pipeline.reload import plan_reload
 from pipeline.s1_source import CameraWorker
 from pipeline.s2_decode import cpu_decoder
@@ -54,6 +56,12 @@ class Lane:
     engine: Engine
     batcher: DeadlineBatcher
     inference: InferenceWorker
+    canary: bool = False  # serves `canary.cameras` with `canary.model`
+
+    @property
+    def name(self) -> str:
+        """"cpu" or the GPU index, with "-canary" for the canary model's lane."""
+        return f"{'cpu' if self.gpu is None else self.gpu.index}{'-canary' if self.canary else ''}"
 
 
 class Runtime:
@@ -69,8 +77,10 @@ class Runtime:
         gpu_factory: Callable[..., Any] = Gpu,
         config_path: Path | None = None,
         notifier: SystemdNotifier | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
-        self.config = config
+        self._shard = shard  # (this replica, replicas): only its share of the cameras runs here
+        self.config = config = config.shard(*shard)
         self._notifier = notifier or SystemdNotifier(None)
         self._config_path = config_path  # re-read on SIGHUP
         self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
@@ -81,7 +91,6 @@ class Runtime:
         self._gpu_factory = gpu_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
-        self._model_ref = None
         self._lanes: list[Lane] = []
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
@@ -89,8 +98,10 @@ class Runtime:
         self._camera_lane: dict[str, Lane] = {}
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
+        self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
         self._http = HttpServer(
-            config.metrics.host, config.metrics.port, self.metrics.render, self.healthz, self.readyz
+            config.metrics.host, config.metrics.port, self.metrics.render, self.healthz, self.readyz,
+            self.preview, self.camera_states,
         )
 
     # ------------------------------------------------------------------ life cycle
@@ -102,7 +113,9 @@ class Runtime:
         try:
             await self._startup()
             log_event(log, logging.INFO, "running", cameras=len(self._cameras),
-                      metrics=f"{self.config.metrics.host}:{self._http.bound_port}")
+                      metrics=f"{self.config.metrics.host}:{self._http.bound_port}",
+                      **({"shard": f"{self._shard[0]}/{self._shard[1]}", "camera_ids": sorted(self._cameras)}
+                         if self._shard[1] > 1 else {}))
             self._notifier.ready(self.status_line())
             if self._notifier.enabled:
                 health_loop = asyncio.get_running_loop().create_task(self._notify_health())
@@ -146,9 +159,11 @@ class Runtime:
         cfg = self.config
         await self._http.start()
         self._path = path = choose_path(cfg.model.backend, cfg.gpu.decoder, self._gpu_probe())
+        if path.on_gpu:
+            self.metrics.watch_gpus()
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
-        for gpu_index, cameras in self._camera_lanes().items():
-            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu_index, cameras))
+        for (gpu_index, canary), cameras in self._camera_lanes().items():
+            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu_index, cameras, canary))
         await self._publisher.start()
         for lane in self._lanes:
             lane.inference.start()
@@ -169,6 +184,8 @@ class Runtime:
         if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S):
             log_event(log, logging.WARNING, "camera thread still blocked; abandoning it", camera=camera_id)
         lane.batcher.remove_camera(camera_id)
+        if self.preview is not None:
+            self.preview.forget(camera_id)
         lane.cameras[:] = [c for c in lane.cameras if c.id != camera_id]
 
     # ------------------------------------------------------------------ hot reload (SIGHUP)
@@ -185,6 +202,7 @@ class Runtime:
                 log_event(log, logging.ERROR, "config reload rejected; running config kept", problem=problem)
             self.metrics.config_reloads.labels("rejected").inc()
             return False
+        new = new.shard(*self._shard)
         plan = plan_reload(self.config, new)
         if plan.needs_restart:
             log_event(log, logging.WARNING, "config changes outside cameras take effect at the next start",
@@ -204,46 +222,54 @@ class Runtime:
         return True
 
     def _lane_for(self, camera: CameraConfig) -> Lane | None:
-        """The lane a camera added at run time goes to: its GPU's, or the least loaded."""
+        """The lane a camera added at run time goes to: of its model (main or canary), its GPU's
+        or the least loaded."""
+        canary = self._is_canary(camera)
+        lanes = [lane for lane in self._lanes if lane.canary == canary]
         if camera.gpu is not None and self._path.on_gpu:
-            lane = next((lane for lane in self._lanes if lane.gpu.index == camera.gpu), None)
-            if lane is None:
-                log_event(log, logging.ERROR, "camera not started: its GPU has no lane; restart to use it",
-                          camera=camera.id, gpu=camera.gpu)
-            return lane
-        return min(self._lanes, key=lambda lane: len(lane.cameras))
+            lanes = [lane for lane in lanes if lane.gpu.index == camera.gpu]
+        if not lanes:
+            log_event(log, logging.ERROR, "camera not started: no lane for its GPU and model; restart to use it",
+                      camera=camera.id, gpu=camera.gpu, canary=canary)
+            return None
+        return min(lanes, key=lambda lane: len(lane.cameras))
 
-    def _camera_lanes(self) -> dict[int | None, list[CameraConfig]]:
-        """GPU index (None: CPU) -> its cameras, in config order; only GPUs with cameras get a lane."""
+    def _is_canary(self, camera: CameraConfig) -> bool:
+        return self.config.canary is not None and camera.id in self.config.canary.cameras
+
+    def _camera_lanes(self) -> dict[tuple[int | None, bool], list[CameraConfig]]:
+        """(GPU index or None for the CPU, canary?) -> its cameras, in config order; only pairs
+        with cameras get a lane."""
         cfg = self.config
-        if not self._path.on_gpu:
-            return {None: list(cfg.cameras)}
-        gpus = cfg.gpu.devices or list(range(self._gpu_probe().devices))
-        placed = place_cameras({c.id: c.gpu for c in cfg.cameras}, gpus)
-        lanes: dict[int | None, list[CameraConfig]] = {}
+        placed: dict[str, int | None] = {c.id: None for c in cfg.cameras}
+        if self._path.on_gpu:
+            gpus = cfg.gpu.devices or list(range(self._gpu_probe().devices))
+            placed = place_cameras({c.id: c.gpu for c in cfg.cameras}, gpus)
+        lanes: dict[tuple[int | None, bool], list[CameraConfig]] = {}
         for camera in cfg.cameras:
-            lanes.setdefault(placed[camera.id], []).append(camera)
-            self.metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
+            lanes.setdefault((placed[camera.id], self._is_canary(camera)), []).append(camera)
+            if placed[camera.id] is not None:
+                self.metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
         return lanes
 
-    def _build_lane(self, gpu_index: int | None, cameras: list[CameraConfig]) -> Lane:
+    def _build_lane(self, gpu_index: int | None, cameras: list[CameraConfig], canary: bool = False) -> Lane:
         """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
         cfg, path = self.config, self._path
+        model = cfg.canary.model if canary else cfg.model
         gpu = None
         if gpu_index is not None:  # making a Gpu imports pycuda: GPU path only
             transfers = TransferCounter(
                 lambda direction, n: self.metrics.gpu_copy_bytes.labels(str(gpu_index), direction).inc(n))
             gpu = self._gpu_factory(gpu_index, transfers)
-        engine = self._engine_loader(cfg.model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
         info = engine.info
-        if self._model_ref is None:
-            self._model_ref = info.ref(engine.backend)
-            self.metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
-        layout = cfg.model.layout if cfg.model.layout != "auto" else detect_layout(
+        model_ref = info.ref(engine.backend)
+        self.metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
+        layout = model.layout if model.layout != "auto" else detect_layout(
             info.output_shape, len(info.labels) or None, info.metadata
         )
         log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
-                  model=info.name, backend=engine.backend)
+                  model=info.name, backend=engine.backend, canary=canary)
         max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
                         engine.max_useful_batch or cfg.batching.max_batch)
         if max_batch != cfg.batching.max_batch:
@@ -254,18 +280,20 @@ class Runtime:
             on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
         )
         postprocess = functools.partial(
-            detections_for_image, layout=layout, labels=info.labels, confidence=cfg.model.confidence,
-            iou=cfg.model.iou, max_detections=cfg.model.max_detections,
+            detections_for_image, layout=layout, labels=info.labels, confidence=model.confidence,
+            iou=model.iou, max_detections=model.max_detections,
         )
         runs = engine.concurrency
         if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
             preprocessors = engine.preprocessors(runs + 1, max_batch)
         else:
             preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
+        emit = functools.partial(self._emit_results, model_ref, f"{info.name}@{info.sha256[:12]}")
+        name = ("" if gpu_index is None else f"gpu{gpu_index}") + ("canary" if canary else "")
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
-                                    self._emit_results, self.metrics,
-                                    name="" if gpu_index is None else f"gpu{gpu_index}")
-        return Lane(gpu, cameras, engine, batcher, inference)
+                                    emit, self.metrics, name=name,
+                                    keep_pictures=self.preview.offer if self.preview else None)
+        return Lane(gpu, cameras, engine, batcher, inference, canary)
 
     def _camera_decoder(self, camera: CameraConfig, lane: Lane) -> Callable:
         """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
@@ -284,7 +312,7 @@ class Runtime:
             lane.batcher.close()
         for lane in self._lanes:
             if not await asyncio.to_thread(lane.inference.stop, INFERENCE_JOIN_S):
-                log_event(log, logging.WARNING, "inference thread did not stop in time", gpu=lane.gpu and lane.gpu.index)
+                log_event(log, logging.WARNING, "inference thread did not stop in time", lane=lane.name)
         blocked = [
             cam for cam, worker in self._cameras.items()
             if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S / max(1, len(self._cameras)))
@@ -332,9 +360,13 @@ class Runtime:
         self._stop.set()
 
     # ------------------------------------------------------------------ thread -> loop hand-offs
-    def _emit_results(self, results: list[FrameResult]) -> None:
-        """Called on the inference thread."""
-        self._call_in_loop(self._publish_results, results)
+    def _emit_results(self, model: ModelRef, label: str, results: list[FrameResult]) -> None:
+        """Called on a lane's inference thread; `label` names its model in the per-model metrics."""
+        for result in results:
+            cam = result.meta.camera_id
+            self.metrics.model_frames.labels(cam, label).inc()
+            self.metrics.model_detections.labels(cam, label).inc(len(result.detections))
+        self._call_in_loop(self._publish_results, results, model)
 
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         """Called on camera threads."""
@@ -349,13 +381,13 @@ class Runtime:
         except RuntimeError:  # the loop has closed during shutdown
             pass
 
-    def _publish_results(self, results: list[FrameResult]) -> None:
+    def _publish_results(self, results: list[FrameResult], model: ModelRef) -> None:
         topic = self.config.kafka.topic
         for result in results:
             if not result.detections and not self.config.kafka.publish_empty:
                 continue
             cam = result.meta.camera_id
-            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, self._model_ref, self.run_id)))
+            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, model, self.run_id)))
 
     def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float) -> None:
         previous = self._last_state.get(camera_id)
@@ -364,11 +396,15 @@ class Runtime:
         self._publisher.offer(Outgoing(self.config.kafka.status_topic, camera_id, value))
 
     # ------------------------------------------------------------------ health
+    def camera_states(self) -> dict[str, str]:
+        """Camera id -> state, in config order."""
+        return {cam: worker.state.value for cam, worker in self._cameras.items()}
+
     def healthz(self) -> tuple[bool, dict]:
         """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""
         if not self._lanes:
             return True, {"inference": "starting"}
-        lanes = {str(lane.gpu.index if lane.gpu else "cpu"): lane.inference.health() for lane in self._lanes}
+        lanes = {lane.name: lane.inference.health() for lane in self._lanes}
         return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
 
     def readyz(self) -> tuple[bool, dict]:
@@ -376,7 +412,8 @@ class Runtime:
         cameras = {cam: w.health() for cam, w in self._cameras.items()}
         streaming = sum(1 for h in cameras.values() if h["state"] == CameraState.STREAMING.value)
         loaded = bool(self._lanes)
-        ready = loaded and self._publisher.connected and streaming > 0
+        # a replica whose share of the cameras is empty is ready doing nothing
+        ready = loaded and self._publisher.connected and (streaming > 0 or not self._cameras)
         return ready, {
             "model_loaded": loaded,
             "kafka": self._publisher.health(),

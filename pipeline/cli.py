@@ -1,5 +1,6 @@
-"""Command line: `rtsp-pipeline run --config FILE`, `rtsp-pipeline validate-config FILE` and
-`rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache).
+"""Command line: `rtsp-pipeline run --config FILE`, `rtsp-pipeline validate-config FILE`,
+`rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache) and
+`rtsp-pipeline alerts --rules FILE` (the alerting consumer).
 
 Exit codes: 0 success or clean stop, 2 invalid configuration (one line per problem on stderr),
 1 failure at run time (model cannot load, address in use, ...).
@@ -14,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config, parse_shard
 from pipeline.core import PipelineError
 from pipeline.logs import log_event, setup_logging
 
@@ -28,12 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, help="camera list YAML")
+    run.add_argument("--shard", help="INDEX/COUNT: serve only this replica's share of the cameras "
+                     "(e.g. $(POD_INDEX)/3 in a StatefulSet of 3); the split is stable by camera id")
     check = commands.add_parser("validate-config", help="check a config file and exit (0 valid, 2 not)")
     check.add_argument("file")
     build = commands.add_parser("build-engine", help="build the TensorRT engine of each GPU into the cache")
     build.add_argument("--config", required=True, help="camera list YAML (its model, batching, gpu)")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache has the engine")
+    alerts = commands.add_parser("alerts", help="run the alerting consumer (rules YAML -> alerts topic)")
+    alerts.add_argument("--rules", required=True, help="alert rules YAML (see configs/alerts.example.yaml)")
+    alerts.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
+    if args.command == "alerts":
+        return _run_alerts(args.rules, args.log_level)
 
     path = args.file if args.command == "validate-config" else args.config
     config = _load_or_report(path)
@@ -44,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "build-engine":
         return _build_engines(config, args.force)
-    return _run(config, path)
+    try:
+        shard = parse_shard(args.shard) if args.shard else (0, 1)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    return _run(config, path, shard)
 
 
 def _load_or_report(path: str) -> Config | None:
@@ -56,14 +69,14 @@ def _load_or_report(path: str) -> Config | None:
         return None
 
 
-def _run(config: Config, path: str) -> int:
+def _run(config: Config, path: str, shard: tuple[int, int]) -> int:
     from pipeline.app import Runtime  # imported here so validate-config stays light
     from pipeline.systemd import SystemdNotifier
 
     setup_logging(config.log_level, config.secrets())
     notifier = SystemdNotifier.from_environment()
     try:
-        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier).run())
+        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier, shard=shard).run())
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE
@@ -79,6 +92,26 @@ def _leave_blocked_threads(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _run_alerts(path: str, log_level: str) -> int:
+    from pipeline.alerting.consumer import run_until_signal
+    from pipeline.alerting.rules import load_rules
+
+    try:
+        rules = load_rules(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    from aiokafka.errors import KafkaError
+
+    setup_logging(log_level, set())
+    try:
+        return asyncio.run(run_until_signal(rules))
+    except (PipelineError, OSError, KafkaError) as exc:
+        log_event(log, logging.ERROR, "alerting stopped", error=str(exc))
+        return EXIT_FAILURE
 
 
 def _build_engines(config: Config, force: bool) -> int:

@@ -6,10 +6,12 @@ second to infer ...)``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.core import PipelineError
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+M = TypeVar("M", bound=BaseModel)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -220,9 +223,14 @@ class KafkaConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
-    """The HTTP endpoint for /metrics, /healthz and /readyz."""
+    """The HTTP endpoint for /metrics, /healthz, /readyz and the /preview page."""
 
     listen: str = Field("127.0.0.1:9108", description="host:port to serve metrics and health on")
+    preview: bool = Field(
+        True, description="serve /preview, a live page of camera pictures with their detections "
+        "(pictures are only kept and encoded while someone watches; turn off where the port is reachable "
+        "by people who must not see the cameras)",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -287,6 +295,13 @@ class CameraConfig(_Strict):
         return redact_url(self.url)
 
 
+class CanaryConfig(_Strict):
+    """A second model for some cameras, to compare with the main one before rolling it out."""
+
+    model: ModelConfig = Field(description="the new model version and its settings (as `model`)")
+    cameras: list[str] = Field(min_length=1, description="ids of the cameras the canary model serves instead")
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
@@ -297,6 +312,10 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    canary: CanaryConfig | None = Field(
+        None, description="serve some cameras with a new model version; compare per model in "
+        "rtsp_pipeline_model_detections_total / model_frames_total"
+    )
     cameras: Annotated[list[CameraConfig], Field(min_length=1, description="the cameras to read")]
 
     @field_validator("cameras")
@@ -315,6 +334,30 @@ class Config(_Strict):
                              "cannot read them; use model.backend tensorrt, stub or auto, or gpu.decoder pyav")
         return self
 
+    @model_validator(mode="after")
+    def _canary_cameras_exist(self) -> Config:
+        if self.canary is not None:
+            known = {c.id for c in self.cameras}
+            unknown = [cam for cam in self.canary.cameras if cam not in known]
+            if unknown:
+                raise ValueError(f"canary.cameras names cameras that are not in `cameras`: {', '.join(unknown)}; "
+                                 "list ids of configured cameras")
+        return self
+
+    def shard(self, index: int, count: int) -> Config:
+        """This config with only the cameras replica `index` of `count` serves (`shard_assignment`)."""
+        if count == 1:
+            return self
+        placed = shard_assignment([c.id for c in self.cameras], count)
+        cameras = [c for c in self.cameras if placed[c.id] == index]
+        return self.model_copy(update={"cameras": cameras})
+
+    def model_for(self, camera_id: str) -> ModelConfig:
+        """The model a camera is served by: the canary's for its cameras, else the main one."""
+        if self.canary is not None and camera_id in self.canary.cameras:
+            return self.canary.model
+        return self.model
+
     def secrets(self) -> set[str]:
         """Strings that must never appear in logs, metrics or messages."""
         found = set()
@@ -325,6 +368,39 @@ class Config(_Strict):
         if self.kafka.sasl is not None:
             found.add(self.kafka.sasl.password)
         return {s for s in found if len(s) >= 3}
+
+
+def shard_assignment(camera_ids: list[str], count: int) -> dict[str, int]:
+    """Camera id -> the replica (0..count-1) that serves it. Every replica computes the same split
+    from the same list without talking to the others: rendezvous hashing on the id (each camera
+    prefers replicas in a fixed pseudo-random order) with bounded loads (no replica takes more
+    than ceil(cameras / count)), so the split is balanced and adding or removing a camera or a
+    replica moves few others."""
+    capacity = -(-len(camera_ids) // count)
+    load = [0] * count
+    placed = {}
+    for cam in sorted(camera_ids):
+        for index in sorted(range(count), key=lambda i: _weight(i, cam), reverse=True):
+            if load[index] < capacity:
+                placed[cam] = index
+                load[index] += 1
+                break
+    return placed
+
+
+def _weight(index: int, camera_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{index}:{camera_id}".encode()).digest()[:8], "big")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (this replica's index, replicas in all) -> (I, N); ValueError says what is wrong."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ValueError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/3 (a StatefulSet pod's ordinal / replicas)")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: INDEX must be in 0..COUNT-1")
+    return i, n
 
 
 def redact_url(url: str) -> str:
@@ -342,6 +418,23 @@ def redact_url(url: str) -> str:
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+
+    def before(data: dict, path: Path, marks: dict) -> dict[tuple, list[str]]:
+        duplicates = _duplicate_ids(data.get("cameras"), path, marks)
+        _resolve_paths(data, path.parent)
+        return {("cameras",): duplicates} if duplicates else {}
+
+    return load_yaml_model(path, Config, environ, before=before, after=_check_files,
+                           what="a mapping with model, kafka and cameras")
+
+
+def load_yaml_model(path: str | Path, root: type[M], environ: dict[str, str] | None = None, *,
+                    before: Callable[[dict, Path, dict], dict[tuple, list[str]]] | None = None,
+                    after: Callable[[M, Path, dict], list[str]] | None = None, what: str = "a mapping") -> M:
+    """Read a YAML file, interpolate ${VAR}s and validate it as `root`; raise ConfigError listing
+    every problem as `file:line: key: what is wrong (what the key is for)`. `before` may adjust the
+    data and report problems pydantic cannot see, by location (they replace pydantic's own errors
+    at that location); `after` checks the validated model."""
     path = Path(path)
     env = os.environ if environ is None else environ
     try:
@@ -355,21 +448,21 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}:1: the file must be a mapping with model, kafka and cameras"])
+        raise ConfigError([f"{path}:1: the file must be {what}"])
 
     problems = _interpolate(data, (), env, path, marks)
-    duplicates = _duplicate_ids(data.get("cameras"), path, marks)
-    _resolve_paths(data, path.parent)
+    found = before(data, path, marks) if before else {}
+    problems += [problem for located in found.values() for problem in located]
     try:
-        config = Config.model_validate(data)
+        model = root.model_validate(data)
     except ValidationError as exc:
-        errors = [e for e in exc.errors() if not (duplicates and tuple(e["loc"]) == ("cameras",))]
-        problems += duplicates + [_describe(err, path, marks) for err in errors]
+        errors = [e for e in exc.errors() if tuple(e["loc"]) not in found]
+        problems += [_describe(err, path, marks, root) for err in errors]
         raise ConfigError(problems) from None
-    problems += _check_files(config, path, marks)
+    problems += after(model, path, marks) if after else []
     if problems:
         raise ConfigError(problems)
-    return config
+    return model
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
@@ -454,8 +547,10 @@ def _duplicate_ids(cameras: Any, path: Path, marks: dict) -> list[str]:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    model = data.get("model")
-    if isinstance(model, dict):
+    canary = data.get("canary")
+    for model in (data.get("model"), canary.get("model") if isinstance(canary, dict) else None):
+        if not isinstance(model, dict):
+            continue
         for key in ("path", "labels"):
             if isinstance(model.get(key), str):
                 model[key] = str((base / os.path.expanduser(model[key])).resolve())
@@ -473,6 +568,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
     files = [(("model", key), getattr(config.model, key)) for key in ("path", "labels")]
+    if config.canary is not None:
+        files += [(("canary", "model", key), getattr(config.canary.model, key)) for key in ("path", "labels")]
     if config.kafka.tls is not None:
         files += [(("kafka", "tls", key), getattr(config.kafka.tls, key)) for key in ("cafile", "certfile", "keyfile")]
     return [
@@ -482,18 +579,18 @@ def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
     ]
 
 
-def _describe(err: dict, path: Path, marks: dict) -> str:
+def _describe(err: dict, path: Path, marks: dict, root: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
     # pydantic adds the union member name ('float', 'function-after[...]') to some locations
     loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("float", "int", "str"))))
     line = _line(marks, loc)
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], root)
         message = f"unknown key {loc[-1]!r}; allowed keys here: {', '.join(allowed)}"
     elif err["type"] == "missing":
         message = f"required key {loc[-1]!r} is missing; add it"
-    hint = _field_description(loc)
+    hint = _field_description(loc, root)
     return f"{path}:{line}: {_dotted(loc) or '(top level)'}: {message}" + (f" ({hint})" if hint else "")
 
 
@@ -510,8 +607,8 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Config
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
@@ -525,15 +622,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model = _model_at(loc)
+def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
+    model = _model_at(loc, root)
     return sorted(model.model_fields) if model else []
 
 
-def _field_description(loc: tuple) -> str | None:
+def _field_description(loc: tuple, root: type[BaseModel]) -> str | None:
     names = [p for p in loc if isinstance(p, str)]
     if not names:
         return None
-    model = _model_at(loc[: max(i for i, p in enumerate(loc) if isinstance(p, str))])
+    model = _model_at(loc[: max(i for i, p in enumerate(loc) if isinstance(p, str))], root)
     field = model.model_fields.get(names[-1]) if model else None
     return field.description if field else None

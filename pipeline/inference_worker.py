@@ -55,6 +55,7 @@ class InferenceWorker:
         emit: Callable[[list[FrameResult]], None],
         metrics: Metrics,
         name: str = "",
+        keep_pictures: Callable[[tuple, list[FrameResult]], None] | None = None,
     ) -> None:
         self._next_batch = next_batch
         self._free: queue.Queue = queue.Queue()
@@ -63,6 +64,7 @@ class InferenceWorker:
         self._infer = infer
         self._postprocess = postprocess
         self._emit = emit
+        self._keep_pictures = keep_pictures  # the live preview's, when enabled
         self._metrics = metrics
         self._concurrency = concurrency
         self._to_infer: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
@@ -183,6 +185,8 @@ class InferenceWorker:
         self._metrics.stage_seconds.labels("postprocess").observe(time.monotonic() - start)
         self._metrics.batch_size.observe(len(job.batch.frames))
         self.batches += 1
+        if self._keep_pictures is not None:
+            self._keep_pictures(job.batch.frames, results)
         self._emit(results)
 
     # ------------------------------------------------------------------ helpers

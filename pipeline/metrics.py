@@ -1,7 +1,13 @@
 """Prometheus metrics of one Runtime, in its own registry (no process-wide globals)."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from pipeline.core import CameraState
 
@@ -17,6 +23,14 @@ class Metrics:
         r, p = self.registry, PREFIX
         self.frames_decoded = Counter(p + "frames_decoded", "Frames decoded", ["camera"], registry=r)
         self.frames_inferred = Counter(p + "frames_inferred", "Frames inferred", ["camera"], registry=r)
+        self.preview_jpegs = Counter(
+            p + "preview_jpegs", "Annotated JPEGs made for the /preview page (0 while nobody watches)", registry=r)
+        self.model_frames = Counter(
+            p + "model_frames", "Frames inferred, by camera and model (name@sha256 prefix)", ["camera", "model"],
+            registry=r)
+        self.model_detections = Counter(
+            p + "model_detections", "Detections found (before publishing), by camera and model: divided by "
+            "model_frames, a canary's detection rate beside the main model's", ["camera", "model"], registry=r)
         self.frames_dropped = Counter(
             p + "frames_dropped",
             "Frames dropped before inference, by reason (superseded: a newer frame replaced it in "
@@ -91,6 +105,15 @@ class Metrics:
             p + "model_info", "The loaded model", ["name", "sha256", "backend"], registry=r
         )
 
+    def watch_gpus(self, nvml: Any | None = None) -> bool:
+        """Export GPU utilisation and memory from NVML (nvidia-ml-py) at each scrape, when NVML is
+        installed and finds a GPU; False (nothing exported) otherwise."""
+        collector = NvmlCollector.create(nvml)
+        if collector is None:
+            return False
+        self.registry.register(collector)
+        return True
+
     def set_camera_state(self, camera: str, state: CameraState) -> None:
         """Export a camera's state as a one-hot gauge and camera_up."""
         for s in CameraState:
@@ -100,3 +123,45 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class NvmlCollector(Collector):
+    """GPU utilisation and memory per GPU, read from NVML when Prometheus scrapes."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self._nvml = nvml
+        self._count = count
+
+    @classmethod
+    def create(cls, nvml: Any | None = None) -> NvmlCollector | None:
+        """A collector over `nvml` (default: the `pynvml` module of nvidia-ml-py), or None when NVML
+        is missing or sees no GPU."""
+        try:
+            if nvml is None:
+                import pynvml as nvml  # optional: the gpu extra
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+        except Exception as exc:  # not installed, no driver, no GPU: GPU panels stay empty
+            logging.getLogger(__name__).debug("no NVML: %s", exc)
+            return None
+        return cls(nvml, count) if count else None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        util = GaugeMetricFamily(PREFIX + "gpu_utilization_ratio", "GPU busy fraction over NVML's last sample period",
+                                 labels=["gpu"])
+        used = GaugeMetricFamily(PREFIX + "gpu_memory_used_bytes", "GPU memory in use (all processes)", labels=["gpu"])
+        total = GaugeMetricFamily(PREFIX + "gpu_memory_total_bytes", "GPU memory in all", labels=["gpu"])
+        for index in range(self._count):
+            try:
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception:  # a GPU fell off the bus: its series stop, the scrape goes on
+                continue
+            util.add_metric([str(index)], rates.gpu / 100)
+            used.add_metric([str(index)], memory.used)
+            total.add_metric([str(index)], memory.total)
+        yield from (util, used, total)
+
+    def describe(self) -> list:
+        return []

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,3 +247,48 @@ def test_fp16_conversion_for_strongly_typed_tensorrt_keeps_float_io_and_the_dete
     scores_full, scores_half = full[0, 4:].max(axis=0), reduced[0, 4:].max(axis=0)
     confident = scores_full > 0.5
     assert confident.any() and np.abs(scores_half[confident] - scores_full[confident]).max() < 0.02
+
+
+class FakeNvml:
+    """Stands in for NVML (nvidia-ml-py), which needs an NVIDIA driver and GPU this machine lacks."""
+
+    def __init__(self, gpus: int, fail_on: int | None = None) -> None:
+        self.gpus, self.fail_on = gpus, fail_on
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return self.gpus
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        if index == self.fail_on:
+            raise RuntimeError("GPU is lost")
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return types.SimpleNamespace(gpu=40 + handle, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(used=(handle + 1) * 2**30, total=80 * 2**30, free=0)
+
+
+def test_gpu_utilisation_and_memory_are_exported_per_gpu_at_each_scrape():
+    from pipeline.metrics import Metrics
+    from scripts.testbed import metric_values
+
+    metrics = Metrics()
+    assert metrics.watch_gpus(FakeNvml(2, fail_on=1))
+    text = metrics.render().decode()
+    assert metric_values(text, "rtsp_pipeline_gpu_utilization_ratio") == {'{gpu="0"}': 0.4}  # GPU 1 lost: skipped
+    assert metric_values(text, "rtsp_pipeline_gpu_memory_used_bytes") == {'{gpu="0"}': 2**30}
+    assert metric_values(text, "rtsp_pipeline_gpu_memory_total_bytes") == {'{gpu="0"}': 80 * 2**30}
+
+
+def test_without_nvml_or_gpus_no_gpu_series_appear():
+    from pipeline.metrics import Metrics
+
+    metrics = Metrics()
+    assert not metrics.watch_gpus(FakeNvml(0))
+    assert "gpu_utilization" not in metrics.render().decode()
+    assert not Metrics().watch_gpus()  # this machine: no pynvml or no GPU

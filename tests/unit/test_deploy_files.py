@@ -1,0 +1,174 @@
+"""The container, compose, Kubernetes, Prometheus and Grafana files in deploy/: each passes its
+own format's checker (hadolint, the Compose spec's schema, Kubernetes' API schemas), and the
+daemon and alert configs they carry are valid for our own loaders. Docker itself cannot run here,
+so no image is built: that is said in the README, not pretended."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipeline.alerting.rules import load_rules
+from pipeline.config import load_config
+from pipeline.metrics import PREFIX, Metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+INSTALLED_ENGINES = "/opt/rtsp-pipeline/engines"
+
+
+def tool(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    if not path.exists():
+        pytest.fail(f"{name} is required: it comes with the dev extra (pip install -e '.[dev]')")
+    return str(path)
+
+
+def test_hadolint_passes_the_dockerfile():
+    result = subprocess.run([tool("hadolint"), "--no-color", str(DEPLOY / "docker" / "Dockerfile")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_both_images_run_unprivileged_with_volumes_and_a_health_check():
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    finals = {s.split()[2]: s for s in stages if " AS " in s.split("\n")[0] and s.split()[2] in ("cpu", "gpu")}
+    assert set(finals) == {"cpu", "gpu"}
+    for stage in finals.values():
+        assert re.search(r"^USER 10001:10001$", stage, re.M)
+        assert "/var/cache/rtsp-pipeline" in stage and "VOLUME" in stage
+        assert "HEALTHCHECK" in stage and "/healthz" in stage
+    assert "nvcr.io/nvidia/tensorrt" in text
+
+
+def load_compose(path: Path) -> dict:
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_constructor("!reset", lambda loader, node: None)  # Compose's "remove this key"
+    return yaml.load(path.read_text(), Loader=Loader)
+
+
+def compose_schema() -> dict:
+    import check_jsonschema
+
+    schema = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
+    return json.loads(schema.read_text())
+
+
+def test_compose_files_follow_the_compose_spec_and_mount_files_that_exist():
+    schema = compose_schema()
+    base = load_compose(DEPLOY / "compose" / "compose.yaml")
+    jsonschema.validate(base, schema)
+    jsonschema.validate(load_compose(DEPLOY / "compose" / "compose.cpu.yaml"), schema)
+    assert base["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+    assert set(base["services"]) >= {"kafka", "pipeline", "alerts", "prometheus", "grafana"}
+    for service in base["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                real = DEPLOY / "compose" / source
+                if real.name in ("cameras.yaml", "alerts.yaml"):  # the operator copies them from the examples
+                    real = real.with_name(real.stem + ".example.yaml")
+                assert real.exists(), f"compose mounts {source}, which does not exist"
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["pipeline:9108"]
+
+
+def with_local_engines(text: str) -> str:
+    return text.replace(INSTALLED_ENGINES, str(REPO / "engines"))
+
+
+def check_daemon_config(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "cameras.yaml"
+    path.write_text(with_local_engines(text))
+    config = load_config(path, {"CAMERA_PASSWORD": "x"})
+    assert config.metrics.listen == "0.0.0.0:9108"  # reachable by Prometheus and the health check
+
+
+def check_rules(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text(text)
+    load_rules(path)
+
+
+def test_the_configs_shipped_for_compose_are_valid(tmp_path):
+    check_daemon_config((DEPLOY / "compose" / "cameras.example.yaml").read_text(), tmp_path)
+    check_rules((DEPLOY / "compose" / "alerts.example.yaml").read_text(), tmp_path)
+
+
+def kubernetes_documents() -> list[dict]:
+    docs = []
+    for name in yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())["resources"]:
+        docs += [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+    return docs + list(yaml.safe_load_all((DEPLOY / "kubernetes" / "secret.example.yaml").read_text()))
+
+
+def test_kubernetes_manifests_pass_the_api_schemas_strictly():
+    version = kubernetes_validate.latest_version()
+    for doc in kubernetes_documents():
+        kubernetes_validate.validate(doc, version, strict=True)
+    broken = json.loads(json.dumps(next(d for d in kubernetes_documents() if d["kind"] == "StatefulSet")))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):  # the checker does check
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_the_statefulset_shards_by_ordinal_with_gpu_limits_and_probes(tmp_path):
+    docs = kubernetes_documents()
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["args"][-2:] == ["--shard", "$(POD_INDEX)/$(SHARDS)"]
+    assert env["SHARDS"]["value"] == str(sts["spec"]["replicas"])  # every camera served exactly once
+    assert "pod-index" in env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    check_daemon_config(config["data"]["cameras.yaml"], tmp_path)
+    check_rules(config["data"]["alerts.yaml"], tmp_path)
+
+
+def dashboard_metrics() -> set[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "rtsp-pipeline.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    return {m for e in exprs for m in re.findall(rf"\b{PREFIX}[a-z0-9_]+", e)}
+
+
+def exported_metrics() -> set[str]:
+    metrics = Metrics()
+    names = set()
+    for family in metrics.registry.collect():
+        names |= {sample.name for sample in family.samples} | {family.name}
+        if family.type == "histogram":
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+        if family.type == "counter":
+            names.add(family.name + "_total")
+    names |= {PREFIX + n for n in ("gpu_utilization_ratio", "gpu_memory_used_bytes", "gpu_memory_total_bytes")}
+    return names
+
+
+def test_the_dashboard_is_current_and_queries_only_metrics_the_daemon_exports():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "grafana_dashboard.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    missing = dashboard_metrics() - exported_metrics()
+    assert not missing, f"dashboard panels query metrics nobody exports: {sorted(missing)}"
+    assert len(dashboard_metrics()) >= 15
+
+
+def test_grafana_provisioning_points_at_the_dashboard_folder_and_prometheus():
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "rtsp-pipeline.yaml").read_text())
+    compose = load_compose(DEPLOY / "compose" / "compose.yaml")
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    assert mounts["../grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    source = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
