@@ -350,7 +350,10 @@ class Config(_Strict):
             return self
         placed = shard_assignment([c.id for c in self.cameras], count)
         cameras = [c for c in self.cameras if placed[c.id] == index]
-        return self.model_copy(update={"cameras": cameras})
+        # replicas on one host may share the file: each keeps its own spool (a spool has one owner)
+        spool = self.kafka.spool.model_copy(update={"folder": self.kafka.spool.folder / f"shard-{index}"})
+        kafka = self.kafka.model_copy(update={"spool": spool})
+        return self.model_copy(update={"cameras": cameras, "kafka": kafka})
 
     def model_for(self, camera_id: str) -> ModelConfig:
         """The model a camera is served by: the canary's for its cameras, else the main one."""

@@ -445,6 +445,7 @@ class Daemon(_Process):
     config: Path
     log_path: Path
     env: dict | None = None
+    args: tuple[str, ...] = ()  # more `run` arguments, e.g. ("--shard", "0/2")
 
     def start(self) -> None:
         """Start the daemon (returns at once)."""
@@ -454,7 +455,7 @@ class Daemon(_Process):
         transcribe("daemon-logs", str(Path(self.log_path).resolve()))
         self.started_at = time.time()
         self.proc = subprocess.Popen(
-            [*cmd, "run", "--config", str(self.config)],
+            [*cmd, "run", "--config", str(self.config), *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(self.env or {})},
         )
 

@@ -41,6 +41,8 @@ def test_config_shards_partition_the_cameras(tmp_path):
     served = [c.id for s in shards for c in s.cameras]
     assert sorted(served) == IDS
     assert [c.id for c in config.shard(0, 1).cameras] == IDS
+    # replicas started from one file on one host must not share a spool (it has a single owner)
+    assert len({s.kafka.spool.folder for s in shards}) == 3
 
 
 @pytest.mark.parametrize("text", ["3/3", "1", "a/2", "-1/2", "0/0"])
