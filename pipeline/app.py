@@ -242,6 +242,7 @@ class Runtime:
         with cameras get a lane."""
         cfg = self.config
         placed: dict[str, int | None] = {c.id: None for c in cfg.cameras}
+        gpus: list[int | None] = [None]
         if self._path.on_gpu:
             gpus = cfg.gpu.devices or list(range(self._gpu_probe().devices))
             placed = place_cameras({c.id: c.gpu for c in cfg.cameras}, gpus)
@@ -250,7 +251,8 @@ class Runtime:
             lanes.setdefault((placed[camera.id], self._is_canary(camera)), []).append(camera)
             if placed[camera.id] is not None:
                 self.metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
-        return lanes
+        # a replica whose share is empty still loads the model: ready, and able to take cameras a reload adds
+        return lanes or {(gpus[0], False): []}
 
     def _build_lane(self, gpu_index: int | None, cameras: list[CameraConfig], canary: bool = False) -> Lane:
         """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""

@@ -61,3 +61,20 @@ def test_replicas_with_shards_serve_every_camera_exactly_once(tmp_path, rtsp_ser
     for cam, ids in runs.items():
         by_replica.setdefault(next(iter(ids)), set()).add(cam)
     assert sorted(len(c) for c in by_replica.values()) == [2, 2]  # balanced: two cameras each
+
+
+def test_a_replica_whose_share_is_empty_is_ready_and_idle(tmp_path, rtsp_server, broker):
+    from pipeline.config import shard_assignment
+
+    port = free_port()
+    path = daemon_config(tmp_path / "one.yaml", MODEL, broker.bootstrap, [("only", rtsp_server.url("classic"), 2)],
+                         topic=f"empty-{uuid.uuid4().hex[:8]}", metrics_port=port)
+    idle = 1 - shard_assignment(["only"], 2)["only"]
+    daemon = Daemon(path, tmp_path / "idle.log", args=("--shard", f"{idle}/2"))
+    daemon.start()
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, "the idle replica to be ready")
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    finally:
+        assert daemon.stop() == 0
+    assert '"cameras": 0' in daemon.log_text()
