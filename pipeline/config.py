@@ -115,7 +115,12 @@ class SourceConfig(_Strict):
     deblock: bool = Field(
         True, description="run H.264's in-loop deblocking filter when decoding on the CPU; turning it "
         "off saves about 29% of the decode time (1080p at 6 Mbit/s: 9.1 -> 6.5 ms per frame) but cost "
-        "0.7 points of precision on 6 Mbit/s scenes (docs/BENCHMARKS.md)",
+        "1.7 points of precision on 6 Mbit/s scenes (docs/BENCHMARKS.md)",
+    )
+    max_lag_s: float = Field(
+        2.0, ge=0.2, le=60, description="a camera read more than this far behind real time (the CPU "
+        "could not decode it as fast as it sends) skips to its next keyframes until it is back within "
+        "half of it; the skipped frames are counted as dropped, reason lagging",
     )
 
     @model_validator(mode="after")

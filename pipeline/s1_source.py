@@ -119,6 +119,54 @@ class KeyframeGate:
         return self.gop <= self._interval + 0.05 and self.gop < self._stall / 2
 
 
+class LagMonitor:
+    """How far behind real time a live camera is being read: each packet's arrival time minus its
+    media time, above the connection's baseline (the least such offset: the network's own delay).
+    Past `max_lag_s`, for `PERSIST` packets in a row, the camera should catch up by decoding
+    keyframes only, until a keyframe arrives within half of it.
+
+    Damaged timestamps must not look like lag: a lower offset moves the baseline only once it has
+    held for `PERSIST` packets (one corrupt timestamp seconds ahead would otherwise make every
+    later packet look late), a media-time jump (backwards, or more than JUMP_S ahead) restarts the
+    baseline, and the baseline creeps up by 1 ms a second, so a camera clock slower than ours
+    (ppm) is never taken for a backlog."""
+
+    DRIFT = 1e-3  # seconds per second
+    JUMP_S = 5.0
+    PERSIST = 10  # packets: under half a second of a 25 fps stream
+
+    def __init__(self, max_lag_s: float) -> None:
+        self._max = max_lag_s
+        self._base: float | None = None
+        self._last: tuple[float, float] | None = None  # (arrival, media time) of the previous packet
+        self._lower = 0  # packets in a row below the baseline
+        self._late = 0  # packets in a row past max_lag_s
+        self.catching_up = False
+        self.lag = 0.0
+
+    def observe(self, arrival: float, media_time: float, keyframe: bool) -> bool | None:
+        """Record a packet (decode-order time: its DTS); return the new catch-up decision when it
+        changes, else None."""
+        offset = arrival - media_time
+        if self._base is None or self._last is None or not 0 <= media_time - self._last[1] <= self.JUMP_S:
+            self._base, self._lower, self._late = offset, 0, 0  # first packet, or a jump (restart, loop)
+        else:
+            self._base += self.DRIFT * max(0.0, arrival - self._last[0])
+            self._lower = self._lower + 1 if offset < self._base else 0
+            if self._lower >= self.PERSIST:
+                self._base, self._lower = offset, 0
+        self._last = (arrival, media_time)
+        self.lag = max(0.0, offset - self._base)
+        self._late = self._late + 1 if self.lag > self._max else 0
+        if not self.catching_up and self._late >= self.PERSIST:
+            self.catching_up = True
+            return True
+        if self.catching_up and keyframe and self.lag < self._max / 2:
+            self.catching_up = False
+            return False
+        return None
+
+
 class _Stall(Exception):
     """The camera sends nothing usable; reconnect."""
 
@@ -257,6 +305,8 @@ class CameraWorker:
     def _stream_packets(self, container, stream, decoder) -> None:
         sampler = FpsSampler(self.camera.fps)
         gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
+        lag = LagMonitor(self._settings.max_lag_s)
+        sampled_keyframes = False  # the gate's decision (fps <= 1 with a short GOP)
         rate = stream.average_rate or stream.guessed_rate
         clock = MediaClock(1 / float(rate) if rate else 0.04)
         last_picture = time.monotonic()
@@ -267,10 +317,18 @@ class CameraWorker:
                 if packet.size == 0:
                     continue
                 received = time.time()
-                if packet.is_keyframe and packet.pts is not None:
+                if packet.pts is not None and packet.is_keyframe:
                     decision = gate.keyframe(float(packet.pts * packet.time_base))
-                    if decision is not None:
-                        decoder.keyframes_only(decision)
+                    sampled_keyframes = sampled_keyframes if decision is None else decision
+                if packet.dts is not None:  # decode order: monotonic, also with B-frames
+                    if lag.observe(time.monotonic(), float(packet.dts * packet.time_base), packet.is_keyframe) is not None:
+                        self._log_lag(lag)
+                decoder.keyframes_only(sampled_keyframes or lag.catching_up)
+                if lag.catching_up and not packet.is_keyframe:
+                    self._metrics.frames_dropped.labels(self.camera.id, "lagging").inc()
+                    if time.monotonic() - last_picture > self._settings.stall_timeout_s:
+                        raise _Stall(f"behind real time and no keyframe for {self._settings.stall_timeout_s:g}s")
+                    continue  # not decoded at all: the decoder skips to the next keyframe
                 try:
                     pictures = decoder.decode(packet)
                 except av.error.InvalidDataError:  # a damaged packet: skip it, count it
@@ -287,6 +345,13 @@ class CameraWorker:
             if not self._streamed:
                 raise
             raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
+
+    def _log_lag(self, lag: LagMonitor) -> None:
+        if lag.catching_up:
+            log_event(log, logging.WARNING, "camera fell behind real time; decoding keyframes only to catch up",
+                      camera=self.camera.id, lag_s=round(lag.lag, 2), max_lag_s=self._settings.max_lag_s)
+        else:
+            log_event(log, logging.INFO, "camera caught up", camera=self.camera.id, lag_s=round(lag.lag, 2))
 
     def _handle_picture(
         self, container, decoder, picture, received: float, sampler: FpsSampler, clock: MediaClock

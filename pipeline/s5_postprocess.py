@@ -99,6 +99,8 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy non-maximum suppression; indices of kept boxes, best score first."""
     order = np.argsort(-scores, kind="stable")
+    # float64: a broken model's huge (finite) float32 coordinates overflow areas in float32 (fuzz test)
+    boxes = boxes.astype(np.float64, copy=False)
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
     keep = []

@@ -185,3 +185,12 @@ def test_mapped_boxes_always_lie_inside_the_frame(raw):
     mapped = lb.to_source(boxes)
     assert (mapped[:, 0::2] >= 0).all() and (mapped[:, 0::2] <= 1280).all()
     assert (mapped[:, 1::2] >= 0).all() and (mapped[:, 1::2] <= 720).all()
+
+
+@pytest.mark.parametrize("value", [1.8446744e19, 3.0e38])
+def test_huge_finite_boxes_from_a_broken_model_do_not_overflow_nms(value):
+    # found by the fuzz test in CI: float32 areas of such boxes overflowed (RuntimeWarning)
+    boxes = np.full((3, 4), value, np.float32)
+    boxes[:, :2] /= 2  # x1, y1 half of x2, y2: huge boxes that overlap fully
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.45)
+    assert keep.tolist() == [0]

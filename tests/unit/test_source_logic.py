@@ -73,3 +73,47 @@ def test_media_clock_fills_missing_timestamps_and_skips_a_first_one():
     assert clock.time_of(0.04) == 0.04
     assert clock.time_of(None) == pytest.approx(0.08)
     assert clock.time_of(0.12) == 0.12
+
+
+def test_lag_monitor_catches_up_after_a_backlog_and_ignores_clock_drift():
+    from pipeline.s1_source import LagMonitor
+
+    lag = LagMonitor(max_lag_s=1.0)
+    decisions = []
+    # 10 s live at 25 fps, keyframe every 2 s, arriving 50 ms after capture
+    for i in range(250):
+        decisions.append(lag.observe(100 + i / 25 + 0.05, i / 25, i % 50 == 0))
+    assert set(decisions) == {None} and not lag.catching_up
+    # the reader stalls for 3 s, then reads the backlog 10x faster than real time
+    t = 100 + 250 / 25 + 3
+    for i in range(250, 400):
+        d = lag.observe(t, i / 25, i % 50 == 0)
+        t += 0.004
+        if d is not None:
+            decisions.append((i, d))
+    events = [d for d in decisions if isinstance(d, tuple)]
+    assert events[0][1] is True and 250 < events[0][0] <= 250 + LagMonitor.PERSIST  # within 10 packets
+    assert events[-1][1] is False and events[-1][0] % 50 == 0  # back at a keyframe, within 0.5 s
+    assert not lag.catching_up
+
+
+def test_lag_monitor_takes_slow_camera_clocks_and_media_jumps_for_what_they_are():
+    from pipeline.s1_source import LagMonitor
+
+    lag = LagMonitor(max_lag_s=1.0)
+    # a camera clock 200 ppm slow for 3 hours at 5 fps: 2.2 s of drift, never a backlog
+    for i in range(3 * 3600 * 5):
+        assert lag.observe(i / 5, (i / 5) * (1 - 200e-6), i % 10 == 0) is None
+    # the camera restarts: media time back to 0, not a lag
+    assert lag.observe(3 * 3600 + 1, 0.0, True) is None and not lag.catching_up
+
+
+def test_lag_monitor_is_not_fooled_by_a_corrupt_timestamp():
+    from pipeline.s1_source import LagMonitor
+
+    lag = LagMonitor(max_lag_s=1.0)
+    for i in range(500):
+        media = i / 25 + (3.0 if i in (100, 300, 301) else 0.0)  # damaged packets say 3 s later
+        media -= 4.0 if i == 200 else 0.0  # and one says 4 s earlier
+        assert lag.observe(10 + i / 25, media, i % 50 == 0) is None, i
+    assert not lag.catching_up
