@@ -13,7 +13,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Config, ConfigError, load_config, parse_shard
 from pipeline.core import PipelineError
@@ -60,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config, path, shard)
 
 
-def _load_or_report(path: str) -> Config | None:
+def _load_or_report(path: str, load: Callable[[str], Any] = load_config) -> Any:
+    """The loaded file, or None after printing its problems (one `file:line: ...` each)."""
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -95,17 +98,14 @@ def _leave_blocked_threads(code: int) -> None:
 
 
 def _run_alerts(path: str, log_level: str) -> int:
+    from aiokafka.errors import KafkaError
+
     from pipeline.alerting.consumer import run_until_signal
     from pipeline.alerting.rules import load_rules
 
-    try:
-        rules = load_rules(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    rules = _load_or_report(path, load_rules)
+    if rules is None:
         return EXIT_CONFIG
-    from aiokafka.errors import KafkaError
-
     setup_logging(log_level, set())
     try:
         return asyncio.run(run_until_signal(rules))
