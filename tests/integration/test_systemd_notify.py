@@ -3,6 +3,7 @@ NOTIFY_SOCKET: READY=1 once its cameras are started, WATCHDOG=1 while it works, 
 READY=1 around a SIGHUP, STOPPING=1 at SIGTERM."""
 import signal
 import socket
+import threading
 import time
 import uuid
 
@@ -14,34 +15,50 @@ MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 
 
 class NotifyListener:
-    """What systemd does: a datagram socket whose path is given to the service as NOTIFY_SOCKET."""
+    """What systemd does: a datagram socket whose path is given to the service as NOTIFY_SOCKET,
+    read by its own thread so each message's time is when it arrived (the test's thread is often
+    busy elsewhere, e.g. consuming Kafka, and would stamp queued messages late)."""
 
     def __init__(self, path) -> None:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.1)
         self.messages: list[tuple[float, dict]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def poll(self) -> list[tuple[float, dict]]:
-        """Read every datagram waiting; return all so far as (time, {KEY: value})."""
-        while True:
+    def _read(self) -> None:
+        while not self._closed.is_set():
             try:
                 data = self.sock.recv(4096)
             except (TimeoutError, BlockingIOError):
-                return self.messages
+                continue
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def poll(self) -> list[tuple[float, dict]]:
+        """Every message so far as (arrival time, {KEY: value})."""
+        with self._lock:
+            return list(self.messages)
 
     def times(self, key: str) -> list[float]:
         return [at for at, fields in self.poll() if key in fields]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
+        self.sock.close()
 
 
 @pytest.fixture
 def listener(tmp_path):
     notify = NotifyListener(tmp_path / "notify.sock")
     yield notify
-    notify.sock.close()
+    notify.close()
 
 
 def test_daemon_speaks_sd_notify_to_a_real_notify_socket(tmp_path, rtsp_server, broker, listener):
