@@ -9,6 +9,13 @@ Runs with Debian's /usr/bin/python3 (it needs python3-gi and gir1.2-gst-rtsp-ser
 Each NAME=FILE is served at rtsp://127.0.0.1:PORT/NAME. The server prints one line
 "READY <port>" to stdout once it listens, and stops on SIGTERM/SIGINT. SIGUSR1 pauses every
 stream (connections stay open, no packet is sent: a stalled camera) and SIGUSR2 resumes them.
+
+Every client gets its own pipeline (media not shared) and connections are served by up to
+CLIENT_THREADS threads. GStreamer 1.22's RTSP server, with one media shared by clients that come
+and go, deadlocked within a minute of reconnecting clients (a streaming thread pushing the clip's
+caps against a client thread in gst_rtsp_media_is_receive_only); with its default single client
+thread, that stopped every mount of the server. scripts/rtsp_server_stress.py reproduces it;
+it was not seen with unshared media and a thread per client.
 """
 import argparse
 import os
@@ -28,13 +35,20 @@ LAUNCH = (
 DEMUXERS = {".mp4": "qtdemux", ".ts": "tsdemux"}  # MPEG-TS: concatenated clips change SPS mid-stream
 
 
-MEDIA = []  # every configured media, for pausing and resuming
+CLIENT_THREADS = 64
+MEDIA = set()  # every prepared media, for pausing and resuming
 
 
 def _set_all(state):
-    for media in MEDIA:
+    for media in list(MEDIA):
         media.set_pipeline_state(state)
     return True  # keep the signal handler
+
+
+def _configure(media):
+    _loop_forever(media)
+    MEDIA.add(media)
+    media.connect("unprepared", MEDIA.discard)  # its client left
 
 
 def _loop_forever(media):
@@ -77,9 +91,10 @@ def main() -> int:
         factory = GstRtspServer.RTSPMediaFactory()
         demux = DEMUXERS.get(os.path.splitext(path)[1], "qtdemux")
         factory.set_launch(LAUNCH.format(path=os.path.abspath(path), demux=demux))
-        factory.set_shared(True)
-        factory.connect("media-configure", lambda _f, media: (_loop_forever(media), MEDIA.append(media)))
+        factory.set_shared(False)
+        factory.connect("media-configure", lambda _f, media: _configure(media))
         mounts.add_factory(f"/{name}", factory)
+    server.get_thread_pool().set_max_threads(CLIENT_THREADS)
     if server.attach(None) == 0:
         print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -194,10 +195,14 @@ class RtspServer(_Process):
         """Start and wait until it listens."""
         args = [SYSTEM_PYTHON, str(REPO / "scripts" / "rtsp_server.py"), "--port", str(self.port)]
         args += [f"{name}={path}" for name, path in self.mounts.items()]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr goes to a file, not to a pipe nobody reads (64 KiB of GStreamer warnings would
+        # block the server in write()); `log_tail` shows it when a test finds the server mute
+        self.log = tempfile.NamedTemporaryFile(prefix="rtsp-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line.startswith("READY"):
-            raise RuntimeError(f"RTSP server did not start: {line}{self.proc.stderr.read()}")  # type: ignore[union-attr]
+            self.proc.wait(5)
+            raise RuntimeError(f"RTSP server did not start: {line}{Path(self.log.name).read_text()}")
 
     def url(self, name: str, credentials: str = CAMERA_CREDENTIALS) -> str:
         """The RTSP URL of a mount, with the suite's camera credentials unless told otherwise."""
@@ -214,6 +219,18 @@ class RtspServer(_Process):
                 return sock.recv(64).startswith(b"RTSP/1.0 200")
         except OSError:
             return False
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """Stop the server and delete its log."""
+        code = super().stop(timeout)
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+        return code
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of what the server wrote to stderr."""
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
 
     def pause(self) -> None:
         """Stop sending packets on every stream, connections kept (a stalled camera)."""

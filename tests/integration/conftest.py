@@ -46,7 +46,7 @@ def rtsp_server(_session_rtsp_server):
     which failed every later test that used it."""
     server = _session_rtsp_server
     if not server.answers(next(iter(server.mounts))):
-        sys.stderr.write("RTSP test server stopped answering; restarting it\n")
+        sys.stderr.write(f"RTSP test server stopped answering; restarting it. Its stderr:\n{server.log_tail()}\n")
         server.stop()
         server.start()
     return server
