@@ -102,7 +102,8 @@ class PreviewHub:
         meta = entry.result.meta
         width = min(self._width, meta.width)
         height = max(2, round(meta.height * width / meta.width) // 2 * 2)
-        rgb = entry.image.to_ndarray(format="rgb24", width=width, height=height)
+        # one swscale thread: automatic threads would start slice threads kept with the picture
+        rgb = entry.image.reformat(format="rgb24", width=width, height=height, threads=1).to_ndarray()
         picture = Image.fromarray(np.ascontiguousarray(rgb))
         draw = ImageDraw.Draw(picture)
         font = ImageFont.load_default(size=max(11, width // 45))

@@ -3,8 +3,12 @@ say what happened, credential and path errors are retried slowly and logged once
 camera beside them keeps its frame rate."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +68,16 @@ def open_files_and_threads(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 
 
+def threads_and_stacks(pid: int) -> str:
+    """The daemon's threads (native id and name) and, where py-spy is installed, their Python
+    stacks: what a failure of the leak check needs to say which threads were added."""
+    tasks = {tid: Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() for tid in os.listdir(f"/proc/{pid}/task")}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    stacks = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True,
+                            timeout=30).stdout if os.access(spy, os.X_OK) else "(py-spy not installed)"
+    return f"threads: {sorted(tasks.items())}\n{stacks}"
+
+
 def test_no_thread_or_file_descriptor_leaks_after_20_fault_cycles(tmp_path, rtsp_server, broker):
     mute, missing = FakeRtspCamera("mute"), FakeRtspCamera(404)
     port = free_port()
@@ -83,6 +97,8 @@ def test_no_thread_or_file_descriptor_leaks_after_20_fault_cycles(tmp_path, rtsp
         early = open_files_and_threads(daemon.proc.pid)
         wait_for(lambda: cycles() >= 25, 120, "20 more fault cycles")
         late = open_files_and_threads(daemon.proc.pid)
+        if late[1] > early[1]:
+            print(threads_and_stacks(daemon.proc.pid))
     finally:
         daemon.stop()
         mute.close()

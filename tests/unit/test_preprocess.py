@@ -1,4 +1,6 @@
 """CPU preprocessing puts each decoded picture, scaled, in the right place of the batch input."""
+import os
+
 import av
 import numpy as np
 import pytest
@@ -45,3 +47,22 @@ def test_buffers_are_reused_between_batches_of_the_same_shape():
     first, _ = pre(Batch((frame("a", 1280, 720, (1, 2, 3)),) * 2))
     second, _ = pre(Batch((frame("a", 1280, 720, (9, 9, 9)),)))
     assert np.shares_memory(first, second)
+
+
+def native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_pictures_in_flight_hold_no_scaling_threads():
+    """A lane keeps pictures alive while they wait and are published; scaling one must not start
+    threads that live with it (PyAV's per-frame contexts did, two per picture on 2 cores)."""
+    pre = CpuPreprocessor(InputSpec(None, None, None, 320))
+    before = native_threads()
+    in_flight = [frame(f"cam{i}", 1920, 1080, (i, 50, 100)) for i in range(8)]
+    inputs, _ = pre(Batch(tuple(in_flight)))
+    assert native_threads() == before
+    # mixed sizes through the one reused context still scale each picture correctly
+    mixed, _ = pre(Batch((frame("a", 640, 360, (60, 180, 90)), frame("b", 1920, 1080, (180, 60, 120)))))
+    np.testing.assert_allclose(mixed[0, :, 50:100, 100:200].reshape(3, -1).mean(axis=1) * 255, (60, 180, 90), atol=3)
+    np.testing.assert_allclose(mixed[1, :, 50:100, 100:200].reshape(3, -1).mean(axis=1) * 255, (180, 60, 120), atol=3)
