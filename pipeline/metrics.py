@@ -51,6 +51,11 @@ class Metrics:
             p + "messages_published", "Messages acknowledged by Kafka", ["topic"], registry=r
         )
         self.camera_up = Gauge(p + "camera_up", "1 while the camera is streaming", ["camera"], registry=r)
+        self.source_lag_seconds = Gauge(
+            p + "source_lag_seconds",
+            "How far behind real time the camera's stream is read (what source.max_lag_s bounds)",
+            ["camera"], registry=r,
+        )
         self.camera_state = Gauge(
             p + "camera_state", "1 for the camera's current state", ["camera", "state"], registry=r
         )

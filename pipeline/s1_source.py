@@ -301,11 +301,13 @@ class CameraWorker:
                 self._stream_packets(container, stream, decoder)
             finally:
                 decoder.close()
+                self._metrics.source_lag_seconds.labels(self.camera.id).set(0)
 
     def _stream_packets(self, container, stream, decoder) -> None:
         sampler = FpsSampler(self.camera.fps)
         gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
         lag = LagMonitor(self._settings.max_lag_s)
+        lag_gauge = self._metrics.source_lag_seconds.labels(self.camera.id)
         sampled_keyframes = False  # the gate's decision (fps <= 1 with a short GOP)
         rate = stream.average_rate or stream.guessed_rate
         clock = MediaClock(1 / float(rate) if rate else 0.04)
@@ -323,6 +325,7 @@ class CameraWorker:
                 if packet.dts is not None:  # decode order: monotonic, also with B-frames
                     if lag.observe(time.monotonic(), float(packet.dts * packet.time_base), packet.is_keyframe) is not None:
                         self._log_lag(lag)
+                    lag_gauge.set(lag.lag)
                 decoder.keyframes_only(sampled_keyframes or lag.catching_up)
                 if lag.catching_up and not packet.is_keyframe:
                     self._metrics.frames_dropped.labels(self.camera.id, "lagging").inc()

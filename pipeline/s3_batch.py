@@ -4,8 +4,12 @@ Hand-over policy "latest wins": each camera has one slot; a new frame replaces a
 which is counted as dropped with reason "superseded". The batcher forms a batch as soon as
 `max_batch` frames are waiting, or `max_wait_ms` after the oldest waiting frame arrived, whichever
 comes first, so it never waits for a slow or dead camera. Frames older than `max_frame_age_ms`
-when a batch forms are dropped with reason "stale". Oldest frames go first, so with more cameras
-than `max_batch` every camera is served in turn.
+when a batch forms are dropped with reason "stale".
+
+With more cameras waiting than `max_batch`, the cameras served longest ago go first (then the
+oldest frame), so under overload every camera gets the same share. Serving the oldest frame first
+did not: a camera's newer frame moved it to the back, so a camera that delivered more often was
+served less (8 x 360p: 3.5 to 11.7 frames/s per camera).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ class DeadlineBatcher:
         self._on_drop = on_drop
         self._clock = clock
         self._slots: dict[str, Frame] = {}  # insertion order = arrival order
+        self._served: dict[str, int] = {}  # camera -> turn when it was last served
+        self._turn = 0
         self._cond = threading.Condition()
         self._closed = False
 
@@ -75,7 +81,8 @@ class DeadlineBatcher:
 
     def _take(self, now: float) -> Batch | None:
         frames = []
-        for cam in list(self._slots):
+        order = sorted(self._slots, key=lambda cam: (self._served.get(cam, -1), self._slots[cam].ready_at))
+        for cam in order:
             if len(frames) == self.max_batch:
                 break
             frame = self._slots.pop(cam)
@@ -83,12 +90,15 @@ class DeadlineBatcher:
                 self._on_drop(cam, "stale")
             else:
                 frames.append(frame)
+                self._turn += 1
+                self._served[cam] = self._turn
         return Batch(tuple(frames)) if frames else None
 
     def remove_camera(self, camera_id: str) -> None:
         """Forget a camera's waiting frame (the camera was removed)."""
         with self._cond:
             self._slots.pop(camera_id, None)
+            self._served.pop(camera_id, None)
 
     def pending(self) -> int:
         """Frames waiting in slots."""

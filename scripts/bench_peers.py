@@ -46,7 +46,7 @@ from scripts.bench_cpu import (  # noqa: E402
     machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib, report,
 )
 from scripts.scenes import Scene, Truth, truth_path  # noqa: E402
-from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port  # noqa: E402
+from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port, http_get  # noqa: E402
 
 SEEDS = 9401
 FP32 = REPO / "engines" / "shapes-yolov8n.onnx"
@@ -64,6 +64,7 @@ class System:
         self.bootstrap, self.workdir = bootstrap, workdir
         self.proc: subprocess.Popen | None = None
         self._daemon: Daemon | None = None
+        self.metrics_port: int | None = None  # our daemon's /metrics
 
     def start(self, run_seconds: float) -> None:
         if self.name.startswith("daemon"):
@@ -73,9 +74,10 @@ class System:
                 {"path": model, "input_size": self.args.input_size, "confidence": self.args.confidence,
                  "labels": str(LABELS)},
                 self.bootstrap, [(cam, url, None) for cam, url in self.urls.items()], topic=self.topic,
-                status_topic=f"{self.topic}-status", metrics_port=free_port(),
+                status_topic=f"{self.topic}-status", metrics_port=(port := free_port()),
                 source={"deblock": not self.args.no_deblock},
             )
+            self.metrics_port = port
             self._daemon = Daemon(config, self.workdir / f"{self.topic}.log")
             self._daemon.start()
             self.proc = self._daemon.proc
@@ -118,7 +120,7 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
             time.sleep(args.warmup)
             pid = system.proc.pid
             t0, wall0, cpu0 = time.monotonic(), time.time(), proc_cpu_seconds(pid)
-            rss = []
+            rss, samples = [], []
             cpu1 = cpu0
             while time.monotonic() - t0 < args.seconds and system.proc.poll() is None:
                 time.sleep(1)
@@ -127,6 +129,8 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
                     cpu1 = proc_cpu_seconds(pid)
                 except FileNotFoundError:  # it ended: measured up to its last sample
                     break
+                if system.metrics_port and len(samples) <= (time.monotonic() - t0) // SAMPLE_S:
+                    samples.append(daemon_sample(system.metrics_port))
             elapsed = time.monotonic() - t0
             time.sleep(3)  # let what was processed in the window reach the consumer
         finally:
@@ -138,8 +142,50 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
         args.dump.mkdir(parents=True, exist_ok=True)
         with open(args.dump / f"{name}.jsonl", "w") as out:
             out.writelines(json.dumps(r.value) + "\n" for r in window)
-    return summarise(name, window, truths, elapsed, 100 * (cpu1 - cpu0) / elapsed, max(rss, default=0),
-                     args.fps, code, len(clips))
+    result = summarise(name, window, truths, elapsed, 100 * (cpu1 - cpu0) / elapsed, max(rss, default=0),
+                       args.fps, code, len(clips))
+    result["inside"] = where_latency_grows(samples)
+    return result
+
+
+SAMPLE_S = 10  # how often the daemon's /metrics is read during the window
+INSIDE = {  # what the daemon's own metrics say, as means per interval: name -> (sum, count)
+    "capture->ack": ("rtsp_pipeline_capture_to_ack_seconds_sum", "rtsp_pipeline_capture_to_ack_seconds_count"),
+    "frame age at inference": ("rtsp_pipeline_frame_age_seconds_sum", "rtsp_pipeline_frame_age_seconds_count"),
+    "preprocess": ('rtsp_pipeline_stage_seconds_sum{stage="preprocess"}', 'rtsp_pipeline_stage_seconds_count{stage="preprocess"}'),
+    "infer": ('rtsp_pipeline_stage_seconds_sum{stage="infer"}', 'rtsp_pipeline_stage_seconds_count{stage="infer"}'),
+    "postprocess": ('rtsp_pipeline_stage_seconds_sum{stage="postprocess"}', 'rtsp_pipeline_stage_seconds_count{stage="postprocess"}'),
+}
+
+
+def daemon_sample(port: int) -> dict[str, float]:
+    """The cumulative sums and counts of INSIDE and the cameras' largest source lag, now."""
+    text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    sample = {key: values.get(key, 0.0) for pair in INSIDE.values() for key in pair}
+    sample["lag"] = max((v for k, v in values.items() if k.startswith("rtsp_pipeline_source_lag_seconds{")), default=0.0)
+    return sample
+
+
+def where_latency_grows(samples: list[dict[str, float]]) -> str:
+    """Mean of each INSIDE quantity over the first and the last third of the window (from the
+    daemon's /metrics), and the largest source lag seen then: which stage a drift comes from."""
+    if len(samples) < 4:
+        return ""
+    third = len(samples) // 3
+
+    def mean(a, b, pair):
+        count = b[pair[1]] - a[pair[1]]
+        return (b[pair[0]] - a[pair[0]]) / count if count else float("nan")
+    first, last = (samples[0], samples[third]), (samples[-1 - third], samples[-1])
+    parts = [f"{name} {1000 * mean(*first, pair):.1f} -> {1000 * mean(*last, pair):.1f} ms" for name, pair in INSIDE.items()]
+    lags = [s["lag"] for s in samples]
+    parts.append(f"largest camera lag {1000 * max(lags[:third + 1]):.0f} -> {1000 * max(lags[-1 - third:]):.0f} ms")
+    return "; ".join(parts)
 
 
 def summarise(name, window, truths, seconds, cpu, rss, fps, code, cameras) -> dict:
@@ -276,6 +322,8 @@ def main() -> int:
         "Frame offsets found per camera (pts mapping; 0 = exact): " + "; ".join(
             f"{r['name']} " + ",".join(str(o) for o in r["offsets"].values()) for r in results)
         + ". Exit codes: " + ", ".join(f"{r['name']} {r['exit']}" for r in results) + ".",
+        *[f"\nInside {r['name']} (its /metrics, mean over the first -> the last third of the window): {r['inside']}."
+          for r in results if r.get("inside")],
     ]
     report(lines, args.record)
     return 0

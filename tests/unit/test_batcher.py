@@ -72,6 +72,21 @@ def test_stale_frames_are_dropped_and_counted():
     assert drops == {("old", "stale"): 1}
 
 
+def test_cameras_get_equal_shares_under_overload_however_often_they_deliver():
+    """Three cameras, one batch slot per round; "busy" delivers three frames a round, the others
+    one. Every camera is served once every three rounds."""
+    clock = Clock()
+    batcher, drops = make(max_batch=1, wait=0, clock=clock)
+    served = Counter()
+    for _ in range(30):
+        for cam in ("busy", "a", "busy", "b", "busy"):
+            clock.now += 0.001
+            batcher.put(frame(cam, clock.now))
+        served.update(f.meta.camera_id for f in batcher.next_batch(timeout=1).frames)
+    assert served == {"busy": 10, "a": 10, "b": 10}, served
+    assert drops[("busy", "superseded")] > 0  # what it delivered beyond its share
+
+
 def test_oldest_cameras_are_served_first_when_more_cameras_than_batch():
     clock = Clock()
     batcher, _ = make(max_batch=2, wait=0, clock=clock)
