@@ -41,9 +41,10 @@ def _session_rtsp_server(clips):
 
 @pytest.fixture(scope="module")
 def rtsp_server(_session_rtsp_server):
-    """The session's RTSP server, restarted on its port if it stopped answering: GStreamer's RTSP
-    server once stopped answering DESCRIBE for the whole of a CI run (its main loop idle in poll),
-    which failed every later test that used it."""
+    """The session's RTSP server, restarted on its port if it stopped answering. GStreamer's RTSP
+    server stopped answering for the rest of a CI run when a shared media deadlocked its only
+    client thread; scripts/rtsp_server.py now avoids that (unshared media, a thread per client),
+    and this check stays as the safety net between modules."""
     server = _session_rtsp_server
     if not server.answers(next(iter(server.mounts))):
         sys.stderr.write(f"RTSP test server stopped answering; restarting it. Its stderr:\n{server.log_tail()}\n")
