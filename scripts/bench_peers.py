@@ -46,7 +46,9 @@ from scripts.bench_cpu import (  # noqa: E402
     machine, parse_time, percentile, proc_cpu_seconds, proc_rss_mib, report,
 )
 from scripts.scenes import Scene, Truth, truth_path  # noqa: E402
-from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port, http_get  # noqa: E402
+from scripts.testbed import (  # noqa: E402
+    REPO, Broker, Daemon, RtspServer, consume, daemon_config, free_port, http_get, metric_values,
+)
 
 SEEDS = 9401
 FP32 = REPO / "engines" / "shapes-yolov8n.onnx"
@@ -161,13 +163,12 @@ INSIDE = {  # what the daemon's own metrics say, as means per interval: name -> 
 def daemon_sample(port: int) -> dict[str, float]:
     """The cumulative sums and counts of INSIDE and the cameras' largest source lag, now."""
     text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
-    values = {}
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    sample = {key: values.get(key, 0.0) for pair in INSIDE.values() for key in pair}
-    sample["lag"] = max((v for k, v in values.items() if k.startswith("rtsp_pipeline_source_lag_seconds{")), default=0.0)
+
+    def value(key: str) -> float:  # 'name' or 'name{labels}'
+        name = key.partition("{")[0]
+        return metric_values(text, name).get(key[len(name):], 0.0)
+    sample = {key: value(key) for pair in INSIDE.values() for key in pair}
+    sample["lag"] = max(metric_values(text, "rtsp_pipeline_source_lag_seconds").values(), default=0.0)
     return sample
 
 
