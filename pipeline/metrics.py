@@ -64,7 +64,9 @@ class Metrics:
             p + "source_errors", "Connection or stream failures by kind", ["camera", "kind"], registry=r
         )
         self.stage_seconds = Histogram(
-            p + "stage_seconds", "Time spent per stage per batch", ["stage"], registry=r,
+            p + "stage_seconds",
+            "Time per stage: decode per picture; preprocess, infer, postprocess per batch; "
+            "publish per message, from the spool to Kafka's acknowledgement", ["stage"], registry=r,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
         )
         self.batch_size = Histogram(

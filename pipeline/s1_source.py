@@ -308,6 +308,7 @@ class CameraWorker:
         gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
         lag = LagMonitor(self._settings.max_lag_s)
         lag_gauge = self._metrics.source_lag_seconds.labels(self.camera.id)
+        decode_seconds = self._metrics.stage_seconds.labels("decode")
         sampled_keyframes = False  # the gate's decision (fps <= 1 with a short GOP)
         rate = stream.average_rate or stream.guessed_rate
         clock = MediaClock(1 / float(rate) if rate else 0.04)
@@ -332,6 +333,7 @@ class CameraWorker:
                     if time.monotonic() - last_picture > self._settings.stall_timeout_s:
                         raise _Stall(f"behind real time and no keyframe for {self._settings.stall_timeout_s:g}s")
                     continue  # not decoded at all: the decoder skips to the next keyframe
+                started = time.monotonic()
                 try:
                     pictures = decoder.decode(packet)
                 except av.error.InvalidDataError:  # a damaged packet: skip it, count it
@@ -339,6 +341,7 @@ class CameraWorker:
                     pictures = []
                 now = time.monotonic()
                 if pictures:
+                    decode_seconds.observe(now - started)
                     last_picture = now
                 elif now - last_picture > self._settings.stall_timeout_s:
                     raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")

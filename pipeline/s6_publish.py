@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
 _TOPIC_WAIT_S = 10.0  # how long one look-up of a topic waits for the broker
 _TOPIC_RETRY_FIRST_S, _TOPIC_RETRY_MAX_S = 5.0, 300.0  # delays between look-ups of a missing topic
+_TIMED_MAX = 4096  # messages whose spool time is kept for the publish-stage metric (older ones: not timed)
 # Kafka will never take this message: sending it again would block its camera for good
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 DETECTIONS_SCHEMA = "detections/v1"
@@ -164,6 +165,8 @@ class KafkaPublisher:
         self._topic_checks: dict[str, asyncio.Task] = {}  # look-ups started, one per topic
         self._accepting = True
         self._last_error_log = 0.0
+        self._spooled_at: dict[int, float] = {}  # record number -> when offered (publish-stage metric)
+        self._publish_seconds = metrics.stage_seconds.labels("publish")
 
     # ------------------------------------------------------------------ hand-over
     def offer(self, message: Outgoing) -> bool:
@@ -174,7 +177,7 @@ class KafkaPublisher:
             return False
         dropped_before = spool.dropped
         try:
-            spool.append(message.topic, message.key, message.value)
+            number = spool.append(message.topic, message.key, message.value)
         except SpoolFull:
             self._metrics.messages_dropped.labels(message.key, "spool_full").inc()
             self._log_error("spool full: dropping the newest message", camera=message.key,
@@ -188,6 +191,9 @@ class KafkaPublisher:
             if spool.dropped > dropped_before and spool.policy == "drop_oldest":
                 self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - dropped_before)
                 self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
+        self._spooled_at[number] = time.monotonic()
+        if len(self._spooled_at) > _TIMED_MAX:  # e.g. during an outage: stop timing the oldest
+            del self._spooled_at[next(iter(self._spooled_at))]
         self._update_gauges()
         self._wake.set()
         return True
@@ -419,6 +425,9 @@ class KafkaPublisher:
         if self._spool is None:  # delivered after the spool closed at shutdown: sent again next start
             return
         self._spool.ack(record.number)
+        spooled_at = self._spooled_at.pop(record.number, None)
+        if spooled_at is not None:
+            self._publish_seconds.observe(time.monotonic() - spooled_at)
         self._update_gauges()
         self._metrics.messages_published.labels(record.topic).inc()
         if record.topic == self._config.topic:
@@ -441,6 +450,7 @@ class KafkaPublisher:
                       topic=record.topic, bytes=len(record.value), error=repr(exc))
             if self._spool is not None:
                 self._spool.ack(record.number)
+            self._spooled_at.pop(record.number, None)
             return
         self._failed = True
         self._log_error("kafka send failed; will re-send from the first undelivered message",

@@ -70,14 +70,13 @@ class System:
 
     def start(self, run_seconds: float) -> None:
         if self.name.startswith("daemon"):
-            model = INT8 if self.name == "daemon-int8" else FP32
+            sections = daemon_sections(self.args)
+            model = {"path": INT8 if self.name == "daemon-int8" else FP32, "input_size": self.args.input_size,
+                     "confidence": self.args.confidence, "labels": str(LABELS), **sections.pop("model", {})}
             config = daemon_config(
-                self.workdir / f"{self.topic}.yaml",
-                {"path": model, "input_size": self.args.input_size, "confidence": self.args.confidence,
-                 "labels": str(LABELS)},
+                self.workdir / f"{self.topic}.yaml", model,
                 self.bootstrap, [(cam, url, None) for cam, url in self.urls.items()], topic=self.topic,
-                status_topic=f"{self.topic}-status", metrics_port=(port := free_port()),
-                source={"deblock": not self.args.no_deblock},
+                status_topic=f"{self.topic}-status", metrics_port=(port := free_port()), **sections,
             )
             self.metrics_port = port
             self._daemon = Daemon(config, self.workdir / f"{self.topic}.log")
@@ -151,12 +150,18 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
 
 
 SAMPLE_S = 10  # how often the daemon's /metrics is read during the window
+def _stage(stage: str) -> tuple[str, str]:
+    return (f'rtsp_pipeline_stage_seconds_sum{{stage="{stage}"}}', f'rtsp_pipeline_stage_seconds_count{{stage="{stage}"}}')
+
+
 INSIDE = {  # what the daemon's own metrics say, as means per interval: name -> (sum, count)
     "capture->ack": ("rtsp_pipeline_capture_to_ack_seconds_sum", "rtsp_pipeline_capture_to_ack_seconds_count"),
+    "decode": _stage("decode"),
     "frame age at inference": ("rtsp_pipeline_frame_age_seconds_sum", "rtsp_pipeline_frame_age_seconds_count"),
-    "preprocess": ('rtsp_pipeline_stage_seconds_sum{stage="preprocess"}', 'rtsp_pipeline_stage_seconds_count{stage="preprocess"}'),
-    "infer": ('rtsp_pipeline_stage_seconds_sum{stage="infer"}', 'rtsp_pipeline_stage_seconds_count{stage="infer"}'),
-    "postprocess": ('rtsp_pipeline_stage_seconds_sum{stage="postprocess"}', 'rtsp_pipeline_stage_seconds_count{stage="postprocess"}'),
+    "preprocess": _stage("preprocess"),
+    "infer": _stage("infer"),
+    "postprocess": _stage("postprocess"),
+    "publish": _stage("publish"),
 }
 
 
@@ -270,6 +275,24 @@ def versions(peer_env: Path) -> str:
     return out.stdout.strip() or out.stderr.strip()[-200:]
 
 
+def daemon_sections(args) -> dict:
+    """Config sections for our daemon: deblocking, then each --daemon-set KEY=VALUE (dotted key,
+    YAML value; e.g. model.onnxruntime.parallel_runs=3) merged in."""
+    import yaml
+
+    sections: dict = {"source": {"deblock": not args.no_deblock}}
+    for item in args.daemon_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--daemon-set {item!r}: expected KEY=VALUE, e.g. batching.max_wait_ms=10")
+        *parents, leaf = key.split(".")
+        node = sections
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return sections
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cameras", type=int, default=2)
@@ -283,6 +306,8 @@ def main() -> int:
     parser.add_argument("--bitrate", default="6M", help="H.264 bitrate cap, as a camera's (0: CRF 23, ~20 Mbit/s)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--no-deblock", action="store_true", help="our daemon skips H.264 deblocking (source.deblock)")
+    parser.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of our daemon's config (dotted key), e.g. model.onnxruntime.parallel_runs=3")
     parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
     parser.add_argument("--dump", type=Path, help="write each system's measured messages to DIR/<system>.jsonl")
@@ -312,7 +337,8 @@ def main() -> int:
         f"- Machine: {machine()}; peers: {versions(args.peer_env)}",
         f"- Command: `.venv/bin/python scripts/bench_peers.py --cameras {args.cameras} --width {args.width} "
         f"--height {args.height} --fps {args.fps} --bitrate {args.bitrate} --seconds {args.seconds:g} --warmup {args.warmup:g} "
-        f"--systems {args.systems}{' --no-deblock' if args.no_deblock else ''}`",
+        f"--systems {args.systems}{' --no-deblock' if args.no_deblock else ''}"
+        + "".join(f" --daemon-set {item}" for item in args.daemon_set) + "`",
         f"- Streams: {args.cameras} x {args.width}x{args.height} {args.fps} fps generated scenes (seeds "
         f"{SEEDS}+) as H.264 ({'CRF 23' if args.bitrate == '0' else args.bitrate + 'bit/s'}, GOP 50, no B-frames) "
         f"over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "

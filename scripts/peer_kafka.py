@@ -1,6 +1,6 @@
 """Kafka publishing for the benchmark's peers (scripts/peer_*.py): one aiokafka producer on its own
 event-loop thread, fire and forget from any thread, the same producer settings as the daemon's
-(acks=all, zstd, linger 10 ms). Runs in the peer environment; imports nothing of the product."""
+(acks=all, zstd, linger 0 ms). Runs in the peer environment; imports nothing of the product."""
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +46,7 @@ class PeerPublisher:
 
         async def start():
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="zstd",
-                                        linger_ms=10, enable_idempotence=False)
+                                        linger_ms=0, enable_idempotence=False)
             await producer.start()
             return producer
 

@@ -163,6 +163,24 @@ def test_metrics_report_frames_per_camera_and_broken_cameras(full_run):
     assert metric_values(text, "rtsp_pipeline_batch_size_count")[""] > 0
 
 
+def test_metrics_time_each_stage_from_decode_to_kafka_ack(full_run):
+    """An operator chasing latency reads where it goes: every stage is timed, each acknowledged
+    message's publish time included, and the stages of one frame fit inside its capture->ack."""
+    text = full_run["metrics"]
+    sums = metric_values(text, "rtsp_pipeline_stage_seconds_sum")
+    counts = metric_values(text, "rtsp_pipeline_stage_seconds_count")
+    means = {}
+    for stage in ("decode", "preprocess", "infer", "postprocess", "publish"):
+        key = f'{{stage="{stage}"}}'
+        assert counts.get(key, 0) > 0, (stage, counts)
+        means[stage] = sums[key] / counts[key]
+    published = sum(metric_values(text, "rtsp_pipeline_messages_published_total").values())
+    assert counts['{stage="publish"}'] == published  # every message this run sent is timed
+    ack_mean = (metric_values(text, "rtsp_pipeline_capture_to_ack_seconds_sum")[""]
+                / metric_values(text, "rtsp_pipeline_capture_to_ack_seconds_count")[""])
+    assert 0 < sum(means.values()) <= ack_mean + 0.005, (means, ack_mean)
+
+
 def test_status_topic_reports_connections_and_failures_with_reasons(full_run):
     statuses = [r for r in full_run["records"] if r.topic.startswith("status-")]
     by_cam = {}
