@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_peers.py [--cameras 2] [--width 1920 --height 1080 --fps 25] \\
         [--seconds 60] [--warmup 20] [--systems daemon,ultralytics,opencv,daemon-int8] \\
-        [--record docs/BENCHMARKS.md]
+        [--daemon-set model.onnxruntime.parallel_runs=3 ...] [--broker-nice 19] [--record docs/BENCHMARKS.md]
 
 It renders N generated scenes with ground truth (scripts/scenes.py, seeds 9401+, used nowhere
 else), serves them as looping H.264 RTSP cameras (GStreamer), starts a local broker, then runs one
@@ -24,11 +24,15 @@ CPU % and peak RSS of the system's process (/proc), capture->Kafka latency (cons
 minus the message's captured_at) p50/p99 and its drift (p50 of the last third minus the first),
 and precision/recall at IoU 0.5 against ground truth (each message matched to the truth frame
 at its pts, with one per-camera frame offset searched in +-10 for every system alike).
+For our daemon it also prints the mean of each stage from its /metrics (first -> last third), and
+for every system the local broker's CPU: the in-memory broker's cost grows with what it holds and
+shares the cores, which `--broker-nice 19` keeps out of the system's way in long runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -121,7 +125,7 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
             time.sleep(args.warmup)
             pid = system.proc.pid
             t0, wall0, cpu0 = time.monotonic(), time.time(), proc_cpu_seconds(pid)
-            rss, samples = [], []
+            rss, samples, broker_cpu = [], [], []
             cpu1 = cpu0
             while time.monotonic() - t0 < args.seconds and system.proc.poll() is None:
                 time.sleep(1)
@@ -130,8 +134,10 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
                     cpu1 = proc_cpu_seconds(pid)
                 except FileNotFoundError:  # it ended: measured up to its last sample
                     break
-                if system.metrics_port and len(samples) <= (time.monotonic() - t0) // SAMPLE_S:
-                    samples.append(daemon_sample(system.metrics_port))
+                if len(broker_cpu) <= (time.monotonic() - t0) // SAMPLE_S:
+                    broker_cpu.append((time.monotonic(), proc_cpu_seconds(broker.proc.pid)))
+                    if system.metrics_port:
+                        samples.append(daemon_sample(system.metrics_port))
             elapsed = time.monotonic() - t0
             time.sleep(3)  # let what was processed in the window reach the consumer
         finally:
@@ -146,10 +152,31 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
     result = summarise(name, window, truths, elapsed, 100 * (cpu1 - cpu0) / elapsed, max(rss, default=0),
                        args.fps, code, len(clips))
     result["inside"] = where_latency_grows(samples)
+    result["broker_cpu"] = first_and_last_third(broker_cpu)
     return result
 
 
-SAMPLE_S = 10  # how often the daemon's /metrics is read during the window
+def first_and_last_third(samples: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """CPU % of a helper over the first and the last third of the window, from (time, CPU seconds)
+    samples: the in-memory broker's cost grows with what it holds, on the same cores."""
+    if len(samples) < 4:
+        return None
+    third = len(samples) // 3
+
+    def percent(a, b):
+        return 100 * (b[1] - a[1]) / (b[0] - a[0])
+    return percent(samples[0], samples[third]), percent(samples[-1 - third], samples[-1])
+
+
+def nice_process(pid: int, niceness: int) -> None:
+    """Renice every thread of a process (Linux niceness is per thread; later threads inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+
+
+SAMPLE_S = 10  # how often the daemon's /metrics (and the broker's CPU) is read during the window
+
+
 def _stage(stage: str) -> tuple[str, str]:
     return (f'rtsp_pipeline_stage_seconds_sum{{stage="{stage}"}}', f'rtsp_pipeline_stage_seconds_count{{stage="{stage}"}}')
 
@@ -308,6 +335,9 @@ def main() -> int:
     parser.add_argument("--no-deblock", action="store_true", help="our daemon skips H.264 deblocking (source.deblock)")
     parser.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of our daemon's config (dotted key), e.g. model.onnxruntime.parallel_runs=3")
+    parser.add_argument("--broker-nice", type=int, default=0,
+                        help="niceness of the local broker (19: it takes only CPU the system under test leaves, "
+                             "as a broker on another machine would)")
     parser.add_argument("--peer-env", type=Path, default=REPO / ".venv-peers")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
     parser.add_argument("--dump", type=Path, help="write each system's measured messages to DIR/<system>.jsonl")
@@ -326,6 +356,8 @@ def main() -> int:
         clips[f"cam{i}"] = clip
     truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
     with Broker() as broker:
+        if args.broker_nice:
+            nice_process(broker.proc.pid, args.broker_nice)
         alone = ort_alone(args, args.width, args.height)
         results = [run_system(name, args, clips, truths, broker, workdir) for name in systems]
     from pipeline.s4_infer.engine import input_spec_from_shape
@@ -338,7 +370,8 @@ def main() -> int:
         f"- Command: `.venv/bin/python scripts/bench_peers.py --cameras {args.cameras} --width {args.width} "
         f"--height {args.height} --fps {args.fps} --bitrate {args.bitrate} --seconds {args.seconds:g} --warmup {args.warmup:g} "
         f"--systems {args.systems}{' --no-deblock' if args.no_deblock else ''}"
-        + "".join(f" --daemon-set {item}" for item in args.daemon_set) + "`",
+        + "".join(f" --daemon-set {item}" for item in args.daemon_set)
+        + (f" --broker-nice {args.broker_nice}" if args.broker_nice else "") + "`",
         f"- Streams: {args.cameras} x {args.width}x{args.height} {args.fps} fps generated scenes (seeds "
         f"{SEEDS}+) as H.264 ({'CRF 23' if args.bitrate == '0' else args.bitrate + 'bit/s'}, GOP 50, no B-frames) "
         f"over RTSP/TCP; every frame offered; model engines/shapes-yolov8n.onnx (FP32 "
@@ -351,6 +384,11 @@ def main() -> int:
         + ". Exit codes: " + ", ".join(f"{r['name']} {r['exit']}" for r in results) + ".",
         *[f"\nInside {r['name']} (its /metrics, mean over the first -> the last third of the window): {r['inside']}."
           for r in results if r.get("inside")],
+        "",
+        "The local broker's CPU (Tansu, in memory; 200% = 2 cores), first -> last third of each window"
+        + (f", at niceness {args.broker_nice}" if args.broker_nice else "") + ": " + "; ".join(
+            f"{r['name']} {r['broker_cpu'][0]:.0f}% -> {r['broker_cpu'][1]:.0f}%" for r in results if r.get("broker_cpu"))
+        + ".",
     ]
     report(lines, args.record)
     return 0
