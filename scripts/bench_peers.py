@@ -156,16 +156,18 @@ def run_system(name: str, args, clips: dict[str, Path], truths: dict[str, Truth]
     return result
 
 
+def thirds(samples: list) -> tuple[tuple, tuple]:
+    """The (start, end) samples of the first and of the last third of a window."""
+    third = len(samples) // 3
+    return (samples[0], samples[third]), (samples[-1 - third], samples[-1])
+
+
 def first_and_last_third(samples: list[tuple[float, float]]) -> tuple[float, float] | None:
     """CPU % of a helper over the first and the last third of the window, from (time, CPU seconds)
     samples: the in-memory broker's cost grows with what it holds, on the same cores."""
     if len(samples) < 4:
         return None
-    third = len(samples) // 3
-
-    def percent(a, b):
-        return 100 * (b[1] - a[1]) / (b[0] - a[0])
-    return percent(samples[0], samples[third]), percent(samples[-1 - third], samples[-1])
+    return tuple(100 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in thirds(samples))
 
 
 def nice_process(pid: int, niceness: int) -> None:
@@ -214,7 +216,7 @@ def where_latency_grows(samples: list[dict[str, float]]) -> str:
     def mean(a, b, pair):
         count = b[pair[1]] - a[pair[1]]
         return (b[pair[0]] - a[pair[0]]) / count if count else float("nan")
-    first, last = (samples[0], samples[third]), (samples[-1 - third], samples[-1])
+    first, last = thirds(samples)
     parts = [f"{name} {1000 * mean(*first, pair):.1f} -> {1000 * mean(*last, pair):.1f} ms" for name, pair in INSIDE.items()]
     lags = [s["lag"] for s in samples]
     parts.append(f"largest camera lag {1000 * max(lags[:third + 1]):.0f} -> {1000 * max(lags[-1 - third:]):.0f} ms")
