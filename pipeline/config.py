@@ -187,7 +187,7 @@ class KafkaConfig(_Strict):
         "zstd", description="producer compression codec"
     )
     # 0: the producer sends one request per broker at a time, so messages that arrive while one is
-    # in flight are batched anyway; lingering only delayed every message (10 ms: publish 13.9 -> 3.7 ms
+    # in flight are batched anyway; lingering only delayed every message (10 ms: publish 13.3-14.4 -> 3.3-4.0 ms
     # mean, the same CPU and throughput, 4 x 360p in docs/BENCHMARKS.md)
     linger_ms: int = Field(0, ge=0, le=5000, description="how long the producer waits to fill a batch")
     max_in_flight: int = Field(
