@@ -44,7 +44,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
                                                 (quantile(0.99, "capture_to_ack_seconds"), "p99")], "timeseries", 6),
         ("Camera read behind real time (source.max_lag_s bounds it)", "s",
          [(f"max by (camera) ({P}source_lag_seconds{{{CAM}}})", "{{camera}}")], "timeseries", 6),
-        ("Stage time (p99): decode per picture, publish per message, others per batch", "s", [(quantile(0.99, "stage_seconds", "stage"), "{{stage}}")], "timeseries", 6),
+        ("Stage time (p99): decode per picture, publish per message, others per batch", "s",
+         [(quantile(0.99, "stage_seconds", "stage"), "{{stage}}")], "timeseries", 6),
         ("Frame age at inference (p99) and batch size", "s", [
             (quantile(0.99, "frame_age_seconds"), "frame age p99"),
             (f"sum(rate({P}batch_size_sum[$__rate_interval])) / sum(rate({P}batch_size_count[$__rate_interval]))", "mean batch size (right axis)")],

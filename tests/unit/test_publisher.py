@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import KafkaConfig
 from pipeline.metrics import Metrics
-from pipeline.s6_publish import KafkaPublisher, Outgoing, PublishError
+from pipeline.s6_publish import _TIMED_MAX, KafkaPublisher, Outgoing, PublishError
 from pipeline.s6_spool import Spool
 from scripts.testbed import free_port, metric_values
 
@@ -67,16 +67,14 @@ def test_two_publishers_cannot_share_a_spool_folder(tmp_path):
 def test_an_outage_keeps_no_per_message_state_in_memory_beyond_a_bound(tmp_path):
     """During an outage the spool on disk holds every message; what the publisher keeps in memory
     per message (its send time, for the publish-stage metric) stays bounded."""
-    from pipeline import s6_publish
-
     async def scenario():
         publisher = KafkaPublisher(config(tmp_path), Metrics())
         await publisher.start()
-        accepted = sum(publisher.offer(Outgoing("detections", "cam", b"{}")) for _ in range(s6_publish._TIMED_MAX + 500))
+        accepted = sum(publisher.offer(Outgoing("detections", "cam", b"{}")) for _ in range(_TIMED_MAX + 500))
         timed = len(publisher._spooled_at)
         await publisher.stop(timeout=0.5)
         return accepted, timed
 
     accepted, timed = asyncio.run(scenario())
-    assert accepted == s6_publish._TIMED_MAX + 500  # all kept, on disk
-    assert timed == s6_publish._TIMED_MAX
+    assert accepted == _TIMED_MAX + 500  # all kept, on disk
+    assert timed == _TIMED_MAX
