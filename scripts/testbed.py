@@ -357,6 +357,21 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+class RefusingPort:
+    """A port on 127.0.0.1 held bound but not listening: connections to it are refused, and no
+    other socket can take it while it is held (a port from free_port() is free only at that
+    moment: a later bind(0), such as the daemon's metrics port, may get it, and then the "refused"
+    camera reaches an HTTP server)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class SilentServer:
     """Accepts TCP connections (the kernel completes them) and never says anything."""
 

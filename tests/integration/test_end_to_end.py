@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from scripts.testbed import (
-    REPO, WRONG_CAMERA_PASSWORD, Daemon, NotRtspServer, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
+    REPO, WRONG_CAMERA_PASSWORD, Daemon, NotRtspServer, RefusingPort, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
 )
 
 GOOD = ("wide", "classic", "portrait")
@@ -75,10 +75,10 @@ def enough(records, per_camera=12):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, rtsp_server, broker):
     tmp = tmp_path_factory.mktemp("e2e")
-    silent, not_rtsp = SilentServer(), NotRtspServer()
+    refused, silent, not_rtsp = RefusingPort(), SilentServer(), NotRtspServer()
     cameras = good_cameras(rtsp_server) + [
         ("lowrate", rtsp_server.url("gop1s"), 1),
-        ("refused", f"rtsp://127.0.0.1:{free_port()}/none", 5),
+        ("refused", f"rtsp://127.0.0.1:{refused.port}/none", 5),
         ("silent", f"rtsp://127.0.0.1:{silent.port}/stream", 5),
         ("not-rtsp", f"rtsp://127.0.0.1:{not_rtsp.port}/index.html", 5),
     ]
@@ -88,6 +88,7 @@ def full_run(tmp_path_factory, rtsp_server, broker):
     code = daemon.proc.wait(20)
     stop_seconds = time.monotonic() - sigterm_at
     daemon.stop()
+    refused.close()
     silent.close()
     not_rtsp.close()
     return {"daemon": daemon, "records": records, "metrics": metrics, "metrics_at": daemon.metrics_at,
