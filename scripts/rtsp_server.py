@@ -16,6 +16,13 @@ and go, deadlocked within a minute of reconnecting clients (a streaming thread p
 caps against a client thread in gst_rtsp_media_is_receive_only); with its default single client
 thread, that stopped every mount of the server. scripts/rtsp_server_stress.py reproduces it;
 it was not seen with unshared media and a thread per client.
+
+A clip must end at the resolution it starts with. Each loop is a flushing seek back to 0; when the
+clip's first caps differ from its last, the payloader's new caps and the seek's state change
+(handled by the media in a client thread, gst_rtsp_media_is_receive_only) wait on each other's
+locks, and that client gets no packet again. A 360p -> 720p clip did this within a minute or two
+of streaming (`rtsp_server_stress.py --stay 30,60`; the test suite saw cameras stall at the clip's
+end); 360p -> 720p -> 360p did not in 20 minutes of streams.
 """
 import argparse
 import os

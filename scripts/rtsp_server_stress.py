@@ -1,11 +1,12 @@
 """Stress the test RTSP server the way the test suite uses it: clients that connect, read for a
 random while and leave, on the clips the suite serves (an MP4, an MPEG-TS whose resolution changes
-and a damaged copy of it). Stops at the first client that cannot read and prints the server's
-native stacks (gdb, where installed).
+and a damaged copy of it). Stops at the first client that cannot read, or that waits more than
+--max-gap seconds for a packet, and prints the server's native stacks (gdb, where installed).
 
-    .venv/bin/python scripts/rtsp_server_stress.py [--rounds 30] [--clients 4]
+    .venv/bin/python scripts/rtsp_server_stress.py [--rounds 30] [--clients 4] [--stay 0.2,9]
 
-Exit status 0 when every round of every client read packets.
+`--stay 30,60` keeps each client across many loops of the 4 s clips (where a server that loops by
+seeking stalled). Exit status 0 when every round of every client read packets without a gap.
 """
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="connections per client")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--stay", default="0.2,9", help="MIN,MAX seconds each connection reads")
+    parser.add_argument("--max-gap", type=float, default=2.0, help="longest wait for a packet, seconds")
     args = parser.parse_args()
+    stay_min, stay_max = (float(x) for x in args.stay.split(","))
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        resize = ts_clip(Path(tmp) / "resize.ts", [(640, 360, 2), (1280, 720, 2)])
+        resize = ts_clip(Path(tmp) / "resize.ts", [(640, 360, 1), (1280, 720, 2), (640, 360, 1)])
         clips = {"classic": make_clip(Path(tmp) / "classic.mp4", 640, 480), "resize": resize,
                  "corrupt": corrupt_ts(resize, Path(tmp) / "corrupt.ts")}
         with RtspServer(clips) as server:
@@ -44,10 +48,15 @@ def main() -> int:
                     started, packets = time.monotonic(), 0
                     try:
                         with av.open(server.url(name), options={"rtsp_transport": "tcp"}, timeout=(5, 5)) as c:
-                            stay = rnd.uniform(0.2, 9)
+                            stay, last = rnd.uniform(stay_min, stay_max), None
                             for _ in c.demux(video=0):
-                                packets += 1
-                                if time.monotonic() - started > stay:
+                                packets, now = packets + 1, time.monotonic()
+                                if last is not None and now - last > args.max_gap:
+                                    failures.append(f"client {index} ({name}), round {round_}: no packet for "
+                                                    f"{now - last:.1f} s after {packets - 1} packets")
+                                    break
+                                last = now
+                                if now - started > stay:
                                     break
                     except av.error.FFmpegError as exc:
                         failures.append(f"client {index} ({name}), round {round_}: {packets} packets, then {exc}")

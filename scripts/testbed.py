@@ -97,7 +97,8 @@ def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int 
 
 def ts_clip(path: Path, parts: list[tuple[int, int, float]], fps: int = 25, gop: int = 25) -> Path:
     """An MPEG-TS H.264 clip of ffmpeg's test pattern whose resolution changes between `parts`
-    ((width, height, seconds) each; a new SPS at each change, timestamps continuous)."""
+    ((width, height, seconds) each; a new SPS at each change, timestamps continuous). To be looped
+    by scripts/rtsp_server.py, the last part must have the first part's size (see there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data, offset = b"", 0.0

@@ -28,7 +28,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("clips")
     clips = {name: make_clip(folder / f"{name}.mp4", w, h) for name, (w, h) in CLIPS.items()}
     clips["gop1s"] = make_clip(folder / "gop1s.mp4", 640, 360, gop=25)  # a keyframe every second
-    clips["resize"] = ts_clip(folder / "resize.ts", [(640, 360, 2), (1280, 720, 2)])  # new SPS mid-stream
+    # a new SPS mid-stream, twice; it ends as it starts, so the server can loop it (rtsp_server.py)
+    clips["resize"] = ts_clip(folder / "resize.ts", [(640, 360, 1), (1280, 720, 2), (640, 360, 1)])
     clips["corrupt"] = corrupt_ts(clips["resize"], folder / "corrupt.ts")  # damaged H.264 packets
     return clips
 
