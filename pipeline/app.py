@@ -92,6 +92,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._lanes: list[Lane] = []
+        self._gpus: dict[int, Any] = {}  # index -> pipeline.gpu.Gpu, shared by that GPU's lanes
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
         self._cameras: dict[str, CameraWorker] = {}
@@ -163,7 +164,8 @@ class Runtime:
             self.metrics.watch_gpus()
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
         for (gpu_index, canary), cameras in self._camera_lanes().items():
-            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu_index, cameras, canary))
+            gpu = None if gpu_index is None else self._gpu(gpu_index)
+            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu, cameras, canary))
         await self._publisher.start()
         for lane in self._lanes:
             lane.inference.start()
@@ -254,15 +256,20 @@ class Runtime:
         # a replica whose share is empty still loads the model: ready, and able to take cameras a reload adds
         return lanes or {(gpus[0], False): []}
 
-    def _build_lane(self, gpu_index: int | None, cameras: list[CameraConfig], canary: bool = False) -> Lane:
+    def _gpu(self, index: int):
+        """The Gpu of `index`, made once, on the loop's thread: the thread that closes it at
+        shutdown (pycuda releases a context only on the thread that retained it)."""
+        if index not in self._gpus:  # making a Gpu imports pycuda: GPU path only
+            transfers = TransferCounter(
+                lambda direction, n: self.metrics.gpu_copy_bytes.labels(str(index), direction).inc(n))
+            self._gpus[index] = self._gpu_factory(index, transfers)
+        return self._gpus[index]
+
+    def _build_lane(self, gpu, cameras: list[CameraConfig], canary: bool = False) -> Lane:
         """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
         cfg, path = self.config, self._path
         model = cfg.canary.model if canary else cfg.model
-        gpu = None
-        if gpu_index is not None:  # making a Gpu imports pycuda: GPU path only
-            transfers = TransferCounter(
-                lambda direction, n: self.metrics.gpu_copy_bytes.labels(str(gpu_index), direction).inc(n))
-            gpu = self._gpu_factory(gpu_index, transfers)
+        gpu_index = None if gpu is None else gpu.index
         engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
         info = engine.info
         model_ref = info.ref(engine.backend)
@@ -302,7 +309,8 @@ class Runtime:
         if self._path.decoder != "nvdec":
             return self._decoder_factory
         count = functools.partial(lambda cam, kind: self.metrics.source_errors.labels(cam, kind).inc(), camera.id)
-        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count)
+        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count,
+                                 pool_frames=InferenceWorker.frames_in_flight(lane.engine.concurrency))
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
@@ -327,6 +335,9 @@ class Runtime:
         await self._http.stop()
         for lane in self._lanes:
             lane.engine.close()
+            lane.inference.close()
+        for gpu in self._gpus.values():  # after everything that holds GPU memory; on the loop's thread
+            gpu.close()
         log_event(log, logging.INFO, "stopped", seconds=round(time.monotonic() - started, 2))
 
     def _capture_signals(self) -> Callable[[], None]:

@@ -133,27 +133,141 @@ class TransferCounter:
             return {d: (self.calls[d], self.bytes[d]) for d in ("h2d", "d2h", "d2d")}
 
 
+class GpuObject:
+    """A CUDA object of ours (device memory, pinned host memory, a stream, an event, a module),
+    released inside its GPU's context whichever thread lets it go: by `close()`, or when the
+    last reference is dropped (a safety net, not the plan).
+
+    pycuda frees memory and destroys streams/events only where the owning context is current in
+    the calling thread; elsewhere it warns "... in out-of-thread context could not be cleaned up"
+    and leaks (src/cpp/cuda.hpp, CUDAPP_CATCH_CLEANUP_ON_DEAD_CONTEXT). So no pycuda object of
+    ours is ever released by plain garbage collection on a camera or finish thread."""
+
+    __slots__ = ("raw_holder", "nbytes", "_release", "__weakref__")
+
+    def __init__(self, gpu: Gpu, raw, nbytes: int = 0) -> None:
+        self.raw_holder = [raw]  # the only long-lived reference to the pycuda object
+        self.nbytes = nbytes
+        self._release = weakref.finalize(self, gpu._release, self.raw_holder, nbytes)
+        self._release.atexit = False  # at interpreter exit the driver cleans up; pycuda may be gone
+
+    @property
+    def raw(self):
+        """The pycuda object, for a call that needs it (do not keep it)."""
+        if not self.raw_holder:
+            raise EngineError("GPU object used after close()")
+        return self.raw_holder[0]
+
+    @property
+    def closed(self) -> bool:
+        """True once released."""
+        return not self._release.alive
+
+    def close(self) -> None:
+        """Release it now, inside its GPU's context (idempotent)."""
+        self._release()
+
+
+class DeviceMemory(GpuObject):
+    """Device memory: `ptr` is its address."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, gpu: Gpu, raw, nbytes: int) -> None:
+        super().__init__(gpu, raw, nbytes)
+        self.ptr = int(raw)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+class PinnedMemory(GpuObject):
+    """Page-locked host memory; `array` is a numpy view of it (valid until close())."""
+
+    __slots__ = ()
+
+    @property
+    def array(self):
+        """The numpy array over this memory."""
+        return self.raw
+
+
+class Stream(GpuObject):
+    """A CUDA stream."""
+
+    __slots__ = ()
+
+    @property
+    def handle(self) -> int:
+        """CUstream as an int (for PyNvVideoCodec and TensorRT)."""
+        return self.raw.handle
+
+    def synchronize(self) -> None:
+        """Wait for everything queued on it (releases the GIL)."""
+        self.raw.synchronize()
+
+    def wait_for_event(self, event: Event) -> None:
+        """Make later work on this stream wait (on the GPU) for `event`."""
+        self.raw.wait_for_event(event.raw)
+
+
+class Event(GpuObject):
+    """A CUDA event."""
+
+    __slots__ = ()
+
+    def record(self, stream: Stream) -> None:
+        """Record it on `stream`."""
+        self.raw.record(stream.raw)
+
+    def synchronize(self) -> None:
+        """Wait until the work before it is done."""
+        self.raw.synchronize()
+
+
+def _destroy(raw) -> None:
+    """Free a pycuda object now (its context is current). Memory has an explicit free(); a
+    stream, event or module is destroyed when this frame drops the last reference to it."""
+    base = getattr(raw, "base", None)  # pinned memory: a numpy array over a HostAllocation
+    free = getattr(base if base is not None and hasattr(base, "free") else raw, "free", None)
+    if free is not None:
+        free()
+
+
 class Gpu:
-    """One GPU: its primary CUDA context (shared with PyNvVideoCodec and TensorRT), allocations,
-    streams, compiled kernels and copies. Each thread that uses it enters `current()`."""
+    """One GPU: its primary CUDA context (shared with PyNvVideoCodec and TensorRT), the objects
+    we make on it, the prebuilt kernels, and every copy. Each thread that uses it enters
+    `current()`. One owner makes it and calls `close()`, on the same thread (pycuda releases a
+    context only there), after the objects' own owners have closed them."""
 
-    def __init__(self, index: int, transfers: TransferCounter | None = None) -> None:
-        import pycuda.driver as cuda
-
+    def __init__(self, index: int, transfers: TransferCounter | None = None, *, driver=None,
+                 video_codec=None) -> None:
+        """`driver` and `video_codec` default to pycuda.driver and PyNvVideoCodec (imported here,
+        lazily); tests on machines without a GPU hand in tests/gpu/standin.py's."""
+        cuda = driver or importlib.import_module("pycuda.driver")
         cuda.init()
         if not 0 <= index < cuda.Device.count():
             raise EngineError(f"GPU {index} does not exist (this machine has {cuda.Device.count()}); "
                               "fix gpu.devices")
         self.index = index
         self._cuda = cuda
+        self._video_codec = video_codec
         self.device = cuda.Device(index)
         self.name = self.device.name()
         self.compute_capability = self.device.compute_capability()
         self.context = self.device.retain_primary_context()
         self.transfers = transfers or TransferCounter()
-        self._modules: dict[Path, object] = {}
-        self._lock = threading.Lock()
-        weakref.finalize(self, self.context.detach)
+        self._modules: dict[Path, GpuObject] = {}
+        self._owned: weakref.WeakSet[GpuObject] = weakref.WeakSet()
+        self._lock = threading.RLock()  # re-entrant: a finalizer may run while this thread holds it
+        self._live_bytes = 0
+        self._closed = False
+
+    def video_codec(self):
+        """PyNvVideoCodec (imported on first use: it raises without the NVIDIA driver)."""
+        if self._video_codec is None:
+            self._video_codec = importlib.import_module("PyNvVideoCodec")
+        return self._video_codec
 
     @contextlib.contextmanager
     def current(self):
@@ -164,56 +278,105 @@ class Gpu:
         finally:
             self._cuda.Context.pop()
 
-    def alloc(self, nbytes: int):
-        """Device memory (freed when the returned object is dropped)."""
-        with self.current():
-            return self._cuda.mem_alloc(max(1, nbytes))
+    def _own(self, obj: GpuObject) -> GpuObject:
+        with self._lock:
+            if self._closed:
+                obj.close()
+                raise EngineError(f"GPU {self.index} is closed")
+            self._owned.add(obj)
+            self._live_bytes += obj.nbytes
+        return obj
 
-    def pinned(self, shape, dtype):
+    def _release(self, holder: list, nbytes: int) -> None:
+        """The one place our pycuda objects are freed: inside this GPU's context."""
+        with self._lock:
+            self._live_bytes -= nbytes
+        if holder:
+            with self.current():
+                _destroy(holder.pop())  # the last reference goes here, with the context current
+
+    def owned(self) -> tuple[int, int]:
+        """(objects, bytes of device and pinned memory) we hold on this GPU now."""
+        with self._lock:
+            return sum(1 for obj in self._owned if not obj.closed), self._live_bytes
+
+    def alloc(self, nbytes: int) -> DeviceMemory:
+        """Device memory; close() it (or drop it) when done: either frees it inside the context."""
+        with self.current():
+            raw = self._cuda.mem_alloc(max(1, nbytes))
+        return self._own(DeviceMemory(self, raw, max(1, nbytes)))
+
+    def pinned(self, shape, dtype) -> PinnedMemory:
         """Page-locked host memory, for the only device->host copy per batch (the outputs)."""
         with self.current():
-            return self._cuda.pagelocked_empty(shape, dtype)
+            raw = self._cuda.pagelocked_empty(shape, dtype)
+        return self._own(PinnedMemory(self, raw, raw.nbytes))
 
-    def stream(self):
+    def stream(self) -> Stream:
         """A new CUDA stream."""
         with self.current():
-            return self._cuda.Stream()
+            return self._own(Stream(self, self._cuda.Stream()))
 
-    def event(self):
+    def event(self) -> Event:
         """A new CUDA event."""
         with self.current():
-            return self._cuda.Event()
+            return self._own(Event(self, self._cuda.Event()))
 
-    def kernel(self, source: Path, name: str):
-        """A kernel from a .cu file, compiled once per process per GPU (NVRTC/nvcc via pycuda)."""
-        from pycuda.compiler import SourceModule
+    def kernel(self, fatbin: Path, name: str):
+        """A kernel from a fatbin built ahead by scripts/build_kernels.py (SASS for common GPUs
+        plus PTX the driver compiles for newer ones), loaded once per GPU. Nothing is compiled
+        here: a service has neither nvcc on its PATH nor a writable compiler cache."""
+        with self._lock:
+            module = self._modules.get(fatbin)
+        if module is None:
+            with self.current():
+                try:
+                    raw = self._cuda.module_from_buffer(fatbin.read_bytes())
+                except self._cuda.Error as exc:
+                    raise EngineError(self._kernel_load_error(fatbin, exc)) from None
+            module = self._own(GpuObject(self, raw))
+            with self._lock:
+                module = self._modules.setdefault(fatbin, module)
+        return module.raw.get_function(name)
 
-        with self._lock, self.current():
-            module = self._modules.get(source)
-            if module is None:
-                module = SourceModule(source.read_text(), no_extern_c=True,
-                                      options=["-std=c++17", "--use_fast_math"])
-                self._modules[source] = module
-            return module.get_function(name)
+    def _kernel_load_error(self, fatbin: Path, exc: Exception) -> str:
+        version = self._cuda.get_driver_version()
+        return (f"cannot load the prebuilt kernel {fatbin.name} on {self.name} "
+                f"(driver supports CUDA {version // 1000}.{version % 1000 // 10}): {exc}. It is built "
+                "with CUDA 13.0 (needs driver R580 or newer); update the driver, or rebuild it with "
+                "your CUDA toolkit: NVCC=/usr/local/cuda/bin/nvcc python scripts/build_kernels.py")
 
     def copy_2d_d2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width_bytes: int,
-                    rows: int, stream) -> None:
+                    rows: int, stream: Stream) -> None:
         """Device->device copy of a pitched plane (decoder surface -> our frame buffer)."""
         copy = self._cuda.Memcpy2D()
         copy.set_src_device(src)
         copy.set_dst_device(dst)
         copy.src_pitch, copy.dst_pitch = src_pitch, dst_pitch
         copy.width_in_bytes, copy.height = width_bytes, rows
-        copy(stream)
+        copy(stream.raw)
         self.transfers.add("d2d", width_bytes * rows)
 
-    def copy_d2h(self, host, src: int, nbytes: int, stream) -> None:
+    def copy_d2h(self, host, src: int, nbytes: int, stream: Stream) -> None:
         """Device->host copy into pinned memory (engine outputs only)."""
-        self._cuda.memcpy_dtoh_async(host, src, stream)
+        self._cuda.memcpy_dtoh_async(host, src, stream.raw)
         self.transfers.add("d2h", nbytes)
 
     def copy_h2d(self, dst: int, host) -> None:
-        """Host->device copy, synchronous (pageable memory: only the CPU-preprocessed input of the
-        pyav + tensorrt mix, never on the NVDEC path)."""
+        """Host->device copy, synchronous (pageable memory: the CPU-preprocessed input of the
+        pyav + tensorrt mix and /v1/detect images, never a camera frame on the NVDEC path)."""
         self._cuda.memcpy_htod(dst, host)
         self.transfers.add("h2d", host.nbytes)
+
+    def close(self) -> None:
+        """Free whatever of ours is left on this GPU (inside the context), then release the
+        primary context. Call it on the thread that made this Gpu."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            left = [obj for obj in self._owned if not obj.closed]
+            self._modules.clear()
+        for obj in left:
+            obj.close()
+        self.context.detach()

@@ -58,6 +58,7 @@ class InferenceWorker:
         keep_pictures: Callable[[tuple, list[FrameResult]], None] | None = None,
     ) -> None:
         self._next_batch = next_batch
+        self._preprocessors = list(preprocessors)
         self._free: queue.Queue = queue.Queue()
         for pre in preprocessors:  # each owns one input buffer
             self._free.put(pre)
@@ -83,6 +84,14 @@ class InferenceWorker:
         self.batches = 0
         self._prepared = 0
 
+    @staticmethod
+    def frames_in_flight(concurrency: int) -> int:
+        """The most frames of one camera held at once along a lane (a batch holds at most one
+        frame per camera): the batcher's slot, the source's new frame being handed over, the
+        batches being prepared or inferred (bounded by the K + 1 input buffers), the K waiting to
+        be finished, and the K the finish stage holds while putting them back in order."""
+        return 2 + (concurrency + 1) + concurrency + concurrency
+
     def start(self) -> None:
         """Start the three threads."""
         for thread in self._threads:
@@ -95,6 +104,13 @@ class InferenceWorker:
         for thread in self._threads:  # in stage order: each ends after passing _END on
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
+
+    def close(self) -> None:
+        """Release the preprocessors' buffers (GPU memory on the NVDEC path); after stop()."""
+        for pre in self._preprocessors:
+            close = getattr(pre, "close", None)
+            if close is not None:
+                close()
 
     def health(self, stuck_after_s: float = 30) -> dict:
         """Healthy while every stage thread runs and the engine gave a buffer back recently."""

@@ -1,7 +1,8 @@
 """GPU preprocessing: decoded NV12 surfaces letterboxed straight into the engine's device input.
 
-The CUDA kernel (letterbox_nv12.cu, compiled once per process with pycuda) reads a frame's NV12
-planes where the decoder left them and writes slot i of the [B, 3, H, W] input buffer that the
+The CUDA kernel (letterbox_nv12.cu, built ahead into letterbox_nv12.fatbin by
+scripts/build_kernels.py and loaded once per GPU) reads a frame's NV12 planes where the decoder
+left them and writes slot i of the [B, 3, H, W] input buffer that the
 engine runs on, in the engine's input type (FP32 or FP16). No picture crosses to the host.
 
 `letterbox_nv12_reference` is the same arithmetic in numpy: the CPU tests check it against known
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from pipeline.gpu import Gpu
 
 KERNEL_SOURCE = Path(__file__).with_name("letterbox_nv12.cu")
+KERNEL_FATBIN = KERNEL_SOURCE.with_suffix(".fatbin")  # scripts/build_kernels.py
 PAD_VALUE = 114 / 255  # grey, as YOLO models are trained with; same as the CPU path
 BLOCK = (32, 8, 1)
 
@@ -62,7 +64,7 @@ class DeviceInput:
 
     ptr: int
     shape: tuple[int, int, int, int]
-    ready: object  # pycuda Event recorded on the preprocessing stream after the last kernel
+    ready: object  # pipeline.gpu.Event recorded on the preprocessing stream after the last kernel
 
 
 class GpuPreprocessor:
@@ -80,7 +82,7 @@ class GpuPreprocessor:
         self._itemsize = 2 if fp16 else 4
         self._buffer = gpu.alloc(max_batch * 3 * h * w * self._itemsize)
         self._capacity = (max_batch, h, w)
-        self._kernel = gpu.kernel(KERNEL_SOURCE, "letterbox_nv12_f16" if fp16 else "letterbox_nv12_f32")
+        self._kernel = gpu.kernel(KERNEL_FATBIN, "letterbox_nv12_f16" if fp16 else "letterbox_nv12_f32")
         self._stream = gpu.stream()
         self._ready = gpu.event()
 
@@ -102,7 +104,7 @@ class GpuPreprocessor:
                 self._launch(frame.image, slot, w, h, lb)
                 boxes.append(lb)
             self._ready.record(self._stream)
-        return DeviceInput(int(self._buffer), (n, 3, h, w), self._ready), boxes
+        return DeviceInput(self._buffer.ptr, (n, 3, h, w), self._ready), boxes
 
     def _launch(self, picture, slot: int, w: int, h: int, lb: Letterbox) -> None:
         sw, sh = lb.scaled_size
@@ -110,9 +112,15 @@ class GpuPreprocessor:
         i32, f32 = np.int32, np.float32
         self._kernel(
             np.uintp(picture.luma_ptr), i32(picture.luma_pitch), np.uintp(picture.chroma_ptr),
-            i32(picture.chroma_pitch), i32(picture.width), i32(picture.height), np.uintp(int(self._buffer)),
+            i32(picture.chroma_pitch), i32(picture.width), i32(picture.height), np.uintp(self._buffer.ptr),
             i32(slot), i32(w), i32(h), i32(lb.pad_x), i32(lb.pad_y), i32(sw), i32(sh),
             *(f32(c) for c in picture.color.coefficients()), f32(PAD_VALUE),
-            block=BLOCK, grid=grid, stream=self._stream,
+            block=BLOCK, grid=grid, stream=self._stream.raw,
         )
+
+    def close(self) -> None:
+        """Free the input buffer, stream and event (inside the GPU's context)."""
+        self._kernel = None
+        for obj in (self._buffer, self._stream, self._ready):
+            obj.close()
 

@@ -75,7 +75,7 @@ class TensorRTEngine:
             for name, dtype in zip(self._outputs, self._out_dtype):
                 shape = tuple(self._context.get_tensor_shape(name))
                 self._out_device.append(self._gpu.alloc(int(np.prod(shape)) * dtype.itemsize))
-                self._out_host.append(self._gpu.pinned(int(np.prod(shape)), dtype))
+                self._out_host.append(self._gpu.pinned(int(np.prod(shape)), dtype))  # PinnedMemory
         onnx = describe_onnx(self._config)  # labels and metadata live in the ONNX file
         symbolic = tuple(d if d >= 0 else f"d{i}" for i, d in enumerate(out_shape))
         self.info = model_info(self._config, ("batch", 3, "height", "width"), symbolic, onnx.metadata, sha)
@@ -98,13 +98,13 @@ class TensorRTEngine:
             ctx.set_input_shape(self._input, batch.shape)
             ctx.set_tensor_address(self._input, batch.ptr)
             for name, buf in zip(self._outputs, self._out_device):
-                ctx.set_tensor_address(name, int(buf))
+                ctx.set_tensor_address(name, buf.ptr)
             if not ctx.execute_async_v3(self._stream.handle):
                 raise EngineError("TensorRT execute_async_v3 failed")
             shape = tuple(ctx.get_tensor_shape(self._outputs[0]))
             count = int(np.prod(shape))
-            host = self._out_host[0][:count]
-            self._gpu.copy_d2h(host, int(self._out_device[0]), host.nbytes, self._stream)
+            host = self._out_host[0].array[:count]
+            self._gpu.copy_d2h(host, self._out_device[0].ptr, host.nbytes, self._stream)
             self._stream.synchronize()
         return host.reshape(shape).astype(np.float32)  # a copy: the pinned buffer is reused
 
@@ -112,13 +112,20 @@ class TensorRTEngine:
         """Host batch -> this engine's staging input (for PyAV decode with TensorRT)."""
         array = np.ascontiguousarray(array, dtype=self.input_dtype)
         if self._staging_bytes < array.nbytes:
+            if self._staging is not None:
+                self._staging.close()
             self._staging = self._gpu.alloc(array.nbytes)
             self._staging_bytes = array.nbytes
-        self._gpu.copy_h2d(int(self._staging), array)
-        return DeviceInput(int(self._staging), tuple(array.shape), None)
+        self._gpu.copy_h2d(self._staging.ptr, array)
+        return DeviceInput(self._staging.ptr, tuple(array.shape), None)
 
     def close(self) -> None:
-        """Drop the context and engine (device memory is freed with them)."""
-        self._context = None
-        self._engine = None
+        """Free our buffers and stream, then TensorRT's context and engine, inside the context."""
+        for obj in (*self._out_device, *self._out_host, self._staging, self._stream):
+            if obj is not None:
+                obj.close()
+        self._out_device, self._out_host, self._staging = [], [], None
+        with self._gpu.current():
+            self._context = None
+            self._engine = None
 

@@ -1,50 +1,129 @@
-"""GPU tests: marked `gpu`, and skipped (not failed) where there is no NVIDIA GPU or the GPU
-modules are not installed. scripts/gpu_check.sh installs them and runs these on a GPU machine."""
+"""The GPU path's tests run twice: on `standin` (tests/gpu/standin.py: no NVIDIA hardware exists
+on CI machines; it checks our use of pycuda and PyNvVideoCodec and runs the arithmetic on the
+CPU) and on `nvidia`, a real GPU, where they are marked `gpu` and skipped (not failed) when
+there is none or the GPU modules are missing. scripts/gpu_check.sh sets GPU_CHECK_REQUIRE=1:
+then a missing GPU fails instead, and every real-GPU test prints one `CLAIM PASS|FAIL|SKIP`
+line with its claim (the docstring's first line) and its figure."""
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
 import pytest
 
-from pipeline.gpu import probe
+from pipeline.gpu import Gpu, probe
 from scripts.scenes import Scene
 from scripts.testbed import pyav_clip
+from tests.gpu.standin import StandInGpu
+
+REQUIRE = os.environ.get("GPU_CHECK_REQUIRE") == "1"
+_CLAIMS: dict[str, tuple[str, str]] = {}  # nodeid -> (outcome, figure)
+_REAL_GPU: set[str] = set()  # tests that run on a real GPU
+
+
+def _nvidia() -> Gpu:
+    found = probe()
+    missing = [m for m in ("pycuda", "PyNvVideoCodec") if not found.modules.get(m)]
+    why = ("no NVIDIA GPU on this machine" if found.devices == 0 else
+           f"GPU modules not installed: {', '.join(missing)} (pip install '.[gpu]')" if missing else None)
+    if why:
+        (pytest.fail if REQUIRE else pytest.skip)(why)
+    return Gpu(0)
+
+
+@pytest.fixture(scope="session", params=["standin", pytest.param("nvidia", marks=pytest.mark.gpu)])
+def gpu(request):
+    """The GPU path's Gpu: on the stand-in, then on a real NVIDIA GPU."""
+    if request.param == "standin":
+        standin = StandInGpu()
+        made = Gpu(0, driver=standin.driver, video_codec=standin.video_codec)
+        made.standin = standin
+    else:
+        made = _nvidia()
+        made.standin = None
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="session")
+def nvidia_gpu():
+    """A real NVIDIA GPU only (for claims a stand-in cannot check: timing, the GIL)."""
+    made = _nvidia()
+    made.standin = None
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def figure(record_property):
+    """Record this test's figure for its CLAIM line: figure("250/250 frames equal")."""
+    def record(text) -> None:
+        print("figure:", text)  # shown with a failure
+        record_property("figure", str(text))
+    return record
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tests/gpu" in str(item.fspath):
+        if "nvidia_gpu" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.gpu)
+        if item.get_closest_marker("gpu") is not None:
+            _REAL_GPU.add(item.nodeid)
 
 
-@pytest.fixture(scope="session")
-def gpu():
-    found = probe()
-    if found.devices == 0:
-        pytest.skip("no NVIDIA GPU on this machine")
-    missing = [m for m in ("pycuda", "PyNvVideoCodec") if not found.modules.get(m)]
-    if missing:
-        pytest.skip(f"GPU modules not installed: {', '.join(missing)} (pip install '.[gpu]')")
-    from pipeline.gpu import Gpu
-
-    return Gpu(0)
+def pytest_runtest_logreport(report):
+    if report.nodeid not in _REAL_GPU:
+        return
+    figure = dict(report.user_properties).get("figure", "")
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        outcome = "PASS" if report.passed else "SKIP" if report.skipped else "FAIL"
+        if not report.passed and not figure:
+            figure = _reason(report)
+        _CLAIMS[report.nodeid] = (outcome, figure)
 
 
+def _reason(report) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    text = getattr(report, "longreprtext", "") or ""
+    lines = [line for line in text.splitlines() if line.startswith("E ")]
+    return (lines[-1][1:].strip() if lines else text.strip().splitlines()[-1:] or [""])[0][:300]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _CLAIMS:
+        return
+    session = terminalreporter._session
+    docs = {item.nodeid: (item.obj.__doc__ or item.name).strip().splitlines()[0] for item in session.items
+            if getattr(item, "obj", None) is not None}
+    terminalreporter.section("GPU claims")
+    for nodeid, (outcome, figure) in _CLAIMS.items():
+        terminalreporter.write_line(f"CLAIM {outcome} | {docs.get(nodeid, nodeid)} | {figure}")
+
+
+# ---------------------------------------------------------------------- clips
 def scene_frames(seed: int, width: int, height: int, frames: int):
+    """Rendered frames of a generated scene (scripts/scenes.py)."""
     scene = Scene(seed, width, height, frames=frames)
     return (scene.render(i)[0] for i in range(frames))
 
 
 @pytest.fixture(scope="session")
-def clip_1080p(tmp_path_factory) -> Path:
-    return pyav_clip(tmp_path_factory.mktemp("gpu") / "scene-1080p.mp4", scene_frames(77, 1920, 1080, 50))
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """1080p clips of 50 frames, two GOPs of 25, 8-bit 4:2:0: H.264 and H.265 in MP4."""
+    folder = tmp_path_factory.mktemp("gpu-clips")
+    return {codec: pyav_clip(folder / f"scene-1080p-{codec}.mp4", scene_frames(77, 1920, 1080, 50), gop=25,
+                             codec=encoder)
+            for codec, encoder in (("h264", "libx264"), ("h265", "libx265"))}
 
 
-@pytest.fixture(scope="session")
-def resolution_change_stream(tmp_path_factory) -> Path:
-    """One raw H.264 stream whose resolution changes at a keyframe (a new SPS), as when a camera's
-    settings are changed."""
-    folder = tmp_path_factory.mktemp("gpu-sps")
-    first = pyav_clip(folder / "a.h264", scene_frames(5, 640, 360, 30), container="h264")
-    second = pyav_clip(folder / "b.h264", scene_frames(6, 1280, 720, 30), container="h264")
+def raw_stream(folder: Path, parts: list[tuple[int, int, int, int]]) -> Path:
+    """One raw H.264 stream joined from parts (seed, width, height, frames): each part is a new
+    sequence (a new SPS), as when a camera's settings are changed."""
     joined = folder / "joined.h264"
-    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    data = b""
+    for i, (seed, width, height, frames) in enumerate(parts):
+        data += pyav_clip(folder / f"part{i}.h264", scene_frames(seed, width, height, frames),
+                          gop=frames, container="h264").read_bytes()
+    joined.write_bytes(data)
     return joined

@@ -25,6 +25,9 @@ class FakeGpu:
     def __init__(self, index, transfers):
         self.index, self.transfers = index, transfers
 
+    def close(self):
+        pass
+
 
 def test_each_gpu_gets_its_own_lane_and_cameras_are_placed_on_them(tmp_path, rtsp_server, broker):
     from pipeline.app import Runtime

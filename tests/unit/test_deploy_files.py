@@ -80,6 +80,18 @@ def test_compose_files_follow_the_compose_spec_and_mount_files_that_exist():
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["pipeline:9108"]
 
 
+def test_the_gpu_services_get_cuda_and_nvdec_from_the_container_toolkit():
+    """Docker turns a device request's capabilities (all but `gpu`) into NVIDIA_DRIVER_CAPABILITIES,
+    overriding the image's: without `compute` no libcuda is mounted, without `video` no NVDEC."""
+    base = load_compose(DEPLOY / "compose" / "compose.yaml")
+    requests = [(name, device) for name, service in base["services"].items()
+                for device in service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])]
+    assert requests, "no service asks for a GPU"
+    for name, device in requests:
+        assert device["driver"] == "nvidia"
+        assert {"gpu", "compute", "video", "utility"} <= set(device["capabilities"]), name
+
+
 def with_local_engines(text: str) -> str:
     return text.replace(INSTALLED_ENGINES, str(REPO / "engines"))
 
