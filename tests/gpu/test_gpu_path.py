@@ -412,3 +412,73 @@ def _iou(a, b):
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# ---------------------------------------------------------------------- the daemon
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    """Two 1080p cameras served by scripts/rtsp_relay.py (no GStreamer on the GPU machine)."""
+    from scripts.rtsp_relay import RtspRelay
+    from scripts.testbed import pyav_clip
+    from tests.gpu.conftest import scene_frames
+
+    folder = tmp_path_factory.mktemp("relay")
+    server = RtspRelay()
+    for name, seed in (("cam-a", 31), ("cam-b", 32)):
+        server.publish(name, pyav_clip(folder / f"{name}.mp4", scene_frames(seed, 1920, 1080, 50), gop=25))
+    yield server
+    server.close()
+
+
+def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tmp_path, figure):
+    """The daemon on the GPU path (NVDEC, kernel, stub engine) makes no host<->device copy of any picture"""
+    import asyncio
+
+    from pipeline.app import Runtime
+    from pipeline.config import load_config
+    from pipeline.gpu import GPU_MODULES, Gpu, GpuProbe
+    from scripts.testbed import Daemon, daemon_config, free_port, http_get, metric_values, wait_for
+
+    port = free_port()
+    config = daemon_config(tmp_path / "gpu.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
+                           f"127.0.0.1:{free_port()}", [(c, relay.url(c), None) for c in ("cam-a", "cam-b")],
+                           metrics_port=port, gpu={"decoder": "nvdec"}, kafka={"stop_timeout_s": 1})
+
+    def inferred(text):
+        return sum(metric_values(text, "rtsp_pipeline_frames_inferred_total").values())
+
+    def read_metrics():
+        wait_for(lambda: inferred(http_get(f"http://127.0.0.1:{port}/metrics")[1]) >= 100, 90,
+                 "100 frames inferred on the GPU path")
+        return http_get(f"http://127.0.0.1:{port}/metrics")[1]
+
+    if gpu.standin is None:  # a real GPU: the daemon as operators run it
+        daemon = Daemon(config, tmp_path / "gpu.log")
+        daemon.start()
+        try:
+            text = read_metrics()
+        finally:
+            daemon.stop()
+    else:  # the stand-in lives in this process: the daemon's Runtime here, as the CLI runs it
+        standin = gpu.standin
+        runtime = Runtime(load_config(config), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
+                          gpu_factory=lambda index, transfers: Gpu(index, transfers, driver=standin.driver,
+                                                                   video_codec=standin.video_codec))
+
+        async def main():
+            task = asyncio.create_task(runtime.run())
+            try:
+                return await asyncio.to_thread(read_metrics)
+            finally:
+                runtime.request_stop()
+                await asyncio.wait_for(task, 30)
+
+        text = asyncio.run(main())
+        assert standin.violations == [], standin.violations[0]  # cameras, finish and shutdown threads included
+    copied = {labels: value for labels, value in metric_values(text, "rtsp_pipeline_gpu_copy_bytes_total").items()}
+    by_direction = {d: sum(v for k, v in copied.items() if f'direction="{d}"' in k) for d in ("h2d", "d2h", "d2d")}
+    frames = inferred(text)
+    figure(f"{frames:.0f} frames inferred; bytes copied h2d {by_direction['h2d']:.0f}, d2h {by_direction['d2h']:.0f}, "
+           f"d2d {by_direction['d2d'] / max(frames, 1) / 1e6:.2f} MB per inferred frame (the pool copy)")
+    assert by_direction["h2d"] == 0 and by_direction["d2h"] == 0
+    assert by_direction["d2d"] >= frames * 1920 * 1080 * 3 // 2  # every inferred frame was copied into a pool
