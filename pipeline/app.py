@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CameraConfig, Config, ConfigError, load_config
+from pipeline.config import CameraConfig, Config, ConfigError, ModelConfig, load_config
 from pipeline.core import CameraState, FrameResult, ModelRef
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
 from pipeline.http import HttpServer
@@ -38,6 +38,7 @@ from pipeline.s3_batch import DeadlineBatcher
 from pipeline.s4_infer import Engine, load_engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_image
+from pipeline.s5_track import Trackers, TrackSettings
 from pipeline.s6_publish import KafkaPublisher, Outgoing, encode_detections, encode_status
 from pipeline.systemd import SystemdNotifier
 
@@ -56,6 +57,7 @@ class Lane:
     engine: Engine
     batcher: DeadlineBatcher
     inference: InferenceWorker
+    trackers: Trackers
     canary: bool = False  # serves `canary.cameras` with `canary.model`
 
     @property
@@ -186,6 +188,7 @@ class Runtime:
         if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S):
             log_event(log, logging.WARNING, "camera thread still blocked; abandoning it", camera=camera_id)
         lane.batcher.remove_camera(camera_id)
+        lane.trackers.forget(camera_id)
         if self.preview is not None:
             self.preview.forget(camera_id)
         lane.cameras[:] = [c for c in lane.cameras if c.id != camera_id]
@@ -288,8 +291,9 @@ class Runtime:
             max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
             on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
         )
-        postprocess = functools.partial(
-            detections_for_image, layout=layout, labels=info.labels, confidence=model.confidence,
+        trackers = Trackers(functools.partial(self._track_settings, model), self.metrics)
+        postprocess = functools.partial(  # weak boxes too, for tracking; Trackers publishes the confident
+            detections_for_image, layout=layout, labels=info.labels, confidence=self._lowest_confidence(model),
             iou=model.iou, max_detections=model.max_detections,
         )
         runs = engine.concurrency
@@ -301,8 +305,25 @@ class Runtime:
         name = ("" if gpu_index is None else f"gpu{gpu_index}") + ("canary" if canary else "")
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
                                     emit, self.metrics, name=name,
-                                    keep_pictures=self.preview.offer if self.preview else None)
-        return Lane(gpu, cameras, engine, batcher, inference, canary)
+                                    keep_pictures=self.preview.offer if self.preview else None,
+                                    track=trackers.track)
+        return Lane(gpu, cameras, engine, batcher, inference, trackers, canary)
+
+    def _lowest_confidence(self, model: ModelConfig) -> float:
+        """The threshold postprocessing keeps boxes at: tracking's weak boxes, where any camera is tracked."""
+        cfg = self.config
+        low = [cfg.tracking_for(c).low_confidence for c in cfg.cameras if cfg.tracking_for(c).enabled]
+        if cfg.tracking.enabled:
+            low.append(cfg.tracking.low_confidence)
+        return min([model.confidence, *low])
+
+    def _track_settings(self, model: ModelConfig, camera_id: str) -> TrackSettings:
+        """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""
+        camera = next((c for c in self.config.cameras if c.id == camera_id), None)
+        cfg = self.config.tracking if camera is None else self.config.tracking_for(camera)
+        max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
+        return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
+                             max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks)
 
     def _camera_decoder(self, camera: CameraConfig, lane: Lane) -> Callable:
         """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""

@@ -271,6 +271,24 @@ class GpuConfig(_Strict):
     )
 
 
+class TrackingConfig(_Strict):
+    """Object tracking: every published detection carries a `track_id` that stays the same for
+    the same object of a camera (pipeline.s5_track). Per camera, `cameras[].tracking` overrides
+    the keys it sets."""
+
+    enabled: bool = Field(True, description="track objects and add track ids and track start/end to messages")
+    low_confidence: float = Field(
+        0.1, gt=0, le=1, description="detections this confident but below model.confidence are not "
+        "published; they only keep existing tracks alive through occlusions (ByteTrack's second pass)")
+    match_iou: float = Field(
+        0.2, gt=0, lt=1, description="least IoU between a track's predicted box and a detection to match them")
+    max_age_s: float = Field(
+        2.0, gt=0, le=600, description="a track unseen this long ends (at least 3 frame intervals at the camera's fps)")
+    jump_s: float = Field(
+        10, gt=0, le=3600, description="media time moving on by more than this, or backwards, ends every track")
+    max_tracks: int = Field(256, ge=1, le=100_000, description="live tracks per camera at most")
+
+
 class CameraConfig(_Strict):
     """One camera."""
 
@@ -281,6 +299,9 @@ class CameraConfig(_Strict):
     )
     gpu: int | None = Field(
         None, ge=0, le=63, description="GPU index for this camera (default: spread evenly)"
+    )
+    tracking: TrackingConfig | None = Field(
+        None, description="this camera's tracking settings: the keys given override `tracking`"
     )
 
     @field_validator("url")
@@ -319,6 +340,7 @@ class Config(_Strict):
     kafka: KafkaConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     canary: CanaryConfig | None = Field(
         None, description="serve some cameras with a new model version; compare per model in "
@@ -362,6 +384,13 @@ class Config(_Strict):
         spool = self.kafka.spool.model_copy(update={"folder": self.kafka.spool.folder / f"shard-{index}"})
         kafka = self.kafka.model_copy(update={"spool": spool})
         return self.model_copy(update={"cameras": cameras, "kafka": kafka})
+
+    def tracking_for(self, camera: CameraConfig) -> TrackingConfig:
+        """A camera's tracking settings: `tracking`, with the keys its own `tracking` sets."""
+        own = camera.tracking
+        if own is None:
+            return self.tracking
+        return self.tracking.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
 
     def model_for(self, camera_id: str) -> ModelConfig:
         """The model a camera is served by: the canary's for its cameras, else the main one."""

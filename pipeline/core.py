@@ -49,6 +49,7 @@ class FrameMeta:
     clock: str  # "rtcp" (camera's sender reports) or "receive" (our receive time)
     width: int  # source pixels
     height: int
+    epoch: int = 0  # the camera's connection number: a new one ends its tracks
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,7 @@ class Detection:
     label: str
     confidence: float
     bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
+    track_id: int | None = None  # the object's id within its camera and run (pipeline.s5_track)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,27 @@ class FrameResult:
     meta: FrameMeta
     seq: int
     detections: tuple[Detection, ...]
+    tracks: TrackEvents | None = None  # None: the camera is not tracked
+
+
+@dataclass(frozen=True, slots=True)
+class EndedTrack:
+    """A track that ended, announced in its camera's next message."""
+
+    track_id: int
+    label: str
+    first_seen: float  # capture time (UTC seconds) of its first detection
+    last_seen: float  # ... and of its last
+    detections: int  # frames it was seen in
+    reason: str  # "unseen", "reconnect", "time_jump"
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEvents:
+    """The tracks that started (their first detection is in this frame) and ended at a frame."""
+
+    started: tuple[int, ...] = ()
+    ended: tuple[EndedTrack, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

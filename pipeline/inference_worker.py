@@ -3,8 +3,8 @@
 - prepare: takes a batch from the batcher, numbers it, preprocesses it into a free input buffer;
 - infer: K threads run the engine concurrently (K = the engine's `concurrency`: parallel ONNX
   Runtime runs on the CPU, 1 per TensorRT context); runs release the GIL; the buffer is freed after;
-- finish: puts batches back in order, postprocesses, numbers results per camera (`seq`) and hands
-  them to `emit`.
+- finish: puts batches back in order, postprocesses, tracks (pipeline.s5_track: the finish stage
+  owns each camera's tracker), numbers results per camera (`seq`) and hands them to `emit`.
 
 There are K + 1 input buffers, so the next batch is prepared while K are inferred (double
 buffering for K = 1). Hand-offs hold few batches, so nothing queues up: when inference is the
@@ -56,6 +56,7 @@ class InferenceWorker:
         metrics: Metrics,
         name: str = "",
         keep_pictures: Callable[[tuple, list[FrameResult]], None] | None = None,
+        track: Callable | None = None,
     ) -> None:
         self._next_batch = next_batch
         self._preprocessors = list(preprocessors)
@@ -66,6 +67,7 @@ class InferenceWorker:
         self._postprocess = postprocess
         self._emit = emit
         self._keep_pictures = keep_pictures  # the live preview's, when enabled
+        self._track = track  # (FrameMeta, detections) -> (published detections, TrackEvents | None)
         self._metrics = metrics
         self._concurrency = concurrency
         self._to_infer: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
@@ -187,18 +189,25 @@ class InferenceWorker:
 
     def _finish(self, job: _Job) -> None:
         start = time.monotonic()
-        results = []
+        results, tracking = [], 0.0
         try:
             for i, frame in enumerate(job.batch.frames):
                 detections = self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i])
                 cam = frame.meta.camera_id
-                results.append(FrameResult(frame.meta, self._seq[cam], detections))
+                tracks = None
+                if self._track is not None:
+                    began = time.monotonic()
+                    detections, tracks = self._track(frame.meta, detections)
+                    spent = time.monotonic() - began
+                    tracking += spent
+                    self._metrics.stage_seconds.labels("track").observe(spent)
+                results.append(FrameResult(frame.meta, self._seq[cam], detections, tracks))
                 self._seq[cam] += 1
                 self._metrics.frames_inferred.labels(cam).inc()
         except Exception as exc:
             self._drop(job.batch, "postprocess", exc)
             return
-        self._metrics.stage_seconds.labels("postprocess").observe(time.monotonic() - start)
+        self._metrics.stage_seconds.labels("postprocess").observe(time.monotonic() - start - tracking)
         self._metrics.batch_size.observe(len(job.batch.frames))
         self.batches += 1
         if self._keep_pictures is not None:

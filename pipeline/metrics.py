@@ -65,10 +65,18 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             p + "stage_seconds",
-            "Time per stage: decode per picture; preprocess, infer, postprocess per batch; "
-            "publish per message, from the spool to Kafka's acknowledgement", ["stage"], registry=r,
+            "Time per stage: decode per picture; preprocess, infer, postprocess per batch; track per "
+            "frame; publish per message, from the spool to Kafka's acknowledgement", ["stage"], registry=r,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
         )
+        self.tracks_active = Gauge(p + "tracks_active", "Objects being tracked", ["camera"], registry=r)
+        self.tracks_started = Counter(p + "tracks_started", "Tracks started (new objects)", ["camera"], registry=r)
+        self.tracks_ended = Counter(
+            p + "tracks_ended", "Tracks ended, by reason (unseen: gone for tracking.max_age_s; reconnect; "
+            "time_jump: the camera's media time ran backwards or jumped)", ["camera", "reason"], registry=r)
+        self.detections_untracked = Counter(
+            p + "detections_untracked", "Detections published without a track id: tracking.max_tracks reached",
+            ["camera"], registry=r)
         self.batch_size = Histogram(
             p + "batch_size", "Frames per inference batch", registry=r,
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),

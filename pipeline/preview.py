@@ -113,7 +113,7 @@ class PreviewHub:
             x1, y1, x2, y2 = det.bbox
             box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
             draw.rectangle(box, outline=color, width=2)
-            text = f"{det.label} {det.confidence:.2f}"
+            text = f"{det.label}{'' if det.track_id is None else f' #{det.track_id}'} {det.confidence:.2f}"
             left, top, right, bottom = draw.textbbox((box[0], box[1]), text, font=font)
             lift = bottom - top + 2
             draw.rectangle((left - 1, top - lift - 1, right + 1, bottom - lift + 1), fill=color)

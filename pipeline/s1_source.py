@@ -198,6 +198,7 @@ class CameraWorker:
         self.state = CameraState.STOPPED
         self.last_frame_at: float | None = None  # monotonic
         self._streamed = False
+        self._epoch = 0  # connection attempts so far
         self._state_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
@@ -242,6 +243,7 @@ class CameraWorker:
                 self._set_state(CameraState.CONNECTING, "reconnecting", quiet=repeated)
             first = False
             self._streamed = False  # set when this attempt decodes its first picture
+            self._epoch += 1  # frames carry it: a new connection ends the camera's tracks
             attempt_started = time.monotonic()
             try:
                 self._read_until_failure()
@@ -379,7 +381,7 @@ class CameraWorker:
         if kept is None:
             self._metrics.frames_dropped.labels(cam, "decoder_buffers_busy").inc()
             return
-        meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height)
+        meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height, self._epoch)
         self._deliver(Frame(meta, kept, time.monotonic()))
 
 

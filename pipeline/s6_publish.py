@@ -42,7 +42,7 @@ from aiokafka.errors import (
 )
 
 from pipeline.config import KafkaConfig
-from pipeline.core import CameraState, FrameResult, ModelRef, PipelineError
+from pipeline.core import CameraState, Detection, FrameResult, ModelRef, PipelineError
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
 from pipeline.s6_spool import Record, Spool, SpoolFull
@@ -82,13 +82,24 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str) -> byte
             "width": meta.width,
             "height": meta.height,
         },
-        "detections": [
-            {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
-            for d in result.detections
-        ],
+        "detections": [_detection(d, result.tracks is not None) for d in result.detections],
         "model": {"name": model.name, "sha256": model.sha256, "backend": model.backend},
     }
+    if result.tracks is not None:
+        body["tracks"] = {
+            "started": list(result.tracks.started),
+            "ended": [{"track_id": t.track_id, "label": t.label, "first_seen": rfc3339_ms(t.first_seen),
+                       "last_seen": rfc3339_ms(t.last_seen), "detections": t.detections, "reason": t.reason}
+                      for t in result.tracks.ended],
+        }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _detection(d: Detection, tracked: bool) -> dict:
+    out = {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
+    if tracked:
+        out["track_id"] = d.track_id
+    return out
 
 
 def camera_status(state: CameraState, previous: CameraState | None) -> str:

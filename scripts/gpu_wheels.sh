@@ -2,7 +2,7 @@
 # Where pip can reach the package registry: gather what the GPU checks need on the GPU test
 # machine, which has no internet (Python 3.12 x86-64 with numpy, onnxruntime, Pillow, PyYAML,
 # aiohttp, prometheus-client, pytest, setuptools and the CUDA toolkit, but no PyAV, pydantic,
-# aiokafka, PyNvVideoCodec or pycuda), into .whl/ for scripts/gpu_check.sh:
+# aiokafka, lap, PyNvVideoCodec or pycuda), into .whl/ for scripts/gpu_check.sh:
 #   .whl/gpu-site.tar.xz    the packages, installed for cp312, stripped and packed with xz
 #   .whl/pycuda-*.tar.gz    pycuda's sdist: it has no Linux wheels, it is built there (needs libcuda)
 # Versions: what pyproject.toml allows; pydantic-core exactly as the pydantic release requires
@@ -27,7 +27,8 @@ core=$(unzip -p "$stage"/wheels/pydantic-2*.whl '*/METADATA' | sed -n 's/^Requir
 [ -n "$core" ] || { echo "cannot read pydantic's pydantic-core pin" >&2; exit 1; }
 "$PY" -m pip install -q "${TARGET[@]}" --target "$stage/site" \
   "av>=14,<20" "$stage"/wheels/pydantic-2*.whl "pydantic-core==$core" annotated-types typing-inspection \
-  "aiokafka>=0.11,<0.15" async-timeout "cramjam>=2.8" "pynvvideocodec==2.2.4" pytools platformdirs siphash24 mako
+  "aiokafka>=0.11,<0.15" async-timeout "cramjam>=2.8" "lap>=0.5.12" "pynvvideocodec==2.2.4" pytools platformdirs \
+  siphash24 mako
 # slim PyNvVideoCodec: it loads libavformat.so.63 and libavutil.so.61 by soname
 rm -rf "$stage"/site/external "$stage"/site/samples "$stage"/site/benchmarks "$stage"/site/bin
 rm -f "$stage"/site/PyNvVideoCodec/libavformat.so "$stage"/site/PyNvVideoCodec/libavformat.so.63.1.101 \

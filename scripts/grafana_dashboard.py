@@ -63,6 +63,19 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
             (f"sum by (policy) (increase({P}spool_dropped_total[$__rate_interval]))", "dropped ({{policy}})"),
             (f"sum by (topic) (rate({P}messages_published_total[$__rate_interval]))", "{{topic}} /s")], "timeseries", 6),
     ]),
+    ("Tracking", [
+        ("Objects tracked per camera", "short", [(f"sum by (camera) ({P}tracks_active{{{CAM}}})", "{{camera}}")],
+         "timeseries", 8),
+        ("Tracks started and ended per second", "short", [
+            (f"sum by (camera) (rate({P}tracks_started_total{{{CAM}}}[$__rate_interval]))", "{{camera}} started"),
+            (f"sum by (camera, reason) (rate({P}tracks_ended_total{{{CAM}}}[$__rate_interval]))", "{{camera}} ended: {{reason}}")],
+         "timeseries", 8),
+        ("Tracker time per frame (p99)", "s", [
+            (f"histogram_quantile(0.99, sum by (le) (rate({P}stage_seconds_bucket{{stage=\"track\"}}[$__rate_interval])))",
+             "track p99"),
+            (f"sum by (camera) (rate({P}detections_untracked_total{{{CAM}}}[$__rate_interval]))",
+             "{{camera}} untracked /s (max_tracks reached)")], "timeseries", 8),
+    ]),
     ("GPU (NVML; empty on the CPU path)", [
         ("GPU utilisation", "percentunit", [(f"{P}gpu_utilization_ratio", "GPU {{gpu}}")], "timeseries", 12),
         ("GPU memory", "bytes", [(f"{P}gpu_memory_used_bytes", "GPU {{gpu}} used"),

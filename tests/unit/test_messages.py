@@ -5,7 +5,7 @@ from importlib import resources
 import jsonschema
 import pytest
 
-from pipeline.core import CameraState, Detection, FrameMeta, FrameResult, ModelRef
+from pipeline.core import CameraState, Detection, EndedTrack, FrameMeta, FrameResult, ModelRef, TrackEvents
 from pipeline.s6_publish import encode_detections, encode_status, rfc3339_ms
 
 MODEL = ModelRef("yolov8n", "ab" * 32, "onnxruntime")
@@ -35,6 +35,33 @@ def test_detections_message_has_the_v1_shape_and_validates():
         "detections": [{"class_id": 2, "label": "dog", "confidence": 0.8731, "bbox": [10.0, 20.5, 110.0, 220.0]}],
         "model": {"name": "yolov8n", "sha256": "ab" * 32, "backend": "onnxruntime"},
     }
+
+
+def test_a_tracked_frame_carries_track_ids_and_the_tracks_that_started_and_ended():
+    dets = [Detection(0, "car", 0.9, (10.0, 20.0, 110.0, 90.0), track_id=7),
+            Detection(1, "person", 0.6, (200.0, 20.0, 240.0, 120.0), track_id=None)]  # max_tracks reached
+    ended = EndedTrack(3, "person", 1_795_240_690.0, 1_795_240_702.5, 250, "unseen")
+    frame = FrameResult(result().meta, 41, tuple(dets), TrackEvents(started=(7,), ended=(ended,)))
+    body = json.loads(encode_detections(frame, MODEL, RUN))
+    jsonschema.validate(body, schema("detections-v1.schema.json"))
+    assert [d["track_id"] for d in body["detections"]] == [7, None]
+    assert body["tracks"] == {"started": [7], "ended": [{
+        "track_id": 3, "label": "person", "first_seen": "2026-11-21T05:58:10.000Z",
+        "last_seen": "2026-11-21T05:58:22.500Z", "detections": 250, "reason": "unseen"}]}
+
+
+def test_a_v1_consumer_written_before_tracking_still_reads_tracked_messages():
+    """The message of before tracking (the schema as it was, additional keys ignored) still validates."""
+    before = schema("detections-v1.schema.json")
+    for key in ("tracks",):
+        before["properties"].pop(key)
+    before["properties"]["detections"]["items"]["properties"].pop("track_id")
+    frame = FrameResult(result().meta, 41, (Detection(0, "car", 0.9, (1.0, 2.0, 3.0, 4.0), track_id=1),),
+                        TrackEvents(started=(1,)))
+    body = json.loads(encode_detections(frame, MODEL, RUN))
+    jsonschema.validate(body, before)
+    untracked = json.loads(encode_detections(result([Detection(0, "car", 0.9, (1.0, 2.0, 3.0, 4.0))]), MODEL, RUN))
+    assert "tracks" not in untracked and "track_id" not in untracked["detections"][0]
 
 
 def test_empty_frame_message_validates():

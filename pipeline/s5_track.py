@@ -1,0 +1,322 @@
+"""Track: stable ids for the objects of each camera, after postprocessing and before publishing.
+
+A ByteTrack-style tracker (Zhang et al., 2022) per camera: a constant-velocity Kalman filter per
+track, associated with the new detections by IoU in two passes: tracks against confident
+detections first, then the tracks still unmatched against low-confidence ones (which keeps a
+track alive through a partial occlusion without publishing the weak box), then tentative tracks
+against what is left; a confident detection that matches nothing starts a track. Only
+detections of the same class are associated.
+
+Time, not frame count: cameras are sampled, frames are superseded under load, cameras
+reconnect. Prediction steps by the media time (`pts`, the camera's own capture clock) between
+inferred frames; a track unseen for `max_age_s` ends; every track of a camera ends when it
+reconnects (the source's `epoch` changes) and when its media time runs backwards or jumps ahead
+(`jump_s`): a looping clip, a camera restart, a clock set. Tracks per camera are capped
+(`max_tracks`): a detection that would start one more gets no id and is counted.
+
+Written here rather than taken from Roboflow's `trackers` (it requires opencv-python's GUI build,
+supervision, rich and requests: too heavy for an edge daemon); the assignment is `lap.lapjv`,
+the linear-assignment solver ByteTrack itself and Ultralytics use. Association is pure
+(`iou_matrix`, `assign`: arrays in, matches out); the state is one CameraTracker per camera,
+owned by the finish stage that numbers that camera's frames.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import lap
+import numpy as np
+
+from pipeline.core import Detection, EndedTrack, FrameMeta, TrackEvents
+from pipeline.metrics import Metrics
+
+# Kalman noise, relative to the box's size, per 1/25 s (ByteTrack's weights, made time-based)
+_STD_POSITION = 1 / 20
+_STD_VELOCITY = 1 / 160
+_STEP_S = 1 / 25
+TENTATIVE_BUFFER = 0.5
+
+
+# ---------------------------------------------------------------------- association (pure)
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` [N, 4] with every box of `b` [M, 4] (xyxy) -> [N, M]."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def assign(cost: np.ndarray, limit: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Minimum-cost one-to-one matching of rows to columns, pairs costing more than `limit`
+    excluded -> (matches, unmatched rows, unmatched columns)."""
+    rows, cols = cost.shape
+    if rows == 0 or cols == 0:
+        return [], list(range(rows)), list(range(cols))
+    _, row_to_col, col_to_row = lap.lapjv(np.ascontiguousarray(cost, np.float64), extend_cost=True,
+                                          cost_limit=limit)
+    matches = [(r, int(c)) for r, c in enumerate(row_to_col) if c >= 0]
+    return (matches, [r for r, c in enumerate(row_to_col) if c < 0],
+            [c for c, r in enumerate(col_to_row) if r < 0])
+
+
+# ---------------------------------------------------------------------- motion
+class BoxFilter:
+    """Constant-velocity Kalman filter of a box as (cx, cy, w, h), each with its rate per second.
+
+    With diagonal noise the four coordinates are independent filters of (value, rate), so each
+    is a 2x2 covariance kept as three floats: plain Python arithmetic, several times cheaper per
+    track than numpy's per-call overhead on 8x8 matrices (scripts/bench_tracking.py cost)."""
+
+    __slots__ = ("t", "x", "v", "p00", "p01", "p11")
+
+    def __init__(self, box: Sequence[float], t: float) -> None:
+        self.t = t  # media time of the state
+        self.x = list(_xywh(box))
+        self.v = [0.0, 0.0, 0.0, 0.0]
+        scale = self._scales()
+        self.p00 = [(2 * _STD_POSITION * s) ** 2 for s in scale]
+        self.p01 = [0.0] * 4
+        self.p11 = [(10 * _STD_VELOCITY * s / _STEP_S) ** 2 for s in scale]
+
+    def _scales(self) -> tuple[float, float, float, float]:
+        w, h = max(self.x[2], 1.0), max(self.x[3], 1.0)
+        return (w, h, w, h)
+
+    def predict(self, t: float) -> None:
+        """Move the state on to media time `t` (seconds)."""
+        dt, self.t = t - self.t, max(t, self.t)
+        if dt <= 0:
+            return
+        steps = dt / _STEP_S
+        for i, s in enumerate(self._scales()):
+            p00, p01, p11 = self.p00[i], self.p01[i], self.p11[i]
+            self.x[i] += self.v[i] * dt
+            self.p00[i] = p00 + 2 * dt * p01 + dt * dt * p11 + (_STD_POSITION * s) ** 2 * steps
+            self.p01[i] = p01 + dt * p11
+            self.p11[i] = p11 + (_STD_VELOCITY * s / _STEP_S) ** 2 * steps
+        self.x[2], self.x[3] = max(self.x[2], 1.0), max(self.x[3], 1.0)
+
+    def update(self, box: Sequence[float]) -> None:
+        """Correct the state with a measured box."""
+        z = _xywh(box)
+        w, h = z[2], z[3]
+        for i, s in enumerate((w, h, w, h)):
+            p00, p01, p11 = self.p00[i], self.p01[i], self.p11[i]
+            gain = 1 / (p00 + (_STD_POSITION * s) ** 2)
+            k0, k1 = p00 * gain, p01 * gain
+            innovation = z[i] - self.x[i]
+            self.x[i] += k0 * innovation
+            self.v[i] += k1 * innovation
+            self.p00[i], self.p01[i], self.p11[i] = (1 - k0) * p00, (1 - k0) * p01, p11 - k1 * p01
+
+    def box(self) -> tuple[float, float, float, float]:
+        """The state as xyxy."""
+        cx, cy, w, h = self.x
+        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def _xywh(box: Sequence[float]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    return ((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1.0), max(y2 - y1, 1.0))
+
+
+# ---------------------------------------------------------------------- tracks
+@dataclass(frozen=True)
+class TrackSettings:
+    """How a camera's objects are tracked (config: `tracking`, per camera `cameras[].tracking`)."""
+
+    high_confidence: float  # detections this confident are published, matched first, and start tracks
+    enabled: bool = True
+    low_confidence: float = 0.1  # weaker ones only keep existing tracks alive (second pass)
+    match_iou: float = 0.2  # least IoU with a track's predicted box for a confident detection
+    low_match_iou: float = 0.5  # ... for a low-confidence one
+    max_age_s: float = 2.0  # a track unseen this long ends
+    jump_s: float = 10.0  # media time moving on by more than this (or backwards) ends every track
+    max_tracks: int = 256  # live tracks per camera at most
+
+
+@dataclass
+class Track:
+    """One object followed over time."""
+
+    track_id: int
+    class_id: int
+    label: str
+    motion: BoxFilter
+    first_seen: float  # capture time (UTC seconds) of its first detection
+    last_seen: float  # capture time of its latest detection
+    seen_pts: float  # media time of its latest detection
+    hits: int = 1
+    confirmed: bool = False  # seen in two frames: only then does a lost track get a second chance
+
+
+@dataclass
+class TrackedFrame:
+    """One frame's detections with their track ids, and the tracks that started or ended."""
+
+    detections: tuple[Detection, ...]
+    started: list[int] = field(default_factory=list)
+    ended: list[EndedTrack] = field(default_factory=list)
+    untracked: int = 0  # detections left without an id (max_tracks reached)
+
+
+class CameraTracker:
+    """The tracks of one camera. Not thread-safe: one finish stage feeds it, in frame order."""
+
+    def __init__(self, settings: TrackSettings) -> None:
+        self.settings = settings
+        self.tracks: list[Track] = []
+        self._next_id = 1
+        self._pts: float | None = None
+        self._epoch: int | None = None
+
+    def update(self, detections: Sequence[Detection], pts: float, captured_at: float,
+               epoch: int = 0) -> TrackedFrame:
+        """Associate one frame's detections (all above `low_confidence`); returns the confident
+        ones with their track ids. Boxes that are not finite and positive are never tracked."""
+        s = self.settings
+        ended = self._end_on_discontinuity(pts, epoch)
+        self._pts, self._epoch = pts, epoch
+        for track in self.tracks:
+            track.motion.predict(pts)
+        valid = [d for d in detections if _sane(d.bbox) and d.confidence >= s.low_confidence]
+        high = [d for d in valid if d.confidence >= s.high_confidence]
+        low = [d for d in valid if d.confidence < s.high_confidence]
+        ids: dict[int, int] = {}  # index into `high` -> track id
+        confirmed = [t for t in self.tracks if t.confirmed]
+        tentative = [t for t in self.tracks if not t.confirmed]
+        # 1: confirmed tracks (seen lately or not) against the confident detections
+        left_tracks, left_high = self._match(confirmed, high, list(range(len(high))), s.match_iou, ids,
+                                             pts, captured_at)
+        # 2: the confirmed tracks still unmatched against the weak detections: a partly hidden
+        # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
+        # finds an object again as it comes out from behind another sooner)
+        recent = left_tracks
+        self._match(recent, low, list(range(len(low))), s.low_match_iou, {}, pts, captured_at)
+        # 3: tentative tracks against the confident detections left, with boxes grown by half
+        # their size: a new track has no speed yet, and a small fast object sampled at a few fps
+        # moves further than its own size between frames (C-BIoU, Yang et al. 2023)
+        left_tentative, left_high = self._match(tentative, high, left_high, s.match_iou, ids, pts, captured_at,
+                                                buffer=TENTATIVE_BUFFER)
+        for track in left_tentative:  # a tentative track gets one frame to be seen again
+            ended.append(self._end(track, "unseen"))
+        ended += self._expire(pts)
+        started, untracked = [], 0
+        for i in left_high:
+            if len(self.tracks) >= s.max_tracks:
+                untracked += 1
+                continue
+            track = Track(self._next_id, high[i].class_id, high[i].label, BoxFilter(high[i].bbox, pts),
+                          captured_at, captured_at, pts)
+            self._next_id += 1
+            self.tracks.append(track)
+            ids[i] = track.track_id
+            started.append(track.track_id)
+        out = tuple(Detection(d.class_id, d.label, d.confidence, d.bbox, ids.get(i)) for i, d in enumerate(high))
+        return TrackedFrame(out, started, ended, untracked)
+
+    def stop(self) -> list[EndedTrack]:
+        """End every track (the camera was removed or the daemon stops)."""
+        return [self._end(t, "stopped") for t in list(self.tracks)]
+
+    def _match(self, tracks: list[Track], dets: Sequence[Detection], candidates: list[int], min_iou: float,
+               ids: dict[int, int], pts: float, captured_at: float, buffer: float = 0.0) -> tuple[list[Track], list[int]]:
+        """Match `tracks` with dets[candidates] (same class only), comparing boxes grown by
+        `buffer` of their size on each side; update the matched tracks."""
+        if not tracks or not candidates:
+            return tracks, candidates
+        boxes = np.array([dets[i].bbox for i in candidates], np.float64)
+        iou = iou_matrix(_grown(np.array([t.motion.box() for t in tracks]), buffer), _grown(boxes, buffer))
+        same = np.array([[t.class_id == dets[i].class_id for i in candidates] for t in tracks])
+        matches, left_rows, left_cols = assign(np.where(same, 1 - iou, 2.0), 1 - min_iou)
+        for r, c in matches:
+            track, det = tracks[r], dets[candidates[c]]
+            track.motion.update(det.bbox)
+            track.last_seen, track.seen_pts = captured_at, pts
+            track.hits += 1
+            track.confirmed = True
+            ids[candidates[c]] = track.track_id
+        return [tracks[r] for r in left_rows], [candidates[c] for c in left_cols]
+
+    def _expire(self, pts: float) -> list[EndedTrack]:
+        return [self._end(t, "unseen") for t in list(self.tracks) if pts - t.seen_pts > self.settings.max_age_s]
+
+    def _end_on_discontinuity(self, pts: float, epoch: int) -> list[EndedTrack]:
+        if self._pts is None:
+            return []
+        if epoch != self._epoch:
+            reason = "reconnect"
+        elif pts < self._pts or pts - self._pts > self.settings.jump_s:
+            reason = "time_jump"
+        else:
+            return []
+        return [self._end(t, reason) for t in list(self.tracks)]
+
+    def _end(self, track: Track, reason: str) -> EndedTrack:
+        self.tracks.remove(track)
+        return EndedTrack(track.track_id, track.label, track.first_seen, track.last_seen, track.hits, reason)
+
+
+def _grown(boxes: np.ndarray, buffer: float) -> np.ndarray:
+    """xyxy boxes grown by `buffer` of their width and height on each side."""
+    if not buffer or len(boxes) == 0:
+        return boxes
+    pad = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1) * buffer
+    return boxes + np.concatenate([-pad, pad], axis=1)
+
+
+def _sane(box: Sequence[float]) -> bool:
+    x1, y1, x2, y2 = box
+    return math.isfinite(x1 + y1 + x2 + y2) and x2 > x1 >= 0 and y2 > y1 >= 0
+
+
+class Trackers:
+    """The trackers of one lane's cameras, each made on the camera's first frame; used by the
+    finish stage only (forget() may come from another thread)."""
+
+    def __init__(self, settings_for: Callable[[str], TrackSettings], metrics: Metrics) -> None:
+        self._settings_for = settings_for
+        self._metrics = metrics
+        self._trackers: dict[str, tuple[TrackSettings, CameraTracker | None]] = {}
+        self._lock = threading.Lock()
+
+    def track(self, meta: FrameMeta, detections: Sequence[Detection]) -> tuple[tuple[Detection, ...], TrackEvents | None]:
+        """A frame's publishable detections (with track ids when its camera is tracked) and its track events."""
+        cam = meta.camera_id
+        with self._lock:
+            if cam not in self._trackers:
+                settings = self._settings_for(cam)
+                self._trackers[cam] = (settings, CameraTracker(settings) if settings.enabled else None)
+            settings, tracker = self._trackers[cam]
+        if tracker is None:  # not tracked: only the confidence threshold applies
+            return tuple(d for d in detections if d.confidence >= settings.high_confidence), None
+        frame = tracker.update(detections, meta.pts, meta.captured_at, meta.epoch)
+        m = self._metrics
+        if frame.started:
+            m.tracks_started.labels(cam).inc(len(frame.started))
+        for ended in frame.ended:
+            m.tracks_ended.labels(cam, ended.reason).inc()
+        if frame.untracked:
+            m.detections_untracked.labels(cam).inc(frame.untracked)
+        m.tracks_active.labels(cam).set(len(tracker.tracks))
+        return frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended))
+
+    def forget(self, camera_id: str) -> None:
+        """A camera was removed: drop its tracks."""
+        with self._lock:
+            self._trackers.pop(camera_id, None)
+        try:
+            self._metrics.tracks_active.remove(camera_id)
+        except KeyError:
+            pass

@@ -1,0 +1,152 @@
+"""The tracker (pipeline.s5_track): ids that stay with their object through crossings, sampling,
+occlusion and weak detections; tracks that end when the object is gone, the camera reconnects or
+its clock jumps; bounded state; bad boxes never tracked."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.core import Detection
+from pipeline.s5_track import CameraTracker, TrackSettings, assign, iou_matrix
+
+T0 = 1_795_000_000.0
+
+
+def box(cx, cy, size=80.0):
+    return (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+
+
+def run(tracker, frames, fps=25.0, epoch=0):
+    """frames: lists of detections per frame -> list of [(track_id, class_id)] per frame, events."""
+    out, events = [], []
+    for i, dets in enumerate(frames):
+        t = i / fps
+        frame = tracker.update(dets, t, T0 + t, epoch)
+        out.append([d.track_id for d in frame.detections])
+        events.append(frame)
+    return out, events
+
+
+def tracker(**kw):
+    return CameraTracker(TrackSettings(high_confidence=0.35, **kw))
+
+
+def det(cx, cy, conf=0.9, cls=0, size=80.0):
+    return Detection(cls, f"c{cls}", conf, box(cx, cy, size))
+
+
+def test_two_objects_of_one_class_keep_their_ids_when_their_paths_cross():
+    frames = [[det(100 + 12 * i, 300 + 2 * i), det(700 - 12 * i, 320 - 2 * i)] for i in range(50)]
+    ids, _ = run(tracker(), frames)
+    assert all(f == [1, 2] for f in ids), ids
+
+
+def test_objects_moving_fast_between_sampled_frames_keep_their_ids():
+    # 250 px/s, sampled at 5 fps: 50 px between frames for an 80 px box (IoU without prediction 0.23)
+    frames = [[det(100 + 50 * i, 300), det(100 + 50 * i, 600, cls=1)] for i in range(20)]
+    ids, events = run(tracker(), frames, fps=5)
+    assert all(f == [1, 2] for f in ids), ids
+    assert events[0].started == [1, 2] and all(not e.ended for e in events)
+
+
+def test_a_short_occlusion_keeps_the_id_and_a_long_absence_ends_the_track():
+    frames = [[det(100 + 5 * i, 300)] if not 10 <= i < 20 else [] for i in range(40)]  # gone for 0.4 s
+    ids, _ = run(tracker(max_age_s=1.0), frames)
+    assert {i for f in ids for i in f} == {1}
+    frames = [[det(100 + 5 * i, 300)] if not 10 <= i < 45 else [] for i in range(60)]  # gone for 1.4 s
+    ids, events = run(tracker(max_age_s=1.0), frames)
+    assert ids[9] == [1] and ids[45] == [2]
+    ended = [t for e in events for t in e.ended]
+    assert [(t.track_id, t.reason, t.detections) for t in ended] == [(1, "unseen", 10)]
+    assert ended[0].last_seen == pytest.approx(T0 + 9 / 25)
+
+
+def test_weak_detections_keep_a_track_alive_without_being_published():
+    confidences = [0.9] * 10 + [0.2] * 30 + [0.9] * 10  # 1.2 s of weak boxes: longer than max_age_s
+    frames = [[det(100 + 5 * i, 300, conf=c)] for i, c in enumerate(confidences)]
+    ids, _ = run(tracker(max_age_s=0.5), frames)
+    assert ids[:10] == [[1]] * 10 and ids[10:40] == [[]] * 30 and ids[40:] == [[1]] * 10
+
+
+def test_objects_of_other_classes_are_never_associated():
+    frames = [[det(300, 300, cls=0)]] * 5 + [[det(300, 300, cls=1)]] * 5
+    ids, _ = run(tracker(), frames)
+    assert ids[4] == [1] and ids[5] == [2]
+
+
+@pytest.mark.parametrize("change, reason", [("epoch", "reconnect"), ("backwards", "time_jump"), ("ahead", "time_jump")])
+def test_a_reconnect_or_a_clock_that_jumps_ends_every_track(change, reason):
+    t = tracker()
+    for i in range(5):
+        t.update([det(100 + 5 * i, 300), det(400, 500)], i / 25, T0 + i / 25)
+    pts, epoch = {"epoch": (5 / 25, 1), "backwards": (0.0, 0), "ahead": (60.0, 0)}[change]
+    frame = t.update([det(125, 300), det(400, 500)], pts, T0 + 1, epoch)
+    assert sorted((e.track_id, e.reason) for e in frame.ended) == [(1, reason), (2, reason)]
+    assert [d.track_id for d in frame.detections] == [3, 4] and frame.started == [3, 4]
+
+
+def test_boxes_that_are_not_finite_or_positive_are_never_tracked_nor_published():
+    bad = [Detection(0, "c0", 0.9, b) for b in ((math.nan, 0, 10, 10), (0, 0, math.inf, 10), (50, 50, 40, 60),
+                                                 (10, 10, 10, 30), (-5, 0, 10, 10))]
+    frame = tracker().update([*bad, det(300, 300)], 0.0, T0)
+    assert [d.bbox for d in frame.detections] == [box(300, 300)]
+
+
+def test_live_tracks_are_capped_and_detections_beyond_the_cap_get_no_id():
+    t = tracker(max_tracks=10)
+    frame = t.update([det(50 + 100 * (i % 20), 50 + 100 * (i // 20), size=40) for i in range(30)], 0.0, T0)
+    assert len(t.tracks) == 10 and frame.untracked == 20
+    assert sum(d.track_id is not None for d in frame.detections) == 10 and len(frame.detections) == 30
+
+
+def test_a_one_frame_false_positive_ends_at_once():
+    frames = [[det(300, 300)], [], [], [det(600, 600)]]
+    ids, events = run(tracker(), frames)
+    assert [(t.track_id, t.reason) for t in events[1].ended] == [(1, "unseen")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.floats(0, 1900), st.floats(0, 1000), st.floats(4, 300), st.floats(0.05, 1),
+                                    st.integers(0, 2)), max_size=25), min_size=1, max_size=12))
+def test_ids_are_unique_per_frame_and_every_confident_detection_gets_one(frames):
+    t = tracker()
+    for i, dets in enumerate(frames):
+        frame = t.update([Detection(c, f"c{c}", conf, (x, y, x + s, y + s)) for x, y, s, conf, c in dets], i / 25, T0)
+        ids = [d.track_id for d in frame.detections]
+        assert None not in ids and len(set(ids)) == len(ids)
+        assert len(ids) == sum(conf >= 0.35 for *_, conf, _ in dets)
+        assert len(t.tracks) <= t.settings.max_tracks
+
+
+def test_iou_matrix_and_assignment():
+    a = np.array([box(100, 100), box(300, 300)])
+    b = np.array([box(302, 300), box(500, 500), box(105, 100)])
+    iou = iou_matrix(a, b)
+    assert iou.shape == (2, 3) and iou[0, 1] == 0 and iou[1, 0] > 0.9
+    matches, rows, cols = assign(1 - iou, 0.8)
+    assert sorted(matches) == [(0, 2), (1, 0)] and rows == [] and cols == [1]
+    assert assign(np.zeros((0, 3)), 0.5) == ([], [], [0, 1, 2])
+
+
+def test_the_lanes_trackers_track_only_cameras_with_tracking_on_and_count_what_they_do():
+    from pipeline.core import FrameMeta
+    from pipeline.metrics import Metrics
+    from pipeline.s5_track import Trackers
+    from scripts.testbed import metric_values
+
+    metrics = Metrics()
+    trackers = Trackers(lambda cam: TrackSettings(0.35, enabled=cam != "plain"), metrics)
+    weak, strong = det(100, 100, conf=0.2), det(400, 400, conf=0.9)
+    for i in range(3):
+        meta = FrameMeta("tracked", i / 25, T0 + i / 25, "receive", 1920, 1080)
+        tracked, events = trackers.track(meta, [weak, strong])
+        plain, none = trackers.track(FrameMeta("plain", i / 25, T0, "receive", 1920, 1080), [weak, strong])
+    assert [d.track_id for d in tracked] == [1] and events is not None
+    assert [d.track_id for d in plain] == [None] and none is None  # only the confidence threshold applies
+    text = metrics.render().decode()
+    assert metric_values(text, "rtsp_pipeline_tracks_active") == {'{camera="tracked"}': 1.0}
+    assert metric_values(text, "rtsp_pipeline_tracks_started_total") == {'{camera="tracked"}': 1.0}
+    trackers.forget("tracked")
+    assert metric_values(metrics.render().decode(), "rtsp_pipeline_tracks_active") == {}
