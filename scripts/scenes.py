@@ -52,9 +52,12 @@ class Thing:
     vy: float
     depth: float  # drawn in increasing depth order: larger is in front
     angle: float = 0.0  # distractors: ellipse orientation (radians)
+    path: tuple[tuple[float, float, float], ...] = ()  # (frame, x, y) waypoints: moves between them instead
 
     def centre(self, frame: int) -> tuple[float, float]:
-        return self.x0 + self.vx * frame, self.y0 + self.vy * frame
+        if not self.path:
+            return self.x0 + self.vx * frame, self.y0 + self.vy * frame
+        return _along(self.path, frame)
 
 
 @dataclass(frozen=True)
@@ -66,19 +69,23 @@ class TruthBox:
     bbox: tuple[float, float, float, float]
     visible: float
     difficult: bool
+    object_id: int = -1  # which object of the scene (its index): its identity, for tracking
 
 
 class Scene:
     """A deterministic scene: background, objects and their motion, from a seed."""
 
     def __init__(self, seed: int, width: int, height: int, fps: int = 25, frames: int = 200,
-                 density: float = 5.0, distractors: float = 1.5) -> None:
+                 density: float = 5.0, distractors: float = 1.5, tracking: bool = False) -> None:
+        """`tracking`: scripted objects that break trackers (see tracking_things) instead of the
+        straight-line ones; a seed's scene without it is unchanged."""
         self.seed, self.width, self.height, self.fps, self.frames = seed, width, height, fps, frames
         rng = np.random.default_rng(seed)
         self.background = _background(rng, width, height)
         self._noise = [rng.normal(0, rng.uniform(3, 8), (height, width, 1)).astype(np.float32)
                        for _ in range(4)]
-        self.things = _things(rng, width, height, frames, density)
+        self.things = (tracking_things(rng, width, height, frames) if tracking
+                       else _things(rng, width, height, frames, density))
         self._flicker = rng.uniform(-8, 8, frames).astype(np.float32)
         # drawn last from the generator, so a seed's objects do not depend on the distractors
         self.things += _distractors(rng, width, height, frames, distractors, len(self.things))
@@ -135,7 +142,7 @@ class Scene:
         x1, y1, x2, y2 = (int(v) for v in box)
         visible = float((ids[y1:y2, x1:x2] == index).sum()) / full_area
         return TruthBox(thing.class_id, CLASSES[thing.class_id], box, round(visible, 3),
-                        visible < DIFFICULT_BELOW)
+                        visible < DIFFICULT_BELOW, index)
 
     # ---------------------------------------------------------------- output
     def write(self, clip: Path, gop: int = 50, bitrate: str | None = None) -> Path:
@@ -185,8 +192,8 @@ class Truth:
     def load(cls, path: Path) -> Truth:
         """Read a clip's `.truth.json`."""
         data = json.loads(Path(path).read_text())
-        frames = [[TruthBox(o["class_id"], o["label"], tuple(o["bbox"]), o["visible"], o["difficult"])
-                   for o in frame] for frame in data["frames"]]
+        frames = [[TruthBox(o["class_id"], o["label"], tuple(o["bbox"]), o["visible"], o["difficult"],
+                            o.get("object_id", -1)) for o in frame] for frame in data["frames"]]
         return cls(frames, data["fps"], data["width"], data["height"])
 
     @classmethod
@@ -253,6 +260,73 @@ def _things(rng: np.random.Generator, width: int, height: int, frames: int, dens
         things.append(Thing(int(rng.integers(0, len(CLASSES))), size, color,
                             mx - vx * t_mid, my - vy * t_mid, vx, vy, depth))
     return things
+
+
+def tracking_things(rng: np.random.Generator, width: int, height: int, frames: int) -> list[Thing]:
+    """Objects scripted to break trackers, all entering and leaving the frame: pairs of one class
+    whose paths cross (one passes in front of the other), objects that stop and go, objects that
+    turn and change speed, and plain crossers; distractors drawn among them hide them at times."""
+    things: list[Thing] = []
+    unit = max(width, height) / 25 / 25  # px per frame at speed 1 (as _things)
+
+    def add(class_id: int, waypoints: list[tuple[float, float, float]]) -> None:
+        size = float(rng.uniform(0.08, 0.16) * height)
+        things.append(Thing(class_id, size, _vivid(rng), 0.0, 0.0, 0.0, 0.0, float(len(things)),
+                            path=tuple(waypoints)))
+
+    def across(start: float, speed: float, a: tuple[float, float], b: tuple[float, float]):
+        """Waypoints from a to b at `speed` (x unit) starting at frame `start`."""
+        length = math.dist(a, b)
+        return [(start, *a), (start + length / (speed * unit), *b)]
+
+    margin = 0.15 * height
+    for k in range(2):  # same class, paths crossing in the middle of the picture
+        cls = int(rng.integers(0, len(CLASSES)))
+        y = rng.uniform(0.3, 0.7) * height
+        t = rng.uniform(0.05, 0.45) * frames
+        speed = rng.uniform(2, 3.5)
+        add(cls, across(t, speed, (-margin, y - 0.1 * height), (width + margin, y + 0.1 * height)))
+        add(cls, across(t, speed, (width + margin, y - 0.05 * height), (-margin, y + 0.15 * height)))
+    for k in range(2):  # stop and go: in, wait a second, on, wait, out
+        y = rng.uniform(0.25, 0.75) * height
+        t = rng.uniform(0, 0.4) * frames
+        speed = rng.uniform(1.5, 3) * unit
+        pts = [(-margin, y), (0.35 * width, y + 0.05 * height), (0.65 * width, y - 0.05 * height), (width + margin, y)]
+        waypoints, now = [], t
+        for i, point in enumerate(pts):
+            if i:
+                now += math.dist(pts[i - 1], point) / speed
+            waypoints.append((now, *point))
+            if 0 < i < len(pts) - 1:
+                now += rng.uniform(0.8, 1.6) * 25
+                waypoints.append((now, *point))
+        add(int(rng.integers(0, len(CLASSES))), waypoints)
+    for k in range(2):  # turns and changes of speed: down the picture, across, back up
+        x = rng.uniform(0.2, 0.4) * width
+        t = rng.uniform(0, 0.4) * frames
+        pts = [(x, -margin), (x, 0.55 * height), (x + 0.4 * width, 0.65 * height), (x + 0.45 * width, -margin)]
+        speeds = [rng.uniform(1, 2), rng.uniform(3, 4.5), rng.uniform(1, 2)]
+        waypoints, now = [(t, *pts[0])], t
+        for i in range(1, len(pts)):
+            now += math.dist(pts[i - 1], pts[i]) / (speeds[i - 1] * unit)
+            waypoints.append((now, *pts[i]))
+        add(int(rng.integers(0, len(CLASSES))), waypoints)
+    for k in range(3):  # plain crossers, top to bottom or bottom to top
+        x = rng.uniform(0.15, 0.85) * width
+        t = rng.uniform(0, 0.6) * frames
+        a, b = (x, -margin), (x + rng.uniform(-0.2, 0.2) * width, height + margin)
+        add(int(rng.integers(0, len(CLASSES))), across(t, rng.uniform(1.5, 3.5), *((a, b) if k % 2 else (b, a))))
+    return things
+
+
+def _along(path: tuple[tuple[float, float, float], ...], frame: float) -> tuple[float, float]:
+    """Position on piecewise-linear waypoints (frame, x, y); before the first and after the last
+    the object goes on as on its first and last leg (it enters and leaves the picture)."""
+    legs = list(zip(path, path[1:]))
+    leg = legs[0] if frame <= path[0][0] else next((g for g in legs if frame <= g[1][0]), legs[-1])
+    (f0, x0, y0), (f1, x1, y1) = leg
+    u = (frame - f0) / (f1 - f0) if f1 > f0 else 0.0
+    return x0 + (x1 - x0) * u, y0 + (y1 - y0) * u
 
 
 def _distractors(rng: np.random.Generator, width: int, height: int, frames: int, density: float,

@@ -544,6 +544,21 @@ class Record:
     received_at: float
 
 
+def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    """Send (key, value) messages to `topic` and wait for each acknowledgement."""
+    async def send() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send_and_wait(topic, value, key=key.encode())
+        finally:
+            await producer.stop()
+    asyncio.run(send())
+
+
 def consume(bootstrap: str, topics: list[str], until: Callable[[list[Record]], bool], timeout: float,
             fetch_wait_ms: int = 50) -> list[Record]:
     """Read `topics` from the beginning until `until(records)` is true or `timeout` s pass."""

@@ -1,14 +1,24 @@
 """Alert rules (YAML models) and their evaluation over detections/v1 messages, in event time.
 
-Each (rule, camera) pair is a small state machine driven by the frames' `captured_at`:
-idle -> pending (condition true) -> firing after `for_s` seconds of it (alert "firing") ->
-idle after `clear_s` seconds without it (alert "resolved"). Short gaps (a missed detection in a
-frame or two) shorter than `clear_s` neither reset a pending rule nor resolve a firing one.
-A detection is in a zone when the middle of its bottom edge (where an object stands) is inside
-the polygon.
+Kinds:
+- dwell: an object of `classes` in the zone for `for_s` seconds. With track ids in the messages
+  (the daemon's default) it is the same object: one alert per track, carrying its id; without
+  them, any object (a gap in sightings shorter than `clear_s` is a missed detection).
+- count: more than `above` objects in the zone for `for_s` seconds: distinct tracks, each counted
+  while it was seen in the zone within the last `clear_s` seconds (detections per frame without
+  track ids). Alerts carry the track ids.
+- line: a track crossing a polyline: one event per crossing, `in` or `out` by the side it crosses
+  to (`in_side`, as seen walking the line from its first point to its last), with the running
+  counts per direction (also exported as metrics). Needs track ids.
+
+dwell and count are episodes, each a small state machine driven by the frames' `captured_at`:
+idle -> pending (condition true) -> firing after `for_s` seconds of it (event "firing") -> idle
+after `clear_s` seconds without it, or when its track ends (event "resolved").
+An object is where the middle of its box's bottom edge (where it stands) is.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -18,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.config import CAMERA_ID, load_yaml_model
 from pipeline.s6_publish import rfc3339_ms
 
-ALERTS_SCHEMA = "alerts/v1"
+ALERTS_SCHEMA = "alerts/v2"
 
 
 class _Strict(BaseModel):
@@ -36,32 +46,89 @@ class AlertsKafka(_Strict):
         "latest", description="where a new consumer group starts: latest (only new frames) or earliest")
 
 
+class AlertsMetrics(_Strict):
+    """Where the consumer serves its Prometheus metrics (line-crossing counts, alerts, tracks in zones)."""
+
+    listen: str | None = Field("127.0.0.1:9109", description="host:port for /metrics; null: none")
+
+
 class Zone(_Strict):
     """A polygon in one camera's picture, in source pixels."""
 
     camera: str = Field(pattern=CAMERA_ID, description="the camera whose picture the polygon is drawn on")
     polygon: list[tuple[float, float]] = Field(min_length=3, description="[[x, y], ...] in source pixels, 3 or more")
 
+    @field_validator("polygon")
+    @classmethod
+    def _simple(cls, polygon: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if abs(_area(polygon)) < 1:
+            raise ValueError("the polygon has no area (its points are on one line); draw the zone's outline")
+        edges = list(zip(polygon, polygon[1:] + polygon[:1]))
+        for i, j in _pairs(len(edges), closed=True):
+            if _cross(*edges[i], *edges[j]):
+                raise ValueError(f"the polygon crosses itself (edges {i + 1} and {j + 1}); list its corners "
+                                 "in order around the zone")
+        return polygon
+
+
+class Line(_Strict):
+    """A polyline in one camera's picture that tracks are counted across, in source pixels."""
+
+    camera: str = Field(pattern=CAMERA_ID, description="the camera whose picture the line is drawn on")
+    points: list[tuple[float, float]] = Field(min_length=2, description="[[x, y], ...] in source pixels, 2 or more")
+    in_side: Literal["left", "right"] = Field(
+        "left", description="crossing to this side, as seen walking the line from its first point to its "
+        "last, counts as `in`; the other way as `out`")
+    margin_px: float = Field(
+        4, ge=0, le=1000, description="an object must be this far past the line for a crossing to count "
+        "(a box jittering on the line is not a crossing)")
+    margin_of_height: float = Field(
+        0.15, ge=0, le=2, description="... and this fraction of its box's height, if more (detected boxes "
+        "jitter in proportion to their size)")
+    confirm_frames: int = Field(
+        2, ge=1, le=100, description="sightings in a row on the other side that make a crossing (a box "
+        "that shrinks for a frame behind another object is not one)")
+
+    @field_validator("points")
+    @classmethod
+    def _not_degenerate(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        segments = list(zip(points, points[1:]))
+        for k, (a, b) in enumerate(segments):
+            if (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 < 1:
+                raise ValueError(f"segment {k + 1} has no length (points {k + 1} and {k + 2} are the same); "
+                                 "give distinct points")
+        for i, j in _pairs(len(segments), closed=False):
+            if _cross(*segments[i], *segments[j]):
+                raise ValueError(f"the line crosses itself (segments {i + 1} and {j + 1}); draw it without loops")
+        return points
+
 
 class Rule(_Strict):
     """One alert condition."""
 
     id: str = Field(pattern=CAMERA_ID, description="names the rule in every alert")
-    kind: Literal["dwell", "count"] = Field(
-        description="dwell: an object of `classes` in the zone for `for_s` seconds; "
-                    "count: more than `above` of them for `for_s` seconds")
+    kind: Literal["dwell", "count", "line"] = Field(
+        description="dwell: an object of `classes` in the zone for `for_s` seconds (the same object, "
+                    "when tracked); count: more than `above` of them for `for_s` seconds; line: every "
+                    "crossing of `line` by a tracked object")
     classes: list[str] = Field(min_length=1, description="detection labels that count, e.g. [person]")
-    zone: str | None = Field(None, description="a zone name; omitted: the whole picture")
-    cameras: list[str] | None = Field(None, description="cameras the rule watches; default: the zone's, else all")
+    zone: str | None = Field(None, description="dwell, count: a zone name; omitted: the whole picture")
+    line: str | None = Field(None, description="line: a line name (under `lines`)")
+    cameras: list[str] | None = Field(None, description="cameras the rule watches; default: the zone's or "
+                                      "line's, else all")
     above: int = Field(0, ge=0, description="count: alert when more than this many are seen")
     for_s: float = Field(0, ge=0, le=86400, description="seconds the condition must hold before the alert fires")
     clear_s: float = Field(2, ge=0, le=3600, description="seconds without the condition that resolve the alert")
     min_confidence: float = Field(0.0, ge=0, le=1, description="detections below this confidence are ignored")
 
     @model_validator(mode="after")
-    def _count_needs_threshold(self) -> Rule:
+    def _fields_of_its_kind(self) -> Rule:
         if self.kind == "dwell" and self.above:
             raise ValueError("`above` is for count rules; a dwell rule fires on one object")
+        if self.kind == "line" and (self.line is None or self.zone is not None):
+            raise ValueError("a line rule needs `line` (a name under `lines`) and no `zone`")
+        if self.kind != "line" and self.line is not None:
+            raise ValueError("`line` is for line rules; dwell and count rules watch a `zone`")
         return self
 
 
@@ -69,7 +136,9 @@ class AlertRules(_Strict):
     """The alerting consumer's file."""
 
     kafka: AlertsKafka = Field(default_factory=AlertsKafka, description="topics and consumer group")
+    metrics: AlertsMetrics = Field(default_factory=lambda: AlertsMetrics(), description="Prometheus metrics")
     zones: dict[str, Zone] = Field(default_factory=dict, description="named polygons, per camera")
+    lines: dict[str, Line] = Field(default_factory=dict, description="named polylines, per camera")
     rules: list[Rule] = Field(min_length=1, description="the alert conditions")
 
     @field_validator("rules")
@@ -82,11 +151,14 @@ class AlertRules(_Strict):
         return rules
 
     @model_validator(mode="after")
-    def _zones_exist(self) -> AlertRules:
+    def _zones_and_lines_exist(self) -> AlertRules:
         for rule in self.rules:
             if rule.zone is not None and rule.zone not in self.zones:
                 raise ValueError(f"rule {rule.id!r} names zone {rule.zone!r}, which is not under `zones` "
                                  f"(known: {', '.join(sorted(self.zones)) or 'none'})")
+            if rule.line is not None and rule.line not in self.lines:
+                raise ValueError(f"rule {rule.id!r} names line {rule.line!r}, which is not under `lines` "
+                                 f"(known: {', '.join(sorted(self.lines)) or 'none'})")
         return self
 
 
@@ -105,13 +177,117 @@ def inside(point: tuple[float, float], polygon: list[tuple[float, float]]) -> bo
     return hit
 
 
+def crossing(line: Line, start: tuple[float, float], end: tuple[float, float]) -> str | None:
+    """"in" or "out" when moving from `start` to `end` crosses `line`, else None."""
+    for a, b in zip(line.points, line.points[1:]):
+        if _cross(a, b, start, end):
+            to_left = _side(a, b, end) < 0  # image y points down: negative is left of a -> b
+            return "in" if to_left == (line.in_side == "left") else "out"
+    return None
+
+
+def line_margin(line: Line, bbox) -> float:
+    """How far past `line` an object with this box must be to be on one side."""
+    return max(line.margin_px, line.margin_of_height * (bbox[3] - bbox[1]))
+
+
+def distance_to(line: Line, p: tuple[float, float]) -> float:
+    """Distance from `p` to the polyline."""
+    return min(_segment_distance(a, b, p) for a, b in zip(line.points, line.points[1:]))
+
+
+def _side(a, b, p) -> float:
+    return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+
+
+def _cross(a, b, c, d) -> bool:
+    """Segments ab and cd cross (touching at an end counts)."""
+    d1, d2, d3, d4 = _side(c, d, a), _side(c, d, b), _side(a, b, c), _side(a, b, d)
+    if ((d1 > 0) != (d2 > 0) and d1 != 0 and d2 != 0) and ((d3 > 0) != (d4 > 0) and d3 != 0 and d4 != 0):
+        return True
+    return any(v == 0 and _on(*seg, q) for v, seg, q in ((d1, (c, d), a), (d2, (c, d), b), (d3, (a, b), c),
+                                                         (d4, (a, b), d)))
+
+
+def _on(a, b, p) -> bool:
+    return min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+
+
+def _segment_distance(a, b, p) -> float:
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    t = max(0.0, min(1.0, ((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / (dx * dx + dy * dy)))
+    return ((p[0] - a[0] - t * dx) ** 2 + (p[1] - a[1] - t * dy) ** 2) ** 0.5
+
+
+def _area(polygon) -> float:
+    return sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(polygon, polygon[1:] + polygon[:1])) / 2
+
+
+def _pairs(n: int, closed: bool):
+    """Index pairs of edges that share no corner (neighbours always touch)."""
+    for i in range(n):
+        for j in range(i + 2, n):
+            if not (closed and i == 0 and j == n - 1):
+                yield i, j
+
+
+def anchor(det: dict) -> tuple[float, float]:
+    """Where an object stands: the middle of its box's bottom edge."""
+    x1, _, x2, y2 = det["bbox"]
+    return ((x1 + x2) / 2, y2)
+
+
 @dataclass
-class _Track:
+class _Episode:
     since: float | None = None  # when the condition started holding (pending or firing)
     last_true: float | None = None
     firing: bool = False
     alert_id: str = ""
     peak: float = 0.0
+    track_ids: list = field(default_factory=list)
+
+
+class LineCounter:
+    """Crossings of one line by tracked objects: each object's side is settled when it stands
+    beyond the line's margin, and a crossing is `confirm_frames` settled sightings in a row past
+    the line from the side it was on. Used by line rules and to count the truth the same way."""
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.counts = {"in": 0, "out": 0}
+        self._settled: dict = {}  # object -> (point on its side, at)
+        self._pending: dict = {}  # object -> (direction, sightings so far)
+
+    def observe(self, key, bbox, at: float) -> str | None:
+        """One sighting of object `key`; "in" or "out" when it completes a crossing."""
+        point = ((bbox[0] + bbox[2]) / 2, bbox[3])
+        if distance_to(self.line, point) < line_margin(self.line, bbox):
+            return None  # on the line: no side
+        settled = self._settled.get(key)
+        direction = crossing(self.line, settled[0], point) if settled is not None else None
+        if direction is None:
+            self._settled[key] = (point, at)
+            self._pending.pop(key, None)
+            return None
+        before, seen = self._pending.get(key, (direction, 0))
+        seen = seen + 1 if before == direction else 1
+        if seen < self.line.confirm_frames:
+            self._pending[key] = (direction, seen)
+            return None
+        self._settled[key] = (point, at)
+        self._pending.pop(key, None)
+        self.counts[direction] += 1
+        return direction
+
+    def forget(self, keys=(), before: float | None = None) -> None:
+        """Drop objects that ended, and any not seen since `before` (their end was in a lost message)."""
+        stale = {k for k, (_, at) in self._settled.items() if before is not None and at < before}
+        for key in stale | set(keys):
+            self._settled.pop(key, None)
+            self._pending.pop(key, None)
+
+
+TRACK_MEMORY_S = 300.0  # a track's line state is dropped this long after its last sighting, ended or not
 
 
 @dataclass
@@ -119,76 +295,169 @@ class AlertEngine:
     """Feeds detections/v1 messages through every rule; returns the alert events to publish."""
 
     rules: AlertRules
-    _tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
+    on_event: object = None  # (event) -> None, e.g. metrics
+    _episodes: dict[tuple, _Episode] = field(default_factory=dict)
+    _zone_tracks: dict[tuple[str, str], dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    _lines: dict[tuple[str, str], LineCounter] = field(default_factory=dict)
+    _runs: dict[str, str | None] = field(default_factory=dict)
+
+    def _new_run(self, camera: str) -> None:
+        """Forget a camera's tracks: its daemon restarted and numbers tracks from 1 again."""
+        for key in [k for k in self._episodes if len(k) == 3 and k[1] == camera]:
+            del self._episodes[key]
+        for key, present in self._zone_tracks.items():
+            if key[1] == camera:
+                present.clear()
+        for key, counter in self._lines.items():
+            if key[1] == camera:
+                counter.forget(before=float("inf"))
 
     def feed(self, message: dict) -> list[dict]:
-        """One detections/v1 message -> zero or more alerts/v1 events."""
+        """One detections/v1 message -> zero or more alerts/v2 events."""
         camera = message["camera_id"]
         at = _seconds(message["frame"]["captured_at"])
-        events = []
+        tracked = "tracks" in message
+        ended = {t["track_id"] for t in message.get("tracks", {}).get("ended", ())}
+        if self._runs.get(camera, message.get("run_id")) != message.get("run_id"):
+            self._new_run(camera)  # track ids are unique within a run: the daemon restarted
+        self._runs[camera] = message.get("run_id")
+        events: list[dict] = []
         for rule in self.rules.rules:
             if not self._watches(rule, camera):
                 continue
             matched = self._matching(rule, message["detections"])
-            value = float(len(matched))
-            holds = len(matched) > rule.above if rule.kind == "count" else bool(matched)
-            event = self._step(rule, camera, at, holds, value, message, matched)
-            if event is not None:
-                events.append(event)
+            if rule.kind == "line":
+                events += self._line(rule, camera, at, message, matched, ended)
+            elif rule.kind == "dwell" and tracked:
+                events += self._dwell_per_track(rule, camera, at, message, matched, ended)
+            else:
+                events += self._episode_events(rule, camera, at, message, matched, tracked, ended)
+        for event in events:
+            if self.on_event is not None:
+                self.on_event(event)
         return events
+
+    def line_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(rule, camera) -> crossings so far, per direction."""
+        return {key: dict(counter.counts) for key, counter in list(self._lines.items())}
 
     def _watches(self, rule: Rule, camera: str) -> bool:
         if rule.cameras is not None:
             return camera in rule.cameras
         if rule.zone is not None:
             return self.rules.zones[rule.zone].camera == camera
+        if rule.line is not None:
+            return self.rules.lines[rule.line].camera == camera
         return True
 
     def _matching(self, rule: Rule, detections: list[dict]) -> list[dict]:
         polygon = self.rules.zones[rule.zone].polygon if rule.zone else None
-        out = []
-        for det in detections:
-            if det["label"] not in rule.classes or det["confidence"] < rule.min_confidence:
-                continue
-            x1, _, x2, y2 = det["bbox"]
-            if polygon is None or inside(((x1 + x2) / 2, y2), polygon):
-                out.append(det)
-        return out
+        return [det for det in detections
+                if det["label"] in rule.classes and det["confidence"] >= rule.min_confidence
+                and (polygon is None or inside(anchor(det), polygon))]
 
-    def _step(self, rule: Rule, camera: str, at: float, holds: bool, value: float, message: dict,
-              matched: list[dict]) -> dict | None:
-        track = self._tracks.setdefault((rule.id, camera), _Track())
+    # ---------------------------------------------------------------- line
+    def _line(self, rule: Rule, camera: str, at: float, message: dict, matched: list[dict], ended: set) -> list[dict]:
+        counter = self._lines.get((rule.id, camera))
+        if counter is None:
+            counter = self._lines[(rule.id, camera)] = LineCounter(self.rules.lines[rule.line])
+        events = []
+        for det in matched:
+            if det.get("track_id") is None:
+                continue  # untracked: no identity to count once
+            direction = counter.observe(det["track_id"], det["bbox"], at)
+            if direction is not None:
+                events.append(self._crossing(rule, camera, at, message, det, direction, counter))
+        counter.forget(ended, at - TRACK_MEMORY_S)
+        return events
+
+    def _crossing(self, rule, camera, at, message, det, direction, counter: LineCounter) -> dict:
+        return {"schema": ALERTS_SCHEMA, "alert_id": f"{rule.id}:{camera}:{det['track_id']}:{round(at * 1000)}",
+                "rule": rule.id, "kind": "line", "state": "crossed", "camera_id": camera, "zone": None,
+                "line": rule.line, "direction": direction, "counts": dict(counter.counts),
+                "track_ids": [det["track_id"]], "started_at": _iso(at), "at": _iso(at), "duration_s": 0.0,
+                "value": 1.0, "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
+                "detections": [det]}
+
+    # ---------------------------------------------------------------- dwell per track
+    def _dwell_per_track(self, rule, camera, at, message, matched, ended) -> list[dict]:
+        events, seen = [], set()
+        for det in matched:
+            track = det.get("track_id")
+            if track is None:
+                continue
+            seen.add(track)
+            key = (rule.id, camera, track)
+            event = self._step(rule, camera, key, at, True, 1.0, message, [det], [track])
+            if event is not None:
+                events.append(event)
+        for key in [k for k in self._episodes if k[:2] == (rule.id, camera) and len(k) == 3 and k[2] not in seen]:
+            gone = key[2] in ended
+            event = self._step(rule, camera, key, at, False, 0.0, message, [], [key[2]], force_clear=gone)
+            if event is not None:
+                events.append(event)
+        return events
+
+    # ---------------------------------------------------------------- dwell (untracked), count
+    def _episode_events(self, rule, camera, at, message, matched, tracked, ended) -> list[dict]:
+        if rule.kind == "count" and tracked:
+            present = self._zone_tracks[(rule.id, camera)]
+            for det in matched:
+                if det.get("track_id") is not None:
+                    present[det["track_id"]] = at
+            for track in [t for t, last in present.items() if t in ended or at - last > rule.clear_s]:
+                del present[track]
+            track_ids = sorted(present)
+            value = float(len(track_ids))
+        else:
+            track_ids = sorted({d["track_id"] for d in matched if d.get("track_id") is not None})
+            value = float(len(matched))
+        holds = value > rule.above if rule.kind == "count" else value > 0
+        event = self._step(rule, camera, (rule.id, camera), at, holds, value, message, matched, track_ids)
+        return [] if event is None else [event]
+
+    def zone_tracks(self) -> dict[tuple[str, str], int]:
+        """(count rule, camera) -> distinct tracks in its zone now."""
+        return {key: len(present) for key, present in list(self._zone_tracks.items())}
+
+    def _step(self, rule: Rule, camera: str, key: tuple, at: float, holds: bool, value: float, message: dict,
+              matched: list[dict], track_ids: list, force_clear: bool = False) -> dict | None:
+        episode = self._episodes.setdefault(key, _Episode())
         if holds:
-            if track.since is None or (not track.firing and at - track.last_true > rule.clear_s):
-                track.since = at  # a new episode (a long gap ended the previous pending one)
-            track.last_true = at
-            track.peak = max(track.peak, value)
-            if not track.firing and at - track.since >= rule.for_s:
-                track.firing = True
-                track.alert_id = f"{rule.id}:{camera}:{round(track.since * 1000)}"
-                return self._event(rule, camera, track, "firing", at, value, message, matched)
+            if episode.since is None or (not episode.firing and at - episode.last_true > rule.clear_s):
+                episode.since = at  # a new episode (a long gap ended the previous pending one)
+            episode.last_true = at
+            episode.peak = max(episode.peak, value)
+            episode.track_ids = sorted(set(episode.track_ids) | set(track_ids))
+            if not episode.firing and at - episode.since >= rule.for_s:
+                episode.firing = True
+                episode.alert_id = ":".join([rule.id, camera, *[str(k) for k in key[2:]], str(round(episode.since * 1000))])
+                return self._event(rule, camera, episode, "firing", at, value, message, matched, track_ids)
             return None
-        if track.since is not None and at - track.last_true >= rule.clear_s:
-            was_firing = track.firing
-            event = self._event(rule, camera, track, "resolved", at, value, message, []) if was_firing else None
-            self._tracks[(rule.id, camera)] = _Track()
+        if episode.since is not None and (force_clear or at - episode.last_true >= rule.clear_s):
+            event = (self._event(rule, camera, episode, "resolved", at, value, message, [], episode.track_ids)
+                     if episode.firing else None)
+            del self._episodes[key]
             return event
+        if episode.since is None:
+            del self._episodes[key]
         return None
 
-    def _event(self, rule: Rule, camera: str, track: _Track, state: str, at: float, value: float,
-               message: dict, matched: list[dict]) -> dict:
+    def _event(self, rule: Rule, camera: str, episode: _Episode, state: str, at: float, value: float,
+               message: dict, matched: list[dict], track_ids: list) -> dict:
         return {
             "schema": ALERTS_SCHEMA,
-            "alert_id": track.alert_id,
+            "alert_id": episode.alert_id,
             "rule": rule.id,
             "kind": rule.kind,
             "state": state,
             "camera_id": camera,
             "zone": rule.zone,
-            "started_at": _iso(track.since),
+            "track_ids": list(track_ids),
+            "started_at": _iso(episode.since),
             "at": _iso(at),
-            "duration_s": round((track.last_true if state == "resolved" else at) - track.since, 3),
-            "value": value if state == "firing" else track.peak,
+            "duration_s": round((episode.last_true if state == "resolved" else at) - episode.since, 3),
+            "value": value if state == "firing" else episode.peak,
             "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
             "detections": matched,
         }

@@ -1,5 +1,5 @@
 """The alerting consumer against the real broker: detections/v1 in (encoded as the daemon does),
-alerts/v1 out, offsets committed so a restart does not repeat alerts, junk skipped."""
+alerts/v2 out, offsets committed so a restart does not repeat alerts, junk skipped."""
 import asyncio
 import json
 import signal
@@ -15,9 +15,9 @@ import yaml
 
 from pipeline.core import CameraState, Detection, FrameMeta, FrameResult, ModelRef
 from pipeline.s6_publish import encode_detections, encode_status
-from scripts.testbed import REPO, consume, transcribe, wait_for
+from scripts.testbed import REPO, consume, produce, transcribe, wait_for
 
-SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v1.schema.json").read_text())
+SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v2.schema.json").read_text())
 IN_BAY = (400, 700, 500, 900)
 
 
@@ -25,20 +25,6 @@ def detections(camera: str, at: float, seq: int, boxes=()) -> bytes:
     meta = FrameMeta(camera, float(seq) / 10, at, "rtcp", 1920, 1080)
     dets = tuple(Detection(0, "person", 0.9, b) for b in boxes)
     return encode_detections(FrameResult(meta, seq, dets), ModelRef("m", "0" * 64, "onnxruntime"), "run")
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
-    async def send() -> None:
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            for key, value in messages:
-                await producer.send_and_wait(topic, value, key=key.encode())
-        finally:
-            await producer.stop()
-    asyncio.run(send())
 
 
 def episode(camera: str, start: float, seq0: int) -> list[tuple[str, bytes]]:
@@ -73,6 +59,7 @@ def test_alerts_fire_and_resolve_from_real_topics_and_a_restart_repeats_none(tmp
     rules.write_text(yaml.safe_dump({
         "kafka": {"bootstrap_servers": broker.bootstrap, "detections_topic": topic, "alerts_topic": alerts_topic,
                   "group_id": f"alerts-{run}", "start_from": "earliest"},
+        "metrics": {"listen": None},
         "zones": {"bay": {"camera": "gate-1", "polygon": [[100, 600], [900, 600], [900, 1080], [100, 1080]]}},
         "rules": [{"id": "person-in-bay", "kind": "dwell", "classes": ["person"], "zone": "bay",
                    "for_s": 5, "clear_s": 2}],

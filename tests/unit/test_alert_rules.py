@@ -1,4 +1,5 @@
-"""Alert rules over detections/v1 messages, in capture time: dwell in a zone, counts, gaps."""
+"""Alert rules over detections/v1 messages, in capture time: dwell in a zone (the same object when
+tracked), counts of distinct tracks, line crossings per track, gaps, and geometry checked at load."""
 import json
 from importlib import resources
 
@@ -7,19 +8,23 @@ import pytest
 
 from pipeline.alerting.rules import AlertEngine, AlertRules, inside, load_rules
 from pipeline.config import ConfigError
-from pipeline.core import Detection, FrameMeta, FrameResult, ModelRef
+from pipeline.core import Detection, EndedTrack, FrameMeta, FrameResult, ModelRef, TrackEvents
 from pipeline.s6_publish import encode_detections, rfc3339_ms
 
 T0 = 1_790_000_000.0
-SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v1.schema.json").read_text())
+SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v2.schema.json").read_text())
 BAY = [(100, 600), (900, 600), (900, 1080), (100, 1080)]
 
 
-def message(at: float, boxes=(), camera="gate-1", seq=0, label="person", confidence=0.9) -> dict:
-    """A detections/v1 message exactly as the daemon encodes it."""
+def message(at: float, boxes=(), camera="gate-1", seq=0, label="person", confidence=0.9, tracks=None,
+            ended=(), run="run") -> dict:
+    """A detections/v1 message exactly as the daemon encodes it; `tracks` gives each box its track
+    id (a tracked camera), `ended` the ids of the tracks that ended."""
     meta = FrameMeta(camera, at - T0, at, "rtcp", 1920, 1080)
-    dets = tuple(Detection(0, label, confidence, box) for box in boxes)
-    raw = encode_detections(FrameResult(meta, seq, dets), ModelRef("m", "0" * 64, "onnxruntime"), "run")
+    ids = tracks if tracks is not None else [None] * len(boxes)
+    dets = tuple(Detection(0, label, confidence, box, track_id=t) for box, t in zip(boxes, ids))
+    events = None if tracks is None else TrackEvents((), tuple(EndedTrack(t, label, T0, at, 1, "unseen") for t in ended))
+    raw = encode_detections(FrameResult(meta, seq, dets, events), ModelRef("m", "0" * 64, "onnxruntime"), run)
     return json.loads(raw)
 
 
@@ -32,10 +37,11 @@ def engine(**rule) -> AlertEngine:
 
 
 def run(eng: AlertEngine, frames) -> list[dict]:
-    """frames: (seconds after T0, boxes); 10 fps unless the caller spaces them otherwise."""
+    """frames: (seconds after T0, boxes[, track ids[, ended ids]]); 10 fps unless the caller spaces them otherwise."""
     out = []
-    for seq, (t, boxes) in enumerate(frames):
-        out += eng.feed(message(T0 + t, boxes, seq=seq))
+    for seq, (t, boxes, *tracking) in enumerate(frames):
+        ids, ended = (tracking[0] if tracking else None), (tracking[1] if len(tracking) > 1 else ())
+        out += eng.feed(message(T0 + t, boxes, seq=seq, tracks=ids, ended=ended))
     for alert in out:
         jsonschema.validate(alert, SCHEMA)
     return out
@@ -113,4 +119,92 @@ def test_a_bad_rules_file_says_where_and_what(tmp_path):
         load_rules(path)
     text = "\n".join(err.value.problems)
     assert f"{path}:2: zones.bay.polygon" in text and "at least 3" in text
-    assert f"{path}:5: rules[1].kind" in text and "'dwell' or 'count'" in text
+    assert f"{path}:5: rules[1].kind" in text and "'dwell', 'count' or 'line'" in text
+
+
+# ---------------------------------------------------------------------- tracks
+OTHER_IN_BAY = (600, 700, 700, 900)
+
+
+def test_with_tracks_dwell_is_the_same_object_for_for_s():
+    # two people take turns in the bay every 3 s: someone is always there, nobody for 5 s
+    frames = [(i / 10, [IN_BAY if (i // 30) % 2 == 0 else OTHER_IN_BAY], [1 + (i // 30) % 2]) for i in range(120)]
+    assert run(engine(clear_s=0.5), frames) == []
+    untracked = [(t, boxes) for t, boxes, _ in frames]  # without track ids: anyone counts
+    assert [a["state"] for a in run(engine(clear_s=0.5), untracked)] == ["firing"]
+
+
+def test_a_dwelling_track_fires_once_with_its_id_and_resolves_when_it_ends():
+    frames = [(i / 10, [IN_BAY, BESIDE], [7, 8]) for i in range(70)] + [(7.0, [], [], [7])]
+    alerts = run(engine(), frames)
+    assert [(a["state"], a["track_ids"]) for a in alerts] == [("firing", [7]), ("resolved", [7])]
+    assert alerts[0]["alert_id"].startswith("r:gate-1:7:")
+    assert alerts[1]["at"] == rfc3339_ms(T0 + 7.0)  # at the track's end, not clear_s later
+
+
+def test_count_counts_distinct_tracks_seen_in_the_zone_within_clear_s():
+    eng = engine(kind="count", above=2, for_s=1, clear_s=1)
+    # three people, each detected only every third frame: never more than one box per frame
+    boxes = [(100 + 200 * k, 700, 180 + 200 * k, 900) for k in range(3)]
+    frames = [(i / 10, [boxes[i % 3]], [10 + i % 3]) for i in range(40)]
+    alerts = run(eng, frames)
+    assert [a["state"] for a in alerts] == ["firing"] and alerts[0]["value"] == 3
+    assert alerts[0]["track_ids"] == [10, 11, 12]
+    assert eng.zone_tracks() == {("r", "gate-1"): 3}
+
+
+def line_engine(**line) -> AlertEngine:
+    rules = AlertRules.model_validate({
+        "lines": {"gate": {"camera": "gate-1", "points": [[0, 500], [1920, 500]], **line}},
+        "rules": [{"id": "gate-count", "kind": "line", "line": "gate", "classes": ["person"]}],
+    })
+    return AlertEngine(rules)
+
+
+def walking(track, y_from, y_to, steps, x=400.0, t0=0.0):
+    """A person's boxes walking down (or up) the picture, their feet from y_from to y_to."""
+    return [(t0 + i / 10, [(x, y - 100, x + 60, y)], [track])
+            for i, y in enumerate(y_from + (y_to - y_from) * k / (steps - 1) for k in range(steps))]
+
+
+def test_each_crossing_is_one_event_with_its_direction_track_and_running_counts():
+    eng = line_engine(in_side="right")  # walking the line left to right, its right side is down
+    frames = walking(1, 300, 700, 20) + walking(2, 800, 200, 20, x=900, t0=2) + walking(3, 300, 450, 10, t0=4)
+    alerts = run(eng, frames)
+    assert [(a["direction"], a["track_ids"], a["counts"]) for a in alerts] == [
+        ("in", [1], {"in": 1, "out": 0}), ("out", [2], {"in": 1, "out": 1})]
+    assert all(a["kind"] == "line" and a["state"] == "crossed" for a in alerts)
+    assert eng.line_counts() == {("gate-count", "gate-1"): {"in": 1, "out": 1}}
+
+
+def test_a_box_jittering_on_the_line_is_not_counted_and_untracked_boxes_never_are():
+    eng = line_engine(margin_px=6)
+    jitter = [(i / 10, [(400, 400, 460, 500 + (4 if i % 2 else -4))], [1]) for i in range(40)]
+    assert run(eng, jitter) == []
+    untracked = [(t, boxes) for t, boxes, _ in walking(5, 300, 700, 20)]
+    assert run(eng, untracked) == []
+
+
+def test_a_new_run_of_the_daemon_forgets_the_old_track_ids():
+    eng = line_engine()
+    out = []
+    for t, boxes, ids in walking(1, 300, 480, 10):  # track 1 stops short of the line...
+        out += eng.feed(message(T0 + t, boxes, tracks=ids, run="a" * 32))
+    for t, boxes, ids in walking(1, 520, 700, 10, t0=2):  # ...a new run's track 1 is another person
+        out += eng.feed(message(T0 + t, boxes, tracks=ids, run="b" * 32))
+    assert out == []
+
+
+@pytest.mark.parametrize("geometry, problem", [
+    ("zones:\n  bay: {camera: gate-1, polygon: [[0, 0], [100, 100], [100, 0], [0, 60]]}\n", "crosses itself"),
+    ("zones:\n  bay: {camera: gate-1, polygon: [[0, 0], [50, 50], [100, 100]]}\n", "no area"),
+    ("lines:\n  gate: {camera: gate-1, points: [[10, 10], [10, 10]]}\n", "has no length"),
+    ("lines:\n  gate: {camera: gate-1, points: [[0, 0], [100, 0], [100, 100], [50, -50]]}\n", "crosses itself"),
+])
+def test_a_self_crossing_zone_or_a_degenerate_line_is_refused_at_load_saying_where(tmp_path, geometry, problem):
+    path = tmp_path / "rules.yaml"
+    path.write_text(geometry + "rules:\n  - {id: r, kind: count, classes: [person]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    text = "\n".join(err.value.problems)
+    assert f"{path}:2: " in text and problem in text, text

@@ -1,0 +1,138 @@
+"""Tracking benchmarks: the tracker's cost per frame, and tracking quality on the tracking scenes
+without RTSP or Kafka (the daemon's own stages in one process), for tuning.
+
+    python scripts/bench_tracking.py cost                 # ms per frame at 10, 30, 100 objects
+    python scripts/bench_tracking.py score --fps 25 5     # MOTA/IDF1 per scene and sampling rate
+
+`score` renders scripts/scenes.py's tracking scenes, encodes and decodes them (PyAV), runs the
+model with the daemon's preprocessing, postprocessing and tracker (pipeline.s5_track), encodes
+each frame as the daemon does (detections/v1) and scores it with scripts/track_score.py. The end
+to end test (tests/integration/test_tracking.py) runs the real daemon instead.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.config import ModelConfig, TrackingConfig  # noqa: E402
+from pipeline.core import Batch, Detection, Frame, FrameMeta, FrameResult, ModelRef, TrackEvents  # noqa: E402
+from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
+from pipeline.s4_infer.preprocess import CpuPreprocessor  # noqa: E402
+from pipeline.s5_postprocess import detections_for_image  # noqa: E402
+from pipeline.s5_track import CameraTracker, TrackSettings  # noqa: E402
+from pipeline.s6_publish import encode_detections  # noqa: E402
+from scripts.scenes import Scene, Truth, truth_path  # noqa: E402
+from scripts.track_score import HEADER, score, truth_crossings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
+TRACKING_CAMERAS = {"trk-720p": (9201, 1280, 720), "trk-540p": (9202, 960, 540), "trk-4x3": (9203, 800, 600)}
+FRAMES = 375  # 15 s at 25 fps
+
+
+def tracking_clip(folder: Path, seed: int, width: int, height: int, frames: int = FRAMES) -> Path:
+    """A tracking scene's clip and truth (cached in `folder`)."""
+    clip = Path(folder) / f"tracking-{seed}-{width}x{height}-{frames}.mp4"
+    if not clip.exists() or not truth_path(clip).exists():
+        Scene(seed, width, height, frames=frames, tracking=True).write(clip)
+    return clip
+
+
+def cost(objects: int, frames: int = 300) -> float:
+    """Mean ms per tracker update with `objects` moving boxes per frame (after a warm-up)."""
+    rng = np.random.default_rng(objects)
+    start = rng.uniform(0, 1800, (objects, 2))
+    speed = rng.uniform(-8, 8, (objects, 2))
+    tracker = CameraTracker(TrackSettings(high_confidence=0.35, max_tracks=1000))
+    spent = []
+    for i in range(frames):
+        xy = start + speed * i
+        dets = [Detection(k % 4, "c", 0.9 if k % 5 else 0.2, (x, y, x + 60, y + 60)) for k, (x, y) in enumerate(xy)]
+        began = time.perf_counter()
+        tracker.update(dets, i / 25, 1e9 + i / 25)
+        spent.append(time.perf_counter() - began)
+    return 1000 * float(np.mean(spent[30:]))
+
+
+def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1) -> tuple[list[dict], Truth]:
+    """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages."""
+    engine = OnnxRuntimeEngine(ModelConfig(path=MODEL, input_size=320, confidence=low))
+    post = functools.partial(detections_for_image, layout="yolov8", labels=engine.info.labels,
+                             confidence=low, iou=0.45, max_detections=300)
+    pre = CpuPreprocessor(engine.info.input_spec)
+    settings = TrackingConfig()  # the daemon's defaults, as pipeline.app applies them
+    tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
+                                          max_age_s=max(settings.max_age_s, 3 / fps), jump_s=settings.jump_s))
+    messages, due = [], 0.0
+    with av.open(str(clip)) as container:
+        for i, picture in enumerate(container.decode(video=0)):
+            pts = i / 25
+            if pts + 1e-6 < due:
+                continue
+            due += 1 / fps
+            meta = FrameMeta("cam", pts, 1e9 + pts, "receive", picture.width, picture.height)
+            inputs, (box,) = pre(Batch((Frame(meta, picture, 0.0),)))
+            frame = tracker.update(post(output=engine.infer(inputs)[0], letterbox=box), pts, meta.captured_at)
+            result = FrameResult(meta, len(messages), frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended)))
+            messages.append(json.loads(encode_detections(result, ModelRef("m", "0" * 64, "onnxruntime"), "r" * 32)))
+    return messages, Truth.load(truth_path(clip))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("cost")
+    sc = sub.add_parser("score")
+    sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
+    sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
+    args = parser.parse_args()
+    if args.what == "cost":
+        for n in (10, 30, 100):
+            print(f"{n} objects: {cost(n):.3f} ms per frame")
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(HEADER)
+    crossings = {"counted": {"in": 0, "out": 0}, "truth": {"in": 0, "out": 0}}
+    for cam, (seed, w, h) in TRACKING_CAMERAS.items():
+        clip = tracking_clip(args.work, seed, w, h)
+        for fps in args.fps:
+            messages, truth = score_scene(clip, fps)
+            print(score(messages, truth).row(f"{cam} @ {fps:g} fps"), flush=True)
+            for line in middle_lines(w, h):
+                for kind, counts in (("counted", line_counts(messages, line)), ("truth", truth_crossings(messages, truth, line))):
+                    for direction, n in counts.items():
+                        crossings[kind][direction] += n
+    print(f"line crossings, middle lines across and along: counted {crossings['counted']}, truth {crossings['truth']}")
+    return 0
+
+
+def middle_lines(width: int, height: int) -> list:
+    """A horizontal and a vertical line through the middle of the picture."""
+    from pipeline.alerting.rules import Line
+
+    return [Line(camera="cam", points=[(0, height / 2), (width, height / 2)], in_side="right"),
+            Line(camera="cam", points=[(width / 2, 0), (width / 2, height)], in_side="left")]
+
+
+def line_counts(messages: list[dict], line) -> dict[str, int]:
+    """Crossings of `line` by the messages' tracks, as the alerting consumer counts them."""
+    from pipeline.alerting.rules import LineCounter
+
+    counter = LineCounter(line)
+    for m in messages:
+        for det in m["detections"]:
+            if det.get("track_id") is not None:
+                counter.observe(det["track_id"], det["bbox"], 0.0)
+    return counter.counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())
