@@ -138,10 +138,10 @@ class Letterbox:
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map [K, 4] xyxy boxes from model-input pixels to source pixels, clipped to the frame."""
-        out = np.empty(boxes.shape, dtype=np.float32)
-        xs, ys = out[:, 0::2], out[:, 1::2]  # views: columns x1, x2 and y1, y2
-        np.clip((boxes[:, 0::2] - self.pad_x) / self.scale, 0, self.src_w, out=xs)
-        np.clip((boxes[:, 1::2] - self.pad_y) / self.scale, 0, self.src_h, out=ys)
+        wide = np.asarray(boxes, np.float64)  # a huge finite float32 box would overflow the division
+        out = np.empty(wide.shape, dtype=np.float32)
+        out[:, 0::2] = np.clip((wide[:, 0::2] - self.pad_x) / self.scale, 0, self.src_w)
+        out[:, 1::2] = np.clip((wide[:, 1::2] - self.pad_y) / self.scale, 0, self.src_h)
         return out
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -56,6 +56,9 @@ LB = Letterbox(0.5, 0, 12, 640, 360)
 @given(layout=st.sampled_from(["yolov8", "yolov5", "end2end"]),
        output=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=12), elements=FLOATS),
        labels=st.lists(st.text(max_size=5), max_size=4))
+# found by this test: a huge finite float32 box overflowed mapping it back to source pixels
+@example(layout="yolov8", output=np.array([[1.0], [1.7014118e38], [1.0], [1.0], [1.0]], np.float32), labels=[])
+@example(layout="yolov8", output=np.full((5, 1), 1.1342746e38, np.float32), labels=[])
 def test_any_output_tensor_gives_valid_detections_or_a_layout_error(layout, output, labels):
     try:
         found = detections_for_image(output, layout, LB, labels, confidence=0.25, iou=0.45, max_detections=50)
