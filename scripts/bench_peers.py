@@ -190,6 +190,7 @@ INSIDE = {  # what the daemon's own metrics say, as means per interval: name -> 
     "preprocess": _stage("preprocess"),
     "infer": _stage("infer"),
     "postprocess": _stage("postprocess"),
+    "track (per frame)": _stage("track"),
     "publish": _stage("publish"),
 }
 
@@ -298,6 +299,8 @@ def table(results: list[dict], alone: float, shape: str) -> list[str]:
 
 
 def versions(peer_env: Path) -> str:
+    if not (peer_env / "bin" / "python").exists():  # only our daemon is measured
+        return f"not installed ({peer_env})"
     code = ("import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
             "('ultralytics', 'torch', 'opencv-python-headless', 'onnxruntime')))")
     out = subprocess.run([str(peer_env / "bin" / "python"), "-c", code], capture_output=True, text=True)
