@@ -25,7 +25,8 @@ from typing import Any
 from pipeline.config import CameraConfig, Config, ConfigError, ModelConfig, load_config
 from pipeline.core import CameraState, FrameResult, ModelRef
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
-from pipeline.http import HttpServer
+from pipeline.api.detect import DetectService, DetectTarget
+from pipeline.api.server import Endpoints, HttpServer, load_tokens
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import add_secrets, log_event
 from pipeline.metrics import Metrics
@@ -39,7 +40,7 @@ from pipeline.s4_infer import Engine, load_engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_image
 from pipeline.s5_track import Trackers, TrackSettings
-from pipeline.s6_publish import KafkaPublisher, Outgoing, encode_detections, encode_status
+from pipeline.s6_publish import KafkaPublisher, Outgoing, encode_detections, encode_status, rfc3339_ms
 from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Lane:
     batcher: DeadlineBatcher
     inference: InferenceWorker
     trackers: Trackers
+    detect: DetectTarget  # what /v1/detect sends this lane's images through
     canary: bool = False  # serves `canary.cameras` with `canary.model`
 
     @property
@@ -80,6 +82,7 @@ class Runtime:
         config_path: Path | None = None,
         notifier: SystemdNotifier | None = None,
         shard: tuple[int, int] = (0, 1),
+        api_tokens: list[str] | None = None,
     ) -> None:
         self._shard = shard  # (this replica, replicas): only its share of the cameras runs here
         self.config = config = config.shard(*shard)
@@ -102,10 +105,17 @@ class Runtime:
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
         self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
-        self._http = HttpServer(
-            config.metrics.host, config.metrics.port, self.metrics.render, self.healthz, self.readyz,
-            self.preview, self.camera_states,
-        )
+        self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
+        detect = (DetectService(self._detect_targets, config.api.detect, self.metrics.detect_seconds.observe)
+                  if config.api.detect.enabled else None)
+        if detect is not None:
+            self.metrics.detect_queue_depth.set_function(detect.waiting)
+        tokens = load_tokens(config.api) if api_tokens is None else api_tokens
+        add_secrets(tokens)
+        self._http = HttpServer(config.metrics.host, config.metrics.port, config.api, tokens, Endpoints(
+            metrics=self.metrics.render, healthz=self.healthz, readyz=self.readyz, cameras=self.camera_list,
+            preview=self.preview, camera_states=self.camera_states, detect=detect,
+            count=lambda endpoint, status: self.metrics.http_requests.labels(endpoint, str(status)).inc()))
 
     # ------------------------------------------------------------------ life cycle
     async def run(self) -> int:
@@ -290,6 +300,7 @@ class Runtime:
         batcher = DeadlineBatcher(
             max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
             on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
+            request_queue=cfg.api.detect.queue,
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self.metrics)
         postprocess = functools.partial(  # weak boxes too, for tracking; Trackers publishes the confident
@@ -307,7 +318,9 @@ class Runtime:
                                     emit, self.metrics, name=name,
                                     keep_pictures=self.preview.offer if self.preview else None,
                                     track=trackers.track)
-        return Lane(gpu, cameras, engine, batcher, inference, trackers, canary)
+        detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
+                              gpu if path.decoder == "nvdec" else None)
+        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
 
     def _lowest_confidence(self, model: ModelConfig) -> float:
         """The threshold postprocessing keeps boxes at: tracking's weak boxes, where any camera is tracked."""
@@ -404,6 +417,7 @@ class Runtime:
 
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         """Called on camera threads."""
+        self._reasons[camera_id] = reason
         self._call_in_loop(self._publish_status, camera_id, state, reason, time.time())
 
     def _call_in_loop(self, fn: Callable, *args) -> None:
@@ -433,6 +447,21 @@ class Runtime:
     def camera_states(self) -> dict[str, str]:
         """Camera id -> state, in config order."""
         return {cam: worker.state.value for cam, worker in self._cameras.items()}
+
+    def camera_list(self) -> list[dict]:
+        """The cameras for GET /v1/cameras (no URL: it may hold a password)."""
+        now, out = time.time(), []
+        for camera in self.config.cameras:
+            worker = self._cameras.get(camera.id)
+            health = worker.health() if worker is not None else {"state": "not_started", "last_frame_age_s": None}
+            age = health["last_frame_age_s"]
+            out.append({"id": camera.id, "state": health["state"], "reason": self._reasons.get(camera.id),
+                        "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age)})
+        return out
+
+    def _detect_targets(self) -> list[DetectTarget]:
+        """The main model's lanes, for /v1/detect (a canary's lane serves only its cameras)."""
+        return [lane.detect for lane in self._lanes if not lane.canary]
 
     def healthz(self) -> tuple[bool, dict]:
         """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""

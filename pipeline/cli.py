@@ -73,13 +73,21 @@ def _load_or_report(path: str, load: Callable[[str], Any] = load_config) -> Any:
 
 
 def _run(config: Config, path: str, shard: tuple[int, int]) -> int:
+    from pipeline.api.server import load_tokens
     from pipeline.app import Runtime  # imported here so validate-config stays light
     from pipeline.systemd import SystemdNotifier
 
-    setup_logging(config.log_level, config.secrets())
+    try:
+        tokens = load_tokens(config.api)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_level, config.secrets() | set(tokens))
     notifier = SystemdNotifier.from_environment()
     try:
-        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier, shard=shard).run())
+        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier, shard=shard,
+                                   api_tokens=tokens).run())
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE

@@ -259,6 +259,41 @@ class MetricsConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class DetectConfig(_Strict):
+    """POST /v1/detect: images through the cameras' batcher and engine."""
+
+    enabled: bool = Field(True, description="serve /v1/detect")
+    max_body_mb: float = Field(10, gt=0, le=512, description="largest request body (MiB): larger is refused (413)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, le=150_000_000, description="largest image (width x height) decoded; larger is "
+        "refused from its header, before any decoding (413)")
+    queue: int = Field(
+        8, ge=1, le=1024, description="images waiting for inference, at most; more get 503 with Retry-After")
+    timeout_s: float = Field(10, gt=0, le=300, description="a request not answered in this time gets 504")
+
+
+class ApiTls(_Strict):
+    """HTTPS for the HTTP endpoint."""
+
+    certfile: Path = Field(description="PEM certificate (chain) the endpoint presents")
+    keyfile: Path = Field(description="its private key (PEM)")
+
+
+class ApiConfig(_Strict):
+    """Who may see pictures and run the model over HTTP (/preview*, /v1/*): bearer tokens.
+
+    /metrics, /healthz and /readyz stay open. Without any token, the protected endpoints are open
+    on a loopback address and switched off on any other (secure by default)."""
+
+    tokens_env: str | None = Field(
+        "RTSP_PIPELINE_API_TOKENS", description="environment variable with the tokens, comma-separated "
+        "(read at start)")
+    tokens_file: Path | None = Field(
+        None, description="a file with one token per line, e.g. a mounted Kubernetes Secret (read at start)")
+    tls: ApiTls | None = Field(None, description="serve HTTPS with this certificate and key")
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+
+
 class GpuConfig(_Strict):
     """Which GPUs the daemon uses and how frames are decoded."""
 
@@ -339,6 +374,7 @@ class Config(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     kafka: KafkaConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,16 @@ class Frame:
     meta: FrameMeta
     image: Any
     ready_at: float  # time.monotonic() when it was handed over; frame age is measured from it
+    reply: DetectReply | None = None  # set on an image of POST /v1/detect: its answer goes there
+
+
+@dataclass(frozen=True, slots=True)
+class DetectReply:
+    """Where the detections of a /v1/detect image go, and that request's own filters."""
+
+    confidence: float  # the request's threshold (not below the lane's postprocessing threshold)
+    classes: frozenset[int] | None  # class ids to keep; None: all
+    deliver: Callable[[tuple[Detection, ...] | Exception], None]  # called once, from the finish stage
 
 
 # Kr, Kb of each matrix (ITU-R BT.601 / BT.709 / BT.2020 non-constant luminance)

@@ -192,6 +192,9 @@ class InferenceWorker:
         results, tracking = [], 0.0
         try:
             for i, frame in enumerate(job.batch.frames):
+                if frame.reply is not None:  # a /v1/detect image: answered, never numbered or published
+                    self._answer(frame.reply, job.outputs[i], job.letterboxes[i])
+                    continue
                 detections = self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i])
                 cam = frame.meta.camera_id
                 tracks = None
@@ -211,13 +214,23 @@ class InferenceWorker:
         self._metrics.batch_size.observe(len(job.batch.frames))
         self.batches += 1
         if self._keep_pictures is not None:
-            self._keep_pictures(job.batch.frames, results)
+            self._keep_pictures([f for f in job.batch.frames if f.reply is None], results)
         self._emit(results)
+
+    def _answer(self, reply, output, letterbox: Letterbox) -> None:
+        try:
+            found = self._postprocess(output=output, letterbox=letterbox, confidence=reply.confidence)
+            reply.deliver(tuple(d for d in found if reply.classes is None or d.class_id in reply.classes))
+        except Exception as exc:
+            reply.deliver(exc)
 
     # ------------------------------------------------------------------ helpers
     def _drop(self, batch: Batch, stage: str, exc: Exception) -> None:
         """One bad batch must not stop inference for every camera: count, log, go on."""
         for frame in batch.frames:
+            if frame.reply is not None:
+                frame.reply.deliver(exc)
+                continue
             self._metrics.frames_dropped.labels(frame.meta.camera_id, f"{stage}_error").inc()
         log_event(log, logging.ERROR, f"{stage} failed; batch dropped", frames=len(batch.frames),
                   cameras=sorted({f.meta.camera_id for f in batch.frames}), error=repr(exc))

@@ -77,6 +77,15 @@ class Metrics:
         self.detections_untracked = Counter(
             p + "detections_untracked", "Detections published without a track id: tracking.max_tracks reached",
             ["camera"], registry=r)
+        self.http_requests = Counter(
+            p + "http_requests", "HTTP requests answered, by endpoint (its route) and status", ["endpoint", "status"],
+            registry=r)
+        self.detect_seconds = Histogram(
+            p + "detect_seconds", "POST /v1/detect: request received to detections ready (answered 200)",
+            registry=r, buckets=_LATENCY_BUCKETS)
+        self.detect_queue_depth = Gauge(
+            p + "detect_queue_depth", "/v1/detect images waiting for inference (api.detect.queue bounds it)",
+            registry=r)
         self.batch_size = Histogram(
             p + "batch_size", "Frames per inference batch", registry=r,
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),

@@ -10,16 +10,26 @@ With more cameras waiting than `max_batch`, the cameras served longest ago go fi
 oldest frame), so under overload every camera gets the same share. Serving the oldest frame first
 did not: a camera's newer frame moved it to the back, so a camera that delivered more often was
 served less (8 x 360p: 3.5 to 11.7 frames/s per camera).
+
+Images of POST /v1/detect wait in their own bounded queue (`put_request` refuses when it is full:
+the caller answers 503). In the fairness order the queue is one more camera: a batch takes one
+request when the queue's turn comes, and fills places no camera frame wants with more. So a
+flood of requests takes at most one place in N + 1 from N cameras that all have frames waiting
+(with batches of 1, as ONNX Runtime on the CPU runs them: one batch in N + 1), and cameras never
+starve the requests either. A request whose deadline passed while it waited is given up (its
+caller has answered 504), never inferred.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from pipeline.core import Batch, Frame
 
 DropCounter = Callable[[str, str], None]  # (camera_id, reason)
+_REQUESTS = "@requests"  # the request queue's place in the fairness order (camera ids start alphanumeric)
 
 
 class DeadlineBatcher:
@@ -32,6 +42,7 @@ class DeadlineBatcher:
         max_age_s: float,
         on_drop: DropCounter,
         clock: Callable[[], float] = time.monotonic,
+        request_queue: int = 8,
     ) -> None:
         self.max_batch = max_batch
         self._max_wait = max_wait_s
@@ -41,6 +52,8 @@ class DeadlineBatcher:
         self._slots: dict[str, Frame] = {}  # insertion order = arrival order
         self._served: dict[str, int] = {}  # camera -> turn when it was last served
         self._turn = 0
+        self._requests: deque[tuple[Frame, float]] = deque()  # (image of a /v1/detect request, its deadline)
+        self._request_queue = request_queue
         self._cond = threading.Condition()
         self._closed = False
 
@@ -56,6 +69,21 @@ class DeadlineBatcher:
             if len(self._slots) == 1 or len(self._slots) >= self.max_batch:
                 self._cond.notify()
 
+    def put_request(self, frame: Frame, deadline: float) -> bool:
+        """Queue a /v1/detect image (inferred before monotonic `deadline`, or given up); False when
+        the request queue is full."""
+        with self._cond:
+            if self._closed or len(self._requests) >= self._request_queue:
+                return False
+            self._requests.append((frame, deadline))
+            self._cond.notify()
+            return True
+
+    def requests_waiting(self) -> int:
+        """Images of /v1/detect requests in the queue."""
+        with self._cond:
+            return len(self._requests)
+
     def next_batch(self, timeout: float) -> Batch | None:
         """Wait up to `timeout` s for a batch; None on timeout or after close()."""
         give_up = self._clock() + timeout
@@ -64,10 +92,10 @@ class DeadlineBatcher:
                 if self._closed:
                     return None
                 now = self._clock()
-                if self._slots:
-                    oldest = next(iter(self._slots.values()))
-                    deadline = oldest.ready_at + self._max_wait
-                    if len(self._slots) >= self.max_batch or now >= deadline:
+                self._give_up_late_requests(now)
+                if self._slots or self._requests:
+                    deadline = self._oldest_arrival() + self._max_wait
+                    if len(self._slots) + len(self._requests) >= self.max_batch or now >= deadline:
                         batch = self._take(now)
                         if batch is not None:
                             return batch
@@ -81,18 +109,34 @@ class DeadlineBatcher:
 
     def _take(self, now: float) -> Batch | None:
         frames = []
-        order = sorted(self._slots, key=lambda cam: (self._served.get(cam, -1), self._slots[cam].ready_at))
-        for cam in order:
+        waiting = {cam: frame.ready_at for cam, frame in self._slots.items()}
+        if self._requests:
+            waiting[_REQUESTS] = self._requests[0][0].ready_at
+        for cam in sorted(waiting, key=lambda c: (self._served.get(c, -1), waiting[c])):
             if len(frames) == self.max_batch:
                 break
-            frame = self._slots.pop(cam)
-            if now - frame.ready_at > self._max_age:
-                self._on_drop(cam, "stale")
+            if cam == _REQUESTS:
+                frames.append(self._requests.popleft()[0])
             else:
+                frame = self._slots.pop(cam)
+                if now - frame.ready_at > self._max_age:
+                    self._on_drop(cam, "stale")
+                    continue
                 frames.append(frame)
-                self._turn += 1
-                self._served[cam] = self._turn
+            self._turn += 1
+            self._served[cam] = self._turn
+        while self._requests and len(frames) < self.max_batch:  # places no camera frame wants
+            frames.append(self._requests.popleft()[0])
         return Batch(tuple(frames)) if frames else None
+
+    def _oldest_arrival(self) -> float:
+        """When the longest-waiting frame or request arrived (slots and requests are in arrival order)."""
+        first = [next(iter(self._slots.values())).ready_at] if self._slots else []
+        return min(first + ([self._requests[0][0].ready_at] if self._requests else []))
+
+    def _give_up_late_requests(self, now: float) -> None:
+        while self._requests and self._requests[0][1] <= now:  # FIFO: the first has the earliest deadline
+            self._requests.popleft()
 
     def remove_camera(self, camera_id: str) -> None:
         """Forget a camera's waiting frame (the camera was removed)."""
@@ -112,4 +156,7 @@ class DeadlineBatcher:
             for cam in self._slots:
                 self._on_drop(cam, "shutdown")
             self._slots.clear()
+            for frame, _ in self._requests:
+                frame.reply.deliver(RuntimeError("the daemon is stopping"))
+            self._requests.clear()
             self._cond.notify_all()

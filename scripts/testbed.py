@@ -29,9 +29,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has python3-gi and GstRtsp
 # CAMERA_CREDENTIALS (the server does not ask for them, the daemon still holds them), and the
 # suite's secret audit checks that none of SUITE_SECRETS appears in anything a daemon emitted.
 CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD = "Cam-Pa55-7f3k", "Secr3t-pw", "Kafka-Pa55word"
+API_TOKEN, WRONG_API_TOKEN = "api-tok-3f9c1d7a5b2e8f40", "api-tok-0000000000000000"  # the daemon's bearer token
 CAMERA_CREDENTIALS = f"operator:{CAMERA_PASSWORD}"
 WRONG_CAMERA_CREDENTIALS = f"viewer:{WRONG_CAMERA_PASSWORD}"
-SUITE_SECRETS = (CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD)
+SUITE_SECRETS = (CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD, API_TOKEN, WRONG_API_TOKEN)
 TRANSCRIPTS_ENV = "PIPELINE_TEST_TRANSCRIPTS"  # folder where helpers keep what daemons emitted
 _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@", re.IGNORECASE)
 
@@ -513,15 +514,25 @@ class Daemon(_Process):
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
     """(status, body) of a GET; status 0 if nothing answered."""
+    status, _, body = http_request("GET", url, timeout=timeout)
+    return status, body.decode(errors="replace")
+
+
+def http_request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float = 5, context=None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of a request; status 0 if nothing answered. Text bodies are kept
+    for the secret audit."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            status, body = resp.status, resp.read().decode()
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+            status, got, data = resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read().decode()
+        status, got, data = exc.code, dict(exc.headers), exc.read()
     except OSError:
-        return 0, ""
-    transcribe("http", body)
-    return status, body
+        return 0, {}, b""
+    if not got.get("Content-Type", "").startswith("image/"):
+        transcribe("http", data.decode(errors="replace"))
+    return status, got, data
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:

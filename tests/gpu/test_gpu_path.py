@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import io
 import threading
 import time
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.config import ModelConfig
 from pipeline.core import Batch, Frame, FrameMeta
@@ -431,13 +433,13 @@ def relay(tmp_path_factory):
 
 
 def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tmp_path, figure):
-    """The daemon on the GPU path (NVDEC, kernel, stub engine) makes no host<->device copy of any picture"""
+    """The daemon on the GPU path (NVDEC, kernel, stub engine) makes no host<->device copy of any camera picture; a /v1/detect image goes up once"""
     import asyncio
 
     from pipeline.app import Runtime
     from pipeline.config import load_config
     from pipeline.gpu import GPU_MODULES, Gpu, GpuProbe
-    from scripts.testbed import Daemon, daemon_config, free_port, http_get, metric_values, wait_for
+    from scripts.testbed import Daemon, daemon_config, free_port, http_get, http_request, metric_values, wait_for
 
     port = free_port()
     config = daemon_config(tmp_path / "gpu.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
@@ -448,15 +450,21 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
         return sum(metric_values(text, "rtsp_pipeline_frames_inferred_total").values())
 
     def read_metrics():
+        """The metrics after 100 frames, then a /v1/detect image's answer and the metrics after it."""
         wait_for(lambda: inferred(http_get(f"http://127.0.0.1:{port}/metrics")[1]) >= 100, 90,
                  "100 frames inferred on the GPU path")
-        return http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        image = io.BytesIO()
+        Image.fromarray(np.full((480, 640, 3), 90, np.uint8)).save(image, format="JPEG")
+        answer = http_request("POST", f"http://127.0.0.1:{port}/v1/detect", image.getvalue(),
+                              {"Content-Type": "image/jpeg"}, timeout=30)
+        return text, answer, http_get(f"http://127.0.0.1:{port}/metrics")[1]
 
     if gpu.standin is None:  # a real GPU: the daemon as operators run it
         daemon = Daemon(config, tmp_path / "gpu.log")
         daemon.start()
         try:
-            text = read_metrics()
+            text, answer, after = read_metrics()
         finally:
             daemon.stop()
     else:  # the stand-in lives in this process: the daemon's Runtime here, as the CLI runs it
@@ -473,7 +481,7 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
                 runtime.request_stop()
                 await asyncio.wait_for(task, 30)
 
-        text = asyncio.run(main())
+        text, answer, after = asyncio.run(main())
         assert standin.violations == [], standin.violations[0]  # cameras, finish and shutdown threads included
     copied = {labels: value for labels, value in metric_values(text, "rtsp_pipeline_gpu_copy_bytes_total").items()}
     by_direction = {d: sum(v for k, v in copied.items() if f'direction="{d}"' in k) for d in ("h2d", "d2h", "d2d")}
@@ -482,3 +490,8 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
            f"d2d {by_direction['d2d'] / max(frames, 1) / 1e6:.2f} MB per inferred frame (the pool copy)")
     assert by_direction["h2d"] == 0 and by_direction["d2h"] == 0
     assert by_direction["d2d"] >= frames * 1920 * 1080 * 3 // 2  # every inferred frame was copied into a pool
+    # /v1/detect on the GPU path: the image goes up once (NV12) and through the same kernel and engine
+    status, _, body = answer
+    assert status == 200, body
+    uploaded = sum(v for k, v in metric_values(after, "rtsp_pipeline_gpu_copy_bytes_total").items() if 'direction="h2d"' in k)
+    assert uploaded == 640 * 480 * 3 // 2

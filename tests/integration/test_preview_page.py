@@ -1,6 +1,6 @@
-"""The live preview page in a real headless Chromium (driven over the DevTools protocol): it loads,
-shows every camera with its state, and each camera's annotated picture keeps updating. No JPEG is
-made before anyone opens the page."""
+"""The live preview page in a real headless Chromium (driven over the DevTools protocol): it loads
+with the API token, shows every camera with its state, and each camera's annotated picture keeps
+updating; without the token nothing of it is served. No JPEG is made before anyone opens the page."""
 import asyncio
 import base64
 import json
@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from scripts.scenes import Scene
-from scripts.testbed import REPO, Daemon, RtspServer, daemon_config, free_port, http_get, metric_values, wait_for
+from scripts.testbed import (API_TOKEN, REPO, Daemon, RtspServer, daemon_config, free_port, http_get, http_request,
+                             metric_values, wait_for)
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 SCREENSHOT = os.environ.get("PIPELINE_PREVIEW_SCREENSHOT")  # where to keep the screenshot (docs/preview.png)
@@ -105,7 +106,7 @@ def test_preview_page_shows_every_camera_and_its_pictures_update(tmp_path, scene
     path = daemon_config(tmp_path / "preview.yaml", {"path": MODEL, "input_size": 320, "confidence": 0.35},
                          broker.bootstrap, [(c, scene_cameras.url(c), 5) for c in cams],
                          topic=f"preview-{uuid.uuid4().hex[:8]}", metrics_port=port)
-    daemon = Daemon(path, tmp_path / "preview.log")
+    daemon = Daemon(path, tmp_path / "preview.log", env={"RTSP_PIPELINE_API_TOKENS": API_TOKEN})
     daemon.start()
     browser = None
 
@@ -116,12 +117,16 @@ def test_preview_page_shows_every_camera_and_its_pictures_update(tmp_path, scene
             return metric_values(http_get(f"http://127.0.0.1:{port}/metrics")[1], "rtsp_pipeline_frames_inferred_total")
         wait_for(lambda: len(inferred()) == 3 and min(inferred().values()) >= 10, 60, "frames of every camera")
         assert jpegs() == 0, "no JPEG is made while nobody looks"
+        for page in ("/preview", "/preview/state.json", "/preview/lobby.jpg"):  # nothing without the token
+            assert http_request("GET", f"http://127.0.0.1:{port}{page}")[0] == 401, page
         browser = Browser(tmp_path / "chromium-profile")
 
         async def drive():
             async with aiohttp.ClientSession() as session, session.ws_connect(browser.page_socket_url(),
                                                                               max_msg_size=0) as ws:
                 await browser.call(ws, "Page.enable")
+                await browser.call(ws, "Network.enable")  # every request of the page carries the token
+                await browser.call(ws, "Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {API_TOKEN}"})
                 await browser.call(ws, "Page.navigate", url=f"http://127.0.0.1:{port}/preview")
                 first = await poll(browser, ws, lambda cs: len(cs) == 3 and all(
                     c["width"] > 0 and c["state"] == "streaming" for c in cs), 60, "three cameras with pictures")

@@ -121,3 +121,51 @@ def test_producer_thread_wakes_reader():
     batcher.put(frame("x", time.monotonic()))
     reader.join(5)
     assert got and got[0].frames[0].meta.camera_id == "x"
+
+
+def request(ready_at: float, answers: list) -> Frame:
+    from pipeline.core import DetectReply
+
+    return Frame(FrameMeta("@detect", 0.0, 0.0, "receive", 64, 48), None, ready_at,
+                 DetectReply(0.25, None, answers.append))
+
+
+def test_a_flood_of_requests_takes_one_turn_in_n_plus_1_from_cameras_with_frames_waiting():
+    clock = Clock()
+    batcher, _ = make(max_batch=1, wait=0, clock=clock)  # ONNX Runtime on the CPU: batches of one
+    batcher._request_queue = 100
+    answers, served = [], Counter()
+    for _ in range(30):
+        for cam in "ab":  # both cameras always have a frame waiting...
+            batcher.put(frame(cam, clock.now))
+        while batcher.requests_waiting() < 5:  # ...and so do requests
+            assert batcher.put_request(request(clock.now, answers), deadline=clock.now + 60)
+        (taken,) = batcher.next_batch(timeout=0).frames
+        served[taken.meta.camera_id] += 1
+        clock.now += 0.01
+    assert served == {"a": 10, "b": 10, "@detect": 10}
+
+
+def test_requests_fill_the_places_no_camera_frame_wants():
+    clock = Clock()
+    batcher, _ = make(max_batch=8, wait=0, clock=clock)
+    answers = []
+    batcher.put(frame("a", clock.now))
+    batcher.put(frame("b", clock.now))
+    for _ in range(8):
+        assert batcher.put_request(request(clock.now, answers), deadline=clock.now + 60)
+    assert not batcher.put_request(request(clock.now, answers), deadline=clock.now + 60)  # queue (8) full: 503
+    ids = [f.meta.camera_id for f in batcher.next_batch(timeout=0).frames]
+    assert sorted(ids) == ["@detect"] * 6 + ["a", "b"] and batcher.requests_waiting() == 2
+
+
+def test_a_request_past_its_deadline_is_given_up_and_close_answers_the_rest():
+    clock = Clock()
+    batcher, _ = make(max_batch=4, wait=0, clock=clock)
+    answers = []
+    batcher.put_request(request(clock.now, answers), deadline=clock.now + 1)
+    clock.now += 2
+    assert batcher.next_batch(timeout=0) is None and batcher.requests_waiting() == 0
+    batcher.put_request(request(clock.now, answers), deadline=clock.now + 1)
+    batcher.close()
+    assert len(answers) == 1 and isinstance(answers[0], RuntimeError)

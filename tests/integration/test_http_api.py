@@ -1,0 +1,275 @@
+"""The HTTP API of the real daemon (a subprocess, cameras from the RTSP test server, the broker):
+tokens on every protected route and none on the open ones, /v1/detect on ground truth and on bad
+input, the cameras' rate under a flood of requests, /v1/cameras, the OpenAPI document against
+the real answers, secure-by-default off loopback, and HTTPS."""
+import base64
+import io
+import json
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import struct
+import uuid
+import zlib
+from collections import Counter
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.accuracy import match_frame
+from scripts.scenes import Scene
+from scripts.testbed import (API_TOKEN, REPO, WRONG_API_TOKEN, Daemon, daemon_config, free_port, http_get,
+                             http_request, metric_values, wait_for)
+
+MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
+BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
+MAX_BODY_MB = 2
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims width x height pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def multipart(field: str, filename: str, data: bytes, kind: str, extra: dict | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (extra or {}).items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                 f"Content-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, rtsp_server, broker):
+    """The daemon with a token, two cameras at 5 fps and the shapes detector."""
+    work = tmp_path_factory.mktemp("api")
+    port = free_port()
+    config = daemon_config(work / "api.yaml", {"path": MODEL, "input_size": 320, "confidence": 0.35},
+                           broker.bootstrap, [("wide", rtsp_server.url("wide"), 5), ("classic", rtsp_server.url("classic"), 5)],
+                           topic=f"api-{uuid.uuid4().hex[:8]}", metrics_port=port,
+                           api={"detect": {"max_body_mb": MAX_BODY_MB, "queue": 4}})
+    daemon = Daemon(config, work / "api.log", env={"RTSP_PIPELINE_API_TOKENS": f"{API_TOKEN},{'b' * 32}"})
+    daemon.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 90, "the daemon to be ready")
+        spec = json.loads(http_request("GET", f"{base}/v1/openapi.json")[2])
+        yield base, spec, daemon
+    finally:
+        assert daemon.stop() == 0
+
+
+def call(base: str, method: str, path: str, body: bytes | None = None, kind: str | None = None,
+         headers: dict | None = None, timeout: float = 20) -> tuple[int, dict, bytes]:
+    head = dict(BEARER if headers is None else headers)
+    if kind:
+        head["Content-Type"] = kind
+    return http_request(method, base + path, body, head, timeout=timeout)
+
+
+def conforms(spec: dict, path: str, method: str, status: int, body: bytes) -> None:
+    """The answer is one the OpenAPI document lists, and its JSON fits the schema given there."""
+    answers = spec["paths"][path][method]["responses"]
+    assert str(status) in answers, (path, status, answers.keys())
+    content = answers[str(status)].get("content", {})
+    if "application/json" in content:
+        schema = content["application/json"]["schema"]
+        jsonschema.validate(json.loads(body), {**schema, "components": spec["components"]})
+
+
+def test_detect_finds_the_objects_of_a_ground_truth_frame_as_jpeg_png_and_form_upload(api):
+    base, spec, _ = api
+    scene = Scene(9301, 1280, 720, frames=1)  # a seed used nowhere else
+    image, truth = scene.render(0)
+    answers = []
+    for body, kind in ((jpeg(image), "image/jpeg"), (png(image), "image/png"),
+                       multipart("image", "frame.jpg", jpeg(image), "image/jpeg")):
+        if isinstance(body, tuple):
+            body, kind = body
+        status, _, data = call(base, "POST", "/v1/detect", body, kind)
+        assert status == 200, data
+        conforms(spec, "/v1/detect", "post", status, data)
+        answers.append(json.loads(data))
+    result = answers[0]
+    assert result["image"] == {"width": 1280, "height": 720} and result["model"]["name"] == "shapes-yolov8n"
+    match = match_frame(result["detections"], truth)
+    tp = sum(ok for _, _, ok in match.scored)
+    precision, recall = tp / max(1, len(match.scored)), tp / max(1, tp + match.missed)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall, result["detections"], truth)
+    for other in answers[1:]:  # PNG is lossless, the form carries the same JPEG: boxes agree
+        assert len(other["detections"]) == len(result["detections"])
+
+
+def test_confidence_and_classes_filter_and_bad_values_say_what_is_wrong(api):
+    base, spec, _ = api
+    image, _ = Scene(9302, 960, 540, frames=1).render(0)
+    status, _, data = call(base, "POST", "/v1/detect?classes=disc,2&confidence=0.6", jpeg(image), "image/jpeg")
+    dets = json.loads(data)["detections"]
+    assert status == 200 and all(d["label"] in ("disc", "triangle") and d["confidence"] >= 0.6 for d in dets)
+    for query, code in (("classes=person", "bad_classes"), ("confidence=1.5", "bad_confidence"),
+                        ("confidence=abc", "bad_confidence")):
+        status, _, data = call(base, "POST", f"/v1/detect?{query}", jpeg(image), "image/jpeg")
+        error = json.loads(data)["error"]
+        assert status == 400 and error["code"] == code, data
+        conforms(spec, "/v1/detect", "post", status, data)
+    assert "disc, square, triangle, cross" in json.loads(call(base, "POST", "/v1/detect?classes=person", jpeg(image),
+                                                              "image/jpeg")[2])["error"]["message"]
+
+
+def test_bad_input_gets_a_json_error_and_is_refused_before_decoding(api):
+    base, spec, _ = api
+    good = jpeg(np.zeros((480, 640, 3), np.uint8))
+    form, form_kind = multipart("note", "a.txt", b"hi", "text/plain")
+    no_file = form.replace(b'; filename="a.txt"', b"")  # a form with a text field only
+    cases = [
+        (png_header_only(30000, 30000), "image/png", 413, "too_many_pixels"),
+        (b"\0" * (MAX_BODY_MB * 1024 * 1024 + 1), "image/jpeg", 413, "too_large"),
+        (b"GIF89a" + b"\0" * 100, "image/jpeg", 415, "unsupported_type"),
+        (good, "text/plain", 415, "unsupported_type"),
+        (good[: len(good) // 2], "image/jpeg", 400, "bad_image"),
+        (b"\xff\xd8\xff\xe0" + b"\x13" * 300, "image/jpeg", 400, "bad_image"),
+        (b"", "image/jpeg", 400, "empty"),
+        (no_file, form_kind, 400, "no_file"),
+    ]
+    for body, kind, status, code in cases:
+        got, _, data = call(base, "POST", "/v1/detect", body, kind)
+        assert got == status and json.loads(data)["error"]["code"] == code, (code, got, data[:200])
+        conforms(spec, "/v1/detect", "post", got, data)
+    assert call(base, "GET", "/v1/nowhere")[0] == 404
+
+
+def test_every_protected_route_needs_the_token_and_the_open_ones_do_not(api):
+    base, spec, _ = api
+    protected = [(path, method) for path, ops in spec["paths"].items() for method, op in ops.items() if op.get("security")]
+    assert {p for p, _ in protected} >= {"/v1/detect", "/v1/cameras", "/preview", "/preview/state.json",
+                                         "/preview/{camera}.jpg"}
+    for path, method in protected:
+        url = path.replace("{camera}", "wide")
+        for headers in ({}, {"Authorization": f"Bearer {WRONG_API_TOKEN}"}, {"Authorization": "Basic !!"},
+                        {"Authorization": API_TOKEN}):
+            status, head, data = call(base, method.upper(), url, b"" if method == "post" else None, "image/jpeg", headers)
+            assert status == 401 and json.loads(data)["error"]["code"] == "unauthorized", (url, headers, status)
+            assert "Bearer" in head.get("WWW-Authenticate", "") and "Basic" in head["WWW-Authenticate"]
+            conforms(spec, path, method, status, data)
+    basic = {"Authorization": "Basic " + base64.b64encode(f"viewer:{API_TOKEN}".encode()).decode()}
+    assert call(base, "GET", "/v1/cameras", headers=basic)[0] == 200  # a browser's login: the token as password
+    assert call(base, "GET", "/v1/cameras", headers={"Authorization": f"Bearer {'b' * 32}"})[0] == 200  # the second token
+    for path in ("/metrics", "/healthz", "/readyz", "/v1/openapi.json"):
+        assert call(base, "GET", path, headers={})[0] == 200, path
+
+
+def test_cameras_lists_state_reason_sampling_and_last_frame_but_no_url(api):
+    base, spec, _ = api
+    status, _, data = call(base, "GET", "/v1/cameras")
+    conforms(spec, "/v1/cameras", "get", status, data)
+    cameras = {c["id"]: c for c in json.loads(data)["cameras"]}
+    assert set(cameras) == {"wide", "classic"}
+    for cam in cameras.values():
+        assert cam["state"] == "streaming" and cam["fps"] == 5 and "stream" in cam["reason"]
+        assert cam["last_frame_at"].endswith("Z")
+    assert "rtsp://" not in data.decode() and "operator" not in data.decode()
+
+
+def test_a_flood_of_requests_leaves_the_cameras_rate_alone_and_every_request_is_answered(api):
+    base, _, _ = api
+    image = jpeg(Scene(9303, 640, 480, frames=1).render(0)[0])
+
+    def inferred() -> dict[str, float]:
+        return metric_values(http_get(f"{base}/metrics")[1], "rtsp_pipeline_frames_inferred_total")
+
+    def rates(seconds: float) -> dict[str, float]:
+        before, start = inferred(), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = inferred(), time.monotonic() - start
+        return {cam: (after[cam] - before[cam]) / elapsed for cam in after}
+
+    quiet = rates(10)
+    statuses, stop, slowest = Counter(), threading.Event(), [0.0]
+
+    def client():
+        while not stop.is_set():
+            started = time.monotonic()
+            status = call(base, "POST", "/v1/detect", image, "image/jpeg", timeout=30)[0]
+            statuses[status] += 1
+            slowest[0] = max(slowest[0], time.monotonic() - started)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(2)
+        loaded = rates(10)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(40)
+    print(f"\ncameras {quiet} frames/s alone, {loaded} under 8 clients; answers {dict(statuses)}; slowest {slowest[0]:.1f} s")
+    assert set(statuses) <= {200, 503} and statuses[200] >= 20, statuses
+    assert slowest[0] < 15  # api.detect.timeout_s is 10: nothing hangs
+    for cam, rate in quiet.items():
+        assert loaded[cam] >= 0.9 * rate, (cam, rate, loaded[cam])
+    text = http_get(f"{base}/metrics")[1]
+    assert metric_values(text, "rtsp_pipeline_http_requests_total")['{endpoint="/v1/detect",status="200"}'] >= statuses[200]
+    assert metric_values(text, "rtsp_pipeline_detect_seconds_count")[""] >= statuses[200]
+
+
+def test_off_loopback_without_a_token_pictures_and_inference_are_off_and_it_says_so(tmp_path, rtsp_server, broker):
+    port = free_port()
+    config = daemon_config(tmp_path / "open.yaml", MODEL, broker.bootstrap, [("wide", rtsp_server.url("wide"), 5)],
+                           topic=f"open-{uuid.uuid4().hex[:8]}", metrics={"listen": f"0.0.0.0:{port}"})
+    daemon = Daemon(config, tmp_path / "open.log", env={"RTSP_PIPELINE_API_TOKENS": ""})
+    daemon.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/healthz")[0] == 200, 60, "the daemon")
+        for path, method in (("/preview", "GET"), ("/v1/cameras", "GET"), ("/v1/detect", "POST")):
+            status, _, data = call(base, method, path, b"" if method == "POST" else None, "image/jpeg", {})
+            assert status == 403 and json.loads(data)["error"]["code"] == "api_off", (path, status)
+        ready = json.loads(http_get(f"{base}/readyz")[1])
+        assert ready["api"]["protected_endpoints"].startswith("off: listening on 0.0.0.0 without an API token")
+        assert http_get(f"{base}/metrics")[0] == 200
+    finally:
+        daemon.stop()
+    assert daemon.log_text().count("pictures and inference are off over HTTP") == 1
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_https_with_a_certificate_and_key(tmp_path, rtsp_server, broker):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    config = daemon_config(tmp_path / "tls.yaml", MODEL, broker.bootstrap, [("wide", rtsp_server.url("wide"), 5)],
+                           topic=f"tls-{uuid.uuid4().hex[:8]}", metrics_port=port,
+                           api={"tls": {"certfile": str(cert), "keyfile": str(key)}})
+    daemon = Daemon(config, tmp_path / "tls.log", env={"RTSP_PIPELINE_API_TOKENS": API_TOKEN})
+    daemon.start()
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        wait_for(lambda: http_request("GET", f"https://127.0.0.1:{port}/healthz", context=trusted)[0] == 200, 60,
+                 "the daemon over HTTPS")
+        assert http_request("GET", f"https://127.0.0.1:{port}/v1/cameras", headers=BEARER, context=trusted)[0] == 200
+        assert http_request("GET", f"http://127.0.0.1:{port}/healthz")[0] == 0  # no plain HTTP beside it
+    finally:
+        daemon.stop()
