@@ -3,8 +3,9 @@
 A ByteTrack-style tracker (Zhang et al., 2022) per camera: a constant-velocity Kalman filter per
 track, associated with the new detections by IoU in two passes: tracks against confident
 detections first, then the tracks still unmatched against low-confidence ones (which keeps a
-track alive through a partial occlusion without publishing the weak box), then tentative tracks
-against what is left; a confident detection that matches nothing starts a track. Only
+track alive through a partial occlusion without publishing the weak box), then steady tracks
+still unmatched and then tentative tracks against what is left, with boxes grown by half (C-BIoU);
+a confident detection that matches nothing starts a track. An unseen track keeps its size. Only
 detections of the same class are associated.
 
 Time, not frame count: cameras are sampled, frames are superseded under load, cameras
@@ -37,7 +38,8 @@ from pipeline.metrics import Metrics
 _STD_POSITION = 1 / 20
 _STD_VELOCITY = 1 / 160
 _STEP_S = 1 / 25
-TENTATIVE_BUFFER = 0.5
+BUFFER = 0.5  # boxes grown by this much of their size on each side, for the passes that need slack
+STEADY_HITS = 3  # sightings that make a track trusted to be looked for with grown boxes
 
 
 # ---------------------------------------------------------------------- association (pure)
@@ -189,6 +191,8 @@ class CameraTracker:
         ended = self._end_on_discontinuity(pts, epoch)
         self._pts, self._epoch = pts, epoch
         for track in self.tracks:
+            if track.seen_pts < track.motion.t:  # unseen last frame: its size stays as it was (as
+                track.motion.v[2] = track.motion.v[3] = 0.0  # ByteTrack): a box shrinking behind another would vanish
             track.motion.predict(pts)
         valid = [d for d in detections if _sane(d.bbox) and d.confidence >= s.low_confidence]
         high = [d for d in valid if d.confidence >= s.high_confidence]
@@ -202,13 +206,19 @@ class CameraTracker:
         # 2: the confirmed tracks still unmatched against the weak detections: a partly hidden
         # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
         # finds an object again as it comes out from behind another sooner)
-        recent = left_tracks
-        self._match(recent, low, list(range(len(low))), s.low_match_iou, {}, pts, captured_at)
-        # 3: tentative tracks against the confident detections left, with boxes grown by half
+        left_tracks, _ = self._match(left_tracks, low, list(range(len(low))), s.low_match_iou, {}, pts, captured_at)
+        # 3: steady tracks still unmatched against the confident detections left, with boxes grown
+        # by half their size (C-BIoU, Yang et al. 2023): an object hidden behind another is seen
+        # shrinking before it goes, so its prediction lags or turns back, and it comes out ahead
+        # of it (tracking scenes: IDF1 0.92 -> 0.96 on average over 25/10/7/5 fps, line-crossing
+        # errors 22 -> 10 of 376); only tracks seen 3+ times, a young one's speed is noise
+        steady = [t for t in left_tracks if t.hits >= STEADY_HITS]
+        _, left_high = self._match(steady, high, left_high, s.match_iou, ids, pts, captured_at, buffer=BUFFER)
+        # 4: tentative tracks against the confident detections left, with boxes grown by half
         # their size: a new track has no speed yet, and a small fast object sampled at a few fps
         # moves further than its own size between frames (C-BIoU, Yang et al. 2023)
         left_tentative, left_high = self._match(tentative, high, left_high, s.match_iou, ids, pts, captured_at,
-                                                buffer=TENTATIVE_BUFFER)
+                                                buffer=BUFFER)
         for track in left_tentative:  # a tentative track gets one frame to be seen again
             ended.append(self._end(track, "unseen"))
         ended += self._expire(pts)

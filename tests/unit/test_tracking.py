@@ -63,6 +63,26 @@ def test_a_short_occlusion_keeps_the_id_and_a_long_absence_ends_the_track():
     assert ended[0].last_seen == pytest.approx(T0 + 9 / 25)
 
 
+def test_an_object_that_comes_out_from_behind_another_ahead_of_its_prediction_keeps_its_id():
+    # moving down at 44 px/s; going behind an occluder its box shrinks from the bottom for three
+    # frames (its centre seems to slow down, its size to fall), it is gone for 1.3 s and comes out
+    # further down than its prediction
+    frames = []
+    for i in range(90):
+        y = 150 + 1.76 * i
+        if i < 20:
+            frames.append([Detection(0, "c0", 0.9, (200, y - 38, 277, y + 38))])
+        elif i < 23:
+            frames.append([Detection(0, "c0", 0.9, (200, y - 38, 277, y + 38 - 10 * (i - 19)))])
+        elif i < 55:
+            frames.append([])
+        else:
+            frames.append([Detection(0, "c0", 0.9, (200, y - 38, 277, y + 38))])
+    ids, events = run(tracker(max_age_s=2.0), frames)
+    assert {i for f in ids for i in f} == {1}, ids
+    assert not [e for f in events for e in f.ended]
+
+
 def test_weak_detections_keep_a_track_alive_without_being_published():
     confidences = [0.9] * 10 + [0.2] * 30 + [0.9] * 10  # 1.2 s of weak boxes: longer than max_age_s
     frames = [[det(100 + 5 * i, 300, conf=c)] for i, c in enumerate(confidences)]
