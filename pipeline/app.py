@@ -32,7 +32,7 @@ from pipeline.logs import add_secrets, log_event
 from pipeline.metrics import Metrics
 from pipeline.preview import PreviewHub
 from pipeline.reload import plan_reload
-from pipeline.s1_source import CameraWorker
+from pipeline.s1_source import CameraWorker, ffmpeg_warnings_on
 from pipeline.s2_decode import cpu_decoder
 from pipeline.s2_nvdec import nvdec_decoder
 from pipeline.s3_batch import DeadlineBatcher
@@ -179,6 +179,7 @@ class Runtime:
             gpu = None if gpu_index is None else self._gpu(gpu_index)
             self._lanes.append(await asyncio.to_thread(self._build_lane, gpu, cameras, canary))
         await self._publisher.start()
+        ffmpeg_warnings_on()  # the camera threads count RTP packet loss from them
         for lane in self._lanes:
             lane.inference.start()
             for camera in list(lane.cameras):
@@ -418,7 +419,9 @@ class Runtime:
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         """Called on camera threads."""
         self._reasons[camera_id] = reason
-        self._call_in_loop(self._publish_status, camera_id, state, reason, time.time())
+        worker = self._cameras.get(camera_id)
+        transport = worker.transport if worker is not None and state is CameraState.STREAMING else None
+        self._call_in_loop(self._publish_status, camera_id, state, reason, time.time(), transport)
 
     def _call_in_loop(self, fn: Callable, *args) -> None:
         loop = self._loop
@@ -437,10 +440,11 @@ class Runtime:
             cam = result.meta.camera_id
             self._publisher.offer(Outgoing(topic, cam, encode_detections(result, model, self.run_id)))
 
-    def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float) -> None:
+    def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float,
+                        transport: str | None = None) -> None:
         previous = self._last_state.get(camera_id)
         self._last_state[camera_id] = state
-        value = encode_status(camera_id, state, previous, reason, at)
+        value = encode_status(camera_id, state, previous, reason, at, transport)
         self._publisher.offer(Outgoing(self.config.kafka.status_topic, camera_id, value))
 
     # ------------------------------------------------------------------ health
@@ -456,7 +460,8 @@ class Runtime:
             health = worker.health() if worker is not None else {"state": "not_started", "last_frame_age_s": None}
             age = health["last_frame_age_s"]
             out.append({"id": camera.id, "state": health["state"], "reason": self._reasons.get(camera.id),
-                        "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age)})
+                        "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age),
+                        "transport": worker.transport if worker is not None else None})
         return out
 
     def _detect_targets(self) -> list[DetectTarget]:

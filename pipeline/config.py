@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.core import PipelineError
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Transport = Literal["auto", "tcp", "udp"]
 M = TypeVar("M", bound=BaseModel)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -121,6 +122,25 @@ class SourceConfig(_Strict):
         2.0, ge=0.2, le=60, description="a camera read more than this far behind real time (the CPU "
         "could not decode it as fast as it sends) skips to its next keyframes until it is back within "
         "half of it; the skipped frames are counted as dropped, reason lagging",
+    )
+    transport: Transport = Field(
+        "auto", description="how cameras send RTP (each camera may override it): tcp (inside the RTSP "
+        "connection), udp, or auto: TCP, and UDP for a camera that refuses TCP (461 Unsupported "
+        "transport), kept for that camera until the daemon restarts",
+    )
+    udp_buffer_mb: float = Field(
+        4, gt=0, le=256, description="receive buffer of each camera's UDP socket (FFmpeg's buffer_size): "
+        "a 1080p keyframe is a burst of hundreds of packets; Linux caps it at net.core.rmem_max, so raise "
+        "that sysctl to match (e.g. 8388608)",
+    )
+    udp_reorder_ms: float = Field(
+        100, ge=0, le=2000, description="how long packets that arrive out of order over UDP are waited for "
+        "(FFmpeg's max_delay); a packet later than this is lost (counted in rtp_packets_lost_total)",
+    )
+    max_clock_offset_s: float = Field(
+        2.0, gt=0, le=31_536_000, description="a camera whose RTCP clock (capture time) is further than this "
+        "from when its frames arrive is logged once, and its frames carry the receive time instead "
+        "(camera_clock_offset_seconds shows the offset)",
     )
 
     @model_validator(mode="after")
@@ -338,6 +358,9 @@ class CameraConfig(_Strict):
     tracking: TrackingConfig | None = Field(
         None, description="this camera's tracking settings: the keys given override `tracking`"
     )
+    transport: Transport | None = Field(
+        None, description="tcp, udp or auto for this camera (default: source.transport)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -517,6 +540,12 @@ def load_yaml_model(path: str | Path, root: type[M], environ: dict[str, str] | N
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start} is not UTF-8; save the file as UTF-8 text)"]) from None
+    if "\x00" in text:
+        raise ConfigError([f"{path}: not a UTF-8 text file (a NUL byte at offset {text.index(chr(0))}: "
+                           "a binary file?)"])
     try:
         data, marks = _parse_yaml(text, path)
     except yaml.YAMLError as exc:

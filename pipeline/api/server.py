@@ -98,7 +98,9 @@ SCHEMAS: dict[str, dict] = {
         "type": "object", "required": ["id", "state", "reason", "fps", "last_frame_at"], "properties": {
             "id": {"type": "string"}, "state": {"type": "string"}, "reason": {"type": ["string", "null"]},
             "fps": {"type": ["number", "null"], "description": "configured sampling; null: every frame"},
-            "last_frame_at": {"type": ["string", "null"], "format": "date-time"}}}}}},
+            "last_frame_at": {"type": ["string", "null"], "format": "date-time"},
+            "transport": {"enum": ["tcp", "udp", None], "description": "what the camera's RTP comes over "
+                          "(the last connection's; null before the first)"}}}}}},
 }
 
 

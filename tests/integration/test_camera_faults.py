@@ -23,7 +23,8 @@ RUN_S = 10
 
 @pytest.fixture()
 def faulty_cameras():
-    cams = {"wrong-password": FakeRtspCamera(401), "wrong-path": FakeRtspCamera(404), "mute": FakeRtspCamera("mute")}
+    cams = {"wrong-password": FakeRtspCamera(401), "wrong-path": FakeRtspCamera(404), "mute": FakeRtspCamera("mute"),
+            "no-transport": FakeRtspCamera("no_transport")}
     yield cams
     for cam in cams.values():
         cam.close()
@@ -51,9 +52,12 @@ def test_bad_cameras_are_reported_and_retried_without_disturbing_a_good_one(tmp_
     assert reasons["wrong-password"].startswith("unauthorized: check the credentials")
     assert reasons["wrong-path"].startswith("stream not found: check the URL path")
     assert reasons["mute"].startswith("timed out")
+    assert reasons["no-transport"].startswith("the camera refuses RTP over TCP and UDP (461 Unsupported transport): "
+                                              "check how the camera is set to stream"), reasons["no-transport"]
+    assert faulty_cameras["no-transport"].requests.count("SETUP") >= 2  # TCP, then UDP
     errors = metric_values(metrics, "rtsp_pipeline_source_errors_total")
     # credential and path errors wait the longest delay (2-4 s): a handful of tries, not dozens
-    for cam, kind in (("wrong-password", "unauthorized"), ("wrong-path", "not_found")):
+    for cam, kind in (("wrong-password", "unauthorized"), ("wrong-path", "not_found"), ("no-transport", "transport")):
         tries = errors[f'{{camera="{cam}",kind="{kind}"}}']
         assert 1 <= tries <= 1 + RUN_S / 2, (cam, tries)
     assert errors['{camera="mute",kind="timeout"}'] >= 1

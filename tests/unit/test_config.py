@@ -58,7 +58,7 @@ def test_env_default_is_used(tmp_path):
     [
         ("    fps: 5", "    fps: 0", ":8: cameras[0].fps: Input should be greater than 0"),
         ("    fps: 5", "    fps: fast", ":8: cameras[0].fps: Input should be a valid number"),
-        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: fps, gpu, id, tracking, url"),
+        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: fps, gpu, id, tracking, transport, url"),
         ("  - {id: yard,", "  - {id: gate-1,", ":9: cameras[1].id: duplicate camera id 'gate-1' (first at line 6)"),
         ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp:// or rtsps://"),
         ("rtsp://10.0.0.6:8554", "rtsp://10.0.0.6:99999", ":9: cameras[1].url: bad port"),
@@ -143,3 +143,27 @@ def test_sasl_password_comes_from_the_environment_and_is_a_secret(tmp_path):
                         '  sasl: {mechanism: SCRAM-SHA-512, username: pipeline, password: "${KAFKA_PASS}"}\n')
     config = load_config(write(tmp_path, text), {"GATE_PASS": "pw1", "KAFKA_PASS": "kafka-pw-9"})
     assert config.kafka.sasl.password == "kafka-pw-9" and "kafka-pw-9" in config.secrets()
+
+
+@pytest.mark.parametrize("content, detail", [
+    ("cameras: []\n# caf\xe9 in Latin-1\n".encode("latin-1"), "byte 0xe9 at offset 17 is not UTF-8"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "byte 0x89 at offset 0 is not UTF-8"),
+    (b"model: {}\n\x00\x00\x00", "a NUL byte at offset 10"),
+])
+def test_a_file_that_is_not_utf8_text_is_refused_in_one_line_with_exit_2(tmp_path, capsys, content, detail):
+    path = tmp_path / "cameras.yaml"
+    path.write_bytes(content)
+    for argv in (["validate-config", str(path)], ["run", "--config", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{path}: not a UTF-8 text file ({detail}"), err
+
+
+def test_transport_defaults_to_auto_and_each_camera_may_choose(tmp_path):
+    text = GOOD.replace("    fps: 5", "    fps: 5\n    transport: udp")
+    config = load_config(write(tmp_path, text), {"GATE_PASS": "pw"})
+    assert config.source.transport == "auto"
+    assert [c.transport for c in config.cameras] == ["udp", None]
+    bad = GOOD.replace("    fps: 5", "    fps: 5\n    transport: sctp")
+    assert any(p.startswith(f"{tmp_path}/cameras.yaml:9: cameras[0].transport:") and "'auto', 'tcp' or 'udp'" in p
+               for p in problems(write(tmp_path, bad))), problems(write(tmp_path, bad))

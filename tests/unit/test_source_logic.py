@@ -4,7 +4,8 @@ import random
 import pytest
 
 from pipeline.core import CameraState
-from pipeline.s1_source import TRANSITIONS, Backoff, FpsSampler, KeyframeGate, MediaClock, capture_time
+from pipeline.s1_source import (TRANSITIONS, Backoff, FpsSampler, KeyframeGate, MediaClock, RateMeter, RtcpClock,
+                                capture_time, clock_offset, rtp_losses)
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets():
@@ -57,6 +58,35 @@ def test_capture_time_prefers_plausible_rtcp_and_falls_back_to_receive():
     assert capture_time(1_000_000_000, 1.3, 1000.6) == (1000.6, "receive")  # "captured" after arrival
     assert capture_time(1_000_000_000, 0.65, 1000.6) == (pytest.approx(1000.65), "rtcp")  # clock skew
     assert capture_time(None, 0.5, 1000.6) == (1000.6, "receive")
+    # the bound is the operator's (source.max_clock_offset_s): a camera 5 s behind is trusted under 10 s
+    assert capture_time(1_000_000_000, 0.5, 1005.6, 10.0) == (pytest.approx(1000.5), "rtcp")
+    assert capture_time(1_000_000_000, 0.5, 1005.6, 2.0) == (1005.6, "receive")
+    assert clock_offset(1_000_000_000, 0.5, 1005.6) == pytest.approx(-5.1)
+    assert clock_offset(None, 0.5, 1005.6) is None
+
+
+def test_packet_losses_are_read_from_ffmpegs_warnings_and_cleared():
+    logs = [(24, "rtsp", "RTP: missed 3 packets\n"), (24, "h264", "concealing 120 DC errors\n"),
+            (24, "rtsp", "RTP: dropping old packet received too late\n"), (24, "rtsp", "RTP: missed 1 packets\n"),
+            (24, "rtsp", "RTP: missed 65533 packets\n")]  # a sequence number reset (camera restarted)
+    assert rtp_losses(logs) == (4, 1)
+    assert logs == []
+
+
+def test_delivered_rate_is_measured_over_windows_and_not_fooled_by_a_backlog():
+    meter = RateMeter(window_s=10.0)
+    rates = [meter.tick(i / 12.5, i / 12.5) for i in range(400)]  # 12.5 pictures a second for 32 s
+    measured = [r for r in rates if r is not None]
+    assert len(measured) == 3 and all(r == pytest.approx(12.5, rel=0.02) for r in measured)
+    # a reader 3 s behind at first reads its backlog in a burst: 25 fps media, 13 s of it in 10 s
+    meter = RateMeter(window_s=10.0)
+    rates = [meter.tick(min(i / 25, 3 + i / 25 * 7 / 13) if i < 325 else 3 + 7 + (i - 325) / 25, i / 25)
+             for i in range(600)]
+    assert [round(r) for r in rates if r is not None] == [25, 25]
+    # timestamps that claim 25 fps from a camera that sends 12.5 a second: the arrival rate wins
+    meter = RateMeter(window_s=10.0)
+    rates = [meter.tick(i / 12.5, i / 25) for i in range(200)]
+    assert [round(r, 1) for r in rates if r is not None] == [12.5]
 
 
 def test_state_table_every_state_can_stop_and_stopped_is_final():
@@ -117,3 +147,18 @@ def test_lag_monitor_is_not_fooled_by_a_corrupt_timestamp():
         media -= 4.0 if i == 200 else 0.0  # and one says 4 s earlier
         assert lag.observe(10 + i / 25, media, i % 50 == 0) is None, i
     assert not lag.catching_up
+
+
+def test_the_rtcp_offset_is_given_until_the_media_time_jumps_then_not_on_that_connection():
+    rtcp = RtcpClock()
+    start = 1_000_000_000  # wall time of media time 0 (µs), from the first sender report
+    offsets = [rtcp.offset(start, t / 25, 1000.05 + t / 25) for t in range(50)]
+    assert offsets == [pytest.approx(-0.05)] * 50
+    assert rtcp.offset(start, 0.0, 1002.1) is None  # the source looped: its mapping is wrong now
+    assert rtcp.offset(start, 0.04, 1002.14) is None and rtcp.stale
+    burst = RtcpClock()  # a backlog arriving at once is not a jump: 3 s of media in 0.1 s
+    assert all(burst.offset(start, t / 25, 1003 + t / 750) is not None for t in range(75))
+    ahead = RtcpClock()
+    ahead.offset(start, 1.0, 1001.05)
+    assert ahead.offset(start, 20.0, 1001.1) is None  # 19 s of media in 0.05 s of arrival
+    assert RtcpClock().offset(None, 1.0, 1001.0) is None  # no sender report yet
