@@ -39,6 +39,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
             (f"sum by (model) (rate({P}model_detections_total{{{CAM}}}[$__rate_interval])) / "
              f"sum by (model) (rate({P}model_frames_total{{{CAM}}}[$__rate_interval]))", "{{model}}")], "timeseries", 8),
     ]),
+    ("Camera streams: transport, loss, frame rate, clock", [
+        ("RTP packets lost per second (UDP), by reason", "short", [
+            (f"sum by (camera, reason) (rate({P}rtp_packets_lost_total{{{CAM}}}[$__rate_interval]))",
+             "{{camera}} {{reason}}"),
+            (f"max by (camera, transport) ({P}camera_transport{{{CAM}}}) == 1", "{{camera}} over {{transport}}")],
+         "timeseries", 8),
+        ("Frame rate: delivered and declared", "fps", [
+            (f"max by (camera, kind) ({P}camera_fps{{{CAM}}})", "{{camera}} {{kind}}")], "timeseries", 8),
+        ("Camera clock (RTCP) minus arrival", "s", [
+            (f"max by (camera) ({P}camera_clock_offset_seconds{{{CAM}}})", "{{camera}}")], "timeseries", 8),
+    ]),
     ("Latency and batching", [
         ("Capture -> Kafka acknowledged", "s", [(quantile(0.5, "capture_to_ack_seconds"), "p50"),
                                                 (quantile(0.99, "capture_to_ack_seconds"), "p99")], "timeseries", 6),

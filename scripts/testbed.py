@@ -222,14 +222,7 @@ class RtspServer(_Process):
 
     def answers(self, name: str, timeout: float = 8) -> bool:
         """True if the server describes mount `name` within `timeout` (its media can be prepared)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                sock.sendall(f"DESCRIBE {self.url(name, '')} RTSP/1.0\r\nCSeq: 1\r\n"
-                             "Accept: application/sdp\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"RTSP/1.0 200")
-        except OSError:
-            return False
+        return _describes(self.port, self.url(name, ""), timeout)
 
     def stop(self, timeout: float = 10) -> int | None:
         """Stop the server and delete its log."""
@@ -243,6 +236,17 @@ class RtspServer(_Process):
         """The end of what the server wrote to stderr."""
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
+
+def _describes(port: int, url: str, timeout: float) -> bool:
+    """True if the RTSP server on `port` answers DESCRIBE `url` with 200 within `timeout`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode())
+            return sock.recv(64).startswith(b"RTSP/1.0 200")
+    except OSError:
+        return False
+
     def pause(self) -> None:
         """Stop sending packets on every stream, connections kept (a stalled camera)."""
         self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
@@ -252,19 +256,20 @@ class RtspServer(_Process):
         self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
 
 
-class VlcServer(_Process):
-    """VLC's RTSP server (Debian's vlc-bin) looping one clip at rtsp://127.0.0.1:PORT/NAME: a
+class VlcServer(RtspServer):
+    """VLC's RTSP server (Debian's vlc-bin) serving one clip at rtsp://127.0.0.1:PORT/NAME: a
     real server of another kind that sends RTP over UDP only (it answers a request for TCP
-    interleaving with 461 Unsupported transport), as many cameras and restreamers do. VLC
-    refuses to run as root, so under root it runs as `nobody`."""
+    interleaving with 461 Unsupported transport), as many cameras and restreamers do. It ends
+    the RTP stream at each loop of the clip (RTCP BYE), so give it a long one. VLC refuses to
+    run as root, so under root it runs as `nobody`."""
 
     def __init__(self, clip: Path, name: str = "live", port: int | None = None) -> None:
+        super().__init__({name: Path(clip)}, port)
         self.clip, self.name = Path(clip), name
-        self.port = port or free_port()
 
     def start(self, timeout: float = 20) -> None:
         """Start and wait until it describes the stream."""
-        home = Path(tempfile.mkdtemp(prefix="vlc-server-"))  # readable by `nobody`, unlike pytest's tmp
+        self.home = home = Path(tempfile.mkdtemp(prefix="vlc-server-"))  # readable by `nobody`, unlike pytest's tmp
         home.chmod(0o755)
         clip = home / self.clip.name
         shutil.copyfile(self.clip, clip)
@@ -277,33 +282,22 @@ class VlcServer(_Process):
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, "HOME": str(home)}, cwd=home)
         deadline = time.monotonic() + timeout
-        while not self.answers():
+        while not self.answers(self.name, 2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"VLC's RTSP server did not start: {self.log_tail()}")
+                raise RuntimeError(f"VLC's RTSP server did not start: {tail}")
             time.sleep(0.2)
 
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{self.name}"
-
-    def answers(self, timeout: float = 2) -> bool:
-        """True if the server describes the stream."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                sock.sendall(f"DESCRIBE {self.url()} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"RTSP/1.0 200")
-        except OSError:
-            return False
+    def url(self, name: str | None = None, credentials: str = CAMERA_CREDENTIALS) -> str:
+        """The stream's URL, with the suite's camera credentials (VLC asks for none)."""
+        return super().url(name or self.name, credentials)
 
     def stop(self, timeout: float = 10) -> int | None:
+        """Stop the server; delete its log and its copy of the clip."""
         code = super().stop(timeout)
-        if getattr(self, "log", None) is not None:
-            self.log.close()
+        shutil.rmtree(getattr(self, "home", ""), ignore_errors=True)
         return code
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-chars:]
 
 
 def tansu_binary() -> Path:

@@ -46,8 +46,9 @@ class LossyRtspRelay:
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
 
-    def url(self, path: str) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{path}"
+    def url(self, path: str, credentials: str = "") -> str:
+        """The relayed stream's URL."""
+        return f"rtsp://{credentials + '@' if credentials else ''}127.0.0.1:{self.port}/{path}"
 
     def close(self) -> None:
         self._closed.set()

@@ -21,8 +21,8 @@ import pytest
 
 from scripts.accuracy import evaluate
 from scripts.scenes import Scene, Truth, truth_path
-from scripts.testbed import (REPO, Daemon, RtspServer, VlcServer, consume, daemon_config, free_port, http_get,
-                             make_clip, metric_values)
+from scripts.testbed import (CAMERA_CREDENTIALS, REPO, Daemon, RtspServer, VlcServer, consume, daemon_config,
+                             free_port, http_get, make_clip, metric_values)
 from scripts.udp_relay import LossyRtspRelay
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
@@ -77,7 +77,7 @@ def field(tmp_path_factory, broker):
             LossyRtspRelay(("127.0.0.1", vlc_far.port), loss=LOSS, reorder=REORDER, clock_offset_s=CLOCK_OFF_S) as relay:
         cameras = [("hevc", gst.url("hevc"), FPS), ("bframes-audio", gst.url("bframes-audio"), FPS),
                    ("udp-auto", vlc.url(), FPS), ("udp-set-to-tcp", vlc.url(), FPS, {"transport": "tcp"}),
-                   ("udp-lossy", relay.url(vlc_far.name), FPS)]
+                   ("udp-lossy", relay.url(vlc_far.name, CAMERA_CREDENTIALS), FPS)]
         config = daemon_config(work / "daemon.yaml", {"path": MODEL, "input_size": 320, "confidence": 0.35},
                                broker.bootstrap, cameras, topic=topic, status_topic=f"{topic}-status",
                                metrics_port=port)
