@@ -34,13 +34,17 @@ class Metrics:
         self.frames_dropped = Counter(
             p + "frames_dropped",
             "Frames dropped before inference, by reason (superseded: a newer frame replaced it in "
-            "the camera's slot; stale: older than max_frame_age_ms)",
+            "the camera's slot; stale: older than batching.max_frame_age_ms; lagging: not decoded, the "
+            "camera was read more than source.max_lag_s behind real time and skipped to its next "
+            "keyframes; no_timestamp; decoder_buffers_busy; *_error; shutdown)",
             ["camera", "reason"],
             registry=r,
         )
         self.messages_dropped = Counter(
             p + "messages_dropped",
-            "Detection messages dropped after inference, by reason (shows as a frame.seq gap)",
+            "Detection messages dropped after inference, by reason, each a frame.seq gap (spool_full: "
+            "policy drop_newest; spool_error: disk; kafka_rejected: too large or invalid topic; shutdown: "
+            "offered after stop)",
             ["camera", "reason"],
             registry=r,
         )
@@ -76,7 +80,10 @@ class Metrics:
             "frame arrived: network and encoder delay (a little below 0), or a wrong camera clock "
             "(past source.max_clock_offset_s it is not used)", ["camera"], registry=r)
         self.source_errors = Counter(
-            p + "source_errors", "Connection or stream failures by kind", ["camera", "kind"], registry=r
+            p + "source_errors", "Connection or stream failures by kind: refused, timeout, unauthorized, "
+            "forbidden, not_found, invalid_data, transport (461 to every transport asked for), stalled, eof, "
+            "no_video, decode_error, internal; on NVDEC also decoder_recreated, sequence_change",
+            ["camera", "kind"], registry=r
         )
         self.stage_seconds = Histogram(
             p + "stage_seconds",

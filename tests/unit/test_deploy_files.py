@@ -1,7 +1,7 @@
 """The container, compose, Kubernetes, Prometheus and Grafana files in deploy/: each passes its
 own format's checker (hadolint, the Compose spec's schema, Kubernetes' API schemas), and the
 daemon and alert configs they carry are valid for our own loaders. Docker itself cannot run here,
-so no image is built: that is said in the README, not pretended."""
+so no image is built: that is said in the docs (README, docs/operating.md), not pretended."""
 import json
 import re
 import subprocess
