@@ -59,7 +59,7 @@ ROUTES: tuple[Route, ...] = (
           {200: "Health", 503: "Health"}),
     Route("GET", "/readyz", "_health", False, "Ready: model loaded, Kafka connected, cameras streaming; "
           "also says whether the protected endpoints are on", {200: "Health", 503: "Health"}),
-    Route("GET", "/v1/openapi.json", "_openapi", False, "This document", {200: "application/json"}),
+    Route("GET", "/v1/openapi.json", "_openapi", False, "The OpenAPI document of this API", {200: "application/json"}),
     Route("GET", "/preview", "_preview_page", True, "Live page of the cameras' pictures with detections",
           {200: "text/html", 404: "Error"}),
     Route("GET", "/preview/state.json", "_preview_state", True, "Each camera's state and latest frame",
