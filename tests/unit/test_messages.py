@@ -97,3 +97,13 @@ def test_status_messages(state, previous, status):
     body = json.loads(encode_status("cam", state, previous, "connection refused", 0.0))
     jsonschema.validate(body, schema("camera-status-v1.schema.json"))
     assert (body["status"], body["state"], body["reason"]) == (status, state.value, "connection refused")
+
+
+def test_a_connected_status_says_the_transport_and_the_schema_knows_it():
+    body = json.loads(encode_status("cam", CameraState.STREAMING, CameraState.CONNECTING,
+                                    "1280x720 stream over UDP (the camera refused TCP)", 0.0, "udp"))
+    jsonschema.validate(body, schema("camera-status-v1.schema.json"))
+    assert body["transport"] == "udp"
+    with pytest.raises(jsonschema.ValidationError):  # only the two transports there are
+        jsonschema.validate(dict(body, transport="sctp"), schema("camera-status-v1.schema.json"))
+    assert "transport" not in json.loads(encode_status("cam", CameraState.STALLED, CameraState.STREAMING, "x", 0.0))
