@@ -236,6 +236,14 @@ class RtspServer(_Process):
         """The end of what the server wrote to stderr."""
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
+    def pause(self) -> None:
+        """Stop sending packets on every stream, connections kept (a stalled camera)."""
+        self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """Send packets again after `pause`."""
+        self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+
 
 def _describes(port: int, url: str, timeout: float) -> bool:
     """True if the RTSP server on `port` answers DESCRIBE `url` with 200 within `timeout`."""
@@ -246,14 +254,6 @@ def _describes(port: int, url: str, timeout: float) -> bool:
             return sock.recv(64).startswith(b"RTSP/1.0 200")
     except OSError:
         return False
-
-    def pause(self) -> None:
-        """Stop sending packets on every stream, connections kept (a stalled camera)."""
-        self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
-
-    def resume(self) -> None:
-        """Send packets again after `pause`."""
-        self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
 
 
 class VlcServer(RtspServer):
@@ -296,8 +296,14 @@ class VlcServer(RtspServer):
     def stop(self, timeout: float = 10) -> int | None:
         """Stop the server; delete its log and its copy of the clip."""
         code = super().stop(timeout)
-        shutil.rmtree(getattr(self, "home", ""), ignore_errors=True)
+        if getattr(self, "home", None) is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
         return code
+
+    def pause(self) -> None:
+        raise NotImplementedError("VLC's server cannot hold its streams: stop() and start() it instead")
+
+    resume = pause
 
 
 def tansu_binary() -> Path:
