@@ -382,18 +382,8 @@ class CameraWorker:
     # ------------------------------------------------------------------ reading
     def _open(self, transport: str) -> av.container.InputContainer:
         s = self._settings
-        options = {
-            "rtsp_transport": transport,
-            # FFmpeg's socket timeout (microseconds) is only a backstop: PyAV's interrupt
-            # timeouts below fire first and say "timed out" rather than "invalid data"
-            "timeout": str(int((max(s.open_timeout_s, s.stall_timeout_s) + 1) * 1e6)),
-            "allowed_media_types": "video",  # audio and data tracks are not even set up
-        }
-        if transport == "udp":
-            options["buffer_size"] = str(int(s.udp_buffer_mb * 2**20))
-            options["max_delay"] = str(int(s.udp_reorder_ms * 1000))
-            options["reorder_queue_size"] = "500" if s.udp_reorder_ms else "0"
-        return av.open(self.camera.url, options=options, timeout=(s.open_timeout_s, s.stall_timeout_s))
+        return av.open(self.camera.url, options=rtsp_options(transport, s),
+                       timeout=(s.open_timeout_s, s.stall_timeout_s))
 
     def _transports(self) -> tuple[str, list[str]]:
         """The transport setting and the transports to ask for, in order."""
@@ -561,6 +551,22 @@ class CameraWorker:
             self._works = self.transport
         self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream over "
                         f"{self.transport.upper()}" + (" (the camera refused TCP)" if fell_back else ""))
+
+
+def rtsp_options(transport: str, s: SourceConfig) -> dict[str, str]:
+    """FFmpeg's options for reading a camera over `transport` ("tcp" or "udp")."""
+    options = {
+        "rtsp_transport": transport,
+        # FFmpeg's socket timeout (microseconds) is only a backstop: PyAV's interrupt
+        # timeouts fire first and say "timed out" rather than "invalid data"
+        "timeout": str(int((max(s.open_timeout_s, s.stall_timeout_s) + 1) * 1e6)),
+        "allowed_media_types": "video",  # audio and data tracks are not even set up
+    }
+    if transport == "udp":
+        options["buffer_size"] = str(int(s.udp_buffer_mb * 2**20))
+        options["max_delay"] = str(int(s.udp_reorder_ms * 1000))
+        options["reorder_queue_size"] = "500" if s.udp_reorder_ms else "0"
+    return options
 
 
 def clock_offset(start_realtime_us: int | None, media_time: float | None, received: float) -> float | None:

@@ -21,25 +21,16 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import SourceConfig  # noqa: E402
-from pipeline.s1_source import ffmpeg_warnings_on, rtp_losses  # noqa: E402
+from pipeline.s1_source import ffmpeg_warnings_on, rtp_losses, rtsp_options  # noqa: E402
 from scripts.scenes import Scene  # noqa: E402
 from scripts.testbed import RtspServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def options(transport: str) -> dict[str, str]:
-    """The options the daemon opens a camera with (pipeline.s1_source.CameraWorker._open)."""
-    s = SourceConfig()
-    opts = {"rtsp_transport": transport, "allowed_media_types": "video"}
-    if transport == "udp":
-        opts |= {"buffer_size": str(int(s.udp_buffer_mb * 2**20)), "max_delay": str(int(s.udp_reorder_ms * 1000)),
-                 "reorder_queue_size": "500"}
-    return opts
-
-
 def read(url: str, transport: str, decode: bool, until: float, counts: dict, key: str) -> None:
-    with av.logging.Capture(local=True) as logs, av.open(url, options=options(transport), timeout=10) as container:
+    options = rtsp_options(transport, SourceConfig())
+    with av.logging.Capture(local=True) as logs, av.open(url, options=options, timeout=10) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         frames = packets = lost = 0
