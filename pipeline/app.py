@@ -162,7 +162,9 @@ class Runtime:
         """One line for `systemctl status`: cameras streaming and the broker's state."""
         streaming = sum(1 for w in self._cameras.values() if w.state == CameraState.STREAMING)
         kafka = "connected" if self._publisher.connected else "not connected"
-        return f"{streaming}/{len(self._cameras)} cameras streaming; Kafka {kafka}"
+        line = f"{streaming}/{len(self._cameras)} cameras streaming; Kafka {kafka}"
+        spool = self._publisher.spool_health()
+        return line if spool["state"] == "ok" else f"{line}; spool degraded: {spool['reason']}"
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown (safe to call from the loop)."""
@@ -476,15 +478,19 @@ class Runtime:
         return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
 
     def readyz(self) -> tuple[bool, dict]:
-        """Ready: model loaded, Kafka producer connected and at least one camera streaming."""
+        """Ready: model loaded, Kafka producer connected and at least one camera streaming. A spool
+        whose disk refuses writes leaves it ready (messages still flow, held in memory) but is listed
+        under `degraded`, with the reason."""
         cameras = {cam: w.health() for cam, w in self._cameras.items()}
         streaming = sum(1 for h in cameras.values() if h["state"] == CameraState.STREAMING.value)
         loaded = bool(self._lanes)
         # a replica whose share of the cameras is empty is ready doing nothing
         ready = loaded and self._publisher.connected and (streaming > 0 or not self._cameras)
+        kafka = self._publisher.health()
         return ready, {
+            "degraded": [kafka["spool"]["reason"]] if kafka["spool"]["state"] != "ok" else [],
             "model_loaded": loaded,
-            "kafka": self._publisher.health(),
+            "kafka": kafka,
             "cameras_streaming": streaming,
             "cameras": cameras,
         }

@@ -192,6 +192,10 @@ class SpoolConfig(_Strict):
     policy: Literal["drop_oldest", "drop_newest"] = Field(
         "drop_oldest", description="what goes when the spool is full: the oldest or the newest messages"
     )
+    memory_mb: float = Field(
+        64, ge=0, le=100_000, description="memory for messages while the spool's disk refuses writes (full, "
+        "read-only, removed), so they still reach the broker; 0: drop them"
+    )
 
 
 class KafkaConfig(_Strict):

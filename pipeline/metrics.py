@@ -43,8 +43,8 @@ class Metrics:
         self.messages_dropped = Counter(
             p + "messages_dropped",
             "Detection messages dropped after inference, by reason, each a frame.seq gap (spool_full: "
-            "policy drop_newest; spool_error: disk; kafka_rejected: too large or invalid topic; shutdown: "
-            "offered after stop)",
+            "policy drop_newest; spool_error: the spool's disk refused it and its memory allowance was full; "
+            "kafka_rejected: too large or invalid topic; shutdown: offered after stop)",
             ["camera", "reason"],
             registry=r,
         )
@@ -131,6 +131,17 @@ class Metrics:
             p + "publish_queue_depth", "Messages in the spool not yet delivered to Kafka", registry=r
         )
         self.spool_bytes = Gauge(p + "spool_bytes", "Disk space the spool uses", registry=r)
+        self.spool_writable = Gauge(
+            p + "spool_writable", "1 while the spool writes to its disk; 0 while the disk refuses writes (full, "
+            "read-only, removed): new messages are then held in memory, up to kafka.spool.memory_mb", registry=r,
+        )
+        self.spool_memory_bytes = Gauge(
+            p + "spool_memory_bytes", "Messages held in memory because the spool's disk refused them", registry=r
+        )
+        self.spool_lost = Counter(
+            p + "spool_lost", "Messages the spool had kept and then lost (removed: its files were deleted; "
+            "unsaved: held in memory at shutdown, the disk refusing them)", ["reason"], registry=r,
+        )
         self.spool_dropped = Counter(
             p + "spool_dropped", "Messages dropped because the spool was full, by policy", ["policy"], registry=r
         )

@@ -17,6 +17,14 @@ already acknowledged (duplicates only of messages in flight at the failure, neve
 first deliveries). The producer retries a batch until `kafka.request_timeout_s`, so outages
 shorter than that need no re-send at all.
 
+Host faults: a spool disk that is full, read-only, removed or unwritable is a degraded state, not
+a failure. The spool keeps new messages in memory instead (`kafka.spool.memory_mb`, then its
+policy), so they still reach a reachable broker; what cannot be kept is counted
+(`messages_dropped_total{reason="spool_error"}`); the spell is logged once when it starts and once
+when it ends (after `_SPELL_END_S` without a fault), shown in /readyz and systemd's status line,
+and `spool_writable` is 0 meanwhile. Records held in memory go to disk once it takes writes again.
+Stopping never fails on the disk: what could not be written is logged and counted.
+
 Topics: before its first message goes to a topic the broker is asked for it (at most
 `_TOPIC_WAIT_S`). A topic the broker does not have or does not let us write to (auto-creation off,
 no ACL, invalid name) is logged once with what to do, counted, shown as `kafka_topic_ready 0` and
@@ -28,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -45,12 +52,13 @@ from pipeline.config import KafkaConfig
 from pipeline.core import CameraState, Detection, FrameResult, ModelRef, PipelineError
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
-from pipeline.s6_spool import Record, Spool, SpoolFull
+from pipeline.s6_spool import Record, Spool, SpoolFault, SpoolFull, SpoolUnavailable, SpoolUnusable
 
 log = logging.getLogger(__name__)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
 _TOPIC_WAIT_S = 10.0  # how long one look-up of a topic waits for the broker
 _TOPIC_RETRY_FIRST_S, _TOPIC_RETRY_MAX_S = 5.0, 300.0  # delays between look-ups of a missing topic
+_SPELL_END_S = 5.0  # a spool fault is over (logged once) when none was seen for this long
 _TIMED_MAX = 4096  # messages whose spool time is kept for the publish-stage metric (older ones: not timed)
 # Kafka will never take this message: sending it again would block its camera for good
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
@@ -166,7 +174,9 @@ class KafkaPublisher:
         self._config = config
         self._metrics = metrics
         self._spool: Spool | None = None
-        self._lock_file = None
+        self._maintenance: asyncio.Task | None = None
+        self._spell: _FaultSpell | None = None  # the spool's current (or just ended) disk fault
+        self._lost_counted = {"removed": 0, "unsaved": 0}
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()  # a message was spooled, a send finished, or stop began
@@ -198,14 +208,19 @@ class KafkaPublisher:
             self._log_error("spool full: dropping the newest message", camera=message.key,
                             policy=spool.policy, spool_bytes=spool.bytes)
             return False
-        except OSError as exc:  # disk full, folder gone: count and carry on
+        except SpoolUnavailable:  # the disk refuses it and memory is full too: counted, the spell logged
             self._metrics.messages_dropped.labels(message.key, "spool_error").inc()
-            self._log_error("cannot write to the spool: dropping the message", error=repr(exc))
+            self._watch_spool(dropped=1)
             return False
         finally:
             if spool.dropped > dropped_before and spool.policy == "drop_oldest":
                 self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - dropped_before)
-                self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
+                if spool.fault is None:
+                    self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
+                elif self._spell is not None:
+                    self._spell.dropped += spool.dropped - dropped_before
+        if spool.fault is not None or self._spell is not None:
+            self._watch_spool()
         self._spooled_at[number] = time.monotonic()
         if len(self._spooled_at) > _TIMED_MAX:  # e.g. during an outage: stop timing the oldest
             del self._spooled_at[next(iter(self._spooled_at))]
@@ -220,26 +235,75 @@ class KafkaPublisher:
         if self._spool.pending:
             log_event(log, logging.INFO, "spool holds messages from an earlier run; sending them first",
                       messages=self._spool.pending, folder=str(self._config.spool.folder))
+        self._metrics.spool_writable.set(1)
+        self._watch_spool()
         self._update_gauges()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="kafka-publisher")
         self._task.add_done_callback(self._task_ended)
+        self._maintenance = loop.create_task(self._maintain(), name="kafka-spool-maintenance")
+        self._maintenance.add_done_callback(self._task_ended)
 
     def _open_spool(self) -> Spool:
+        """The spool; a folder that cannot be used at all (permissions, not a folder, another
+        daemon's) is a PublishError; a full or read-only disk starts degraded (in memory)."""
         cfg = self._config.spool
         try:
-            cfg.folder.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(cfg.folder / "lock", "w")  # noqa: SIM115 - held while running
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
-            if isinstance(exc, BlockingIOError):
-                raise PublishError(f"spool folder {cfg.folder} is used by another running daemon; give "
-                                   "each daemon its own kafka.spool.folder") from None
-            raise PublishError(f"cannot use spool folder {cfg.folder}: {exc.strerror}; "
-                               "fix kafka.spool.folder or its permissions") from None
-        return Spool(cfg.folder, int(cfg.max_mb * (1 << 20)), cfg.policy)
+            return Spool(cfg.folder, int(cfg.max_mb * (1 << 20)), cfg.policy,
+                         memory_bytes=int(cfg.memory_mb * (1 << 20)))
+        except SpoolUnusable as exc:
+            raise PublishError(str(exc)) from None
+        except OSError as exc:  # reading what an earlier run left failed
+            raise PublishError(f"cannot read spool folder {cfg.folder}: {exc.strerror}; check the disk, or "
+                               "move the folder away to start with an empty spool") from None
+
+    async def _maintain(self) -> None:
+        """Once a second: fsync, find disk faults and their end, move records held in memory to disk."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._spool is not None:
+                self._spool.maintain()
+                self._watch_spool()
+                self._update_gauges()
+
+    def _watch_spool(self, dropped: int = 0) -> None:
+        """Log a disk fault once when it starts and once when it ends; count records it lost."""
+        spool = self._spool
+        if spool is None:
+            return
+        self._count_lost(spool)
+        now, fault = time.monotonic(), spool.fault
+        spell = self._spell
+        if fault is not None:
+            if spell is None or spell.fault.kind != fault.kind:
+                if spell is None:
+                    spell = self._spell = _FaultSpell(fault, now)
+                spell.fault = fault
+                log_event(log, logging.ERROR, "spool cannot write to disk; holding messages in memory",
+                          folder=str(spool.folder), kind=fault.kind, error=fault.error, fix=fault.reason,
+                          memory_mb=self._config.spool.memory_mb)
+                self._metrics.spool_writable.set(0)
+            spell.clear_since = None
+            spell.dropped += dropped
+        elif spell is not None:
+            if spell.clear_since is None:
+                spell.clear_since = now
+            elif now - spell.clear_since >= _SPELL_END_S:
+                log_event(log, logging.INFO, "spool writing to disk again", folder=str(spool.folder),
+                          kind=spell.fault.kind, lasted_s=round(spell.clear_since - spell.started, 1),
+                          messages_dropped=spell.dropped, lost_with_removed_files=spool.lost["removed"],
+                          held_in_memory=spool.memory_used)
+                self._spell = None
+                self._metrics.spool_writable.set(1)
+
+    def _count_lost(self, spool: Spool) -> None:
+        for reason, count in spool.lost.items():
+            if count > self._lost_counted[reason]:
+                self._metrics.spool_lost.labels(reason).inc(count - self._lost_counted[reason])
+                if reason == "removed":
+                    log_event(log, logging.ERROR, "spool files removed; the messages in them are lost",
+                              folder=str(spool.folder), messages=count - self._lost_counted[reason])
+                self._lost_counted[reason] = count
 
     def _task_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -255,7 +319,7 @@ class KafkaPublisher:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - time.monotonic()))
-        tasks = [t for t in (self._task, *self._topic_checks.values()) if t is not None]
+        tasks = [t for t in (self._task, self._maintenance, *self._topic_checks.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -266,11 +330,22 @@ class KafkaPublisher:
                 log_event(log, logging.WARNING, "kafka flush incomplete at shutdown", error=repr(exc))
         self._metrics.kafka_connected.set(0)
         if spool is not None:
-            log_event(log, logging.INFO, "publisher stopped", undelivered_kept_in_spool=spool.pending)
-            spool.close()
-            self._spool = None
-        if self._lock_file is not None:
-            self._lock_file.close()
+            self._close_spool(spool)
+
+    def _close_spool(self, spool: Spool) -> None:
+        """Close the spool; say what it keeps for the next start and what the disk would not take."""
+        report = spool.close()
+        self._count_lost(spool)
+        self._spool = None
+        log_event(log, logging.INFO, "publisher stopped", undelivered_kept_in_spool=report["kept_on_disk"])
+        if report["unsaved"]:
+            log_event(log, logging.ERROR, "messages held in memory could not be written to the spool; they are lost",
+                      messages=report["unsaved"], folder=str(spool.folder),
+                      why=spool.fault.reason if spool.fault else "the disk refused them")
+        if report["resent_at_start"]:
+            log_event(log, logging.WARNING, "spool's delivery mark not saved: messages already delivered will be "
+                      "sent again at the next start (consumers deduplicate on camera_id, run_id, frame.seq)",
+                      messages=report["resent_at_start"], folder=str(spool.folder))
 
     def _sending(self, spool: Spool) -> bool:
         """Something is in flight or can still be sent (messages of a missing topic cannot)."""
@@ -282,7 +357,17 @@ class KafkaPublisher:
         spool = self._spool
         return {"connected": self.connected, "queued": spool.pending if spool else 0,
                 "spool_bytes": spool.bytes if spool else 0,
-                "topics_unavailable": sorted(self._topics_missing)}
+                "topics_unavailable": sorted(self._topics_missing),
+                "spool": self.spool_health()}
+
+    def spool_health(self) -> dict:
+        """ok, or degraded with the reason (what is wrong with the disk and what to do) and since when."""
+        spool = self._spool
+        fault = spool.fault if spool is not None else None
+        if fault is None:
+            return {"state": "ok"}
+        return {"state": "degraded", "kind": fault.kind, "reason": fault.reason, "since": rfc3339_ms(fault.since),
+                "held_in_memory": spool.memory_used, "memory_limit": spool.memory_bytes}  # type: ignore[union-attr]
 
     @property
     def connected(self) -> bool:
@@ -475,6 +560,7 @@ class KafkaPublisher:
         if self._spool is not None:
             self._metrics.publish_queue_depth.set(self._spool.pending)
             self._metrics.spool_bytes.set(self._spool.bytes)
+            self._metrics.spool_memory_bytes.set(self._spool.memory_used)
 
     def _log_error(self, event: str, **fields) -> None:
         """Log at most one publish error per 10 s, so an outage does not flood the log."""
@@ -482,3 +568,13 @@ class KafkaPublisher:
         if now - self._last_error_log >= 10:
             self._last_error_log = now
             log_event(log, logging.WARNING, event, **fields)
+
+
+@dataclass(slots=True)
+class _FaultSpell:
+    """A spool disk fault from its start to its end: logged once each."""
+
+    fault: SpoolFault
+    started: float
+    clear_since: float | None = None  # no fault seen since then
+    dropped: int = 0  # messages that could not be kept meanwhile

@@ -58,7 +58,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "_health", False, "Alive: the inference threads run and make progress",
           {200: "Health", 503: "Health"}),
     Route("GET", "/readyz", "_health", False, "Ready: model loaded, Kafka connected, cameras streaming; "
-          "also says whether the protected endpoints are on", {200: "Health", 503: "Health"}),
+          "status degraded (still 200) while the spool's disk refuses writes; also says whether the protected "
+          "endpoints are on", {200: "Health", 503: "Health"}),
     Route("GET", "/v1/openapi.json", "_openapi", False, "The OpenAPI document of this API", {200: "application/json"}),
     Route("GET", "/preview", "_preview_page", True, "Live page of the cameras' pictures with detections",
           {200: "text/html", 404: "Error"}),
@@ -82,7 +83,7 @@ SCHEMAS: dict[str, dict] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["status", "code", "message"], "properties": {
             "status": {"type": "integer"}, "code": {"type": "string"}, "message": {"type": "string"}}}}},
-    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "fail"]}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "degraded", "fail"]}}},
     "PreviewState": {"type": "object", "required": ["cameras"], "properties": {"cameras": {"type": "object"}}},
     "Detection": _DETECTION,
     "DetectResult": {"type": "object", "required": ["image", "detections", "model", "confidence", "seconds"],
@@ -249,7 +250,8 @@ class HttpServer:
         ok, detail = (self._ep.healthz if request.path == "/healthz" else self._ep.readyz)()
         if request.path == "/readyz":
             detail = {**detail, "api": {"protected_endpoints": self.protection}}
-        return web.json_response({"status": "ok" if ok else "fail", **detail}, status=200 if ok else 503,
+        status = ("degraded" if detail.get("degraded") else "ok") if ok else "fail"
+        return web.json_response({"status": status, **detail}, status=200 if ok else 503,
                                  dumps=lambda body: json.dumps(body, default=str))
 
     async def _openapi(self, _request: web.Request) -> web.Response:

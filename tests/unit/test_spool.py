@@ -1,13 +1,19 @@
 """The publish spool keeps every message until it is delivered in order, survives a crash (also a
 torn last write), stays within its size limit by its named policy, and reads again after a
-failed send."""
+failed send. On a real small filesystem (tmpfs, as root): a full disk, a read-only remount and a
+removed folder lose nothing the spool had kept on disk, hold new records in memory meanwhile, and
+never make close() fail."""
+import contextlib
+import shutil
 import subprocess
 import sys
+import time
 from contextlib import closing
 
 import pytest
 
-from pipeline.s6_spool import Spool, SpoolFull
+from pipeline.s6_spool import Spool, SpoolFull, SpoolUnavailable, SpoolUnusable
+from scripts.testbed import SmallDisk
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +124,137 @@ def test_delivered_segments_are_deleted(tmp_path):
     for record in spool.read(100):
         spool.ack(record.number)
     assert len(list(tmp_path.glob("*.seg"))) == 1 and spool.pending == 0
+
+
+# ---------------------------------------------------------------- host faults, on a real small filesystem
+needs_mount = pytest.mark.skipif(SmallDisk.unavailable() is not None, reason=str(SmallDisk.unavailable()))
+
+
+@pytest.fixture
+def disk(tmp_path):
+    with SmallDisk(tmp_path / "fs", kib=256) as small:
+        yield small
+        while OPEN:  # before unmounting: a spool holds its folder open
+            OPEN.pop().close()
+
+
+def wait_until_the_disk_takes_a_record(spool, value):
+    """Append `value(i)` for i = 0, 1, ... every 100 ms (as a camera would) until one goes to disk;
+    returns the values kept (a record that nothing could keep is left out)."""
+    kept, deadline = [], time.monotonic() + 5
+    while spool.fault is not None:
+        assert time.monotonic() < deadline, spool.fault
+        with contextlib.suppress(SpoolUnavailable):
+            spool.append("detections", "cam", value(len(kept)))
+            kept.append(value(len(kept)))
+        time.sleep(0.1)
+    return kept
+
+
+def payload(n, size=3000):
+    return n.to_bytes(4, "big") * (size // 4)
+
+
+@needs_mount
+def test_a_full_disk_keeps_records_in_memory_and_loses_none_once_space_is_back(disk):
+    folder = disk.path / "spool"
+    spool = opened(folder, max_bytes=1 << 20, segment_bytes=64 << 10)
+    before = [spool.append("detections", "cam", payload(n)) for n in range(20)]
+    disk.fill()  # something else takes the rest of the disk
+    during = [spool.append("detections", "cam", payload(n)) for n in range(20, 60)]
+    assert spool.fault is not None and spool.fault.kind == "full" and spool.memory_used > 0
+    assert str(folder) in spool.fault.reason and "free space" in spool.fault.reason
+    # the disk filled in the middle of a record: what is on disk is whole records only
+    assert [r.value for r in spool.read(100)] == [payload(n) for n in range(60)]
+    disk.free()
+    after = wait_until_the_disk_takes_a_record(spool, lambda i: payload(60 + i))
+    for _ in range(10):  # as the publisher does every second: moves what memory holds to disk
+        spool.maintain()
+    assert spool.memory_used == 0 and spool.fault is None, (spool.fault, [(s.first, s.count, s.records is not None) for s in spool._segments], disk.free_bytes())
+    spool.close()
+    reopened = opened(folder, max_bytes=1 << 20)
+    assert before + during == list(range(60))
+    assert [r.value for r in reopened.read(1000)] == [payload(n) for n in range(60)] + after  # all, once, in order
+
+
+@needs_mount
+def test_a_record_the_disk_cut_short_is_undone_so_the_next_ones_follow_whole_records(disk):
+    folder = disk.path / "spool"
+    spool = opened(folder, max_bytes=1 << 20, memory_bytes=0)  # nothing held in memory: the same file goes on
+    kept = [spool.append("detections", "cam", payload(n, 1000)) for n in range(3)]
+    disk.fill()
+    with pytest.raises(SpoolUnavailable):
+        spool.append("detections", "cam", payload(3, 5000))  # the disk takes part of it, then is full
+    disk.free()
+    after = wait_until_the_disk_takes_a_record(spool, lambda i: payload(4 + i, 1000))
+    spool.close()
+    values = [r.value for r in opened(folder, max_bytes=1 << 20).read(100)]
+    assert kept == [0, 1, 2] and values == [payload(n, 1000) for n in kept] + after
+
+
+@needs_mount
+def test_a_full_disk_and_a_full_memory_allowance_drop_by_policy_and_count(disk):
+    folder = disk.path / "spool"
+    spool = opened(folder, max_bytes=1 << 20, memory_bytes=30_000, policy="drop_newest")
+    disk.fill()
+    kept, refused = 0, 0
+    for n in range(30):
+        try:
+            spool.append("detections", "cam", payload(n))
+            kept += 1
+        except SpoolUnavailable:
+            refused += 1
+    assert kept == 9 and refused == 21  # 30000 bytes of memory hold 9 records of 3012 bytes
+    assert [r.value for r in spool.read(100)] == [payload(n) for n in range(9)]  # the oldest kept
+
+
+@needs_mount
+def test_a_read_only_remount_keeps_what_the_disk_holds_and_never_fails_the_close(disk):
+    folder = disk.path / "spool"
+    spool = Spool(folder, max_bytes=1 << 20, segment_bytes=8 << 10)
+    for n in range(10):
+        spool.append("detections", "cam", payload(n))
+    disk.remount(read_only=True)
+    try:
+        for record in spool.read(4):
+            spool.ack(record.number)  # delivered: the commit mark moves, but it cannot be written now
+        for n in range(10, 15):
+            spool.append("detections", "cam", payload(n))
+        assert spool.fault.kind == "read_only" and "remount it read-write" in spool.fault.reason
+        spool.maintain()
+        report = spool.close()  # does not raise
+        assert report["unsaved"] == 5 and report["kept_on_disk"] == 6
+        assert report["resent_at_start"] == 4  # delivered, but the mark and the deletions did not reach the disk
+        with closing(Spool(folder, max_bytes=1 << 20)) as on_read_only:  # starts degraded, reads the backlog
+            assert on_read_only.fault.kind == "read_only"
+            assert [r.value for r in on_read_only.read(100)] == [payload(n) for n in range(10)]
+            assert on_read_only.append("detections", "cam", payload(99)) == 10  # held in memory
+    finally:
+        disk.remount(read_only=False)
+    with closing(Spool(folder, max_bytes=1 << 20)) as again:
+        assert [r.value for r in again.read(100)] == [payload(n) for n in range(10)]  # intact
+
+
+def test_a_removed_folder_is_reported_and_taken_back_when_it_is_recreated(tmp_path):
+    folder = tmp_path / "spool"
+    spool = opened(folder, max_bytes=1 << 20)
+    for n in range(5):
+        spool.append("detections", "cam", payload(n))
+    shutil.rmtree(folder)
+    spool.maintain()
+    assert spool.fault.kind == "removed" and f"mkdir -p {folder}" in spool.fault.reason
+    assert spool.lost["removed"] == 5 and spool.pending == 0  # those went with the folder
+    held = [spool.append("detections", "cam", payload(n)) for n in range(5, 8)]
+    folder.mkdir()
+    after = wait_until_the_disk_takes_a_record(spool, lambda i: payload(8 + i))
+    spool.maintain()
+    spool.close()
+    with closing(Spool(folder, max_bytes=1 << 20)) as again:
+        assert [r.value for r in again.read(100)] == [payload(n) for n in range(5, 8)] + after
+        assert held == [5, 6, 7]
+
+
+def test_a_second_spool_on_a_locked_folder_is_refused(tmp_path):
+    opened(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(SpoolUnusable, match="used by another running daemon"):
+        Spool(tmp_path, max_bytes=1 << 20)
