@@ -104,7 +104,8 @@ class InferenceWorker:
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:  # in stage order: each ends after passing _END on
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:  # not started when the startup failed before it
+                thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
     def close(self) -> None:

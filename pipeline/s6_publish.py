@@ -213,6 +213,8 @@ class KafkaPublisher:
             self._watch_spool(dropped=1)
             return False
         finally:
+            if spool.dropped_in_hand:
+                self._forget_dropped(spool)
             if spool.dropped > dropped_before and spool.policy == "drop_oldest":
                 self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - dropped_before)
                 if spool.fault is None:
@@ -263,6 +265,8 @@ class KafkaPublisher:
             await asyncio.sleep(1.0)
             if self._spool is not None:
                 self._spool.maintain()
+                if self._spool.dropped_in_hand:  # a removed folder's records
+                    self._forget_dropped(self._spool)
                 self._watch_spool()
                 self._update_gauges()
 
@@ -295,6 +299,21 @@ class KafkaPublisher:
                           held_in_memory=spool.memory_used)
                 self._spell = None
                 self._metrics.spool_writable.set(1)
+
+    def _forget_dropped(self, spool: Spool) -> None:
+        """Records read ahead but not yet sent whose segment the spool dropped: they are not sent,
+        so they count as dropped now (those already with the producer count if it fails them)."""
+        gone = spool.dropped_in_hand
+        for key in list(self._waiting):
+            queue = self._waiting[key]
+            kept = collections.deque(r for r in queue if r.number not in gone)
+            for record in queue:
+                if record.number in gone:
+                    spool.unsent(record.number)
+            if kept:
+                self._waiting[key] = kept
+            else:
+                del self._waiting[key]
 
     def _count_lost(self, spool: Spool) -> None:
         for reason, count in spool.lost.items():

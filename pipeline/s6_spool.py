@@ -115,6 +115,7 @@ class Spool:
         self._tail: _Segment | None = None  # the segment appends go to
         self._dirty: Path | None = None  # a segment file written since the last fsync
         self._acked: set[int] = set()  # acknowledged, above the commit mark (out of order)
+        self._in_flight_lost: dict[int, str] = {}  # handed out, then their segment dropped: number -> reason
         self._held = 0  # records at or above the commit mark
         self._disk_used = self._memory_used = 0  # bytes of segments on disk, in memory
         self.dropped = 0  # records lost to the size limits since start
@@ -374,21 +375,44 @@ class Spool:
             self._reader.close()
             self._reader = None
         for segment in gone:
-            self.lost["removed"] += self._drop_segment(segment, count=False)
+            self._drop_segment(segment, "removed")
 
-    def _drop_segment(self, segment: _Segment, count: bool = True) -> int:
-        """Remove a segment; its records not yet delivered are lost: returns how many (added to
-        `dropped` when `count`)."""
+    def _drop_segment(self, segment: _Segment, reason: str = "policy") -> None:
+        """Remove a segment; its records not yet delivered are lost, counted under `reason`
+        (policy: `dropped`; else `lost[reason]`). Those already handed out by `read` are still in
+        the sender's hands: they count only if they are not acknowledged before the next rewind."""
         first = max(segment.first, self._committed)
-        held = max(0, segment.end - first)
-        undelivered = held - sum(1 for n in self._acked if first <= n < segment.end)
-        if count:
-            self.dropped += undelivered
-        self._held -= held
+        self._held -= max(0, segment.end - first)
+        gone = [n for n in range(first, segment.end) if n not in self._acked]
+        fated = [n for n in gone if n < self._read_next]
+        self._count_lost(reason, len(gone) - len(fated))
+        self._in_flight_lost.update(dict.fromkeys(fated, reason))
         self._acked = {n for n in self._acked if not segment.first <= n < segment.end}
         self._remove(segment)
         self._advance_commit()
-        return undelivered
+
+    def _count_lost(self, reason: str, count: int) -> None:
+        if reason == "policy":
+            self.dropped += count
+        else:
+            self.lost[reason] += count
+
+    @property
+    def dropped_in_hand(self) -> dict[int, str]:
+        """Records handed out by `read` whose segment was dropped since (number -> reason)."""
+        return self._in_flight_lost
+
+    def unsent(self, number: int) -> None:
+        """The sender will not send this handed-out record after all (its segment was dropped): lost now."""
+        reason = self._in_flight_lost.pop(number, None)
+        if reason is not None:
+            self._count_lost(reason, 1)
+
+    def _settle_in_flight_lost(self) -> None:
+        """Records of dropped segments that were handed out and never acknowledged: lost now."""
+        for reason in self._in_flight_lost.values():
+            self._count_lost(reason, 1)
+        self._in_flight_lost.clear()
 
     # ------------------------------------------------------------------ reading and committing
     def read(self, limit: int) -> list[Record]:
@@ -428,11 +452,11 @@ class Spool:
         if self._reader is not None and self._reader.segment is segment:
             self._reader.close()
             self._reader = None
-        self.lost["removed"] += self._drop_segment(segment, count=False)
+        self._drop_segment(segment, "removed")
 
     def ack(self, number: int) -> None:
         """Kafka acknowledged record `number`; commit every record up to the first unacknowledged."""
-        if number < self._committed:
+        if self._in_flight_lost.pop(number, None) is not None or number < self._committed:
             return
         self._acked.add(number)
         self._advance_commit()
@@ -464,6 +488,7 @@ class Spool:
 
     def rewind(self) -> None:
         """Read again from the first record not committed, skipping those acknowledged since."""
+        self._settle_in_flight_lost()
         self._read_next = self._committed
 
     def close(self) -> dict:
@@ -490,6 +515,7 @@ class Spool:
                       if s.records is not None and s.end > self._committed)
         unsaved -= sum(1 for n in self._acked for s in self._segments if s.records is not None and s.first <= n < s.end)
         self.lost["unsaved"] += unsaved
+        self._settle_in_flight_lost()
         self._seal_tail()
         if self._reader is not None:
             self._reader.close()
