@@ -63,15 +63,19 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
          "timeseries", 6),
     ]),
     ("Kafka and spool", [
-        ("Kafka connected / topics ready", "none", [(f"{P}kafka_connected", "connected"),
-                                                     (f"{P}kafka_topic_ready", "{{topic}} ready")], "timeseries", 6),
+        ("Kafka connected / topics ready / spool disk writable", "none", [
+            (f"{P}kafka_connected", "connected"), (f"{P}kafka_topic_ready", "{{topic}} ready"),
+            (f"{P}spool_writable", "spool disk writable")], "timeseries", 6),
         ("Kafka errors", "short", [
             (f"sum by (reason) (increase({P}kafka_send_errors_total[$__rate_interval]))", "send {{reason}}"),
             (f"sum by (reason) (increase({P}kafka_connect_errors_total[$__rate_interval]))", "connect {{reason}}")], "timeseries", 6),
         ("Spool: waiting messages and disk", "short", [(f"{P}publish_queue_depth", "messages waiting"),
                                                         (f"{P}spool_bytes", "bytes (right axis)")], "timeseries", 6),
-        ("Messages lost (spool full) and published", "short", [
+        ("Messages lost (spool full, disk refusing) and published", "short", [
             (f"sum by (policy) (increase({P}spool_dropped_total[$__rate_interval]))", "dropped ({{policy}})"),
+            (f"sum by (reason) (increase({P}messages_dropped_total{{reason=~\"spool_.*\"}}[$__rate_interval]))",
+             "refused ({{reason}})"),
+            (f"sum by (reason) (increase({P}spool_lost_total[$__rate_interval]))", "lost ({{reason}})"),
             (f"sum by (topic) (rate({P}messages_published_total[$__rate_interval]))", "{{topic}} /s")], "timeseries", 6),
     ]),
     ("Tracking", [

@@ -64,6 +64,13 @@ def seqs(records, topic, run=None):
     return out
 
 
+def received(broker, topic, count, timeout=60):
+    """Consume the topic from its start until `count` messages are there; fail if they are not."""
+    records = consume(broker.bootstrap, [topic], lambda rs: len(rs) >= count, timeout)
+    assert len(records) >= count, f"{len(records)} of {count} messages on {topic} within {timeout} s"
+    return records
+
+
 def stop_in_time(daemon):
     """SIGTERM; the exit code and how long it took."""
     sent = time.monotonic()
@@ -85,13 +92,13 @@ def test_a_full_disk_degrades_keeps_messages_flowing_and_loses_only_what_it_coun
     daemon = Daemon(config, tmp_path / "full.log")
     daemon.start()
     try:
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= 10, 60)
+        received(broker, topic, 10)
         disk.keep_full()  # a recorder beside the spool takes every byte
         at_fill = metric(port, "rtsp_pipeline_frames_inferred_total", '{camera="a"}')
         wait_for(lambda: degraded_for(port, str(disk.path / "spool"), "disk full"), 30, "/readyz to say degraded")
         assert metric(port, "rtsp_pipeline_spool_writable", "") == 0
         # the broker is reachable: messages still go out, held in memory, none dropped
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= at_fill + 30, 60)
+        received(broker, topic, at_fill + 30)
         assert not_kept(port) == 0 and readyz(port)[1]["status"] == "degraded"
         network.cut()  # now the memory allowance (0.1 MiB) fills too: messages are dropped, counted
         wait_for(lambda: not_kept(port) >= 20, 60, "messages to be dropped, counted")
@@ -175,14 +182,14 @@ def test_a_read_only_disk_at_start_and_mid_run_degrades_and_sigterm_still_exits_
         # starts degraded (decided: a disk that may come back is no reason to stop the cameras)
         wait_for(lambda: degraded_for(port, str(disk.path / "spool"), "read-only", "remount it read-write"), 60,
                  "/readyz to say degraded")
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= 10, 60)  # delivered meanwhile
+        received(broker, topic, 10)  # delivered meanwhile
         disk.remount(read_only=False)
         wait_for(lambda: END_LOG in daemon.log_text(), 30, "the spell's end to be logged")
         wait_for(lambda: metric(port, "rtsp_pipeline_spool_writable", "") == 1, 10, "spool_writable 1")
         remount_read_only(disk)  # mid-run, as the kernel does after a disk error
         wait_for(lambda: degraded_for(port, "read-only"), 30, "/readyz to say degraded again")
         before = len(consume(broker.bootstrap, [topic], lambda rs: False, 3))
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= before + 10, 60)  # still delivered
+        received(broker, topic, before + 10)  # still delivered
         code, took = stop_in_time(daemon)
     finally:
         daemon.stop()
@@ -214,11 +221,11 @@ def test_a_removed_spool_folder_is_named_with_what_to_do_and_taken_back_once_rec
     daemon = Daemon(config, tmp_path / "rm.log")
     daemon.start()
     try:
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= 10, 60)
+        received(broker, topic, 10)
         shutil.rmtree(folder)
         wait_for(lambda: degraded_for(port, str(folder), f"mkdir -p {folder}"), 30, "/readyz to name the folder")
         before = len(consume(broker.bootstrap, [topic], lambda rs: False, 3))
-        consume(broker.bootstrap, [topic], lambda rs: len(rs) >= before + 10, 60)  # still delivered
+        received(broker, topic, before + 10)  # still delivered
         folder.mkdir()
         wait_for(lambda: END_LOG in daemon.log_text(), 30, "the spell's end to be logged")
         wait_for(lambda: list(folder.glob("*.seg")), 10, "segments in the recreated folder")
