@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import pytest
 
+from tests.integration.test_systemd_notify import NotifyListener
 from scripts.testbed import (
     REPO, Broker, Daemon, NetworkCut, SmallDisk, consume, daemon_config, free_port, http_get, metric_values, wait_for,
 )
@@ -176,13 +177,16 @@ def test_a_read_only_disk_at_start_and_mid_run_degrades_and_sigterm_still_exits_
     config = daemon_config(tmp_path / "ro.yaml", MODEL, broker.bootstrap, [("a", rtsp_server.url("classic"), 10)],
                            topic=topic, status_topic=f"{topic}-status", metrics_port=port,
                            kafka={"stop_timeout_s": STOP_TIMEOUT_S, "spool": {"folder": str(disk.path / "spool")}})
-    daemon = Daemon(config, tmp_path / "ro.log")
+    notify = NotifyListener(tmp_path / "notify.sock")  # as systemd: STATUS lines with the watchdog's
+    daemon = Daemon(config, tmp_path / "ro.log", env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     daemon.start()
     try:
         # starts degraded (decided: a disk that may come back is no reason to stop the cameras)
         wait_for(lambda: degraded_for(port, str(disk.path / "spool"), "read-only", "remount it read-write"), 60,
                  "/readyz to say degraded")
         received(broker, topic, 10)  # delivered meanwhile
+        wait_for(lambda: any(f"spool degraded: spool folder {disk.path / 'spool'}: read-only" in f.get("STATUS", "")
+                             for _, f in notify.poll()), 10, "systemd's status line to say so")
         disk.remount(read_only=False)
         wait_for(lambda: END_LOG in daemon.log_text(), 30, "the spell's end to be logged")
         wait_for(lambda: metric(port, "rtsp_pipeline_spool_writable", "") == 1, 10, "spool_writable 1")
@@ -193,6 +197,7 @@ def test_a_read_only_disk_at_start_and_mid_run_degrades_and_sigterm_still_exits_
         code, took = stop_in_time(daemon)
     finally:
         daemon.stop()
+        notify.close()
         disk.remount(read_only=False)
         disk.close()
     log = daemon.log_text()

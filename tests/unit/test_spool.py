@@ -272,3 +272,20 @@ def test_a_second_spool_on_a_locked_folder_is_refused(tmp_path):
     opened(tmp_path, max_bytes=1 << 20)
     with pytest.raises(SpoolUnusable, match="used by another running daemon"):
         Spool(tmp_path, max_bytes=1 << 20)
+
+
+@needs_mount
+def test_a_start_on_a_full_disk_runs_degraded_and_sending_the_backlog_frees_it(disk):
+    folder = disk.path / "spool"
+    with closing(Spool(folder, max_bytes=1 << 20, segment_bytes=8 << 10)) as first:
+        for n in range(40):
+            first.append("detections", "cam", payload(n))
+    disk.fill()
+    spool = opened(folder, max_bytes=1 << 20, segment_bytes=8 << 10)  # does not raise
+    assert spool.fault is not None and spool.fault.kind == "full"
+    backlog = spool.read(100)
+    assert [r.value for r in backlog] == [payload(n) for n in range(40)]
+    for record in backlog:
+        spool.ack(record.number)  # delivered: its segments are deleted, which frees the disk
+    assert wait_until_the_disk_takes_a_record(spool, lambda i: payload(40 + i))
+    assert spool.fault is None
