@@ -176,7 +176,9 @@ class KafkaPublisher:
         self._spool: Spool | None = None
         self._maintenance: asyncio.Task | None = None
         self._spell: _FaultSpell | None = None  # the spool's current (or just ended) disk fault
-        self._lost_counted = {"removed": 0, "unsaved": 0}
+        self._policy_counted = 0  # spool.dropped already in spool_dropped_total
+        self._refused = 0  # messages neither the disk nor the memory allowance could take
+        self._lost_counted = {"removed": 0, "unreadable": 0, "unsaved": 0}
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()  # a message was spooled, a send finished, or stop began
@@ -210,17 +212,15 @@ class KafkaPublisher:
             return False
         except SpoolUnavailable:  # the disk refuses it and memory is full too: counted, the spell logged
             self._metrics.messages_dropped.labels(message.key, "spool_error").inc()
-            self._watch_spool(dropped=1)
+            self._refused += 1
+            self._watch_spool()
             return False
         finally:
             if spool.dropped_in_hand:
                 self._forget_dropped(spool)
-            if spool.dropped > dropped_before and spool.policy == "drop_oldest":
-                self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - dropped_before)
-                if spool.fault is None:
-                    self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
-                elif self._spell is not None:
-                    self._spell.dropped += spool.dropped - dropped_before
+            self._count_policy_drops(spool)
+            if spool.dropped > dropped_before and spool.policy == "drop_oldest" and spool.fault is None:
+                self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
         if spool.fault is not None or self._spell is not None:
             self._watch_spool()
         self._spooled_at[number] = time.monotonic()
@@ -270,32 +270,36 @@ class KafkaPublisher:
                 self._watch_spool()
                 self._update_gauges()
 
-    def _watch_spool(self, dropped: int = 0) -> None:
+    def _not_kept(self, spool: Spool) -> int:
+        """Messages not kept since start: refused, dropped by the policy, lost by the spool."""
+        return self._refused + spool.dropped + sum(spool.lost.values())
+
+    def _watch_spool(self) -> None:
         """Log a disk fault once when it starts and once when it ends; count records it lost."""
         spool = self._spool
         if spool is None:
             return
         self._count_lost(spool)
+        self._count_policy_drops(spool)
         now, fault = time.monotonic(), spool.fault
         spell = self._spell
         if fault is not None:
             if spell is None or spell.fault.kind != fault.kind:
                 if spell is None:
-                    spell = self._spell = _FaultSpell(fault, now)
+                    spell = self._spell = _FaultSpell(fault, now, self._not_kept(spool))
                 spell.fault = fault
                 log_event(log, logging.ERROR, "spool cannot write to disk; holding messages in memory",
                           folder=str(spool.folder), kind=fault.kind, error=fault.error, fix=fault.reason,
                           memory_mb=self._config.spool.memory_mb)
                 self._metrics.spool_writable.set(0)
             spell.clear_since = None
-            spell.dropped += dropped
         elif spell is not None:
             if spell.clear_since is None:
                 spell.clear_since = now
             elif now - spell.clear_since >= _SPELL_END_S:
                 log_event(log, logging.INFO, "spool writing to disk again", folder=str(spool.folder),
                           kind=spell.fault.kind, lasted_s=round(spell.clear_since - spell.started, 1),
-                          messages_dropped=spell.dropped, lost_with_removed_files=spool.lost["removed"],
+                          messages_not_kept=self._not_kept(spool) - spell.not_kept_before,
                           held_in_memory=spool.memory_used)
                 self._spell = None
                 self._metrics.spool_writable.set(1)
@@ -315,12 +319,19 @@ class KafkaPublisher:
             else:
                 del self._waiting[key]
 
+    def _count_policy_drops(self, spool: Spool) -> None:
+        """spool_dropped_total follows the spool's count (it also grows at a rewind or a stop, for
+        records that were handed out before their segment was dropped and then never sent)."""
+        if spool.policy == "drop_oldest" and spool.dropped > self._policy_counted:
+            self._metrics.spool_dropped.labels("drop_oldest").inc(spool.dropped - self._policy_counted)
+        self._policy_counted = spool.dropped
+
     def _count_lost(self, spool: Spool) -> None:
         for reason, count in spool.lost.items():
             if count > self._lost_counted[reason]:
                 self._metrics.spool_lost.labels(reason).inc(count - self._lost_counted[reason])
-                if reason == "removed":
-                    log_event(log, logging.ERROR, "spool files removed; the messages in them are lost",
+                if reason != "unsaved":  # that one is logged by stop()
+                    log_event(log, logging.ERROR, f"spool files {reason}; the messages in them are lost",
                               folder=str(spool.folder), messages=count - self._lost_counted[reason])
                 self._lost_counted[reason] = count
 
@@ -355,6 +366,7 @@ class KafkaPublisher:
         """Close the spool; say what it keeps for the next start and what the disk would not take."""
         report = spool.close()
         self._count_lost(spool)
+        self._count_policy_drops(spool)
         self._spool = None
         log_event(log, logging.INFO, "publisher stopped", undelivered_kept_in_spool=report["kept_on_disk"])
         if report["unsaved"]:
@@ -595,5 +607,5 @@ class _FaultSpell:
 
     fault: SpoolFault
     started: float
+    not_kept_before: int  # messages not kept (dropped or lost) before it began
     clear_since: float | None = None  # no fault seen since then
-    dropped: int = 0  # messages that could not be kept meanwhile

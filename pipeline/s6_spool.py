@@ -119,7 +119,7 @@ class Spool:
         self._held = 0  # records at or above the commit mark
         self._disk_used = self._memory_used = 0  # bytes of segments on disk, in memory
         self.dropped = 0  # records lost to the size limits since start
-        self.lost: dict[str, int] = {"removed": 0, "unsaved": 0}  # kept, then lost: folder removed, in memory at stop
+        self.lost: dict[str, int] = {"removed": 0, "unreadable": 0, "unsaved": 0}  # kept, then lost
         self.fault: SpoolFault | None = None
         self._next_disk_try = 0.0
         self._unlink_later: dict[Path, range] = {}  # delivered segments the disk would not let us delete yet
@@ -369,11 +369,6 @@ class Spool:
     def _forget_removed_segments(self) -> None:
         """The folder is gone: the records in its segment files are lost (counted)."""
         gone = [s for s in self._segments if s.records is None and not s.path.exists()]  # type: ignore[union-attr]
-        if any(s is self._tail for s in gone):
-            self._seal_tail()
-        if self._reader is not None and any(self._reader.segment is s for s in gone):
-            self._reader.close()
-            self._reader = None
         for segment in gone:
             self._drop_segment(segment, "removed")
 
@@ -428,7 +423,7 @@ class Spool:
             except OSError as exc:  # its file is gone or unreadable: those records are lost
                 self._faulted(exc)
                 if segment in self._segments:
-                    self._forget_unreadable(segment)
+                    self._drop_segment(segment, "removed" if not segment.path.exists() else "unreadable")  # type: ignore[union-attr]
                 continue
             self._read_next += 1
             if record.number not in self._acked:  # acknowledged out of order before a rewind
@@ -442,17 +437,9 @@ class Spool:
         if reader is None or reader.segment is not segment or reader.number != number:
             if reader is not None:
                 reader.close()
-            reader = self._reader = None
+            self._reader = None
             reader = self._reader = _Reader(segment, number)
         return reader.next()
-
-    def _forget_unreadable(self, segment: _Segment) -> None:
-        if segment is self._tail:
-            self._seal_tail()
-        if self._reader is not None and self._reader.segment is segment:
-            self._reader.close()
-            self._reader = None
-        self._drop_segment(segment, "removed")
 
     def ack(self, number: int) -> None:
         """Kafka acknowledged record `number`; commit every record up to the first unacknowledged."""
