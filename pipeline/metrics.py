@@ -141,7 +141,7 @@ class Metrics:
         self.spool_lost = Counter(
             p + "spool_lost", "Messages the spool had kept and then lost (removed: its files were deleted; "
             "unreadable: the disk failed to read them back; unsaved: held in memory at shutdown, the disk "
-            "refusing them)", ["reason"], registry=r,
+            "refusing them; torn: cut off at start with a record a crash or power loss left half written)", ["reason"], registry=r,
         )
         self.spool_dropped = Counter(
             p + "spool_dropped", "Messages dropped because the spool was full, by policy", ["policy"], registry=r

@@ -52,7 +52,7 @@ from pipeline.config import KafkaConfig
 from pipeline.core import CameraState, Detection, FrameResult, ModelRef, PipelineError
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
-from pipeline.s6_spool import Record, Spool, SpoolFault, SpoolFull, SpoolUnavailable, SpoolUnusable
+from pipeline.s6_spool import LOST_REASONS, Record, Spool, SpoolFault, SpoolFull, SpoolUnavailable, SpoolUnusable
 
 log = logging.getLogger(__name__)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0  # re-send delays after a failed send
@@ -60,6 +60,12 @@ _TOPIC_WAIT_S = 10.0  # how long one look-up of a topic waits for the broker
 _TOPIC_RETRY_FIRST_S, _TOPIC_RETRY_MAX_S = 5.0, 300.0  # delays between look-ups of a missing topic
 _SPELL_END_S = 5.0  # a spool fault is over (logged once) when none was seen for this long
 _TIMED_MAX = 4096  # messages whose spool time is kept for the publish-stage metric (older ones: not timed)
+_LOST_WHY = {  # the log line for messages the spool had kept and then lost, by reason
+    "removed": "spool files removed; the messages in them are lost",
+    "unreadable": "spool files unreadable (the disk failed to read them back); the messages in them are lost",
+    "torn": "spool file ended in a torn record (a write cut off by a crash or power loss); it was cut off "
+            "and the messages in it are lost",
+}
 # Kafka will never take this message: sending it again would block its camera for good
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 DETECTIONS_SCHEMA = "detections/v1"
@@ -178,7 +184,7 @@ class KafkaPublisher:
         self._spell: _FaultSpell | None = None  # the spool's current (or just ended) disk fault
         self._policy_counted = 0  # spool.dropped already in spool_dropped_total
         self._refused = 0  # messages neither the disk nor the memory allowance could take
-        self._lost_counted = {"removed": 0, "unreadable": 0, "unsaved": 0}
+        self._lost_counted = dict.fromkeys(LOST_REASONS, 0)
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()  # a message was spooled, a send finished, or stop began
@@ -331,8 +337,8 @@ class KafkaPublisher:
             if count > self._lost_counted[reason]:
                 self._metrics.spool_lost.labels(reason).inc(count - self._lost_counted[reason])
                 if reason != "unsaved":  # that one is logged by stop()
-                    log_event(log, logging.ERROR, f"spool files {reason}; the messages in them are lost",
-                              folder=str(spool.folder), messages=count - self._lost_counted[reason])
+                    log_event(log, logging.ERROR, _LOST_WHY[reason], folder=str(spool.folder),
+                              messages=count - self._lost_counted[reason])
                 self._lost_counted[reason] = count
 
     def _task_ended(self, task: asyncio.Task) -> None:

@@ -6,9 +6,16 @@ and every message before it, so a broker outage or a `kill -9` loses nothing alr
 
 Layout in the spool folder: segment files `<first record number:016d>.seg` of records
 [4-byte length][4-byte CRC32][2-byte topic length][2-byte key length][topic][key][value], and
-`committed` (JSON: the number of the first record not known to be delivered). On open, segments
-are read back up to the first torn or corrupt record (the tail of a crash), which is cut off.
-The folder is locked (flock on the folder itself) while a spool has it open.
+`committed` (JSON: `next`, the number of the first record not known to be delivered, and
+`acked`, ranges of records above it already delivered out of order, so a restart does not send
+them again). On open, segments are read back up to the first torn or corrupt record (the tail of
+a crash or power loss), which is cut off and counted (`lost["torn"]`). Files that are not ours
+(other names, folders) are left alone. The folder is locked (flock on the folder itself) while
+a spool has it open. Opening reads whatever an earlier run left (a clean stop, kill -9, power
+loss, a full or read-only disk, an older release's files: the format is unchanged since the
+first release, which wrote `next` only) and never fails on it; it fails only on what an
+operator must fix (SpoolUnusable: permissions, a file where the folder should be, a folder
+another daemon holds).
 
 Reading is separate from committing: `read()` hands out records from a read position that
 `rewind()` moves back to the first uncommitted one (after a failed send, so order per partition
@@ -30,10 +37,12 @@ folder it cannot use at all (`SpoolUnusable`) and `append` when nothing can keep
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import re
 import struct
 import time
 import zlib
@@ -43,6 +52,8 @@ from pathlib import Path
 _HEAD = struct.Struct(">II")  # length of the body, CRC32 of the body
 _KEYS = struct.Struct(">HH")  # topic length, key length
 _DISK_RETRY_S = 1.0  # while faulted, how often an append tries the disk again
+_ACKED_RANGES_MAX = 10_000  # out-of-order acknowledgements saved in `committed`; the rest are re-sent
+_SEGMENT_NAME = re.compile(r"^[0-9]{16}\.seg$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # a disk in one of these states may come back by itself or by the operator's hand: run degraded
 _HOST_FAULTS = (*_FULL, errno.EROFS, errno.EIO)
@@ -79,6 +90,9 @@ class SpoolFault:
             "removed": f"{where}: removed; recreate it (mkdir -p {self.folder}, owned by the daemon's user)",
             "permission": f"{where}: permission denied; give the daemon's user write access to it",
         }.get(self.kind, f"{where}: {self.error}; check the disk")
+
+
+LOST_REASONS = ("removed", "unreadable", "unsaved", "torn")  # why records the spool had kept were lost
 
 
 class SpoolFull(Exception):
@@ -119,22 +133,28 @@ class Spool:
         self._held = 0  # records at or above the commit mark
         self._disk_used = self._memory_used = 0  # bytes of segments on disk, in memory
         self.dropped = 0  # records lost to the size limits since start
-        self.lost: dict[str, int] = {"removed": 0, "unreadable": 0, "unsaved": 0}  # kept, then lost
+        self.lost: dict[str, int] = dict.fromkeys(LOST_REASONS, 0)  # kept, then lost
         self.fault: SpoolFault | None = None
         self._next_disk_try = 0.0
         self._unlink_later: dict[Path, range] = {}  # delivered segments the disk would not let us delete yet
         self._saved_commit: int | None = None  # the commit mark last written to disk
+        self._saved_state: dict | None = None  # what `committed` last said
         self._closed: dict | None = None  # what close() said
-        self._lock_fd: int | None = None
-        self._folder_inode = -1
-        self._lock_fd = self._open_folder()
-        self._committed = self._read_committed()
-        self._load()
-        self._read_next = self._committed
-        self._next_number = self._segments[-1].end if self._segments else self._committed
-        self._held = self._count_from(self._committed)
+        self._unreadable_at_load: list[int] = []  # first numbers of segment files the disk failed to read
         self._reader: _Reader | None = None
         self._last_sync = time.monotonic()
+        self._lock_fd: int | None = None
+        self._folder_inode = -1
+        self._committed = self._read_next = self._next_number = 0
+        # every attribute exists from here on: opening runs the same methods as a running spool
+        self._lock_fd = self._open_folder()
+        self._committed, self._acked = self._read_committed()
+        self._load()
+        self._next_number = self._segments[-1].end if self._segments else self._committed
+        self._acked = {n for n in self._acked if self._committed <= n < self._next_number}
+        self._held = self._count_from(self._committed)
+        self._advance_commit()
+        self._read_next = self._committed
         if self.fault is None:
             self._write_committed()  # also tells whether the folder takes writes
 
@@ -561,44 +581,94 @@ class Spool:
         self._folder_inode = os.fstat(fd).st_ino
         return fd
 
-    def _read_committed(self) -> int:
+    def _read_committed(self) -> tuple[int, set[int]]:
+        """The saved commit mark and the records above it delivered out of order; (0, none) when
+        the file is missing or damaged (then what the segments hold is sent again: at least once)."""
         try:
-            self._saved_commit = int(json.loads((self.folder / "committed").read_text())["next"])
+            saved = json.loads((self.folder / "committed").read_text())
+            mark = int(saved["next"])
         except (OSError, ValueError, KeyError, TypeError):
-            return 0
-        return self._saved_commit
+            return 0, set()
+        self._saved_commit = mark
+        acked: set[int] = set()
+        ranges = saved.get("acked", []) if isinstance(saved, dict) else []
+        for pair in ranges if isinstance(ranges, list) else []:
+            if isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair):
+                acked.update(range(max(pair[0], mark), pair[1]))
+        return mark, acked
 
     def _write_committed(self) -> None:
+        state = {"next": self._committed, "acked": _ranges(self._acked)[:_ACKED_RANGES_MAX]}
+        if state == self._saved_state:
+            return
         tmp = self.folder / "committed.tmp"
         try:
             with open(tmp, "w") as fh:
-                fh.write(json.dumps({"next": self._committed}))
+                fh.write(json.dumps(state))
             os.replace(tmp, self.folder / "committed")
         except OSError as exc:
             _unlink(tmp)
             self._faulted(exc)
             return
-        self._saved_commit = self._committed
+        self._saved_commit, self._saved_state = self._committed, state
 
     def _load(self) -> None:
         """Re-open segments left by an earlier run, cutting a torn or corrupt tail (where the disk
-        lets us: on a read-only one the scan just stops there)."""
+        lets us: on a read-only one the scan just stops there) and counting what it held."""
         if self._lock_fd is None:
             return
         for stale in self.folder.glob("*.tmp"):
             _unlink(stale)
-        for path in sorted(self.folder.glob("*.seg")):
-            segment = _Segment(path, int(path.stem))
-            segment.scan()
+        torn: list[_Segment] = []
+        for path in sorted(p for p in self.folder.iterdir() if _SEGMENT_NAME.match(p.name)):
+            segment = self._scan(path)
+            if segment is None:
+                continue
             if segment.count == 0 or (self._segments and segment.first < self._segments[-1].end):
                 _unlink(path)  # empty, or overlapping what came before (corrupt): unusable
                 continue
+            if segment.torn:
+                torn.append(segment)
             self._segments.append(segment)
             self._disk_used += segment.size
+        self._count_torn(torn)
         while self._segments and self._segments[0].end <= self._committed:
             self._remove(self._segments[0])
         if self._segments:
             self._committed = max(self._committed, self._segments[0].first)
+
+    def _scan(self, path: Path) -> _Segment | None:
+        """A segment file read back; None for one that is not a file (left alone). A file the
+        daemon may not read is the operator's to fix; one the disk fails to read is skipped (its
+        records are counted as unreadable where the next segment's number tells how many)."""
+        segment = _Segment(path, int(path.name[:16]))
+        try:
+            segment.scan()
+        except IsADirectoryError:
+            return None
+        except PermissionError:
+            raise SpoolUnusable(f"cannot read spool file {path}: permission denied; give the daemon's user "
+                                f"the folder and its files (chown -R) or move the folder away") from None
+        except OSError:  # moved aside, so no later segment takes its name; the operator can look at it
+            self._unreadable_at_load.append(segment.first)
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(path.name + ".unreadable"))
+            return None
+        return segment
+
+    def _count_torn(self, torn: list[_Segment]) -> None:
+        """Records cut off with a torn tail: up to the next segment's first record, or the one
+        record being written when the last segment tore; those already delivered do not count."""
+        firsts = [s.first for s in self._segments]
+        for segment in torn:
+            later = [s.first for s in self._segments if s.first > segment.first]
+            stop = later[0] if later else segment.end + 1
+            self.lost["torn"] += sum(1 for n in range(max(segment.end, self._committed), stop) if n not in self._acked)
+        for first in self._unreadable_at_load:
+            later = [f for f in firsts if f > first]
+            if later:
+                self.lost["unreadable"] += len(range(max(first, self._committed), min(later)))
+        self._unreadable_at_load.clear()
 
 
 class _Segment:
@@ -609,6 +679,7 @@ class _Segment:
         self.path, self.first, self.records = path, first, records
         self.count = 0
         self.size = 0
+        self.torn = False  # bytes after the last whole record were cut off when it was read back
 
     @property
     def end(self) -> int:
@@ -632,6 +703,7 @@ class _Segment:
             self.count += 1
         self.size = offset
         if offset != len(data):
+            self.torn = True
             try:
                 with open(self.path, "r+b") as fh:  # type: ignore[arg-type]
                     fh.truncate(offset)
@@ -653,16 +725,19 @@ class _Reader:
         self.segment, self.number = segment, segment.first
         self._file = open(segment.path, "rb")  # type: ignore[arg-type]  # noqa: SIM115 - closed by close()
         while self.number < number:  # skip to the wanted record (headers only)
-            length, _ = _HEAD.unpack(self._file.read(_HEAD.size))
+            length = self._head()
             self._file.seek(length, os.SEEK_CUR)
             self.number += 1
 
+    def _head(self) -> int:
+        head = self._file.read(_HEAD.size)
+        if len(head) != _HEAD.size:  # the file shrank under us
+            raise OSError(errno.EIO, f"segment {self.segment.path.name} ends early")  # type: ignore[union-attr]
+        return _HEAD.unpack(head)[0]
+
     def next(self) -> Record:
         """The record at `number` (the caller checks it exists); advances."""
-        head = self._file.read(_HEAD.size)
-        if len(head) != _HEAD.size:
-            raise OSError(errno.EIO, f"segment {self.segment.path.name} ends early")  # type: ignore[union-attr]
-        length, _ = _HEAD.unpack(head)
+        length = self._head()
         body = self._file.read(length)
         if len(body) != length:
             raise OSError(errno.EIO, f"segment {self.segment.path.name} ends early")  # type: ignore[union-attr]
@@ -681,6 +756,17 @@ def _unlink(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _ranges(numbers: set[int]) -> list[list[int]]:
+    """Sorted numbers as half-open [start, stop) ranges."""
+    out: list[list[int]] = []
+    for n in sorted(numbers):
+        if out and out[-1][1] == n:
+            out[-1][1] = n + 1
+        else:
+            out.append([n, n + 1])
+    return out
 
 
 def _read_only(folder: Path) -> bool:

@@ -4,6 +4,7 @@ failed send. On a real small filesystem (tmpfs, as root): a full disk, a read-on
 removed folder lose nothing the spool had kept on disk, hold new records in memory meanwhile, and
 never make close() fail."""
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,76 @@ def test_what_was_not_acknowledged_is_read_again_after_a_restart(tmp_path):
     assert fill(again, 1) == [6]  # numbering continues
 
 
+def test_a_restart_after_everything_was_delivered_starts_and_numbering_goes_on(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    fill(spool, 5)
+    for record in spool.read(10):
+        spool.ack(record.number)
+    spool.close()  # a clean stop: the delivered tail segment stays on disk
+    for start in range(3):  # start, stop, start again, as an operator restarting it would
+        again = Spool(tmp_path, max_bytes=1 << 20)
+        assert again.pending == 0 and again.read(10) == []
+        assert fill(again, 1) == [5 + start]
+        again.read(10)
+        again.ack(5 + start)
+        again.close()
+
+
+def test_records_delivered_out_of_order_are_not_sent_again_after_a_clean_restart(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    fill(spool, 8)
+    for record in spool.read(8):
+        if record.number in (2, 3, 6):  # another camera's messages got through first
+            spool.ack(record.number)
+    spool.close()
+    again = opened(tmp_path, max_bytes=1 << 20)
+    assert [r.number for r in again.read(10)] == [0, 1, 4, 5, 7] and again.pending == 8
+    for number in (0, 1):
+        again.ack(number)
+    assert again.pending == 4  # 2 and 3 were delivered before the restart: committed with 0 and 1
+
+
+def test_leftovers_that_are_not_the_spools_are_left_alone(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    fill(spool, 3)
+    spool.close()
+    (tmp_path / "notes.seg").write_text("an operator's file")
+    (tmp_path / "0000000000000042.seg").mkdir()  # a folder with a segment's name
+    (tmp_path / "README").write_text("x")
+    (tmp_path / "0000000000000009.tmp").write_bytes(b"half a segment from a crash")
+    again = opened(tmp_path, max_bytes=1 << 20)
+    assert [r.number for r in again.read(10)] == [0, 1, 2]
+    assert (tmp_path / "notes.seg").exists() and (tmp_path / "0000000000000042.seg").is_dir()
+    assert not (tmp_path / "0000000000000009.tmp").exists()
+
+
+def test_a_damaged_commit_mark_sends_everything_again_rather_than_failing(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    fill(spool, 4)
+    for record in spool.read(2):
+        spool.ack(record.number)
+    spool.close()
+    for damage in ("{\"next\": ", "[1, 2]", "{\"next\": 2, \"acked\": [[\"x\", 3], 7]}"):
+        (tmp_path / "committed").write_text(damage)
+        again = Spool(tmp_path, max_bytes=1 << 20)
+        assert [r.number for r in again.read(10)][-2:] == [2, 3]  # nothing undelivered is lost
+        again.close()
+
+
+def test_a_segment_file_the_daemon_may_not_read_is_named_in_one_line(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    fill(spool, 3)
+    spool.close()
+    segment = next(tmp_path.glob("*.seg"))
+    segment.chmod(0)
+    code = f"from pipeline.s6_spool import Spool; Spool({str(tmp_path)!r}, max_bytes=1 << 20)"
+    # root reads any file: drop the capabilities that let it, as a service user would not have them
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    result = subprocess.run([*as_user, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "SpoolUnusable" in result.stderr
+    assert f"cannot read spool file {segment}: permission denied" in result.stderr and "chown" in result.stderr
+
+
 def test_kill_9_loses_nothing_appended_and_a_torn_last_record_is_cut(tmp_path):
     code = f"""
 import os, signal
@@ -74,6 +145,7 @@ os.kill(os.getpid(), signal.SIGKILL)
         fh.write(b"\x00\x00\x01\x00garbage")  # a record cut off mid-write
     with closing(Spool(tmp_path, max_bytes=1 << 20)) as reopened:
         assert [r.value[:1] for r in reopened.read(10)] == [b"\x00", b"\x01", b"\x02", b"\x03"]
+        assert reopened.lost["torn"] == 1  # the record being written: counted as lost
         assert fill(reopened, 1) == [4]
 
 
