@@ -141,6 +141,7 @@ class Spool:
         self._saved_state: dict | None = None  # what `committed` last said
         self._closed: dict | None = None  # what close() said
         self._unreadable_at_load: list[int] = []  # first numbers of segment files the disk failed to read
+        self._numbered = 0  # at load: the number after the last one an earlier run gave
         self._reader: _Reader | None = None
         self._last_sync = time.monotonic()
         self._lock_fd: int | None = None
@@ -150,8 +151,10 @@ class Spool:
         self._lock_fd = self._open_folder()
         self._committed, self._acked = self._read_committed()
         self._load()
-        self._next_number = self._segments[-1].end if self._segments else self._committed
-        self._acked = {n for n in self._acked if self._committed <= n < self._next_number}
+        # numbers are never given twice, not even those of records lost in a torn tail: the saved
+        # commit mark and acknowledgements may name them (power loss can keep the mark, not the data)
+        self._next_number = max(self._committed, self._numbered, max(self._acked, default=-1) + 1)
+        self._acked = {n for n in self._acked if n >= self._committed}
         self._held = self._count_from(self._committed)
         self._advance_commit()
         self._read_next = self._committed
@@ -624,11 +627,15 @@ class Spool:
             segment = self._scan(path)
             if segment is None:
                 continue
-            if segment.count == 0 or (self._segments and segment.first < self._segments[-1].end):
-                _unlink(path)  # empty, or overlapping what came before (corrupt): unusable
+            if self._segments and segment.first < self._segments[-1].end:
+                _unlink(path)  # overlapping what came before (corrupt): unusable
                 continue
+            self._numbered = max(self._numbered, segment.end + segment.torn)
             if segment.torn:
                 torn.append(segment)
+            if segment.count == 0:  # created, then nothing whole written to it
+                _unlink(path)
+                continue
             self._segments.append(segment)
             self._disk_used += segment.size
         self._count_torn(torn)
