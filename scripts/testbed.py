@@ -349,7 +349,9 @@ class NetworkCut:
         self.restore()
 
     def restore(self) -> None:
-        """Accept connections again (on the same port)."""
+        """Accept connections again (on the same port); nothing to do while not cut."""
+        if self._listener is not None:
+            return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

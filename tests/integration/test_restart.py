@@ -242,3 +242,16 @@ def test_todays_daemon_delivers_a_spool_an_earlier_release_left(fixture, tmp_pat
     old = [r.value["frame"]["seq"] for r in records if r.key == "gate-1" and r.topic == "detections"]
     assert old == sorted(old)  # in order
     assert_gap_free(runs(records, "detections"), ["cam"], 1)  # and today's camera streams
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_and_restart_cycles_with_the_broker_up_and_down_lose_nothing_the_spool_took(tmp_path):
+    """The short version of scripts/torture_restart.py (20 cycles there, figures in BENCHMARKS)."""
+    from scripts.torture_restart import run
+
+    result = run(cycles=4, cameras=2, work=tmp_path, seed=random.randrange(1 << 16))
+    print(json.dumps({k: v for k, v in result.items() if k != "cycles"}))
+    assert result["starts_that_came_up"] == result["starts"] == 5, result["cycles"]
+    assert result["held_at_kills"] > 0  # the broker was cut at some kills: the spool held messages then
+    assert result["held_missing_in_kafka"] == 0 and result["runs_with_gaps"] == {}
+    assert result["conflicting_duplicates"] == 0 and result["runs_in_kafka"] == 5 and result["final_exit"] == 0
