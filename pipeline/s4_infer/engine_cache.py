@@ -4,6 +4,12 @@ A plan only runs on the GPU model and TensorRT version it was built with, so eng
 committed: `rtsp-pipeline build-engine` (or the daemon's first start) builds one into the cache,
 under a key of everything that changes the plan. A changed model, GPU, TensorRT version,
 precision, batch or input size gives a new key, hence a rebuild; anything else reuses the plan.
+
+A start reads the cache back, so nothing in it may fail a start: a plan is used only when the
+key file beside it matches and its checksum does (a plan cut short by a full disk or a crash, or
+copied from another machine, is rebuilt), and a plan TensorRT still refuses is rebuilt once.
+Only with `build_if_missing: false` is a missing or unusable plan an error, naming the file and
+`build-engine --force`. Half-written files of a crashed build are removed.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pipeline.logs import log_event
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the build recipe below changes what a plan contains
+_STALE_TMP_S = 600  # a .tmp file this old in the cache is left by a crashed build (stores take seconds)
 
 
 @dataclass(frozen=True)
@@ -58,35 +65,97 @@ def engine_path(cache_dir: Path, model_name: str, key: EngineKey) -> Path:
 
 
 def store(path: Path, plan: bytes, key: EngineKey) -> None:
-    """Write a plan atomically (a crash never leaves half a plan under the final name)."""
+    """Write a plan and its key file, each atomically (a crash never leaves half a file under its
+    final name); the key file, written last, carries the plan's size and checksum."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, plan)
+    sidecar = {**asdict(key), "plan_bytes": len(plan), "plan_sha256": hashlib.sha256(plan).hexdigest()}
+    _write_atomically(path.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True).encode())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(plan)
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2, sort_keys=True))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unusable(path: Path, key: EngineKey) -> str | None:
+    """Why the cached plan at `path` must not be used for `key` (None: use it). Key files of
+    releases that wrote no checksum are trusted on their key; TensorRT's load still checks."""
+    if not path.exists():
+        return "missing"
+    try:
+        saved = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"its key file {path.with_suffix('.json').name} is missing or damaged ({exc.__class__.__name__})"
+    if not isinstance(saved, dict) or {k: saved.get(k) for k in asdict(key)} != asdict(key):
+        return "its key file names another model, GPU, TensorRT version or setting"
+    if "plan_sha256" not in saved:
+        return None
+    data = path.read_bytes()
+    if len(data) != saved.get("plan_bytes") or hashlib.sha256(data).hexdigest() != saved["plan_sha256"]:
+        return f"it is cut short or damaged ({len(data)} bytes, checksum differs from its key file)"
+    return None
+
+
+def remove_stale_temporaries(cache_dir: Path) -> None:
+    """Delete half-written files that a crashed build or store left in the cache."""
+    now = time.time()
+    for tmp in Path(cache_dir).glob("*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False) -> Path:
     """The cached plan of `model` (a ModelConfig) for `gpu` (a pipeline.gpu.Gpu), built first when
-    missing (or when `force`); EngineError when missing and `build` is False."""
+    missing or unusable (or when `force`); EngineError then when `build` is False."""
     import tensorrt as trt  # lazy: only where TensorRT is installed
 
     from pipeline.s4_infer.engine import file_sha256
 
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
                     model.tensorrt.precision, max_batch, model.input_size)
-    path = engine_path(model.tensorrt.engine_cache or default_cache_dir(), model.path.stem, key)
-    if path.exists() and not force:
+    cache_dir = model.tensorrt.engine_cache or default_cache_dir()
+    path = engine_path(cache_dir, model.path.stem, key)
+    remove_stale_temporaries(cache_dir)
+    why = "rebuild asked for" if force else unusable(path, key)
+    if why is None:
         return path
     if not build:
         raise EngineError(
-            f"no TensorRT engine for this model, GPU ({key.gpu_name}) and TensorRT {key.tensorrt_version} "
-            f"in {path.parent}; build it with `rtsp-pipeline build-engine --config <your config>`"
+            f"no usable TensorRT engine for this model, GPU ({key.gpu_name}) and TensorRT {key.tensorrt_version}: "
+            f"{path} is {why}; build it with `rtsp-pipeline build-engine --force --config <your config>`"
         )
+    if why not in ("missing", "rebuild asked for"):
+        log_event(log, logging.WARNING, "cached TensorRT engine unusable; rebuilding it", plan=str(path), why=why)
     with gpu.current():
         store(path, build_plan(model.path, key, model.tensorrt.workspace_mb), key)
     return path
+
+
+def load(model, gpu, max_batch: int, deserialize):
+    """The deserialized engine of the cached plan (`deserialize`: plan bytes -> engine, or None
+    when TensorRT refuses them). A plan TensorRT refuses is rebuilt once when building is allowed."""
+    build = model.tensorrt.build_if_missing
+    path = plan_for(model, gpu, max_batch, build=build)
+    engine = deserialize(path.read_bytes())
+    if engine is None and build:
+        log_event(log, logging.WARNING, "TensorRT refused the cached engine; rebuilding it", plan=str(path))
+        path = plan_for(model, gpu, max_batch, build=True, force=True)
+        engine = deserialize(path.read_bytes())
+    if engine is None:
+        raise EngineError(f"TensorRT could not load {path}; rebuild it with "
+                          "`rtsp-pipeline build-engine --force --config <your config>`")
+    log_event(log, logging.INFO, "TensorRT engine loaded", plan=str(path), gpu=gpu.name)
+    return engine
 
 
 def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progress: bool = True) -> bytes:

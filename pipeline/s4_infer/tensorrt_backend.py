@@ -13,7 +13,6 @@ differences are in engine_cache.build_plan.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -41,19 +40,19 @@ class TensorRTEngine:
         self._trt, self._gpu, self._config = trt, gpu, config
         self.max_batch = max_batch
         self._staging, self._staging_bytes = None, 0  # input from CPU preprocessing (pyav decoder)
-        plan_path = engine_cache.plan_for(config, gpu, max_batch, build=config.tensorrt.build_if_missing)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive its engines
         with gpu.current():
-            self._engine = self._load(plan_path)
+            self._engine = engine_cache.load(config, gpu, max_batch, self._deserialize)
             self._context = self._engine.create_execution_context()
         self._bind(file_sha256(config.path))
 
-    def _load(self, plan_path: Path):
-        runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        if engine is None:
-            raise EngineError(f"TensorRT could not load {plan_path}; delete it to rebuild")
-        log_event(log, logging.INFO, "TensorRT engine loaded", plan=str(plan_path), gpu=self._gpu.name)
-        return engine
+    def _deserialize(self, plan: bytes):
+        """The engine, or None when TensorRT refuses the plan (it may raise instead: same answer)."""
+        try:
+            return self._runtime.deserialize_cuda_engine(plan)
+        except Exception as exc:  # noqa: BLE001 - a damaged plan is rebuilt, whatever TensorRT raises
+            log_event(log, logging.WARNING, "TensorRT refused a plan", error=repr(exc))
+            return None
 
     def _bind(self, sha: str) -> None:
         trt, engine = self._trt, self._engine
