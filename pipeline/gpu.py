@@ -19,6 +19,10 @@ from pathlib import Path
 from pipeline.core import EngineError
 
 GPU_MODULES = ("pycuda", "PyNvVideoCodec", "tensorrt")
+# The prebuilt kernel's builds (scripts/build_kernels.py), newest toolkit first: (the least CUDA
+# version the driver must support, the file's suffix, the driver that is). A fatbin loads on a
+# driver at least as new as the toolkit's major release (CUDA minor-version compatibility).
+KERNEL_BUILDS = ((13000, ".fatbin", "R580 (580.65.06) or newer"), (12000, ".cuda12.fatbin", "R525 or newer"))
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,21 @@ def choose_path(backend: str, decoder: str, found: GpuProbe) -> PathChoice:
     if decoder == "nvdec" and backend == "onnxruntime":
         raise EngineError("gpu.decoder nvdec keeps frames on the GPU; ONNX Runtime (CPU) cannot read them")
     return PathChoice(backend, decoder, why)
+
+
+def kernel_build(fatbin: Path, driver_version: int) -> tuple[Path, str]:
+    """The build of the kernel `fatbin` (its CUDA 13 file) that a driver supporting CUDA
+    `driver_version` (cuDriverGetVersion: 12060 for 12.6) loads, and the driver that build needs."""
+    for least, suffix, needs in KERNEL_BUILDS:
+        if driver_version >= least:
+            return fatbin.with_suffix(suffix), needs
+    raise EngineError(f"the NVIDIA driver supports CUDA {_cuda_version(driver_version)}; the GPU path needs a driver "
+                      f"for CUDA 12 or newer ({KERNEL_BUILDS[-1][2]}): update the driver, or use gpu.decoder pyav "
+                      "and model.backend onnxruntime")
+
+
+def _cuda_version(driver_version: int) -> str:
+    return f"{driver_version // 1000}.{driver_version % 1000 // 10}"
 
 
 def place_cameras(camera_gpus: dict[str, int | None], gpus: list[int]) -> dict[str, int]:
@@ -324,27 +343,25 @@ class Gpu:
 
     def kernel(self, fatbin: Path, name: str):
         """A kernel from a fatbin built ahead by scripts/build_kernels.py (SASS for common GPUs
-        plus PTX the driver compiles for newer ones), loaded once per GPU. Nothing is compiled
-        here: a service has neither nvcc on its PATH nor a writable compiler cache."""
+        plus PTX the driver compiles for newer ones), loaded once per GPU: the CUDA 13 build on a
+        driver for CUDA 13, else the CUDA 12.8 one (`fatbin` names the CUDA 13 file). Nothing is
+        compiled here: a service has neither nvcc on its PATH nor a writable compiler cache."""
         with self._lock:
             module = self._modules.get(fatbin)
         if module is None:
+            driver = self._cuda.get_driver_version()
+            image, needs = kernel_build(fatbin, driver)
             with self.current():
                 try:
-                    raw = self._cuda.module_from_buffer(fatbin.read_bytes())
+                    raw = self._cuda.module_from_buffer(image.read_bytes())
                 except self._cuda.Error as exc:
-                    raise EngineError(self._kernel_load_error(fatbin, exc)) from None
+                    raise EngineError(f"cannot load the prebuilt kernel {image.name} on {self.name} (the driver "
+                                      f"supports CUDA {_cuda_version(driver)}; this build needs {needs}): {exc}; "
+                                      "update the NVIDIA driver") from None
             module = self._own(GpuObject(self, raw))
             with self._lock:
                 module = self._modules.setdefault(fatbin, module)
         return module.raw.get_function(name)
-
-    def _kernel_load_error(self, fatbin: Path, exc: Exception) -> str:
-        version = self._cuda.get_driver_version()
-        return (f"cannot load the prebuilt kernel {fatbin.name} on {self.name} "
-                f"(driver supports CUDA {version // 1000}.{version % 1000 // 10}): {exc}. It is built "
-                "with CUDA 13.0 (needs driver R580 or newer); update the driver, or rebuild it with "
-                "your CUDA toolkit: NVCC=/usr/local/cuda/bin/nvcc python scripts/build_kernels.py")
 
     def copy_2d_d2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width_bytes: int,
                     rows: int, stream: Stream) -> None:

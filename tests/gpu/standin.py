@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import re
 import threading
 import traceback
 import types
@@ -91,7 +92,9 @@ class StandInGpu:
 
     TOTAL = 80 << 30
 
-    def __init__(self, name: str = "Stand-in GPU (no NVIDIA hardware)") -> None:
+    def __init__(self, name: str = "Stand-in GPU (no NVIDIA hardware)", driver_version: int = 13000) -> None:
+        self.driver_version = driver_version  # what cuDriverGetVersion says: 12060 for a CUDA 12.6 driver
+        self.loaded: list[bytes] = []  # every image module_from_buffer took
         self.memory = _AddressSpace()
         self.violations: list[str] = []  # releases of our objects outside their context
         self.launches = 0
@@ -269,6 +272,7 @@ class StandInGpu:
                 super().__init__()
                 if image[:4] != FATBIN_MAGIC:
                     raise StandInError("CUDA_ERROR_INVALID_IMAGE: not a fatbin")
+                gpu.loaded.append(image)
                 self._names = [n for n in KERNELS if n.encode() in image]
 
             def get_function(self, name: str) -> Function:
@@ -318,12 +322,20 @@ class StandInGpu:
             gpu.memory.view(int(dst), data.size)[:] = data
 
         mod.init = lambda flags=0: None
-        mod.get_driver_version = lambda: 13000
+        mod.get_driver_version = lambda: gpu.driver_version
         mod.Context, mod.Device, mod.Stream, mod.Event, mod.Memcpy2D = Context, Device, Stream, Event, Memcpy2D
         mod.mem_alloc, mod.pagelocked_empty = mem_alloc, pagelocked_empty
         mod.memcpy_dtoh, mod.memcpy_htod = memcpy_dtoh, memcpy_htod
         mod.memcpy_dtoh_async = lambda dest, src, stream=None: memcpy_dtoh(dest, src)
-        mod.module_from_buffer = lambda buffer, options=(), message_handler=None: Module(bytes(buffer))
+        def module_from_buffer(buffer, options=(), message_handler=None) -> Module:
+            # a driver loads code of a toolkit up to its own major release (minor-version compatibility)
+            release = re.search(rb"Cuda compilation tools, release (\d+)\.(\d+)", bytes(buffer))
+            if release and gpu.driver_version < int(release.group(1)) * 1000:
+                raise StandInError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with "
+                                   "an unsupported toolchain")
+            return Module(bytes(buffer))
+
+        mod.module_from_buffer = module_from_buffer
         mod.mem_get_info = lambda: (gpu.TOTAL - gpu.memory.used, gpu.TOTAL)
         return mod
 

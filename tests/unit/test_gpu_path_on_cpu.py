@@ -79,20 +79,26 @@ def test_letterbox_scales_the_picture_into_place_and_pads_the_rest():
     assert np.allclose(out[:, 10, 2], 0, atol=1e-3)
 
 
-def test_the_committed_kernel_fatbin_is_built_from_the_current_source():
-    """scripts/build_kernels.py --check: the source hash always; with nvcc (CI has CUDA 13.0) the
-    fatbin is rebuilt and must be the same bytes."""
+def test_the_committed_kernel_fatbins_are_built_from_the_current_source():
+    """scripts/build_kernels.py --check: the source hash always; where this machine has the very
+    toolchain build a fatbin was made with (CI: nvcc 13.0 V13.0.88), it is rebuilt and must be
+    the same bytes."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_kernels.py"), "--check"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    recorded = json.loads(KERNEL_FATBIN.with_suffix(".fatbin.json").read_text())["build"]
     if shutil.which("nvcc"):
-        assert "source hash only" not in result.stdout
+        from scripts.build_kernels import nvcc_build
+
+        if nvcc_build("nvcc") == recorded:
+            assert f"bytes compared: {KERNEL_FATBIN.name}" in result.stdout, result.stdout
 
 
-def test_the_fatbin_holds_machine_code_for_common_gpus_and_ptx_for_newer_ones():
+@pytest.mark.parametrize("name", [KERNEL_FATBIN.name, KERNEL_FATBIN.with_suffix(".cuda12.fatbin").name])
+def test_the_fatbins_hold_machine_code_for_common_gpus_and_ptx_for_newer_ones(name):
     from scripts.build_kernels import PTX, SASS, fatbin_images
 
-    data = KERNEL_FATBIN.read_bytes()
+    data = (KERNEL_FATBIN.parent / name).read_bytes()
     assert fatbin_images(data) == [("ptx", int(PTX))] + [("sass", int(sm)) for sm in SASS]
     assert b"letterbox_nv12_f32" in data and b"letterbox_nv12_f16" in data
 
@@ -103,9 +109,29 @@ def test_a_stale_fatbin_is_reported(tmp_path, monkeypatch):
     source = tmp_path / "letterbox_nv12.cu"
     source.write_text(KERNEL_SOURCE.read_text() + "\n// changed\n")
     monkeypatch.setattr(build, "SOURCE", source)
-    monkeypatch.setattr(build, "FATBIN", KERNEL_FATBIN)
-    monkeypatch.setattr(build, "RECORD", KERNEL_FATBIN.with_suffix(".fatbin.json"))
-    assert any("changed since" in problem for problem in build.check(None))
+    assert sum("changed since" in problem for problem in build.check(None)) == 2  # both fatbins
+
+
+def fake_nvcc(folder, build_id: str) -> str:
+    """An nvcc that reports `build_id` and writes other bytes than the committed fatbin."""
+    build, version = build_id.split(", ")
+    script = folder / "nvcc"
+    script.write_text("#!/bin/sh\n"
+                      f"case \"$1\" in --version) printf 'Cuda compilation tools, release 13.0, {version}\\n"
+                      f"Build {build}\\n';;\n"
+                      "*) while [ $# -gt 0 ]; do [ \"$1\" = -o ] && printf 'other bytes' > \"$2\"; shift; done;; esac\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_fatbin_bytes_are_compared_only_with_the_very_build_that_made_them(tmp_path):
+    from scripts.build_kernels import check
+
+    recorded = json.loads(KERNEL_FATBIN.with_suffix(".fatbin.json").read_text())["build"]
+    build_no = recorded.rsplit("V13.0.", 1)[1]
+    same_release_other_build = recorded.replace(f"V13.0.{build_no}", "V13.0.999")
+    assert check(fake_nvcc(tmp_path, same_release_other_build)) == []  # not compared: may differ
+    assert any("builds a different" in p for p in check(fake_nvcc(tmp_path, recorded)))  # compared, differs
 
 
 @pytest.mark.parametrize("codes, expected", [
@@ -320,3 +346,43 @@ def test_without_nvml_or_gpus_no_gpu_series_appear():
     assert not metrics.watch_gpus(FakeNvml(0))
     assert "gpu_utilization" not in metrics.render().decode()
     assert not Metrics().watch_gpus()  # this machine: no pynvml or no GPU
+
+
+# ---------------------------------------------------------------------- the kernel on older drivers
+@pytest.mark.parametrize("driver, loads", [(13000, ".fatbin"), (13010, ".fatbin"), (12080, ".cuda12.fatbin"),
+                                           (12060, ".cuda12.fatbin"), (12020, ".cuda12.fatbin")])
+def test_the_kernel_build_is_chosen_by_the_drivers_cuda_version(driver, loads):
+    """R580 (CUDA 13) loads the CUDA 13 build; R535-R575 (CUDA 12.x: the GPU image's TensorRT 24.12
+    base) the CUDA 12.8 one, on the stand-in GPU whose loader refuses a newer toolkit's code."""
+    from pipeline.gpu import Gpu
+    from tests.gpu.standin import StandInGpu
+
+    standin = StandInGpu(driver_version=driver)
+    gpu = Gpu(0, driver=standin.driver, video_codec=standin.video_codec)
+    try:
+        assert gpu.kernel(KERNEL_FATBIN, "letterbox_nv12_f32") is not None
+        assert standin.loaded == [KERNEL_FATBIN.with_suffix(loads).read_bytes()]
+    finally:
+        gpu.close()
+
+
+def test_on_a_cuda_12_driver_the_cuda_13_build_alone_fails_as_the_image_did():
+    from tests.gpu.standin import StandInError, StandInGpu
+
+    standin = StandInGpu(driver_version=12060)
+    with pytest.raises(StandInError, match="UNSUPPORTED_PTX_VERSION"):
+        standin.driver.module_from_buffer(KERNEL_FATBIN.read_bytes())
+
+
+def test_a_driver_older_than_cuda_12_is_refused_in_one_line_saying_what_to_do():
+    from pipeline.gpu import Gpu
+    from tests.gpu.standin import StandInGpu
+
+    standin = StandInGpu(driver_version=11080)
+    gpu = Gpu(0, driver=standin.driver, video_codec=standin.video_codec)
+    try:
+        with pytest.raises(EngineError, match=r"supports CUDA 11\.8; the GPU path needs a driver for CUDA 12 or newer "
+                                              r"\(R525 or newer\): update the driver"):
+            gpu.kernel(KERNEL_FATBIN, "letterbox_nv12_f32")
+    finally:
+        gpu.close()
