@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CameraConfig, Config, ConfigError, ModelConfig, load_config
-from pipeline.core import CameraState, FrameResult, ModelRef
-from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, place_cameras, probe
+from pipeline.core import CameraState, EngineError, FrameResult, ModelRef
+from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, nvdec_problem, place_cameras, probe
+from pipeline.native_output import NativeStdout
 from pipeline.api.detect import DetectService, DetectTarget
 from pipeline.api.server import Endpoints, HttpServer, load_tokens
 from pipeline.inference_worker import InferenceWorker
@@ -79,6 +80,7 @@ class Runtime:
         decoder_factory: Callable | None = None,
         gpu_probe: Callable[[], GpuProbe] = probe,
         gpu_factory: Callable[..., Any] = Gpu,
+        nvdec_check: Callable[[], str | None] = nvdec_problem,
         config_path: Path | None = None,
         notifier: SystemdNotifier | None = None,
         shard: tuple[int, int] = (0, 1),
@@ -94,6 +96,8 @@ class Runtime:
         self._decoder_factory = decoder_factory or functools.partial(cpu_decoder, deblock=config.source.deblock)
         self._gpu_probe = gpu_probe
         self._gpu_factory = gpu_factory
+        self._nvdec_check = nvdec_check
+        self._native_stdout: NativeStdout | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._lanes: list[Lane] = []
@@ -173,7 +177,7 @@ class Runtime:
     async def _startup(self) -> None:
         cfg = self.config
         await self._http.start()
-        self._path = path = choose_path(cfg.model.backend, cfg.gpu.decoder, self._gpu_probe())
+        self._path = path = await self._checked_path()
         if path.on_gpu:
             self.metrics.watch_gpus()
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
@@ -186,6 +190,25 @@ class Runtime:
             lane.inference.start()
             for camera in list(lane.cameras):
                 self._start_camera(camera, lane)
+
+    async def _checked_path(self) -> PathChoice:
+        """The execution path; NVDEC only where it can work (checked once, here: a missing video
+        library is one line at start, not an error loop in every camera). With gpu.decoder auto
+        the cameras are then decoded on the CPU; with nvdec the start fails."""
+        cfg = self.config
+        path = choose_path(cfg.model.backend, cfg.gpu.decoder, self._gpu_probe())
+        if path.decoder != "nvdec":
+            return path
+        problem = await asyncio.to_thread(self._nvdec_check)
+        if problem is None:
+            self._native_stdout = NativeStdout(lambda kind: self.metrics.native_output_lines.labels(
+                "PyNvVideoCodec", kind).inc())
+            self._native_stdout.start()
+            return path
+        if cfg.gpu.decoder == "nvdec":
+            raise EngineError(f"{problem}; or set gpu.decoder: pyav (or auto) to decode on the CPU")
+        log_event(log, logging.WARNING, "NVDEC unusable; decoding on the CPU (PyAV) instead", why=problem)
+        return PathChoice(path.backend, "pyav", f"{path.why}; {problem}")
 
     def _start_camera(self, camera: CameraConfig, lane: Lane) -> None:
         worker = CameraWorker(camera, self.config.source, self._camera_decoder(camera, lane),
@@ -375,6 +398,8 @@ class Runtime:
             lane.inference.close()
         for gpu in self._gpus.values():  # after everything that holds GPU memory; on the loop's thread
             gpu.close()
+        if self._native_stdout is not None:
+            self._native_stdout.stop()
         log_event(log, logging.INFO, "stopped", seconds=round(time.monotonic() - started, 2))
 
     def _capture_signals(self) -> Callable[[], None]:

@@ -3,13 +3,20 @@ context per GPU, device buffers, kernels, and a count of every host<->device tra
 
 NVIDIA's modules (pycuda, PyNvVideoCodec, tensorrt) are imported only when a Gpu is made: they
 raise at import time without the driver, and the CPU path must never load them. `probe()` answers
-"is there a usable GPU?" without importing any of them.
+"is there a usable GPU?" without importing any of them: it asks the driver library (libcuda)
+how many GPUs this process may use, which honours CUDA_VISIBLE_DEVICES and works where
+/proc/driver/nvidia is hidden (sandboxed container runtimes). `nvdec_problem()` checks once at
+start that NVDEC can work here (the driver's video libraries are often missing: compute-only
+driver packages, containers without the `video` capability).
 """
 from __future__ import annotations
 
 import contextlib
-import glob
+import ctypes
 import importlib.util
+import json
+import subprocess
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -29,8 +36,9 @@ KERNEL_BUILDS = ((13000, ".fatbin", "R580 (580.65.06) or newer"), (12000, ".cuda
 class GpuProbe:
     """What this machine offers the GPU path, found without importing NVIDIA's modules."""
 
-    devices: int  # NVIDIA GPUs the driver exposes
+    devices: int  # NVIDIA GPUs the driver lets this process use
     modules: dict[str, bool] = field(default_factory=dict)  # importable (installed), by name
+    why: str = ""  # what the driver said (why no GPU, when there is none)
 
     @property
     def missing(self) -> list[str]:
@@ -43,11 +51,72 @@ class GpuProbe:
         return self.devices > 0 and not self.missing
 
 
-def probe(driver_root: str = "/proc/driver/nvidia/gpus") -> GpuProbe:
-    """Count the GPUs the NVIDIA driver lists and check which GPU modules are installed."""
-    devices = len(glob.glob(f"{driver_root}/*"))
+def probe(count=None) -> GpuProbe:
+    """Count the GPUs this process may use and check which GPU modules are installed."""
+    devices, why = (count or cuda_device_count)()
     modules = {name: importlib.util.find_spec(name) is not None for name in GPU_MODULES}
-    return GpuProbe(devices, modules)
+    return GpuProbe(devices, modules, why)
+
+
+def cuda_device_count(library: str = "libcuda.so.1") -> tuple[int, str]:
+    """(GPUs, what the driver said) from the driver library itself: cuInit, cuDeviceGetCount.
+    It counts what CUDA_VISIBLE_DEVICES leaves visible; no driver or no GPU is (0, why)."""
+    try:
+        cuda = ctypes.CDLL(library)
+    except OSError as exc:
+        return 0, f"no NVIDIA driver library ({exc})"
+    code = cuda.cuInit(0)
+    if code != 0:
+        return 0, f"the NVIDIA driver found no usable GPU (cuInit: CUresult {code}{_CU_ERRORS.get(code, '')})"
+    count = ctypes.c_int(0)
+    code = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if code != 0:
+        return 0, f"cuDeviceGetCount failed (CUresult {code})"
+    return count.value, f"{count.value} GPU(s) visible to this process"
+
+
+_CU_ERRORS = {100: ": no CUDA-capable device (or CUDA_VISIBLE_DEVICES hides them all)",
+              999: ": unknown error (device nodes missing? a container without the GPU mounted?)",
+              3: ": not initialized", 35: ": the driver is older than this CUDA"}
+NVDEC_LIBRARIES = ("libnvcuvid.so.1", "libnvidia-encode.so.1")  # PyNvVideoCodec needs both, even to decode
+NVDEC_FIX = ("they come with the full NVIDIA driver (not compute-only packages); in a container, set "
+             "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video")
+_NVDEC_PROBE = """
+import json, PyNvVideoCodec as nvc
+caps = nvc.GetDecoderCaps(gpuid=0, codec=nvc.cudaVideoCodec.H264,
+                          chromaformat=getattr(nvc.cudaVideoChromaFormat, "420"), bitdepth=8)
+print(json.dumps(caps))
+"""
+
+
+def nvdec_problem(libraries: tuple[str, ...] = NVDEC_LIBRARIES, timeout: float = 60) -> str | None:
+    """None when NVDEC can decode here; else one line naming what is missing and what to do.
+    The driver's video libraries are looked for first; then PyNvVideoCodec is imported and asked
+    for the GPU's H.264 decode capabilities in a child process (on some CUDA errors PyNvVideoCodec
+    ends the process instead of raising)."""
+    missing = []
+    for name in libraries:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing.append(name)
+    if missing:
+        return f"NVDEC cannot work here: {', '.join(missing)} not found; {NVDEC_FIX}"
+    try:
+        result = subprocess.run([sys.executable, "-c", _NVDEC_PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"NVDEC cannot work here: PyNvVideoCodec did not answer within {timeout:g} s"
+    if result.returncode != 0:
+        said = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        cause = next((line for line in reversed(said) if "Error" in line or "error" in line), said[-1] if said else "")
+        return f"NVDEC cannot work here: PyNvVideoCodec failed ({cause[:300]}); {NVDEC_FIX}"
+    try:
+        caps = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return f"NVDEC cannot work here: PyNvVideoCodec gave no decoder capabilities ({result.stdout[-200:]!r})"
+    if not caps.get("supported"):
+        return "NVDEC cannot work here: the GPU's decoder does not take 8-bit 4:2:0 H.264; use gpu.decoder pyav"
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,21 +142,25 @@ def choose_path(backend: str, decoder: str, found: GpuProbe) -> PathChoice:
     if backend == "auto":
         backend = "tensorrt" if found.usable else "onnxruntime"
         why = ("GPU and TensorRT, PyNvVideoCodec, pycuda present" if found.usable else
-               "no NVIDIA GPU" if not has_gpu else f"GPU present but not installed: {', '.join(missing)}")
+               f"no NVIDIA GPU ({found.why})" if not has_gpu else f"GPU present but not installed: {', '.join(missing)}")
     else:
         why = "configured"
     if backend == "tensorrt" and not found.usable:
         raise EngineError(f"model.backend tensorrt needs an NVIDIA GPU and {', '.join(GPU_MODULES)}; "
-                          f"this machine has {found.devices} GPU(s) and lacks {', '.join(missing) or 'nothing'} "
+                          f"this machine has {found.devices} GPU(s){_said(found)} and lacks {', '.join(missing) or 'nothing'} "
                           "(pip install '.[gpu]', TensorRT from NVIDIA); or use backend onnxruntime")
     if decoder == "auto":
         decoder = "nvdec" if backend != "onnxruntime" and nvdec_ready else "pyav"
     elif decoder == "nvdec" and not nvdec_ready:
         raise EngineError("gpu.decoder nvdec needs an NVIDIA GPU, PyNvVideoCodec and pycuda; "
-                          f"this machine has {found.devices} GPU(s); or use gpu.decoder pyav")
+                          f"this machine has {found.devices} GPU(s){_said(found)}; or use gpu.decoder pyav")
     if decoder == "nvdec" and backend == "onnxruntime":
         raise EngineError("gpu.decoder nvdec keeps frames on the GPU; ONNX Runtime (CPU) cannot read them")
     return PathChoice(backend, decoder, why)
+
+
+def _said(found: GpuProbe) -> str:
+    return f" ({found.why})" if found.devices == 0 and found.why else ""
 
 
 def kernel_build(fatbin: Path, driver_version: int) -> tuple[Path, str]:
@@ -396,4 +469,7 @@ class Gpu:
             self._modules.clear()
         for obj in left:
             obj.close()
+        # pycuda's detach of a primary context (not current here) pushes it, releases it and does
+        # not pop it (cuDevicePrimaryCtxRelease never pops): this thread, the loop's at shutdown,
+        # keeps a released context current. Harmless there; popping it needs the raw driver API.
         self.context.detach()

@@ -156,6 +156,11 @@ class Metrics:
             "the GPU (d2d); on the NVDEC path only detections go d2h", ["gpu", "direction"], registry=r,
         )
         self.camera_gpu = Gauge(p + "camera_gpu", "The GPU a camera runs on", ["camera"], registry=r)
+        self.native_output_lines = Counter(
+            p + "native_output_lines", "Lines a native library printed on stdout, kept out of the log "
+            "(PyNvVideoCodec: concealed_picture for each picture NVDEC concealed in a damaged stream, "
+            "fatal, timer, other)", ["library", "kind"], registry=r,
+        )
         self.config_reloads = Counter(
             p + "config_reloads", "Config reloads (SIGHUP) by result: applied, rejected", ["result"], registry=r,
         )

@@ -164,7 +164,8 @@ class NvDecoder:
         try:
             with self._gpu.current():
                 frames = self._decoder.Decode(data)
-                width, height = self._decoder.GetWidth(), self._decoder.GetHeight()
+                # only once a sequence was seen: before that NvDecoder has no size (0 in release builds)
+                width, height = (self._decoder.GetWidth(), self._decoder.GetHeight()) if frames else (0, 0)
         except Exception as exc:  # NVDEC errors are plain exceptions; this camera starts over
             self._recreate("decoder_recreated", "NVDEC decode failed; decoder recreated, waiting for a keyframe",
                            error=repr(exc))
@@ -237,25 +238,29 @@ class NvDecoder:
 
 
 def sequence_header(access_unit: bytes, codec: str) -> bytes | None:
-    """The first SPS NAL unit of an Annex B access unit (None if it has none), read up to its
-    first picture slice. Comparing bytes is enough to see a new sequence: cameras repeat the
-    same SPS before each keyframe."""
+    """The last SPS NAL unit of an Annex B access unit before its first picture slice (None if
+    it has none). The last, because the first keyframe of a connection carries the SDP's SPS in
+    front of the camera's in-band one, and the two often differ in bytes (VUI, level) while
+    describing the same sequence: comparing the in-band one with the next keyframe's avoids a
+    decoder recreated on every connect. Comparing bytes is enough to see a new sequence: cameras
+    repeat the same SPS before each keyframe."""
     vcl, sps_type = ((lambda t: 1 <= t <= 5), 7) if codec == "h264" else ((lambda t: t <= 31), 33)
+    found = None
     pos = access_unit.find(b"\x00\x00\x01")
     while pos >= 0:
         start = pos + 3
         if start >= len(access_unit):
-            return None
+            break
         header = access_unit[start]
         nal_type = header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
         if vcl(nal_type):
-            return None
+            break
         nxt = access_unit.find(b"\x00\x00\x01", start)
         if nal_type == sps_type:
             end = len(access_unit) if nxt < 0 else nxt
-            return access_unit[start:end].rstrip(b"\x00")  # zeros before a 4-byte start code
+            found = access_unit[start:end].rstrip(b"\x00")  # zeros before a 4-byte start code
         pos = nxt
-    return None
+    return found
 
 
 def _annexb(stream: av.video.stream.VideoStream, codec: str) -> tuple[Callable[[av.Packet], list], bytes]:

@@ -121,6 +121,7 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
 
     from pipeline.s4_infer.engine import file_sha256
 
+    refuse_models_tensorrt_cannot_build(model)
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
                     model.tensorrt.precision, max_batch, model.input_size)
     cache_dir = model.tensorrt.engine_cache or default_cache_dir()
@@ -139,6 +140,18 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     with gpu.current():
         store(path, build_plan(model.path, key, model.tensorrt.workspace_mb), key)
     return path
+
+
+def refuse_models_tensorrt_cannot_build(model) -> None:
+    """An ONNX file quantized for ONNX Runtime with asymmetric UINT8 activations (ours:
+    scripts/quantize_int8.py, U8S8) is refused up front: TensorRT takes symmetric INT8 Q/DQ only."""
+    from pipeline.s4_infer.engine import describe_onnx
+
+    quantized = describe_onnx(model).metadata.get("quantization", "")
+    if "U8" in quantized:
+        raise EngineError(f"{model.path.name} is quantized for ONNX Runtime ({quantized}): TensorRT takes symmetric "
+                          "INT8 Q/DQ only; with model.backend tensorrt use the float model (e.g. "
+                          "engines/shapes-yolov8n.onnx, built as FP16)")
 
 
 def load(model, gpu, max_batch: int, deserialize):

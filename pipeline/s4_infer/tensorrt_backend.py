@@ -94,7 +94,9 @@ class TensorRTEngine:
             else:
                 self._stream.wait_for_event(batch.ready)
             ctx = self._context
-            ctx.set_input_shape(self._input, batch.shape)
+            if not ctx.set_input_shape(self._input, batch.shape):
+                raise EngineError(f"batch shape {tuple(batch.shape)} is outside the engine's profile (up to "
+                                  f"{self.max_batch} x 3 x {self.max_input_hw[0]} x {self.max_input_hw[1]})")
             ctx.set_tensor_address(self._input, batch.ptr)
             for name, buf in zip(self._outputs, self._out_device):
                 ctx.set_tensor_address(name, buf.ptr)

@@ -471,7 +471,8 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
         standin = gpu.standin
         runtime = Runtime(load_config(config), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
                           gpu_factory=lambda index, transfers: Gpu(index, transfers, driver=standin.driver,
-                                                                   video_codec=standin.video_codec))
+                                                                   video_codec=standin.video_codec),
+                          nvdec_check=lambda: None)  # the stand-in has no driver libraries to look for
 
         async def main():
             task = asyncio.create_task(runtime.run())

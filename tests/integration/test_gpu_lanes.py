@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections import defaultdict
 
+import pytest
 import yaml
 
 from pipeline.config import load_config
@@ -75,3 +76,51 @@ def test_each_gpu_gets_its_own_lane_and_cameras_are_placed_on_them(tmp_path, rts
     for cam in ("wide", "classic", "portrait"):
         seqs = [r.value["frame"]["seq"] for r in records if r.key == cam]
         assert seqs == list(range(len(seqs))) and len(seqs) >= 8
+
+
+NO_VIDEO_LIBRARIES = ("NVDEC cannot work here: libnvcuvid.so.1, libnvidia-encode.so.1 not found; they come with the "
+                      "full NVIDIA driver (not compute-only packages); in a container, set "
+                      "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video")
+
+
+def run_briefly(runtime, bootstrap, topic, cameras):
+    async def main():
+        task = asyncio.create_task(runtime.run())
+        try:
+            return await asyncio.to_thread(consume, bootstrap, [topic], lambda rs: len(rs) >= 2 * cameras, 60)
+        finally:
+            runtime.request_stop()
+            await asyncio.wait_for(task, 30)
+    return asyncio.run(main())
+
+
+def test_a_gpu_node_without_nvdecs_libraries_says_so_once_and_decodes_on_the_cpu(tmp_path, rtsp_server, broker, caplog):
+    """gpu.decoder auto on a GPU node whose driver lacks the video libraries (compute-only packages,
+    a container without the `video` capability): one line at start, then the cameras run on PyAV
+    (before, every camera looped on 'internal error: RuntimeError')."""
+    from pipeline.app import Runtime
+
+    topic = f"nonvdec-{uuid.uuid4().hex[:8]}"
+    path = daemon_config(tmp_path / "nonvdec.yaml", {"path": MODEL, "backend": "stub"}, broker.bootstrap,
+                         [("a", rtsp_server.url("classic"), 5), ("b", rtsp_server.url("wide"), 5)],
+                         topic=topic, status_topic=f"{topic}-status", metrics_port=free_port(), gpu={"decoder": "auto"})
+    runtime = Runtime(load_config(path), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
+                      gpu_factory=FakeGpu, nvdec_check=lambda: NO_VIDEO_LIBRARIES)
+    with caplog.at_level("INFO"):
+        records = run_briefly(runtime, broker.bootstrap, topic, 2)
+    assert {r.key for r in records} == {"a", "b"}  # both cameras stream, decoded on the CPU
+    lines = [r for r in caplog.records if "NVDEC unusable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].fields["why"] == NO_VIDEO_LIBRARIES
+    assert "internal error" not in caplog.text
+
+
+def test_gpu_decoder_nvdec_on_such_a_node_is_refused_at_start_naming_the_libraries(tmp_path, rtsp_server, broker):
+    from pipeline.app import Runtime
+    from pipeline.core import EngineError
+
+    path = daemon_config(tmp_path / "nvdec.yaml", {"path": MODEL, "backend": "stub"}, broker.bootstrap,
+                         [("a", rtsp_server.url("classic"), 5)], metrics_port=free_port(), gpu={"decoder": "nvdec"})
+    runtime = Runtime(load_config(path), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
+                      gpu_factory=FakeGpu, nvdec_check=lambda: NO_VIDEO_LIBRARIES)
+    with pytest.raises(EngineError, match=r"libnvcuvid\.so\.1, libnvidia-encode\.so\.1 not found.*gpu\.decoder: pyav"):
+        asyncio.run(runtime.run())

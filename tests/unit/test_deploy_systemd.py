@@ -55,12 +55,28 @@ def test_the_units_commands_are_ones_our_cli_accepts(tmp_path):
     # `run --config` is the daemon's own command line
     service = unit_sections()["Service"]
     config = REPO / "configs" / "example.yaml"
-    for key in ("ExecStartPre", "ExecStart"):
-        argv = service[key][0].split()
+    validate = next(c for c in service["ExecStartPre"] if "validate-config" in c)
+    for command in (validate, service["ExecStart"][0]):
+        argv = command.split()
         assert argv[0] == f"{INSTALLED_VENV}/bin/rtsp-pipeline"
         assert argv[-1] == "/etc/rtsp-pipeline/cameras.yaml"
-    check = [sys.executable, "-m", "pipeline", *service["ExecStartPre"][0].split()[1:-1], str(config)]
+    check = [sys.executable, "-m", "pipeline", *validate.split()[1:-1], str(config)]
     result = subprocess.run(check, capture_output=True, text=True, timeout=60, cwd=REPO,
                             env={"GATE_PASS": "x", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert service["ExecStart"][0].split()[1:3] == ["run", "--config"]
+
+
+def test_cuda_may_create_its_uvm_device_node_on_the_first_start_after_boot(tmp_path):
+    """NoNewPrivileges and the empty capability set stop CUDA's setuid nvidia-modprobe, so the unit
+    runs it before the daemon with full privileges ("+"), never failing the start ("-")."""
+    pre = next(c for c in unit_sections()["Service"]["ExecStartPre"] if "nvidia-modprobe" in c)
+    assert pre.startswith("-+/bin/sh -c ")
+    script = pre[len("-+/bin/sh -c "):].strip("'")
+    assert subprocess.run(["/bin/sh", "-c", script], env={"PATH": "/usr/bin:/bin"}).returncode == 0  # no NVIDIA driver
+    called = tmp_path / "called"
+    modprobe = tmp_path / "nvidia-modprobe"  # stands in for the driver's tool
+    modprobe.write_text(f"#!/bin/sh\necho \"$@\" > {called}\n")
+    modprobe.chmod(0o755)
+    subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True)
+    assert called.read_text().split() == ["-u", "-c=0"]

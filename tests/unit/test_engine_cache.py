@@ -134,3 +134,11 @@ def test_half_written_files_of_a_crashed_build_are_removed_and_a_fresh_one_kept(
     os.utime(stale, (old, old))
     engine_cache.plan_for(model, StandInGpu(), 8)
     assert not stale.exists() and fresh.exists()
+
+
+def test_the_int8_model_made_for_onnx_runtime_is_refused_for_tensorrt_before_any_build(cache):
+    model, builder = cache
+    int8 = model.model_copy(update={"path": REPO / "engines" / "shapes-yolov8n.int8.onnx"})
+    with pytest.raises(EngineError, match=r"quantized for ONNX Runtime .*U8S8.*symmetric INT8 Q/DQ only.*float model"):
+        engine_cache.plan_for(int8, StandInGpu(), 8)
+    assert builder.builds == 0

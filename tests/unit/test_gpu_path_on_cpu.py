@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from pipeline.core import ColorSpec, EngineError, Letterbox
-from pipeline.gpu import GPU_MODULES, GpuProbe, TransferCounter, choose_path, place_cameras, probe
+from pipeline.gpu import (
+    GPU_MODULES, GpuProbe, TransferCounter, choose_path, cuda_device_count, nvdec_problem, place_cameras, probe,
+)
 from pipeline.s4_infer import engine_cache
 from pipeline.s4_infer.gpu_preprocess import KERNEL_FATBIN, KERNEL_SOURCE, PAD_VALUE, letterbox_nv12_reference
 from pipeline.s4_infer.stub_backend import stub_output_shape
@@ -177,11 +179,50 @@ def test_impossible_choices_are_refused_saying_what_is_missing(backend, decoder,
         choose_path(backend, decoder, found)
 
 
-def test_probe_counts_the_gpus_the_driver_lists(tmp_path):
-    for bus in ("0000:01:00.0", "0000:41:00.0"):
-        (tmp_path / bus).mkdir()
-    assert probe(str(tmp_path)).devices == 2
-    assert probe(str(tmp_path / "absent")).devices == 0
+STANDIN_LIBCUDA = r"""
+/* Stands in for the NVIDIA driver library (no NVIDIA hardware here): STANDIN_GPUS GPUs, of which
+   CUDA_VISIBLE_DEVICES (a comma list) leaves as many visible as it names, as the driver does. */
+#include <stdlib.h>
+int cuInit(unsigned flags) { const char *n = getenv("STANDIN_GPUS"); return n && atoi(n) > 0 ? 0 : 100; }
+int cuDeviceGetCount(int *count) {
+    int n = atoi(getenv("STANDIN_GPUS")); const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    if (visible) { int k = *visible ? 1 : 0; for (const char *p = visible; *p; p++) k += *p == ','; if (k < n) n = k; }
+    *count = n; return 0;
+}
+"""
+
+
+def shared_library(folder, name: str, source: str = "") -> Path:
+    """A real shared object built with gcc (a stand-in for a driver library this machine lacks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.c").write_text(source or "int standin;\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(folder / name), str(folder / f"{name}.c")], check=True)
+    return folder / name
+
+
+def probe_in_child(library_dir, **env) -> subprocess.CompletedProcess:
+    code = "from pipeline.gpu import probe; found = probe(); print(found.devices, '|', found.why)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**_env(LD_LIBRARY_PATH=str(library_dir)), **env})
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc to build the stand-in driver library")
+def test_gpus_are_counted_by_the_driver_honouring_cuda_visible_devices_without_proc(tmp_path):
+    """Not by listing /proc/driver/nvidia/gpus: sandboxed runtimes hide it (it is absent here), and it
+    lists every GPU of the host, so CUDA_VISIBLE_DEVICES made lanes for GPUs CUDA then refused."""
+    shared_library(tmp_path, "libcuda.so.1", STANDIN_LIBCUDA)
+    assert not Path("/proc/driver/nvidia").exists()
+    assert probe_in_child(tmp_path, STANDIN_GPUS="2").stdout.startswith("2 | 2 GPU(s)")
+    assert probe_in_child(tmp_path, STANDIN_GPUS="2", CUDA_VISIBLE_DEVICES="1").stdout.startswith("1 |")
+    none = probe_in_child(tmp_path, STANDIN_GPUS="0").stdout
+    assert none.startswith("0 |") and "no CUDA-capable device" in none
+
+
+def test_without_a_driver_library_there_is_no_gpu_and_the_reason_says_so():
+    found = probe(count=lambda: cuda_device_count("libcuda-absent.so.1"))
+    assert found.devices == 0 and "no NVIDIA driver library" in found.why
+    with pytest.raises(EngineError, match=r"has 0 GPU\(s\) \(no NVIDIA driver library"):
+        choose_path("tensorrt", "auto", found)
 
 
 def test_cameras_go_to_their_configured_gpu_and_the_rest_spread_evenly():
@@ -386,3 +427,82 @@ def test_a_driver_older_than_cuda_12_is_refused_in_one_line_saying_what_to_do():
             gpu.kernel(KERNEL_FATBIN, "letterbox_nv12_f32")
     finally:
         gpu.close()
+
+
+# ---------------------------------------------------------------------- NVDEC's libraries, checked once at start
+def test_missing_nvdec_libraries_are_named_in_one_line_with_the_capability_to_set():
+    problem = nvdec_problem()  # this machine has no NVIDIA driver: both are missing
+    assert problem.startswith("NVDEC cannot work here: libnvcuvid.so.1, libnvidia-encode.so.1 not found;")
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in problem and "\n" not in problem
+
+
+FAILING_PYNVVIDEOCODEC = '''
+import sys
+sys.stderr.write("=== TROUBLESHOOTING STEPS ===\\n")
+raise RuntimeError("Failed to load NVENC library: libnvidia-encode.so.1: version mismatch")
+'''
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc to build stand-in driver libraries")
+def test_a_pynvvideocodec_that_fails_to_import_is_said_with_its_cause_not_its_advice(tmp_path):
+    libs = tmp_path / "libs"
+    for name in ("libnvcuvid.so.1", "libnvidia-encode.so.1"):
+        shared_library(libs, name)  # present, but (stand-in) PyNvVideoCodec still refuses
+    package = tmp_path / "site" / "PyNvVideoCodec"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAILING_PYNVVIDEOCODEC)
+    code = "from pipeline.gpu import nvdec_problem; print(nvdec_problem())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**_env(LD_LIBRARY_PATH=str(libs)), "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}"})
+    line = result.stdout.strip()
+    assert line.startswith("NVDEC cannot work here: PyNvVideoCodec failed (RuntimeError: Failed to load NVENC library")
+    assert "TROUBLESHOOTING" not in line
+
+
+NATIVE_PRINTS = r'''
+import ctypes, logging, sys, time
+from pipeline.logs import setup_logging
+from pipeline.native_output import NativeStdout
+setup_logging("INFO")
+counted = []
+capture = NativeStdout(counted.append)
+capture.start()
+libc = ctypes.CDLL(None)
+for n in range(50):  # as PyNvVideoCodec does for each concealed picture: C's printf, on fd 1
+    libc.printf(b"Decode Error occurred for picture %d\n", n)
+libc.printf(b"Session Initialization Time: 12 ms\n")
+print("python's own stdout still works")
+capture.stop()
+print("kinds", sorted(set(counted)), "lines", len(counted))
+'''
+
+
+def test_what_pynvvideocodec_prints_on_stdout_is_counted_and_kept_out_of_the_log_stream():
+    result = subprocess.run([sys.executable, "-c", NATIVE_PRINTS], capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env=_env())
+    assert result.returncode == 0, result.stderr
+    assert "Decode Error" not in result.stdout and "Session" not in result.stdout  # not a line of it on stdout
+    assert "python's own stdout still works" in result.stdout
+    assert "kinds ['concealed_picture', 'timer'] lines 51" in result.stdout
+    logged = [json.loads(line) for line in result.stderr.splitlines()]  # stderr: JSON lines only
+    concealed = [e for e in logged if e.get("kind") == "concealed_picture"]
+    assert sum(e["lines"] for e in concealed) == 50 and len(concealed) <= 2  # one line, and the rest at stop
+
+
+# ---------------------------------------------------------------------- sequences
+def nal(kind: int, body: bytes, codec: str = "h264") -> bytes:
+    header = bytes([0x60 | kind]) if codec == "h264" else bytes([kind << 1, 1])
+    return b"\x00\x00\x00\x01" + header + body
+
+
+@pytest.mark.parametrize("codec, sps, pps, idr", [("h264", 7, 8, 5), ("hevc", 33, 34, 19)])
+def test_the_in_band_sps_decides_a_new_sequence_not_the_sdps_copy_in_front_of_it(codec, sps, pps, idr):
+    """The first keyframe of a connection has the SDP's SPS put in front of the camera's own; when
+    the two differ in bytes only (VUI, level), the next keyframe must not look like a new sequence."""
+    from pipeline.s2_nvdec import sequence_header
+
+    sdp_sps, camera_sps = nal(sps, b"\x64\x00\x28\xac", codec), nal(sps, b"\x64\x00\x28\xac\xd9\x40\x78", codec)
+    first = sdp_sps + nal(pps, b"\xeb", codec) + camera_sps + nal(pps, b"\xeb", codec) + nal(idr, b"\x88\x84", codec)
+    second = camera_sps + nal(pps, b"\xeb", codec) + nal(idr, b"\x88\x84", codec)
+    assert sequence_header(first, codec) == sequence_header(second, codec) == camera_sps[4:]
+    assert sequence_header(nal(idr, b"\x88", codec) + camera_sps, codec) is None  # only before the first slice
