@@ -40,7 +40,7 @@ def test_model_metadata_gives_input_rules_and_labels():
 
 
 def test_tensorrt_backend_without_a_gpu_is_refused_saying_what_is_missing():
-    with pytest.raises(EngineError, match=r"needs an NVIDIA GPU .* this machine has 0 GPU\(s\) and lacks pycuda"):
+    with pytest.raises(EngineError, match=r"needs an NVIDIA GPU .* this machine has 0 GPU\(s\) \(no NVIDIA driver library.*\) and lacks pycuda"):
         load_engine(ModelConfig(path=MODEL, backend="tensorrt"))
 
 
