@@ -70,8 +70,8 @@ class NativeStdout:
         self._saved = None
         if self._reader is not None:
             self._reader.join(5)
-        sys.stdout.flush()
-        sys.stdout = self._python_stdout
+        ours, sys.stdout = sys.stdout, self._python_stdout
+        ours.close()  # flushes; closes our duplicate of the original stream, not the stream
         for kind, (pending, _) in self._seen.items():
             if pending:
                 self._log(kind, "", pending)

@@ -1,16 +1,19 @@
 """GPU path benchmark: NVDEC decode against a bare PyNvVideoCodec loop, the pipeline's own ceiling
-with the stub engine on N 1080p streams, and the host<->device copies per frame. One JSON report,
-one PASS/FAIL line per target; exit 1 when a target is missed.
+with the stub engine on N 1080p streams, and the host<->device copies per frame. One JSON report;
+the zero-copy claims as PASS/FAIL lines (exit 1 when one fails), the decode and ceiling ratios as
+FIGURE lines: recorded, not judged. That was decided before any GPU run: the per-frame Python work
+(PyAV demux, two context switches per packet, the pool copy and its sync, the batcher) serialises
+on the GIL, so how close to bare NVDEC the pipeline gets is a figure to learn, not a bar we know.
 
     python scripts/bench_gpu.py --streams 8 --seconds 20 --out gpu-report.json
     python scripts/bench_gpu.py --cpu --streams 2 --seconds 5     # same harness on the CPU path
 
 1. decode: frames/s of PyNvVideoCodec's own demuxer + decoder on a local 1080p clip (the bare
-   loop) and of ours (PyAV demux + pipeline.s2_nvdec.NvDecoder) on the same clip; target >= 0.9.
+   loop) and of ours (PyAV demux + pipeline.s2_nvdec.NvDecoder) on the same clip: their ratio.
 2. ceiling: N threads, each looping the clip as one camera at full speed: PyAV demux -> NvDecoder
    -> retain into the camera's frame pool -> deadline batcher -> GPU letterbox kernel -> stub
    engine (waits for the kernels) -> postprocess, against N bare PyNvVideoCodec loops on the
-   same clip at once (what NVDEC gives with nothing else); target >= 0.85. Files, not RTSP, and
+   same clip at once (what NVDEC gives with nothing else): their ratio. Files, not RTSP, and
    no Kafka: this is the ceiling of decode + batching + preprocessing.
 3. copies: the transfer counter over the ceiling run, per inferred frame: h2d and d2h must be 0
    (the stub engine returns no device output); d2d is the decoder-surface -> pool copy (2 per
@@ -68,11 +71,11 @@ def bare_decode_fps(clip: Path, gpu_index: int, seconds: float, streams: int = 1
             for packet in demuxer:
                 counts[i] += len(decoder.Decode(packet))
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(streams)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(seconds + 30)  # a stuck decoder must not hang the run (the thread is a daemon)
     elapsed = time.monotonic() - start
     return {"fps": sum(counts) / elapsed, "frames": sum(counts), "streams": streams}
 
@@ -83,7 +86,7 @@ def nvdec_engines(gpu_index: int) -> int | None:
 
     try:
         caps = nvc.GetDecoderCaps(gpuid=gpu_index, codec=nvc.cudaVideoCodec.H264,
-                                  chromaformat=nvc.cudaVideoChromaFormat.YUV420, bitdepth=8)
+                                  chromaformat=getattr(nvc.cudaVideoChromaFormat, "420"), bitdepth=8)
         return int(caps["num_decoder_engines"])
     except Exception as exc:  # older drivers do not report it: say so rather than guess
         print(f"NVDEC engine count unknown ({exc!r})", file=sys.stderr)
@@ -181,17 +184,28 @@ def _decoder(stream, gpu):
 
 
 def checks(report: dict) -> list[tuple[str, float, str, float]]:
-    """(what, measured, ">=" or "<=", target) of every target the report is held to (GPU runs)."""
+    """(what, measured, ">=" or "<=", target) of every claim the report is held to (GPU runs)."""
     if "decode" not in report:
         return []
-    ceiling = report["ceiling"]
-    copies = ceiling["copies_per_inferred_frame"]
+    copies = report["ceiling"]["copies_per_inferred_frame"]
     return [
-        ("our NVDEC decode / bare PyNvVideoCodec, 1 stream", report["decode"]["ratio"], ">=", 0.9),
-        (f"pipeline ceiling / bare NVDEC, {ceiling['streams']} streams", ceiling["ratio_to_bare"], ">=", 0.85),
         ("host->device copies per inferred frame", copies["h2d"]["calls"], "<=", 0),
         ("device->host copies per inferred frame", copies["d2h"]["calls"], "<=", 0),
     ]
+
+
+def figures(report: dict) -> list[tuple[str, str]]:
+    """(what, figure) of what is measured and recorded, not judged."""
+    ceiling = report["ceiling"]
+    out = [(f"pipeline ceiling, {ceiling['streams']} x 1080p streams, frames/s inferred", f"{ceiling['inferred_fps']:.1f}")]
+    if "decode" in report:
+        decode = report["decode"]
+        out += [("our NVDEC decode / bare PyNvVideoCodec, 1 stream", f"{decode['ratio']:.3f} "
+                 f"({decode['ours']['fps']:.0f} / {decode['bare_pynvvideocodec']['fps']:.0f} frames/s)"),
+                (f"pipeline ceiling / bare NVDEC, {ceiling['streams']} streams", f"{ceiling['ratio_to_bare']:.3f} "
+                 f"(bare {report['bare_streams']['fps']:.0f} frames/s)"),
+                ("NVDEC engines reported", str(decode["nvdec_engines"]))]
+    return out
 
 
 def main() -> int:
@@ -226,6 +240,8 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
+    for what, figure in figures(report):
+        print(f"FIGURE | {what} | {figure}")
     failed = 0
     for what, measured, op, target in checks(report):
         ok = measured >= target if op == ">=" else measured <= target

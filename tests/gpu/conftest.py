@@ -2,8 +2,9 @@
 on CI machines; it checks our use of pycuda and PyNvVideoCodec and runs the arithmetic on the
 CPU) and on `nvidia`, a real GPU, where they are marked `gpu` and skipped (not failed) when
 there is none or the GPU modules are missing. scripts/gpu_check.sh sets GPU_CHECK_REQUIRE=1:
-then a missing GPU fails instead, and every real-GPU test prints one `CLAIM PASS|FAIL|SKIP`
-line with its claim (the docstring's first line) and its figure."""
+then a missing GPU fails instead; and it sets GPU_CHECK_CLAIMS, so every test writes its claim
+line as it ends (tests/gpu/claims.py). Tests marked `risky` (they drive a driver into an error
+path whose aftermath is unknown) run last, so a crash there costs only their own lines."""
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ import pytest
 from pipeline.gpu import Gpu, probe
 from scripts.scenes import Scene
 from scripts.testbed import pyav_clip
+from tests.gpu.claims import pytest_collection_modifyitems as _claims_collected
+from tests.gpu.claims import pytest_runtest_logreport  # noqa: F401 - the claim line of each test
 from tests.gpu.standin import StandInGpu
 
 REQUIRE = os.environ.get("GPU_CHECK_REQUIRE") == "1"
-_CLAIMS: dict[str, tuple[str, str]] = {}  # nodeid -> (outcome, figure)
-_REAL_GPU: set[str] = set()  # tests that run on a real GPU
 
 
 def _nvidia() -> Gpu:
@@ -67,38 +68,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "nvidia_gpu" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.gpu)
-        if item.get_closest_marker("gpu") is not None:
-            _REAL_GPU.add(item.nodeid)
-
-
-def pytest_runtest_logreport(report):
-    if report.nodeid not in _REAL_GPU:
-        return
-    figure = dict(report.user_properties).get("figure", "")
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        outcome = "PASS" if report.passed else "SKIP" if report.skipped else "FAIL"
-        if not report.passed and not figure:
-            figure = _reason(report)
-        _CLAIMS[report.nodeid] = (outcome, figure)
-
-
-def _reason(report) -> str:
-    if report.skipped and isinstance(report.longrepr, tuple):
-        return str(report.longrepr[2])
-    text = getattr(report, "longreprtext", "") or ""
-    lines = [line for line in text.splitlines() if line.startswith("E ")]
-    return (lines[-1][1:].strip() if lines else text.strip().splitlines()[-1:] or [""])[0][:300]
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not _CLAIMS:
-        return
-    session = terminalreporter._session
-    docs = {item.nodeid: (item.obj.__doc__ or item.name).strip().splitlines()[0] for item in session.items
-            if getattr(item, "obj", None) is not None}
-    terminalreporter.section("GPU claims")
-    for nodeid, (outcome, figure) in _CLAIMS.items():
-        terminalreporter.write_line(f"CLAIM {outcome} | {docs.get(nodeid, nodeid)} | {figure}")
+    items.sort(key=lambda item: item.get_closest_marker("risky") is not None)  # stable: the rest keep their order
+    _claims_collected(items)
 
 
 # ---------------------------------------------------------------------- clips

@@ -27,6 +27,7 @@ from pipeline.s2_nvdec import NvDecoder
 from pipeline.s4_infer.engine import describe_onnx
 from pipeline.s4_infer.gpu_preprocess import GpuPreprocessor, letterbox_nv12_reference
 from pipeline.s4_infer.preprocess import CpuPreprocessor
+from tests.gpu.claims import not_run
 from tests.gpu.conftest import raw_stream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +130,7 @@ def test_a_new_sequence_mid_stream_decodes_at_its_own_size(gpu, tmp_path, figure
     assert events.count("sequence_change") == 2 and "decoder_recreated" not in events
 
 
+@pytest.mark.risky  # NVDEC throws from inside its parser's callback: what that leaves is unknown
 def test_a_failing_decoder_is_recreated_and_the_camera_resumes_others_untouched(gpu, tmp_path, figure):
     """A sequence NVDEC refuses recreates only that camera's decoder, which resumes at the next good keyframe"""
     # 4160 px wide: above NVDEC's H.264 limit (4096), so Decode raises, as for a damaged stream
@@ -139,8 +141,8 @@ def test_a_failing_decoder_is_recreated_and_the_camera_resumes_others_untouched(
     def run(name, clip, sink):
         results[name] = decode_all(clip, gpu, events=sink)
 
-    threads = [threading.Thread(target=run, args=("bad", bad, events)),
-               threading.Thread(target=run, args=("good", good, other_events))]
+    threads = [threading.Thread(target=run, args=("bad", bad, events), daemon=True),  # a stuck decode must
+               threading.Thread(target=run, args=("good", good, other_events), daemon=True)]  # not hang the exit
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -191,7 +193,7 @@ def test_fifty_reconnects_on_a_worker_thread_give_all_device_memory_back(gpu, cl
         for _ in range(50):
             # a camera that drops after half a second, some frames still in flight
             frames = decode_all(clips["h264"], gpu, keep=lambda i, p: i % 4 == 0, limit=12)
-            finisher = threading.Thread(target=frames.clear)  # dropped on another thread, as the finish stage does
+            finisher = threading.Thread(target=frames.clear, daemon=True)  # dropped on another thread, as the finish stage does
             finisher.start()
             finisher.join()
 
@@ -201,7 +203,7 @@ def test_fifty_reconnects_on_a_worker_thread_give_all_device_memory_back(gpu, cl
     owned_before = gpu.owned()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        worker = threading.Thread(target=reconnect_50_times)
+        worker = threading.Thread(target=reconnect_50_times, daemon=True)
         worker.start()
         worker.join(600)
         gc.collect()
@@ -353,7 +355,7 @@ def test_decode_releases_the_gil(nvidia_gpu, clips, figure):
         while not stop.is_set():
             counts[0] += 1
 
-    counter = threading.Thread(target=count)
+    counter = threading.Thread(target=count, daemon=True)
     start = time.monotonic()
     counter.start()
     for _ in range(3):
@@ -363,7 +365,7 @@ def test_decode_releases_the_gil(nvidia_gpu, clips, figure):
     rate = counts[0] / (time.monotonic() - start)
     stop.clear()
     counts[0], start = 0, time.monotonic()
-    counter = threading.Thread(target=count)
+    counter = threading.Thread(target=count, daemon=True)
     counter.start()
     time.sleep(1)
     stop.set()
@@ -373,20 +375,19 @@ def test_decode_releases_the_gil(nvidia_gpu, clips, figure):
     assert rate >= 0.3 * alone
 
 
-def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path):
+def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path, record_property):
     """TensorRT (where installed) gives ONNX Runtime's detections on the same frames"""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
-    from pipeline.core import EngineError
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:  # not on PyPI: lawfully absent, never a failure
+        not_run(record_property, "TensorRT is not installed on this machine")
     from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
     from pipeline.s4_infer.tensorrt_backend import TensorRTEngine
     from pipeline.s5_postprocess import detections_for_image
 
     config = ModelConfig(path=MODEL, input_size=320, confidence=0.35,
                          tensorrt={"engine_cache": tmp_path, "precision": "fp16"})
-    try:
-        trt_engine = TensorRTEngine(config, nvidia_gpu, max_batch=4)
-    except EngineError as exc:
-        pytest.skip(f"TensorRT cannot build here: {exc}")
+    trt_engine = TensorRTEngine(config, nvidia_gpu, max_batch=4)  # installed but cannot build: a failure
     ort_engine = OnnxRuntimeEngine(config)
     post = functools.partial(detections_for_image, layout="yolov8", labels=ort_engine.info.labels,
                              confidence=0.35, iou=0.45, max_detections=300)
@@ -449,10 +450,11 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     def inferred(text):
         return sum(metric_values(text, "rtsp_pipeline_frames_inferred_total").values())
 
-    def read_metrics():
+    def read_metrics(exited=lambda: False):
         """The metrics after 100 frames, then a /v1/detect image's answer and the metrics after it."""
-        wait_for(lambda: inferred(http_get(f"http://127.0.0.1:{port}/metrics")[1]) >= 100, 90,
+        wait_for(lambda: exited() or inferred(http_get(f"http://127.0.0.1:{port}/metrics")[1]) >= 100, 90,
                  "100 frames inferred on the GPU path")
+        assert not exited(), "the daemon exited"
         text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
         image = io.BytesIO()
         Image.fromarray(np.full((480, 640, 3), 90, np.uint8)).save(image, format="JPEG")
@@ -464,7 +466,10 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
         daemon = Daemon(config, tmp_path / "gpu.log")
         daemon.start()
         try:
-            text, answer, after = read_metrics()
+            text, answer, after = read_metrics(lambda: daemon.proc.poll() is not None)
+        except BaseException:
+            print("the daemon's log, last 4000 characters:\n" + daemon.log_text()[-4000:])  # kept with the failure
+            raise
         finally:
             daemon.stop()
     else:  # the stand-in lives in this process: the daemon's Runtime here, as the CLI runs it
