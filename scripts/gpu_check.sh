@@ -28,6 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
+case "$PY" in */*) PY=$(realpath -m -s "$PY") ;; esac  # steps change folder; a venv's link is kept
 SITE=${SITE:-/tmp/gpu-site}
 WHL=${WHL:-.whl}
 OUT=$(realpath -m "${OUT:-.cache/gpu-check}")

@@ -19,7 +19,7 @@
 #   PY=.venv-gpu312/bin/python bash scripts/gpu_wheels.sh    # the Python 3.12 that builds pycuda's wheel
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEST=${1:-.whl}
+DEST=$(realpath -m "${1:-.whl}")
 PY=${PY:-python3}
 VENV=${VENV:-.venv/bin/python}
 LIMIT_MIB=60
@@ -66,8 +66,13 @@ PYEOF
 if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
   rm -f "$DEST"/pycuda-*.whl
   REHEARSE=1 PY="$PY" WHL="$DEST" OUT="$stage/pycuda" STEPS=unpack,pycuda bash scripts/gpu_check.sh >/dev/null 2>&1 || true
-  cp "$stage"/pycuda/pycuda-*.whl "$DEST"/ 2>/dev/null && echo "pycuda wheel: $(ls "$DEST"/pycuda-*.whl)" \
-    || echo "pycuda wheel not built here (see REHEARSE=1 STEPS=unpack,pycuda bash scripts/gpu_check.sh): built there"
+  if ls "$stage"/pycuda/pycuda-*.whl >/dev/null 2>&1; then  # stripped of its debug symbols (19 -> 2 MB)
+    mkdir -p "$stage/wheel" && (cd "$stage/wheel" && unzip -q "$stage"/pycuda/pycuda-*.whl \
+      && strip --strip-unneeded pycuda/*.so && zip -q -r -X "$DEST/$(basename "$stage"/pycuda/pycuda-*.whl)" .)
+    echo "pycuda wheel: $(ls "$DEST"/pycuda-*.whl) (needs glibc 2.34 and a driver for CUDA 12.8+: else built there)"
+  else
+    echo "pycuda wheel not built here (see REHEARSE=1 STEPS=unpack,pycuda bash scripts/gpu_check.sh): built there"
+  fi
 else
   echo "PY is not Python 3.12: pycuda's wheel is not built here; the GPU machine builds it"
 fi
