@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line on stderr, with camera id, never a credential."""
+"""Structured logs: one JSON object per line on stdout, with camera id, never a credential.
+
+stdout, as containers expect (`docker logs`, `kubectl logs`; systemd's journal takes both streams);
+stderr is left to what the interpreter itself says when it dies. Nothing else of ours prints on
+stdout in `run`, and on the GPU path native libraries' prints are kept off it (native_output)."""
 from __future__ import annotations
 
 import json
@@ -68,8 +72,8 @@ class RateLimit(logging.Filter):
 
 
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Send every log record to stderr as scrubbed JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every log record to stdout as scrubbed JSON lines."""
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(secrets))
     handler.addFilter(RateLimit("aiokafka"))  # it logs every reconnect attempt of an outage
     root = logging.getLogger()

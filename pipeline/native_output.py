@@ -8,7 +8,7 @@ timers. Those lines would sit between our JSON lines in the journal or `kubectl 
 `NativeStdout` points file descriptor 1 at a pipe read by a thread of ours: every line is
 counted by kind (`native_output_lines_total{library,kind}`) and logged as a JSON event, at most
 once a minute per kind with how many came meanwhile; a "[FATAL]" line at once. Python's own
-`sys.stdout` keeps writing to the original stream. Used on the GPU path only (started when NVDEC
+`sys.stdout`, and so our JSON log, keeps writing to the original stream. Used on the GPU path only (started when NVDEC
 is chosen); `stop()` flushes C's stdio first and puts fd 1 back.
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ class NativeStdout:
         os.close(write_end)
         self._python_stdout = sys.stdout
         sys.stdout = io.TextIOWrapper(os.fdopen(os.dup(self._saved), "wb", buffering=0), line_buffering=True)
+        _repoint_handlers(self._python_stdout, sys.stdout)  # our JSON log lines go on to the real stdout
         self._reader = threading.Thread(target=self._read, args=(read_end,), name="native-stdout", daemon=True)
         self._reader.start()
 
@@ -71,6 +72,7 @@ class NativeStdout:
         if self._reader is not None:
             self._reader.join(5)
         ours, sys.stdout = sys.stdout, self._python_stdout
+        _repoint_handlers(ours, sys.stdout)
         ours.close()  # flushes; closes our duplicate of the original stream, not the stream
         for kind, (pending, _) in self._seen.items():
             if pending:
@@ -99,3 +101,9 @@ class NativeStdout:
         log_event(log, level, f"{self._library} printed on stdout", kind=kind, lines=count,
                   line=line or None, note="counted in native_output_lines_total; logged at most once a minute per kind")
 
+
+def _repoint_handlers(old, new) -> None:
+    """Log handlers writing to `old` write to `new` from now on."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+            handler.setStream(new)
