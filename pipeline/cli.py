@@ -1,6 +1,8 @@
 """Command line: `rtsp-pipeline run --config FILE`, `rtsp-pipeline validate-config FILE`,
-`rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache) and
-`rtsp-pipeline alerts --rules FILE` (the alerting consumer).
+`rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache),
+`rtsp-pipeline alerts --rules FILE` (the alerting consumer) and `rtsp-pipeline healthcheck
+[--config FILE]` (asks the running daemon's /healthz where its config says it listens: the
+container images' HEALTHCHECK; the file defaults to $RTSP_PIPELINE_CONFIG, else the images' path).
 
 Exit codes: 0 success or clean stop, 2 invalid configuration (one line per problem on stderr),
 1 failure at run time (model cannot load, address in use, ...).
@@ -22,11 +24,16 @@ from pipeline.core import PipelineError
 from pipeline.logs import log_event, setup_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "/etc/rtsp-pipeline/cameras.yaml"  # where the container images and the systemd unit keep it
 log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and `python -m pipeline`."""
+    # ONNX Runtime 1.32 starts Microsoft's telemetry when imported: it writes a device id and an
+    # event store under $XDG_CACHE_HOME/Microsoft (a read-only container root gets a warning line on
+    # stderr instead). An edge box sending usage data is not what operators expect: off unless set.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     parser = argparse.ArgumentParser(prog="rtsp-pipeline", description="RTSP cameras -> YOLO -> Kafka")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon")
@@ -41,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     alerts = commands.add_parser("alerts", help="run the alerting consumer (rules YAML -> alerts topic)")
     alerts.add_argument("--rules", required=True, help="alert rules YAML (see configs/alerts.example.yaml)")
     alerts.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    health = commands.add_parser("healthcheck", help="exit 0 when the running daemon's /healthz answers 200")
+    health.add_argument("--config", default=os.environ.get("RTSP_PIPELINE_CONFIG", DEFAULT_CONFIG),
+                        help=f"the daemon's config (default: $RTSP_PIPELINE_CONFIG, else {DEFAULT_CONFIG})")
+    health.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
+    if args.command == "healthcheck":
+        return _healthcheck(args.config, args.timeout)
     if args.command == "alerts":
         return _run_alerts(args.rules, args.log_level)
 
@@ -60,6 +73,29 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     return _run(config, path, shard)
+
+
+def _healthcheck(path: str, timeout: float) -> int:
+    """GET /healthz where the config's metrics.listen says (a wildcard address: on loopback)."""
+    import ssl
+    import urllib.request
+
+    config = _load_or_report(path)
+    if config is None:
+        return EXIT_FAILURE
+    host = config.metrics.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    scheme = "https" if config.api.tls is not None else "http"
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{config.metrics.port}/healthz"
+    context = ssl._create_unverified_context() if scheme == "https" else None  # noqa: S323 - our own daemon
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
+            ok = answer.status == 200
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{url}: {'healthy' if ok else 'unhealthy'}")
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def _load_or_report(path: str, load: Callable[[str], Any] = load_config) -> Any:

@@ -1,6 +1,7 @@
 """Logs are JSON lines and never carry credentials."""
 import json
 import logging
+from pathlib import Path
 
 from pipeline.logs import JsonFormatter, scrub
 
@@ -27,3 +28,19 @@ def test_formatter_writes_one_json_object_with_fields_and_scrubs_exceptions():
     assert "\n" not in line
     assert entry["event"] == "camera state" and entry["camera"] == "gate-1" and entry["level"] == "warning"
     assert "pw123" not in line
+
+
+def test_onnx_runtimes_telemetry_is_off_in_our_commands(tmp_path):
+    """ONNX Runtime 1.32 writes a device id and an event store under $XDG_CACHE_HOME/Microsoft when
+    imported (and warns on stderr where it cannot: a read-only container); our commands turn it off."""
+    import subprocess
+    import sys
+
+    code = ("from pipeline.cli import main; main(['validate-config', 'configs/demo.yaml']); "
+            "import onnxruntime")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2],
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                                 "DEMO_RTSP": "127.0.0.1:8554"})
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cache" / "Microsoft").exists() and "telemetry" not in result.stderr
