@@ -80,13 +80,18 @@ def _healthcheck(path: str, timeout: float) -> int:
     import ssl
     import urllib.request
 
-    config = _load_or_report(path)
-    if config is None:
+    from pipeline.config import ApiConfig, MetricsConfig, load_section
+
+    try:  # only what says where it listens: the rest of the file is the daemon's business
+        metrics, api = load_section(path, "metrics", MetricsConfig), load_section(path, "api", ApiConfig)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return EXIT_FAILURE
-    host = config.metrics.host
+    host = metrics.host
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    scheme = "https" if config.api.tls is not None else "http"
-    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{config.metrics.port}/healthz"
+    scheme = "https" if api.tls is not None else "http"
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{metrics.port}/healthz"
     context = ssl._create_unverified_context() if scheme == "https" else None  # noqa: S323 - our own daemon
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:

@@ -574,6 +574,27 @@ def load_yaml_model(path: str | Path, root: type[M], environ: dict[str, str] | N
     return model
 
 
+def load_section(path: str | Path, name: str, model: type[M], environ: dict[str, str] | None = None) -> M:
+    """One top-level section of a config file, its ${VAR}s filled and validated alone (its defaults
+    when absent), for a tool that needs only it: the images' health check reads `metrics` and `api`,
+    and must not call a daemon unhealthy for a camera's missing password. ConfigError otherwise."""
+    path = Path(path)
+    try:
+        data, marks = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: cannot read it: {exc}"]) from None
+    part = data.get(name) if isinstance(data, dict) else None
+    part = part if isinstance(part, dict) else {}
+    problems = _interpolate(part, (name,), os.environ if environ is None else environ, path, marks)
+    try:
+        section = model.model_validate(part)
+    except ValidationError as exc:
+        problems += [f"{path}: {name}: {err['msg']}" for err in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return section
+
+
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML and record the line of every key and list item by its path."""
     loader = yaml.SafeLoader(text)

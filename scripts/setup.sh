@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Install what the pipeline, its tests and the demo need on a fresh Debian/Ubuntu machine:
 # system packages (ffmpeg, GStreamer RTSP server; systemd-analyze and Chromium for the tests of the
-# unit file and the preview page; VLC, a UDP-only RTSP server for the field-camera tests), then .venv with the package and its dev extras.
+# unit file and the preview page; VLC, a UDP-only RTSP server for the field-camera tests; Docker's
+# engine and debootstrap, to build and run our images with no registry), then .venv with the
+# package and its dev extras.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  systemd chromium vlc-bin vlc-plugin-base)
+  systemd chromium vlc-bin vlc-plugin-base docker.io debootstrap)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

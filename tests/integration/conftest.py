@@ -1,11 +1,14 @@
 """Session fixtures: real H.264 clips, GStreamer's RTSP server and a Kafka-protocol broker."""
 import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from scripts.testbed import Broker, RtspServer, corrupt_ts, make_clip, ts_clip
+from scripts.testbed import REPO, Broker, DockerEngine, RtspServer, corrupt_ts, make_clip, ts_clip
 
 pytestmark = pytest.mark.integration
 CLIPS = {  # name: (width, height) -- three aspect ratios: 16:9, 4:3 and portrait
@@ -58,3 +61,30 @@ def rtsp_server(_session_rtsp_server):
 def broker():
     with Broker() as b:
         yield b
+
+
+# ---------------------------------------------------------------------- containers (a Docker engine of our own)
+CPU_IMAGE = "rtsp-pipeline:cpu"
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory):
+    engine = DockerEngine(Path(tempfile.mkdtemp(prefix="dkr-", dir="/tmp")))  # a short path: dockerd's sockets
+    try:
+        engine.start()
+    except RuntimeError as exc:
+        pytest.skip(f"no Docker engine could start here: {exc}")
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_engine):
+    """rtsp-pipeline:cpu from a registry-free base, as scripts/build_image.sh makes it for an operator."""
+    started = time.monotonic()
+    result = subprocess.run(["bash", "scripts/build_image.sh"], cwd=REPO, env=docker_engine.env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    size = int(docker_engine.docker("image", "inspect", "-f", "{{.Size}}", CPU_IMAGE).stdout)
+    print(f"\n{CPU_IMAGE}: built in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
+    return size

@@ -17,36 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.testbed import REPO, DockerEngine, consume, free_port, wait_for
+from scripts.testbed import DockerEngine, consume, free_port, wait_for
+from tests.integration.conftest import CPU_IMAGE
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))
-IMAGE = "rtsp-pipeline:cpu"
+IMAGE = CPU_IMAGE
 STOP_TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory):
-    engine = DockerEngine(Path(tempfile.mkdtemp(prefix="dkr-", dir="/tmp")))  # a short path: dockerd's sockets
-    try:
-        engine.start()
-    except RuntimeError as exc:
-        pytest.skip(f"no Docker engine could start here: {exc}")
-    yield engine
-    engine.stop()
-
-
-@pytest.fixture(scope="session")
-def cpu_image(docker_engine):
-    """rtsp-pipeline:cpu from a registry-free base, as scripts/build_image.sh makes it for an operator."""
-    import subprocess
-
-    started = time.monotonic()
-    result = subprocess.run(["bash", "scripts/build_image.sh"], cwd=REPO, env=docker_engine.env,
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    size = int(docker_engine.docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
-    print(f"\n{IMAGE}: built in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
-    return size
 
 
 def write_config(folder: Path, cameras: list[tuple[str, str]], bootstrap: str, topic: str, port: int) -> Path:

@@ -43,7 +43,7 @@ def test_both_images_run_unprivileged_with_volumes_and_a_health_check():
     for stage in finals.values():
         assert re.search(r"^USER 10001:10001$", stage, re.M)
         assert "/var/cache/rtsp-pipeline" in stage and "VOLUME" in stage
-        assert "HEALTHCHECK" in stage and "/healthz" in stage
+        assert "HEALTHCHECK" in stage and 'CMD ["rtsp-pipeline", "healthcheck"]' in stage  # the config's port
     assert "nvcr.io/nvidia/tensorrt" in text
 
 
@@ -184,3 +184,44 @@ def test_grafana_provisioning_points_at_the_dashboard_folder_and_prometheus():
     assert mounts["../grafana/dashboards"] == provider["providers"][0]["options"]["path"]
     source = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_the_images_health_check_asks_healthz_on_the_port_the_config_names(tmp_path):
+    """`rtsp-pipeline healthcheck` (the images' HEALTHCHECK) reads metrics.listen from the config:
+    it was fixed at 9108, so a daemon listening elsewhere was unhealthy forever."""
+    import http.server
+    import threading
+
+    from scripts.testbed import free_port
+
+    answers = {"status": 200}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(answers["status"] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "cameras.yaml"
+    config.write_text((REPO / "configs" / "demo.yaml").read_text().replace(
+        '127.0.0.1:${DEMO_METRICS_PORT:-9108}', f"0.0.0.0:{port}"))
+
+    def check(**env):
+        return subprocess.run([sys.executable, "-m", "pipeline", "healthcheck"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO, env={"PATH": "/usr/bin:/bin", "DEMO_RTSP": "127.0.0.1:8554",
+                                                         "RTSP_PIPELINE_CONFIG": str(config), **env})
+    try:
+        healthy = check()
+        assert healthy.returncode == 0 and f"127.0.0.1:{port}/healthz: healthy" in healthy.stdout, healthy.stderr
+        answers["status"] = 503
+        assert check().returncode == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    gone = check()
+    assert gone.returncode == 1 and f"127.0.0.1:{port}/healthz" in gone.stderr
