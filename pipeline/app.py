@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +28,8 @@ from pipeline.config import CameraConfig, Config, ConfigError, ModelConfig, load
 from pipeline.core import CameraState, EngineError, FrameResult, ModelRef
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, nvdec_problem, place_cameras, probe
 from pipeline.native_output import NativeStdout
+from pipeline.placement import camera_cost, default_capacity
+from pipeline.placement_group import Assignment, GroupMember, control_topic, placement_map
 from pipeline.api.detect import DetectService, DetectTarget
 from pipeline.api.server import Endpoints, HttpServer, load_tokens
 from pipeline.inference_worker import InferenceWorker
@@ -41,7 +45,9 @@ from pipeline.s4_infer import Engine, load_engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_image
 from pipeline.s5_track import Trackers, TrackSettings
-from pipeline.s6_publish import KafkaPublisher, Outgoing, encode_detections, encode_status, rfc3339_ms
+from pipeline.s6_publish import (
+    KafkaPublisher, Outgoing, encode_detections, encode_status, rfc3339_ms, security_options,
+)
 from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -83,11 +89,9 @@ class Runtime:
         nvdec_check: Callable[[], str | None] = nvdec_problem,
         config_path: Path | None = None,
         notifier: SystemdNotifier | None = None,
-        shard: tuple[int, int] = (0, 1),
         api_tokens: list[str] | None = None,
     ) -> None:
-        self._shard = shard  # (this replica, replicas): only its share of the cameras runs here
-        self.config = config = config.shard(*shard)
+        self.config = config
         self._notifier = notifier or SystemdNotifier(None)
         self._config_path = config_path  # re-read on SIGHUP
         self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
@@ -110,6 +114,10 @@ class Runtime:
         self._last_state: dict[str, CameraState] = {}
         self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
         self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
+        placement = config.placement
+        self._member: GroupMember | None = None  # placement.mode kafka-group: our membership
+        self.node = (placement.node_id or socket.gethostname()) if placement.mode == "kafka-group" else None
+        self._reported_unplaced: set[str] = set()
         detect = (DetectService(self._detect_targets, config.api.detect, self.metrics.detect_seconds.observe)
                   if config.api.detect.enabled else None)
         if detect is not None:
@@ -131,8 +139,8 @@ class Runtime:
             await self._startup()
             log_event(log, logging.INFO, "running", cameras=len(self._cameras),
                       metrics=f"{self.config.metrics.host}:{self._http.bound_port}",
-                      **({"shard": f"{self._shard[0]}/{self._shard[1]}", "camera_ids": sorted(self._cameras)}
-                         if self._shard[1] > 1 else {}))
+                      **({"placement": f"group {self.config.placement.group}, node {self.node}: cameras as the "
+                          "group assigns them"} if self._member is not None else {}))
             self._notifier.ready(self.status_line())
             if self._notifier.enabled:
                 health_loop = asyncio.get_running_loop().create_task(self._notify_health())
@@ -181,15 +189,19 @@ class Runtime:
         if path.on_gpu:
             self.metrics.watch_gpus()
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
+        grouped = cfg.placement.mode == "kafka-group"
         for (gpu_index, canary), cameras in self._camera_lanes().items():
             gpu = None if gpu_index is None else self._gpu(gpu_index)
-            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu, cameras, canary))
+            # with placement, every lane is made (so any camera can be taken) and starts empty
+            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu, [] if grouped else cameras, canary))
         await self._publisher.start()
         ffmpeg_warnings_on()  # the camera threads count RTP packet loss from them
         for lane in self._lanes:
             lane.inference.start()
             for camera in list(lane.cameras):
                 self._start_camera(camera, lane)
+        if grouped:
+            await self._join_placement_group()
 
     async def _checked_path(self) -> PathChoice:
         """The execution path; NVDEC only where it can work (checked once, here: a missing video
@@ -209,6 +221,66 @@ class Runtime:
             raise EngineError(f"{problem}; or set gpu.decoder: pyav (or auto) to decode on the CPU")
         log_event(log, logging.WARNING, "NVDEC unusable; decoding on the CPU (PyAV) instead", why=problem)
         return PathChoice(path.backend, "pyav", f"{path.why}; {problem}")
+
+    # ------------------------------------------------------------------ placement (several nodes)
+    async def _join_placement_group(self) -> None:
+        cfg = self.config
+        placement = cfg.placement
+        capacity = placement.capacity or default_capacity(len(self._gpus), os.cpu_count() or 1, self._path.on_gpu)
+        self._member = GroupMember(
+            bootstrap=cfg.kafka.bootstrap_servers, group=placement.group, node=self.node, capacity=capacity,
+            costs=lambda: {c.id: camera_cost(c.fps, c.cost) for c in self.config.cameras},
+            apply=self._apply_assignment, session_timeout_s=placement.session_timeout_s,
+            heartbeat_s=placement.heartbeat_s, rebalance_timeout_s=placement.rebalance_timeout_s,
+            client_options=security_options(cfg.kafka))
+        self.metrics.placement_capacity.set(capacity)
+        await self._member.start()
+
+    async def _apply_assignment(self, assignment: Assignment) -> set[str]:
+        """Run exactly the cameras the group gave this node: stop the others (those moving away
+        first, so a camera never runs on two nodes), start the new ones; the rest are untouched."""
+        known = {c.id: c for c in self.config.cameras}
+        wanted = {cam for cam in assignment.cameras if cam in known}
+        if self._stop.is_set():  # shutting down: start nothing more
+            wanted = set()
+        for cam in assignment.overlaps:
+            if cam in self._cameras:
+                self.metrics.placement_overlaps.labels(cam).inc()
+                log_event(log, logging.WARNING, "camera ran on another node too while this one was cut off from "
+                          "Kafka; stopped here", camera=cam, node=self.node, generation=assignment.generation)
+        stopped = [cam for cam in list(self._cameras) if cam not in wanted]
+        for cam in stopped:
+            await self._stop_camera(cam)
+        started = []
+        for camera in self.config.cameras:
+            if camera.id in wanted and camera.id not in self._cameras:
+                lane = self._lane_for(camera)
+                if lane is not None:
+                    self._start_camera(camera, lane)
+                    started.append(camera.id)
+        self._placement_view(assignment)
+        log_event(log, logging.INFO, "placement applied", node=self.node, generation=assignment.generation,
+                  cameras=sorted(self._cameras), started=started, stopped=stopped, moving=assignment.moving,
+                  unplaced=assignment.unplaced)
+        return set(self._cameras)
+
+    def _placement_view(self, assignment: Assignment) -> None:
+        """Metrics; and from the plan's maker: the map on the control topic, unplaced cameras on the status topic."""
+        costs = {c.id: camera_cost(c.fps, c.cost) for c in self.config.cameras}
+        self.metrics.placement_cameras.set(len(self._cameras))
+        self.metrics.placement_load.set(sum(costs.get(cam, 0) for cam in self._cameras))
+        self.metrics.placement_unplaced.set(len(assignment.unplaced))
+        self.metrics.placement_rebalances.inc()
+        if not assignment.led:
+            return
+        group = self.config.placement.group
+        self._publisher.offer(Outgoing(control_topic(group), group, placement_map(assignment, group)))
+        total = sum(node["capacity"] for node in assignment.nodes.values())
+        for cam in sorted(set(assignment.unplaced) - self._reported_unplaced):
+            self._publish_status(cam, CameraState.STOPPED, f"unplaced: no node of group {group} has room for it "
+                                 f"(cost {costs.get(cam, 0):g} 1080p-frames/s; the group's capacity {total:g}); add a "
+                                 "node or raise placement.capacity", time.time())
+        self._reported_unplaced = set(assignment.unplaced)
 
     def _start_camera(self, camera: CameraConfig, lane: Lane) -> None:
         worker = CameraWorker(camera, self.config.source, self._camera_decoder(camera, lane),
@@ -243,19 +315,23 @@ class Runtime:
                 log_event(log, logging.ERROR, "config reload rejected; running config kept", problem=problem)
             self.metrics.config_reloads.labels("rejected").inc()
             return False
-        new = new.shard(*self._shard)
         plan = plan_reload(self.config, new)
         if plan.needs_restart:
             log_event(log, logging.WARNING, "config changes outside cameras take effect at the next start",
                       sections=list(plan.needs_restart))
         add_secrets(new.secrets())
+        ran_here = set(self._cameras)
         for camera_id in [*plan.removed, *(c.id for c in plan.changed)]:
-            await self._stop_camera(camera_id)
+            if camera_id in ran_here:  # with placement: only what this node runs
+                await self._stop_camera(camera_id)
         self.config = self.config.model_copy(update={"cameras": new.cameras})
-        for camera in [*plan.changed, *plan.added]:
-            lane = self._lane_for(camera)
+        grouped = self._member is not None  # then the group places added cameras; a changed one restarts where it ran
+        for camera in [*plan.changed, *([] if grouped else plan.added)]:
+            lane = self._lane_for(camera) if not grouped or camera.id in ran_here else None
             if lane is not None:
                 self._start_camera(camera, lane)
+        if grouped:
+            self._member.request_rejoin()  # the leader plans with the new list
         self.metrics.config_reloads.labels("applied").inc()
         log_event(log, logging.INFO, "config reloaded", added=[c.id for c in plan.added],
                   removed=list(plan.removed), changed=[c.id for c in plan.changed],
@@ -391,6 +467,8 @@ class Runtime:
             log_event(log, logging.WARNING, "camera threads still blocked at shutdown; abandoning them",
                       cameras=blocked)
         await asyncio.sleep(0)  # run the result/status callbacks the threads scheduled last
+        if self._member is not None:  # after the cameras stopped: they start elsewhere only once stopped here
+            await self._member.stop()
         await self._publisher.stop(self.config.kafka.stop_timeout_s)
         await self._http.stop()
         for lane in self._lanes:
@@ -465,13 +543,13 @@ class Runtime:
             if not result.detections and not self.config.kafka.publish_empty:
                 continue
             cam = result.meta.camera_id
-            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, model, self.run_id)))
+            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, model, self.run_id, self.node)))
 
     def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float,
                         transport: str | None = None) -> None:
         previous = self._last_state.get(camera_id)
         self._last_state[camera_id] = state
-        value = encode_status(camera_id, state, previous, reason, at, transport)
+        value = encode_status(camera_id, state, previous, reason, at, transport, self.node)
         self._publisher.offer(Outgoing(self.config.kafka.status_topic, camera_id, value))
 
     # ------------------------------------------------------------------ health
@@ -482,14 +560,25 @@ class Runtime:
     def camera_list(self) -> list[dict]:
         """The cameras for GET /v1/cameras (no URL: it may hold a password)."""
         now, out = time.time(), []
+        elsewhere = self._placed_elsewhere()
         for camera in self.config.cameras:
             worker = self._cameras.get(camera.id)
             health = worker.health() if worker is not None else {"state": "not_started", "last_frame_age_s": None}
             age = health["last_frame_age_s"]
-            out.append({"id": camera.id, "state": health["state"], "reason": self._reasons.get(camera.id),
-                        "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age),
-                        "transport": worker.transport if worker is not None else None})
+            entry = {"id": camera.id, "state": health["state"], "reason": self._reasons.get(camera.id),
+                     "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age),
+                     "transport": worker.transport if worker is not None else None}
+            if self._member is not None:  # which node runs it: this one, another, or none (unplaced)
+                node = self.node if worker is not None else elsewhere.get(camera.id)
+                state = entry["state"] if worker is not None else "unplaced" if node is None else "elsewhere"
+                entry.update(node=node, state=state)
+            out.append(entry)
         return out
+
+    def _placed_elsewhere(self) -> dict[str, str]:
+        """Camera -> the node the last plan gave it to (placement)."""
+        nodes = self._member.view.nodes if self._member is not None else {}
+        return {cam: node for node, info in nodes.items() for cam in info.get("cameras", [])}
 
     def _detect_targets(self) -> list[DetectTarget]:
         """The main model's lanes, for /v1/detect (a canary's lane serves only its cameras)."""
@@ -512,11 +601,16 @@ class Runtime:
         # a replica whose share of the cameras is empty is ready doing nothing
         ready = loaded and self._publisher.connected and (streaming > 0 or not self._cameras)
         kafka = self._publisher.health()
-        return ready, {
-            "degraded": [kafka["spool"]["reason"]] if kafka["spool"]["state"] != "ok" else [],
-            "model_loaded": loaded,
-            "kafka": kafka,
-            "cameras_streaming": streaming,
-            "cameras": cameras,
-        }
+        degraded = [kafka["spool"]["reason"]] if kafka["spool"]["state"] != "ok" else []
+        body = {"degraded": degraded, "model_loaded": loaded, "kafka": kafka, "cameras_streaming": streaming,
+                "cameras": cameras}
+        if self._member is not None:
+            view = self._member.view
+            body["placement"] = {"group": self.config.placement.group, "node": self.node, "joined": view.joined,
+                                 "generation": view.generation, "capacity": self._member.capacity,
+                                 "nodes": view.nodes, "unplaced": view.unplaced, "moving": view.moving}
+            if view.unplaced:
+                degraded.append(f"{len(view.unplaced)} cameras unplaced ({', '.join(view.unplaced[:10])}): no node of "
+                                f"group {self.config.placement.group} has room; add a node or raise placement.capacity")
+        return ready, body
 

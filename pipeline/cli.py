@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, load_config, parse_shard
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.core import PipelineError
 from pipeline.logs import log_event, setup_logging
 
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, help="camera list YAML")
-    run.add_argument("--shard", help="INDEX/COUNT: serve only this replica's share of the cameras "
-                     "(e.g. $(POD_INDEX)/3 in a StatefulSet of 3); the split is stable by camera id")
+    run.add_argument("--shard", help=argparse.SUPPRESS)  # retired: refused with what to use instead
     check = commands.add_parser("validate-config", help="check a config file and exit (0 valid, 2 not)")
     check.add_argument("file")
     build = commands.add_parser("build-engine", help="build the TensorRT engine of each GPU into the cache")
@@ -48,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     alerts = commands.add_parser("alerts", help="run the alerting consumer (rules YAML -> alerts topic)")
     alerts.add_argument("--rules", required=True, help="alert rules YAML (see configs/alerts.example.yaml)")
     alerts.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    where = commands.add_parser("placement", help="print the placement group's current map: node -> cameras, "
+                                "capacity used, unplaced cameras")
+    where.add_argument("--config", required=True, help="a node's config (its kafka and placement sections)")
+    where.add_argument("--timeout", type=float, default=15.0)
     health = commands.add_parser("healthcheck", help="exit 0 when the running daemon's /healthz answers 200")
     health.add_argument("--config", default=os.environ.get("RTSP_PIPELINE_CONFIG", DEFAULT_CONFIG),
                         help=f"the daemon's config (default: $RTSP_PIPELINE_CONFIG, else {DEFAULT_CONFIG})")
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "healthcheck":
         return _healthcheck(args.config, args.timeout)
+    if getattr(args, "shard", None):
+        print("--shard was retired: every node runs the same config with placement.mode: kafka-group, and the "
+              "group places the cameras (failover, scale-out); see docs/operating.md#several-nodes", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "alerts":
         return _run_alerts(args.rules, args.log_level)
 
@@ -67,12 +74,31 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "build-engine":
         return _build_engines(config, args.force)
-    try:
-        shard = parse_shard(args.shard) if args.shard else (0, 1)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG
-    return _run(config, path, shard)
+    if args.command == "placement":
+        return _print_placement(config, args.timeout)
+    return _run(config, path)
+
+
+def _print_placement(config: Config, timeout: float) -> int:
+    """The last map the group's leader published on the control topic, as a table."""
+    from pipeline.placement_group import read_placement_map
+
+    group = config.placement.group
+    found = asyncio.run(read_placement_map(config.kafka, group, timeout))
+    if found is None:
+        print(f"group {group}: no placement published on {group}.placement within {timeout:g} s (no node has "
+              "joined, or Kafka is not reachable)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"group {group}, generation {found['generation']}:")
+    print(f"{'node':<24} {'cameras':>7} {'load':>8} {'capacity':>9} {'used':>6}  ids")
+    for node, info in sorted(found["nodes"].items()):
+        used = info["load"] / info["capacity"] if info["capacity"] else 0
+        print(f"{node:<24} {len(info['cameras']):>7} {info['load']:>8.1f} {info['capacity']:>9.1f} {used:>6.0%}  "
+              f"{' '.join(info['cameras'])}")
+    if found["moving"]:
+        print(f"moving between nodes: {' '.join(found['moving'])}")
+    print(f"unplaced: {' '.join(found['unplaced']) if found['unplaced'] else 'none'}")
+    return EXIT_OK
 
 
 def _healthcheck(path: str, timeout: float) -> int:
@@ -113,7 +139,7 @@ def _load_or_report(path: str, load: Callable[[str], Any] = load_config) -> Any:
         return None
 
 
-def _run(config: Config, path: str, shard: tuple[int, int]) -> int:
+def _run(config: Config, path: str) -> int:
     from pipeline.api.server import load_tokens
     from pipeline.app import Runtime  # imported here so validate-config stays light
     from pipeline.systemd import SystemdNotifier
@@ -127,7 +153,7 @@ def _run(config: Config, path: str, shard: tuple[int, int]) -> int:
     setup_logging(config.log_level, config.secrets() | set(tokens))
     notifier = SystemdNotifier.from_environment()
     try:
-        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier, shard=shard,
+        code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier,
                                    api_tokens=tokens).run())
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))

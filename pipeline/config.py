@@ -6,7 +6,6 @@ second to infer ...)``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -365,6 +364,10 @@ class CameraConfig(_Strict):
     transport: Transport | None = Field(
         None, description="tcp, udp or auto for this camera (default: source.transport)"
     )
+    cost: float | None = Field(
+        None, gt=0, le=10000, description="placement: what the camera costs a node, in 1080p-frames/s "
+        "(default: its fps, or 25 when every frame is inferred, as if 1080p: a 720p camera at 10 fps "
+        "costs about 4.4)")
 
     @field_validator("url")
     @classmethod
@@ -393,6 +396,34 @@ class CanaryConfig(_Strict):
     cameras: list[str] = Field(min_length=1, description="ids of the cameras the canary model serves instead")
 
 
+class PlacementConfig(_Strict):
+    """Several daemons sharing one camera list: which node runs which camera (docs/operating.md)."""
+
+    mode: Literal["all", "kafka-group"] = Field(
+        "all", description="all: this daemon runs every camera; kafka-group: the daemons of `group` share "
+        "the cameras, placed by Kafka's group coordinator (failover, scale-out, capacity)")
+    group: str = Field("rtsp-pipeline", pattern=r"^[A-Za-z0-9._-]{1,200}$",
+                       description="the group's name (a Kafka consumer group; its control topic is GROUP.placement)")
+    node_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,200}$", description="this node's stable id (default: the host name; in "
+        "Kubernetes ${POD_NAME}); give each daemon on one host its own")
+    capacity: float | None = Field(
+        None, gt=0, le=100000, description="what this node can take, in 1080p-frames/s (a 1080p camera at 5 fps "
+        "costs 5); default: 400 per GPU on the GPU path, 25 per CPU core otherwise; measure yours "
+        "(docs/performance.md) and set it")
+    session_timeout_s: float = Field(10, ge=3, le=300, description="a node silent this long is dead: its cameras "
+                                     "move (failover takes about this plus a rebalance)")
+    heartbeat_s: float = Field(3, gt=0, le=100, description="how often a node tells the group it is alive")
+    rebalance_timeout_s: float = Field(30, ge=1, le=600, description="how long a rebalance waits for members")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> PlacementConfig:
+        if self.heartbeat_s * 3 > self.session_timeout_s:
+            raise ValueError(f"heartbeat_s {self.heartbeat_s:g} must be at most a third of session_timeout_s "
+                             f"{self.session_timeout_s:g}")
+        return self
+
+
 class Config(_Strict):
     """The whole daemon configuration."""
 
@@ -404,6 +435,7 @@ class Config(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     canary: CanaryConfig | None = Field(
         None, description="serve some cameras with a new model version; compare per model in "
@@ -437,17 +469,6 @@ class Config(_Strict):
                                  "list ids of configured cameras")
         return self
 
-    def shard(self, index: int, count: int) -> Config:
-        """This config with only the cameras replica `index` of `count` serves (`shard_assignment`)."""
-        if count == 1:
-            return self
-        placed = shard_assignment([c.id for c in self.cameras], count)
-        cameras = [c for c in self.cameras if placed[c.id] == index]
-        # replicas on one host may share the file: each keeps its own spool (a spool has one owner)
-        spool = self.kafka.spool.model_copy(update={"folder": self.kafka.spool.folder / f"shard-{index}"})
-        kafka = self.kafka.model_copy(update={"spool": spool})
-        return self.model_copy(update={"cameras": cameras, "kafka": kafka})
-
     def tracking_for(self, camera: CameraConfig) -> TrackingConfig:
         """A camera's tracking settings: `tracking`, with the keys its own `tracking` sets."""
         own = camera.tracking
@@ -471,39 +492,6 @@ class Config(_Strict):
         if self.kafka.sasl is not None:
             found.add(self.kafka.sasl.password)
         return {s for s in found if len(s) >= 3}
-
-
-def shard_assignment(camera_ids: list[str], count: int) -> dict[str, int]:
-    """Camera id -> the replica (0..count-1) that serves it. Every replica computes the same split
-    from the same list without talking to the others: rendezvous hashing on the id (each camera
-    prefers replicas in a fixed pseudo-random order) with bounded loads (no replica takes more
-    than ceil(cameras / count)), so the split is balanced and adding or removing a camera or a
-    replica moves few others."""
-    capacity = -(-len(camera_ids) // count)
-    load = [0] * count
-    placed = {}
-    for cam in sorted(camera_ids):
-        for index in sorted(range(count), key=lambda i: _weight(i, cam), reverse=True):
-            if load[index] < capacity:
-                placed[cam] = index
-                load[index] += 1
-                break
-    return placed
-
-
-def _weight(index: int, camera_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{index}:{camera_id}".encode()).digest()[:8], "big")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' (this replica's index, replicas in all) -> (I, N); ValueError says what is wrong."""
-    index, sep, count = text.partition("/")
-    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
-        raise ValueError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/3 (a StatefulSet pod's ordinal / replicas)")
-    i, n = int(index), int(count)
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text!r}: INDEX must be in 0..COUNT-1")
-    return i, n
 
 
 def redact_url(url: str) -> str:

@@ -156,6 +156,20 @@ class Metrics:
             "the GPU (d2d); on the NVDEC path only detections go d2h", ["gpu", "direction"], registry=r,
         )
         self.camera_gpu = Gauge(p + "camera_gpu", "The GPU a camera runs on", ["camera"], registry=r)
+        self.placement_capacity = Gauge(
+            p + "placement_capacity", "This node's capacity in the placement group, in 1080p-frames/s "
+            "(placement.capacity)", registry=r)
+        self.placement_cameras = Gauge(p + "placement_cameras", "Cameras the placement group gave this node",
+                                       registry=r)
+        self.placement_load = Gauge(
+            p + "placement_load", "What this node's cameras cost, in 1080p-frames/s (load / capacity: how full it "
+            "is; the autoscaler's signal)", registry=r)
+        self.placement_unplaced = Gauge(
+            p + "placement_unplaced", "Cameras no node of the group has room for, as of the last plan", registry=r)
+        self.placement_rebalances = Counter(p + "placement_rebalances", "Assignments this node applied", registry=r)
+        self.placement_overlaps = Counter(
+            p + "placement_overlaps", "Cameras this node gave up because the group had moved them while it was "
+            "cut off from Kafka (both ran them meanwhile)", ["camera"], registry=r)
         self.native_output_lines = Counter(
             p + "native_output_lines", "Lines a native library printed on stdout, kept out of the log "
             "(PyNvVideoCodec: concealed_picture for each picture NVDEC concealed in a damaged stream, "

@@ -81,8 +81,9 @@ def rfc3339_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_detections(result: FrameResult, model: ModelRef, run_id: str) -> bytes:
-    """The detections/v1 message value for one inferred frame."""
+def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: str | None = None) -> bytes:
+    """The detections/v1 message value for one inferred frame (`node`: the daemon's node id, with
+    placement on)."""
     meta = result.meta
     body = {
         "schema": DETECTIONS_SCHEMA,
@@ -99,6 +100,8 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str) -> byte
         "detections": [_detection(d, result.tracks is not None) for d in result.detections],
         "model": {"name": model.name, "sha256": model.sha256, "backend": model.backend},
     }
+    if node is not None:
+        body["node"] = node
     if result.tracks is not None:
         body["tracks"] = {
             "started": list(result.tracks.started),
@@ -128,7 +131,7 @@ def camera_status(state: CameraState, previous: CameraState | None) -> str:
 
 
 def encode_status(camera_id: str, state: CameraState, previous: CameraState | None, reason: str, at: float,
-                  transport: str | None = None) -> bytes:
+                  transport: str | None = None, node: str | None = None) -> bytes:
     """The camera-status/v1 message value for one state change (`transport`: what a streaming
     camera's RTP comes over)."""
     body = {
@@ -141,6 +144,8 @@ def encode_status(camera_id: str, state: CameraState, previous: CameraState | No
     }
     if transport is not None:
         body["transport"] = transport
+    if node is not None:
+        body["node"] = node
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

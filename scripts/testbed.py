@@ -320,14 +320,17 @@ class Broker(_Process):
     """A Kafka-protocol broker (Tansu, in-memory) on 127.0.0.1. `advertised_port`: the port it
     tells clients to use (a NetworkCut in front of it)."""
 
-    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None, *,
+                 host: str = "127.0.0.1", advertised_host: str = "127.0.0.1") -> None:
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
-        self.bootstrap = f"127.0.0.1:{self.advertised_port}"
+        self.host, self.advertised_host = host, advertised_host  # 0.0.0.0 and a host address: for namespaces
+        self.bootstrap = f"{advertised_host}:{self.advertised_port}"
 
     def start(self) -> None:
         """Start and wait until it accepts connections."""
-        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.advertised_port}"
+        url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised_host}:{self.advertised_port}"
         self.proc = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -335,6 +338,50 @@ class Broker(_Process):
         wait_for(lambda: _accepts(self.port) or self.proc.poll() is not None, 15, "the broker to listen")
         if self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with {self.proc.returncode}")
+
+
+class NetNamespace:
+    """A network namespace joined to this host by a veth pair (root): a separate host for one
+    daemon, at `address`, reaching this host at `host_address`. `block` cuts its TCP to one port
+    (iptables DROP inside it: packets vanish, as in a network partition); `unblock` heals it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.name = f"rtspt{os.getpid() % 100000}n{index}"
+        self._veth = f"vh{os.getpid() % 100000}n{index}"[:15]
+        self.host_address, self.address = f"10.231.{index}.1", f"10.231.{index}.2"
+        self.run_in = ("ip", "netns", "exec", self.name)
+        steps = [["ip", "netns", "add", self.name],
+                 ["ip", "link", "add", self._veth, "type", "veth", "peer", "name", "ns0", "netns", self.name],
+                 ["ip", "addr", "add", f"{self.host_address}/30", "dev", self._veth],
+                 ["ip", "link", "set", self._veth, "up"],
+                 [*self.run_in, "ip", "addr", "add", f"{self.address}/30", "dev", "ns0"],
+                 [*self.run_in, "ip", "link", "set", "ns0", "up"],
+                 [*self.run_in, "ip", "link", "set", "lo", "up"]]
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why no namespace can be made here (None: it can)."""
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+        return f"not installed: {', '.join(missing)}" if missing else None
+
+    def _rule(self, action: str, address: str, port: int) -> None:
+        subprocess.run([*self.run_in, "iptables", action, "OUTPUT", "-p", "tcp", "-d", address, "--dport", str(port),
+                        "-j", "DROP"], check=True, capture_output=True)
+
+    def block(self, address: str, port: int) -> None:
+        self._rule("-I", address, port)
+
+    def unblock(self, address: str, port: int) -> None:
+        self._rule("-D", address, port)
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        subprocess.run(["ip", "link", "del", self._veth], capture_output=True)
 
 
 class NetworkCut:
@@ -686,7 +733,8 @@ class Daemon(_Process):
     config: Path
     log_path: Path
     env: dict | None = None
-    args: tuple[str, ...] = ()  # more `run` arguments, e.g. ("--shard", "0/2")
+    args: tuple[str, ...] = ()  # more `run` arguments
+    wrapper: tuple[str, ...] = ()  # runs the daemon through this, e.g. NetNamespace.run_in
 
     def start(self) -> None:
         """Start the daemon (returns at once)."""
@@ -696,7 +744,7 @@ class Daemon(_Process):
         transcribe("daemon-logs", str(Path(self.log_path).resolve()))
         self.started_at = time.time()
         self.proc = subprocess.Popen(
-            [*cmd, "run", "--config", str(self.config), *self.args],
+            [*self.wrapper, *cmd, "run", "--config", str(self.config), *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(self.env or {})},
         )
 

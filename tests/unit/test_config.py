@@ -58,7 +58,7 @@ def test_env_default_is_used(tmp_path):
     [
         ("    fps: 5", "    fps: 0", ":8: cameras[0].fps: Input should be greater than 0"),
         ("    fps: 5", "    fps: fast", ":8: cameras[0].fps: Input should be a valid number"),
-        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: fps, gpu, id, tracking, transport, url"),
+        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: cost, fps, gpu, id, tracking, transport, url"),
         ("  - {id: yard,", "  - {id: gate-1,", ":9: cameras[1].id: duplicate camera id 'gate-1' (first at line 6)"),
         ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp:// or rtsps://"),
         ("rtsp://10.0.0.6:8554", "rtsp://10.0.0.6:99999", ":9: cameras[1].url: bad port"),
