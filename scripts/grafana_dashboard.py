@@ -91,6 +91,16 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
             (f"sum by (camera) (rate({P}detections_untracked_total{{{CAM}}}[$__rate_interval]))",
              "{{camera}} untracked /s (max_tracks reached)")], "timeseries", 8),
     ]),
+    ("Placement (several nodes; empty with placement.mode all)", [
+        ("How full each node is (load / capacity)", "percentunit", [
+            (f"{P}placement_load / {P}placement_capacity", "{{instance}}")], "timeseries", 6),
+        ("Cameras per node", "short", [(f"{P}placement_cameras", "{{instance}}")], "timeseries", 6),
+        ("Unplaced cameras (no node has room)", "short", [(f"max({P}placement_unplaced)", "unplaced")], "stat", 6),
+        ("Rebalances and overlaps", "short", [
+            (f"sum by (instance) (increase({P}placement_rebalances_total[$__rate_interval]))", "{{instance}} rebalances"),
+            (f"sum by (camera) (increase({P}placement_overlaps_total[$__rate_interval]))", "{{camera}} overlapped")],
+         "timeseries", 6),
+    ]),
     ("GPU (NVML; empty on the CPU path)", [
         ("GPU utilisation", "percentunit", [(f"{P}gpu_utilization_ratio", "GPU {{gpu}}")], "timeseries", 12),
         ("GPU memory", "bytes", [(f"{P}gpu_memory_used_bytes", "GPU {{gpu}} used"),

@@ -96,10 +96,10 @@ def with_local_engines(text: str) -> str:
     return text.replace(INSTALLED_ENGINES, str(REPO / "engines"))
 
 
-def check_daemon_config(text: str, tmp_path: Path) -> None:
+def check_daemon_config(text: str, tmp_path: Path, **env: str) -> None:
     path = tmp_path / "cameras.yaml"
     path.write_text(with_local_engines(text))
-    config = load_config(path, {"CAMERA_PASSWORD": "x"})
+    config = load_config(path, {"CAMERA_PASSWORD": "x", **env})
     assert config.metrics.listen == "0.0.0.0:9108"  # reachable by Prometheus and the health check
 
 
@@ -125,27 +125,35 @@ def test_kubernetes_manifests_pass_the_api_schemas_strictly():
     version = kubernetes_validate.latest_version()
     for doc in kubernetes_documents():
         kubernetes_validate.validate(doc, version, strict=True)
-    broken = json.loads(json.dumps(next(d for d in kubernetes_documents() if d["kind"] == "StatefulSet")))
+    broken = json.loads(json.dumps(next(d for d in kubernetes_documents() if d["kind"] == "Deployment")))
     broken["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):  # the checker does check
         kubernetes_validate.validate(broken, version, strict=True)
 
 
-def test_the_statefulset_shards_by_ordinal_with_gpu_limits_and_probes(tmp_path):
+def test_the_deployment_places_cameras_by_group_with_gpu_limits_probes_a_budget_and_an_autoscaler(tmp_path):
     docs = kubernetes_documents()
-    sts = next(d for d in docs if d["kind"] == "StatefulSet")
-    pod = sts["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["run", "--config", "/etc/rtsp-pipeline/cameras.yaml"]  # no ordinals, no shard
     env = {e["name"]: e for e in container["env"]}
-    assert container["args"][-2:] == ["--shard", "$(POD_INDEX)/$(SHARDS)"]
-    assert env["SHARDS"]["value"] == str(sts["spec"]["replicas"])  # every camera served exactly once
-    assert "pod-index" in env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     config = next(d for d in docs if d["kind"] == "ConfigMap")
-    check_daemon_config(config["data"]["cameras.yaml"], tmp_path)
+    check_daemon_config(config["data"]["cameras.yaml"], tmp_path, POD_NAME="rtsp-pipeline-7d9f-abcde")
+    placement = yaml.safe_load(config["data"]["cameras.yaml"])["placement"]
+    assert placement["mode"] == "kafka-group" and placement["node_id"] == "${POD_NAME}"
     check_rules(config["data"]["alerts.yaml"], tmp_path)
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "rtsp_pipeline_placement_fullness"
+    text = (DEPLOY / "kubernetes" / "autoscaling.yaml").read_text()
+    for metric in re.findall(r"\b(rtsp_pipeline_placement_[a-z_]+)\{", text):  # what the adapter's rule reads
+        assert metric in exported_metrics(), metric
 
 
 def dashboard_metrics() -> set[str]:
