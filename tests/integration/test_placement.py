@@ -9,25 +9,19 @@ restart; more cameras than the group can take reported unplaced and placed when 
 node cut off from the broker keeping its cameras and spool, everything it made arriving, the
 overlap counted. Assertions are "within a bound", never exact rebalance counts (Tansu's
 coordinator differs from Apache Kafka's in timing)."""
-import json
 import signal
-from datetime import datetime
 import time
-import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
-import yaml
 
 from scripts.testbed import (
-    REPO, Broker, Daemon, NetNamespace, RtspServer, consume, daemon_config, free_port, http_get, make_clip,
-    metric_values, wait_for,
+    Broker, NetNamespace, PlacementCluster, RtspServer, consume, http_get, make_clip, metric_values, placed_runs,
+    wait_for,
 )
 
 SESSION_S, HEARTBEAT_S = 6, 1
 BOUND_S = SESSION_S + 10  # the issue's bound for a failover
-MODEL = {"path": REPO / "engines" / "shapes-yolov8n.onnx", "backend": "stub", "input_size": 320}
 
 
 @pytest.fixture(scope="module")
@@ -37,109 +31,9 @@ def camera_server(tmp_path_factory):
         yield server
 
 
-class Cluster:
-    """Daemons of one placement group, each a process with its own node id, ports and spool."""
-
-    def __init__(self, folder: Path, rtsp: RtspServer, bootstrap: str, cameras: dict[str, float],
-                 camera_host: str = "127.0.0.1") -> None:
-        self.folder, self.rtsp, self.bootstrap, self.camera_host = folder, rtsp, bootstrap, camera_host
-        self.topic = f"placed-{uuid.uuid4().hex[:8]}"
-        self.group = f"group-{self.topic}"
-        self.cameras = dict(cameras)  # camera -> fps (its cost, as if 1080p)
-        self.nodes: dict[str, tuple[Daemon, int]] = {}
-        self.hosts: dict[str, str] = {}  # node -> the address its HTTP endpoint answers on
-
-    def config(self, node: str, capacity: float, port: int, listen: str = "127.0.0.1") -> Path:
-        cameras = [(c, self.rtsp.url("cam", host=self.camera_host), fps) for c, fps in self.cameras.items()]
-        path = daemon_config(
-            self.folder / f"{node}.yaml", MODEL, self.bootstrap, cameras, topic=self.topic,
-            status_topic=f"{self.topic}-status", metrics_port=port,
-            kafka={"stop_timeout_s": 3, "spool": {"folder": str(self.folder / f"{node}-spool")}},
-            placement={"mode": "kafka-group", "group": self.group, "node_id": node, "capacity": capacity,
-                       "session_timeout_s": SESSION_S, "heartbeat_s": HEARTBEAT_S})
-        if listen != "127.0.0.1":
-            data = yaml.safe_load(path.read_text())
-            data["metrics"]["listen"] = f"{listen}:{port}"
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
-
-    def start(self, node: str, capacity: float, namespace=None) -> None:
-        """Start (or restart) a node; in `namespace` (a NetNamespace) it is a host of its own."""
-        port = self.nodes[node][1] if node in self.nodes else free_port()
-        if node in self.nodes:  # a restart: the old process is gone; close what the test held of it
-            self.nodes[node][0].stop()
-        listen = "0.0.0.0" if namespace is not None else "127.0.0.1"
-        self.hosts[node] = namespace.address if namespace is not None else "127.0.0.1"
-        daemon = Daemon(self.config(node, capacity, port, listen), self.folder / f"{node}-{time.time():.0f}.log",
-                        wrapper=namespace.run_in if namespace is not None else ())
-        daemon.start()
-        self.nodes[node] = (daemon, port)
-
-    def url(self, node: str, path: str) -> str:
-        return f"http://{self.hosts[node]}:{self.nodes[node][1]}{path}"
-
-    def readyz(self, node: str) -> dict:
-        status, body = http_get(self.url(node, "/readyz"))
-        return json.loads(body) if status in (200, 503) and body else {}
-
-    def running(self, node: str) -> set[str]:
-        return set(self.readyz(node).get("cameras", {}))
-
-    def alive(self) -> list[str]:
-        return [n for n, (d, _) in self.nodes.items() if d.proc.poll() is None]
-
-    def where(self) -> dict[str, list[str]]:
-        """camera -> the live nodes running it."""
-        found: dict[str, list[str]] = defaultdict(list)
-        for node in self.alive():
-            for cam in self.running(node):
-                found[cam].append(node)
-        return found
-
-    def placed(self) -> dict[str, str]:
-        """camera -> node, when every camera runs on exactly one live node; else {}."""
-        found = self.where()
-        if set(found) != set(self.cameras) or any(len(v) != 1 for v in found.values()):
-            return {}
-        return {cam: nodes[0] for cam, nodes in found.items()}
-
-    def wait_placed(self, timeout: float, what: str) -> dict[str, str]:
-        return wait_for(self.placed, timeout, what, interval=0.5)
-
-    def kill(self, node: str, sig=signal.SIGKILL) -> float:
-        daemon = self.nodes[node][0]
-        at = time.time()
-        daemon.proc.send_signal(sig)
-        daemon.proc.wait(30)
-        return at
-
-    def records(self, seconds: float = 3):
-        return [r for r in consume(self.bootstrap, [self.topic], lambda rs: False, seconds) if r.topic == self.topic]
-
-    def stop(self) -> None:
-        for daemon, _ in self.nodes.values():
-            daemon.stop()
-
-
-def captured(record) -> float:
-    """When the camera's frame was taken (the daemon's receive time here), as epoch seconds."""
-    return datetime.fromisoformat(record.value["frame"]["captured_at"].replace("Z", "+00:00")).timestamp()
-
-
-def runs(records) -> dict[str, list[tuple[str, str, int, float]]]:
-    """camera -> [(node, run_id, seq, captured)] in delivery order, repeats removed."""
-    seen, out = set(), defaultdict(list)
-    for r in records:
-        key = (r.key, r.value["run_id"], r.value["frame"]["seq"])
-        if key not in seen:
-            seen.add(key)
-            out[r.key].append((r.value.get("node"), r.value["run_id"], r.value["frame"]["seq"], captured(r)))
-    return out
-
-
 def assert_never_on_two_nodes_at_once(records):
     """Per camera, the runs (node, run_id) follow each other in time: one ends before the next begins."""
-    for cam in runs(records):
+    for cam in placed_runs(records):
         by_capture = defaultdict(list)
         for r in records:
             if r.key == cam:
@@ -151,7 +45,7 @@ def assert_never_on_two_nodes_at_once(records):
 
 def assert_uninterrupted(records, cameras, since: float):
     """Each of `cameras` kept one run from before `since` on, with no gap in seq."""
-    by_cam = runs(records)
+    by_cam = placed_runs(records)
     for cam in cameras:
         later = [(node, run, seq) for node, run, seq, at in by_cam[cam] if at >= since]
         assert len({run for _, run, _ in later}) == 1, (cam, {run for _, run, _ in later})
@@ -170,7 +64,8 @@ def costs(cluster, placed):
 @pytest.mark.timeout(420)
 def test_failover_comeback_and_scale_in_move_only_what_must_move(tmp_path, camera_server, broker):
     cameras = {f"cam-{i}": fps for i, fps in enumerate([2, 2, 2, 4, 4, 1, 1, 2, 4, 2])}  # mixed cost, total 24
-    cluster = Cluster(tmp_path, camera_server, broker.bootstrap, cameras)
+    cluster = PlacementCluster(tmp_path, camera_server, broker.bootstrap, cameras, session_s=SESSION_S,
+                               heartbeat_s=HEARTBEAT_S)
     try:
         for node, capacity in (("node-a", 20), ("node-b", 20), ("node-c", 40)):
             cluster.start(node, capacity)
@@ -189,7 +84,7 @@ def test_failover_comeback_and_scale_in_move_only_what_must_move(tmp_path, camer
         time.sleep(4)
         records = cluster.records()
         assert_uninterrupted(records, survivors_cams, since=killed_at - 2)
-        by_cam = runs(records)
+        by_cam = placed_runs(records)
         for cam in dead:  # no camera out of Kafka for longer than the bound
             before = [at for node, _, _, at in by_cam[cam] if node == "node-a"]
             moved = [at for node, _, _, at in by_cam[cam] if node != "node-a"]
@@ -223,7 +118,8 @@ def test_failover_comeback_and_scale_in_move_only_what_must_move(tmp_path, camer
 def test_cameras_added_by_sighup_are_placed_and_beyond_capacity_unplaced_until_a_node_joins(
         tmp_path, camera_server, broker):
     cameras = {f"cam-{i}": 5 for i in range(4)}
-    cluster = Cluster(tmp_path, camera_server, broker.bootstrap, cameras)
+    cluster = PlacementCluster(tmp_path, camera_server, broker.bootstrap, cameras, session_s=SESSION_S,
+                               heartbeat_s=HEARTBEAT_S)
     try:
         for node in ("node-a", "node-b"):
             cluster.start(node, 15)
@@ -276,7 +172,8 @@ def test_a_node_cut_off_from_kafka_keeps_its_cameras_and_spool_and_the_overlap_i
     try:
         broker.start()
         rtsp.start()
-        cluster = Cluster(tmp_path, rtsp, broker.bootstrap, cameras, camera_host=namespace.host_address)
+        cluster = PlacementCluster(tmp_path, rtsp, broker.bootstrap, cameras, camera_host=namespace.host_address,
+                                   session_s=SESSION_S, heartbeat_s=HEARTBEAT_S)
         try:
             cluster.start("node-a", 20, namespace=namespace)
             cluster.start("node-b", 20)
@@ -304,7 +201,7 @@ def test_a_node_cut_off_from_kafka_keeps_its_cameras_and_spool_and_the_overlap_i
         rtsp.stop()
         broker.stop()
         namespace.close()
-    by_cam = runs(records)
+    by_cam = placed_runs(records)
     for cam in kept:  # everything node-a made while cut off arrived: its run of the camera is whole
         seqs = sorted(seq for node, _, seq, _ in by_cam[cam] if node == "node-a")
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (cam, seqs[:5])
