@@ -18,11 +18,15 @@ them. The leader plans:
    node that joins takes its share; a rebalance with the same members moves nothing. Not in a
    plan that placed cameras nobody ran (a node died, cameras were added): those go where there is
    room and every other camera stays put, uninterrupted; a later join evens the load out.
+   Cameras on their way between nodes (members report the last plan's moves) do not count as
+   lost: a join whose rounds were split by a member that missed one (Tansu completes a
+   generation with whoever joined within 3 s: seen) still ends balanced.
 4. **Two rounds for a move** (eager rebalancing revokes everything at once; Kafka Connect's
    incremental protocol is copied by hand): a camera that moves from a live member is first
    taken from it and given to nobody; the member stops it and asks for a new rebalance, and the
-   next plan gives it to its new node. So a camera never runs on two nodes at once. A camera whose
-   node is gone goes to its new node at once.
+   next plan gives it to its new node. A member reports what it is still stopping, and no plan
+   gives those to anyone (another rebalance can come before it finishes). So a camera never runs
+   on two nodes at once. A camera whose node is gone goes to its new node at once.
 """
 from __future__ import annotations
 
@@ -42,10 +46,13 @@ class MemberReport:
     capacity: float
     running: dict[str, int] = field(default_factory=dict)  # camera -> generation it was assigned in
     generation: int = 0  # of the last assignment this member applied
+    stopping: tuple[str, ...] = ()  # taken from it, not stopped yet: no one else may start them
+    in_transit: tuple[str, ...] = ()  # the last plan it applied was moving these (planned, not lost)
 
     def encode(self) -> bytes:
         return json.dumps({"v": WIRE_VERSION, "node": self.node, "capacity": self.capacity,
-                           "running": self.running, "generation": self.generation}).encode()
+                           "running": self.running, "generation": self.generation,
+                           "stopping": list(self.stopping), "in_transit": list(self.in_transit)}).encode()
 
     @classmethod
     def decode(cls, member_id: str, data: bytes) -> MemberReport:
@@ -54,7 +61,8 @@ class MemberReport:
             raw = json.loads(data or b"{}")
             running = {str(k): int(v) for k, v in dict(raw.get("running", {})).items()}
             return cls(member_id, str(raw.get("node") or member_id), max(0.0, float(raw.get("capacity", 0))),
-                       running, int(raw.get("generation", 0)))
+                       running, int(raw.get("generation", 0)), tuple(str(c) for c in raw.get("stopping", [])),
+                       tuple(str(c) for c in raw.get("in_transit", [])))
         except (ValueError, TypeError, AttributeError):
             return cls(member_id, member_id, 0.0)
 
@@ -93,6 +101,8 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
     load = {m.member_id: 0.0 for m in live}
     capacity = {m.member_id: m.capacity for m in live}
     owner, overlaps = _owners(costs, live)
+    stopping = {c for m in live for c in m.stopping if c in costs and c not in owner}  # still running somewhere
+    in_transit = {c for m in live for c in m.in_transit}
     target: dict[str, str] = {}
     for camera in sorted(owner, key=lambda c: (-costs[c], c)):  # 1. sticky, while it fits
         member = owner[camera]
@@ -100,7 +110,7 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
             target[camera] = member
             load[member] += costs[camera]
     unplaced, filled = [], False
-    for camera in sorted((c for c in costs if c not in target), key=lambda c: (-costs[c], c)):  # 2. fill
+    for camera in sorted((c for c in costs if c not in target and c not in stopping), key=lambda c: (-costs[c], c)):
         fits = [m for m in load if load[m] + costs[camera] <= capacity[m] + 1e-9]
         if not fits:
             unplaced.append(camera)
@@ -108,11 +118,11 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
         best = min(fits, key=lambda m: ((load[m] + costs[camera]) / capacity[m], m))
         target[camera] = best
         load[best] += costs[camera]
-        filled = True
+        filled = filled or camera not in in_transit  # lost with a node, or new: not a planned move
     if not filled:
         _spread(target, load, capacity, costs)  # 3.
     assigned: dict[str, list[str]] = {m.member_id: [] for m in live}
-    moving = []
+    moving = sorted(stopping)  # given to no one until the node stopping them says they stopped
     for camera, member in sorted(target.items()):  # 4. a move from a live member takes two rounds
         if camera in owner and owner[camera] != member:
             moving.append(camera)

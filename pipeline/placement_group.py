@@ -74,6 +74,8 @@ class GroupMember:
         self._timeouts = (session_timeout_s, heartbeat_s, rebalance_timeout_s)
         self._options = client_options or {}
         self._running: dict[str, int] = {}  # camera -> generation it was assigned in
+        self._stopping: set[str] = set()  # taken from this node, being stopped
+        self._in_transit: tuple[str, ...] = ()  # the last plan's moves
         self._generation = 0
         self._pending: Assignment | None = None
         self._led_generation = -1
@@ -85,7 +87,8 @@ class GroupMember:
     # ------------------------------------------------------------------ what the member says
     def report(self, member_id: str = "") -> MemberReport:
         """This member's JoinGroup report."""
-        return MemberReport(member_id, self.node, self.capacity, dict(self._running), self._generation)
+        return MemberReport(member_id, self.node, self.capacity, dict(self._running), self._generation,
+                            tuple(sorted(self._stopping)), self._in_transit)
 
     def _assignor(self):
         from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
@@ -177,14 +180,21 @@ class GroupMember:
         async with self._lock:
             self.view.rebalances += 1
             before = set(self._running)
-            running = await self._apply(assignment)
+            # what is taken away is no longer ours to report as running, but still running until
+            # stopped: a rebalance that comes meanwhile must give it to no one
+            self._stopping = before - set(assignment.cameras)
+            self._running = {c: g for c, g in self._running.items() if c not in self._stopping}
+            try:
+                running = await self._apply(assignment)
+            finally:
+                self._stopping = set()
             self._running = {c: assignment.generation for c in running}
-            self._generation = assignment.generation
+            self._generation, self._in_transit = assignment.generation, tuple(assignment.moving)
             self.view.generation, self.view.nodes = assignment.generation, assignment.nodes
             self.view.unplaced, self.view.moving = assignment.unplaced, assignment.moving
         # round two of a move: only the node that gave the cameras up asks for it, once they are
         # stopped (every member asking again at every generation starves slower joiners: seen)
-        if (before - running) & set(assignment.moving) and self._consumer is not None:
+        if before - running and self._consumer is not None:
             self.request_rejoin()
 
     def request_rejoin(self) -> None:

@@ -101,7 +101,9 @@ SCHEMAS: dict[str, dict] = {
             "fps": {"type": ["number", "null"], "description": "configured sampling; null: every frame"},
             "last_frame_at": {"type": ["string", "null"], "format": "date-time"},
             "transport": {"enum": ["tcp", "udp", None], "description": "what the camera's RTP comes over "
-                          "(the last connection's; null before the first)"}}}}}},
+                          "(the last connection's; null before the first)"},
+            "node": {"type": ["string", "null"], "description": "placement on: the node that runs it (state "
+                     "'elsewhere': another node; 'unplaced' with null: none has room)"}}}}}},
 }
 
 

@@ -9,7 +9,10 @@ restart; more cameras than the group can take reported unplaced and placed when 
 node cut off from the broker keeping its cameras and spool, everything it made arriving, the
 overlap counted. Assertions are "within a bound", never exact rebalance counts (Tansu's
 coordinator differs from Apache Kafka's in timing)."""
+import json
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -137,6 +140,14 @@ def test_cameras_added_by_sighup_are_placed_and_beyond_capacity_unplaced_until_a
             return len(running) == 6 and all(len(v.get("unplaced", [])) == 1 for v in views) and views
         views = wait_for(one_unplaced, 60, "six cameras placed and one reported unplaced")
         unplaced = views[0]["unplaced"][0]
+        listed = {c["id"]: c for c in json.loads(http_get(cluster.url("node-a", "/v1/cameras"))[1])["cameras"]}
+        assert listed[unplaced]["state"] == "unplaced" and listed[unplaced]["node"] is None  # /v1/cameras: where each runs
+        assert {c["node"] for c in listed.values() if c["id"] != unplaced} <= {"node-a", "node-b"}
+        assert all(c["state"] == "elsewhere" for c in listed.values() if c["node"] == "node-b")
+        shown = subprocess.run([sys.executable, "-m", "pipeline", "placement", "--config",
+                                str(cluster.folder / "node-a.yaml")], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and f"unplaced: {unplaced}" in shown.stdout, shown.stdout + shown.stderr
+        assert "node-a" in shown.stdout and "node-b" in shown.stdout
         ready = cluster.readyz("node-a")
         assert any("unplaced" in d for d in ready["degraded"]), ready["degraded"]
         metrics = http_get(cluster.url("node-a", "/metrics"))[1]

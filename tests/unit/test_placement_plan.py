@@ -20,7 +20,7 @@ def members(capacities, running=None):
 def apply(result: Plan, group, generation):
     """What the members run after applying `result` (moving cameras stopped by their owners)."""
     return [MemberReport(m.member_id, m.node, m.capacity, {c: generation for c in result.assigned[m.member_id]},
-                         generation) for m in group]
+                         generation, (), tuple(result.moving)) for m in group]
 
 
 def loads(result: Plan, costs):
@@ -112,3 +112,31 @@ def test_the_wire_format_round_trips_and_junk_is_a_member_with_nothing():
     result = plan({"cam-1": 5.0}, [report])
     assert decode_assignment(result.for_member("m", 5))["cameras"] == ["cam-1"]
     assert decode_assignment(b"not json") is None
+
+
+def test_a_camera_its_node_is_still_stopping_is_given_to_no_one():
+    costs = {"cam-0": 5.0, "cam-1": 5.0}
+    stopping = MemberReport("a", "node-a", 100.0, {"cam-0": 3}, 3, ("cam-1",))  # a rebalance came mid-stop
+    result = plan(costs, [stopping, MemberReport("b", "node-b", 100.0, {}, 3)])
+    assert "cam-1" in result.moving and all("cam-1" not in cams for cams in result.assigned.values())
+    assert MemberReport.decode("a", stopping.encode()) == stopping
+
+
+def test_a_join_whose_rounds_were_split_still_ends_balanced():
+    """A member missed the generation that moved its cameras (Tansu completes a generation with
+    whoever joined in time): the cameras in transit are placed and the spread still runs."""
+    costs = {f"cam-{i:02d}": 1.0 for i in range(24)}
+    b_cams = [f"cam-{i:02d}" for i in range(0, 24, 2)]
+    c_cams = [f"cam-{i:02d}" for i in range(1, 24, 2)]
+    moved = c_cams[:4] + b_cams[:4]
+    members = [MemberReport("a", "node-a", 100.0, {}, 2, (), tuple(moved)),
+               MemberReport("b", "node-b", 100.0, {c: 1 for c in b_cams}, 1),  # missed generation 2: still runs 12
+               MemberReport("c", "node-c", 100.0, {c: 2 for c in c_cams[4:]}, 2, (), tuple(moved))]  # stopped its 4
+    result, generation, group = plan(costs, members), 3, members
+    for _ in range(4):
+        group = apply(result, group, generation)
+        generation += 1
+        result = plan(costs, group)
+        if not result.moving:
+            break
+    assert sorted(len(cams) for cams in result.assigned.values()) == [8, 8, 8]
