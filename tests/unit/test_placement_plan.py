@@ -140,3 +140,17 @@ def test_a_join_whose_rounds_were_split_still_ends_balanced():
         if not result.moving:
             break
     assert sorted(len(cams) for cams in result.assigned.values()) == [8, 8, 8]
+
+
+@settings(max_examples=300, deadline=None)
+@given(cameras_st, capacities_st, st.data())
+def test_cameras_already_running_stay_only_where_they_fit(costs, capacities, data):
+    """Whatever the members run now (a capacity lowered, two claims after a partition), the plan
+    never leaves a node past its capacity."""
+    owners = {c: data.draw(st.sampled_from([None, *range(len(capacities))]), label=c) for c in sorted(costs)}
+    running = {f"m{i}": {c: data.draw(st.integers(1, 5)) for c, o in owners.items() if o == i}
+               for i in range(len(capacities))}
+    group = members(capacities, running)
+    result = plan(costs, group)
+    for member in group:
+        assert loads(result, costs)[member.member_id] <= member.capacity + 1e-9
