@@ -213,6 +213,8 @@ class Detection:
     confidence: float
     bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
     track_id: int | None = None  # the object's id within its camera and run (pipeline.s5_track)
+    track_class_id: int | None = None  # the track's class, by vote over its sightings (the detector may flicker)
+    track_label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

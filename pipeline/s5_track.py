@@ -5,8 +5,25 @@ track, associated with the new detections by IoU in two passes: tracks against c
 detections first, then the tracks still unmatched against low-confidence ones (which keeps a
 track alive through a partial occlusion without publishing the weak box), then steady tracks
 still unmatched and then tentative tracks against what is left, with boxes grown by half (C-BIoU);
-a confident detection that matches nothing starts a track. An unseen track keeps its size. Only
-detections of the same class are associated.
+a confident detection that matches nothing starts a track. An unseen track keeps its size.
+
+Identity over what detectors and scenes do to it:
+- **Class flicker**: association is across classes, a different class costing `CLASS_MISMATCH`
+  (so it needs that much more overlap, and a same-class box wins); each track keeps a class by
+  vote over its sightings (confidence-weighted), published beside what the detector said.
+- **Stops and short misses**: an unseen track's speed decays (`DECAY_S`), so the prediction of
+  an object that stopped stays where it stopped, unless a detection covered it (`OCCLUDED`: it is
+  behind another object and goes on); a lost track is also looked for where it was last seen,
+  box grown by half, for as long as `max_age_s`.
+- **Crossings of look-alikes**: a box behind a moving track (from where it was last seen, against
+  its velocity) costs up to `DIRECTION_WEIGHT` more than one ahead (OC-SORT's momentum, Cao et
+  al. 2023), so two alike objects passing each other do not swap.
+
+Tuned on the breaker scenes (scripts/breaker_scenes.py, seeds 31-33) and held-out ones, with the
+tracking scenes as a guard (scripts/bench_tracking.py score; docs/accuracy.md).
+- **Duplicates**: a second box on an object already matched this frame (the detector's other
+  class for it) starts nothing and is not published; a new box over a live track starts a track
+  that is published only when it is seen again (until then its box goes out without an id).
 
 Time, not frame count: cameras are sampled, frames are superseded under load, cameras
 reconnect. Prediction steps by the media time (`pts`, the camera's own capture clock) between
@@ -40,6 +57,14 @@ _STD_VELOCITY = 1 / 160
 _STEP_S = 1 / 25
 BUFFER = 0.5  # boxes grown by this much of their size on each side, for the passes that need slack
 STEADY_HITS = 3  # sightings that make a track trusted to be looked for with grown boxes
+CLASS_MISMATCH = 0.3  # association cost of a detection of another class than the track's (IoU units)
+DECAY_S = 0.4  # an unseen track's speed falls by e every this long: a stopped object's prediction stops
+OCCLUDED = 0.3  # an unseen track this much covered by a detection is behind it, not stopped
+DIRECTION_WEIGHT = 0.2  # association cost of a box straight behind a moving track (OC-SORT's momentum)
+MOVING = 0.5  # a track is moving at this many of its sizes per second or faster
+NEAR = 0.5  # a box this many of the track's sizes from where it was last seen, or more, counts fully
+DUPLICATE_IOU = 0.5  # a new box this much over a box matched this frame is the same object again
+OVERLAP_IOU = 0.3  # a new box this much over a live track is published only once seen again
 
 
 # ---------------------------------------------------------------------- association (pure)
@@ -95,11 +120,16 @@ class BoxFilter:
         w, h = max(self.x[2], 1.0), max(self.x[3], 1.0)
         return (w, h, w, h)
 
-    def predict(self, t: float) -> None:
-        """Move the state on to media time `t` (seconds)."""
+    def predict(self, t: float, decay_s: float | None = None) -> None:
+        """Move the state on to media time `t` (seconds); `decay_s`: the speed falls by e every
+        that long on the way (an object no longer seen is more likely stopped than going on)."""
         dt, self.t = t - self.t, max(t, self.t)
         if dt <= 0:
             return
+        if decay_s is not None:
+            keep = math.exp(-dt / decay_s)
+            self.v[0] *= keep
+            self.v[1] *= keep
         steps = dt / _STEP_S
         for i, s in enumerate(self._scales()):
             p00, p01, p11 = self.p00[i], self.p01[i], self.p11[i]
@@ -153,7 +183,7 @@ class Track:
     """One object followed over time."""
 
     track_id: int
-    class_id: int
+    class_id: int  # by vote over its sightings
     label: str
     motion: BoxFilter
     first_seen: float  # capture time (UTC seconds) of its first detection
@@ -161,6 +191,19 @@ class Track:
     seen_pts: float  # media time of its latest detection
     hits: int = 1
     confirmed: bool = False  # seen in two frames: only then does a lost track get a second chance
+    published: bool = True  # its id is in the messages (a new track over a live one: once seen again)
+    last_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # where it was last seen
+    occluded: bool = False  # unseen last frame where another object's box covered it
+    votes: dict[int, float] = field(default_factory=dict)  # class -> confidence seen as it
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def sighted(self, det: Detection) -> None:
+        """A detection of this track: its vote for a class, where it was seen."""
+        self.votes[det.class_id] = self.votes.get(det.class_id, 0.0) + det.confidence
+        self.labels[det.class_id] = det.label
+        self.class_id = max(self.votes, key=lambda c: (self.votes[c], c == self.class_id))
+        self.label = self.labels[self.class_id]
+        self.last_box = tuple(det.bbox)
 
 
 @dataclass
@@ -182,6 +225,7 @@ class CameraTracker:
         self._next_id = 1
         self._pts: float | None = None
         self._epoch: int | None = None
+        self._newly_published: list[int] = []  # hidden tracks seen again this frame: announced now
 
     def update(self, detections: Sequence[Detection], pts: float, captured_at: float,
                epoch: int = 0) -> TrackedFrame:
@@ -189,11 +233,13 @@ class CameraTracker:
         ones with their track ids. Boxes that are not finite and positive are never tracked."""
         s = self.settings
         ended = self._end_on_discontinuity(pts, epoch)
-        self._pts, self._epoch = pts, epoch
+        before, self._pts, self._epoch = self._pts, pts, epoch
         for track in self.tracks:
-            if track.seen_pts < track.motion.t:  # unseen last frame: its size stays as it was (as
-                track.motion.v[2] = track.motion.v[3] = 0.0  # ByteTrack): a box shrinking behind another would vanish
-            track.motion.predict(pts)
+            unseen = track.seen_pts < track.motion.t
+            if unseen:  # unseen last frame: its size stays as it was (as ByteTrack): a box
+                track.motion.v[2] = track.motion.v[3] = 0.0  # shrinking behind another would vanish
+            # unseen in the open it may have stopped: its speed decays; behind another object it goes on
+            track.motion.predict(pts, DECAY_S if unseen and not track.occluded else None)
         valid = [d for d in detections if _sane(d.bbox) and d.confidence >= s.low_confidence]
         high = [d for d in valid if d.confidence >= s.high_confidence]
         low = [d for d in valid if d.confidence < s.high_confidence]
@@ -207,13 +253,26 @@ class CameraTracker:
         # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
         # finds an object again as it comes out from behind another sooner)
         left_tracks, _ = self._match(left_tracks, low, list(range(len(low))), s.low_match_iou, {}, pts, captured_at)
+        # a confident box left over an object matched so far is that object again (the detector's
+        # other class for it): the passes with grown boxes below must not give it to a neighbour
+        duplicates = set(_over(high, left_high, list(ids), DUPLICATE_IOU))
+        left_high = [i for i in left_high if i not in duplicates]
         # 3: steady tracks still unmatched against the confident detections left, with boxes grown
         # by half their size (C-BIoU, Yang et al. 2023): an object hidden behind another is seen
         # shrinking before it goes, so its prediction lags or turns back, and it comes out ahead
         # of it (tracking scenes: IDF1 0.92 -> 0.96 on average over 25/10/7/5 fps, line-crossing
-        # errors 22 -> 10 of 376); only tracks seen 3+ times, a young one's speed is noise
-        steady = [t for t in left_tracks if t.hits >= STEADY_HITS]
-        _, left_high = self._match(steady, high, left_high, s.match_iou, ids, pts, captured_at, buffer=BUFFER)
+        # errors 22 -> 10 of 376); only tracks seen 3+ times, a young one's speed is noise. A lost
+        # track is also looked for where it was last seen (it stopped, or was missed for a few
+        # frames while its prediction went on): whichever of the two places fits a box better
+        def lost(t: Track) -> bool:  # unseen in the frame before this one too
+            return before is not None and t.seen_pts < before
+
+        def places(t: Track) -> list:
+            return ([t.motion.box()] if t.hits >= STEADY_HITS else []) + ([t.last_box] if lost(t) else [])
+
+        wanted = [t for t in left_tracks if t.hits >= STEADY_HITS or lost(t)]
+        _, left_high = self._match(wanted, high, left_high, s.match_iou, ids, pts, captured_at, buffer=BUFFER,
+                                   places=places)
         # 4: tentative tracks against the confident detections left, with boxes grown by half
         # their size: a new track has no speed yet, and a small fast object sampled at a few fps
         # moves further than its own size between frames (C-BIoU, Yang et al. 2023)
@@ -222,40 +281,72 @@ class CameraTracker:
         for track in left_tentative:  # a tentative track gets one frame to be seen again
             ended.append(self._end(track, "unseen"))
         ended += self._expire(pts)
-        started, untracked = [], 0
+        unseen = [t for t in self.tracks if t.seen_pts < pts]
+        for track, covered in zip(unseen, _covered([t.motion.box() for t in unseen], [d.bbox for d in valid])):
+            track.occluded = covered >= OCCLUDED
+        started, untracked = [t for t in self._newly_published], 0
+        self._newly_published.clear()
+        duplicates.update(_over(high, left_high, list(ids), DUPLICATE_IOU))
+        live_boxes = np.array([t.motion.box() for t in self.tracks], np.float64).reshape(-1, 4)
         for i in left_high:
+            if i in duplicates:
+                continue
+            box = np.array([high[i].bbox], np.float64)
             if len(self.tracks) >= s.max_tracks:
                 untracked += 1
                 continue
+            over_live = bool(len(live_boxes)) and iou_matrix(box, live_boxes).max() >= OVERLAP_IOU
             track = Track(self._next_id, high[i].class_id, high[i].label, BoxFilter(high[i].bbox, pts),
-                          captured_at, captured_at, pts)
+                          captured_at, captured_at, pts, published=not over_live)
+            track.sighted(high[i])
             self._next_id += 1
             self.tracks.append(track)
             ids[i] = track.track_id
-            started.append(track.track_id)
-        out = tuple(Detection(d.class_id, d.label, d.confidence, d.bbox, ids.get(i)) for i, d in enumerate(high))
-        return TrackedFrame(out, started, ended, untracked)
+            if track.published:
+                started.append(track.track_id)
+        by_id = {t.track_id: t for t in self.tracks}
+        out = []
+        for i, d in enumerate(high):
+            if i in duplicates:
+                continue
+            track = by_id.get(ids.get(i))
+            if track is None or not track.published:
+                out.append(Detection(d.class_id, d.label, d.confidence, d.bbox, None if track else ids.get(i)))
+                continue
+            out.append(Detection(d.class_id, d.label, d.confidence, d.bbox, track.track_id, track.class_id, track.label))
+        return TrackedFrame(tuple(out), started, ended, untracked)
 
     def stop(self) -> list[EndedTrack]:
         """End every track (the camera was removed or the daemon stops)."""
         return [self._end(t, "stopped") for t in list(self.tracks)]
 
     def _match(self, tracks: list[Track], dets: Sequence[Detection], candidates: list[int], min_iou: float,
-               ids: dict[int, int], pts: float, captured_at: float, buffer: float = 0.0) -> tuple[list[Track], list[int]]:
-        """Match `tracks` with dets[candidates] (same class only), comparing boxes grown by
-        `buffer` of their size on each side; update the matched tracks."""
+               ids: dict[int, int], pts: float, captured_at: float, buffer: float = 0.0,
+               places: Callable[[Track], list] | None = None) -> tuple[list[Track], list[int]]:
+        """Match `tracks` (at their predicted boxes, or at the best fitting of the boxes `places`
+        gives) with dets[candidates], comparing boxes grown by `buffer` of their size on each side;
+        update the matched tracks."""
         if not tracks or not candidates:
             return tracks, candidates
-        boxes = np.array([dets[i].bbox for i in candidates], np.float64)
-        iou = iou_matrix(_grown(np.array([t.motion.box() for t in tracks]), buffer), _grown(boxes, buffer))
-        same = np.array([[t.class_id == dets[i].class_id for i in candidates] for t in tracks])
-        matches, left_rows, left_cols = assign(np.where(same, 1 - iou, 2.0), 1 - min_iou)
+        boxes = _grown(np.array([dets[i].bbox for i in candidates], np.float64), buffer)
+        if places is None:
+            iou = iou_matrix(_grown(np.array([t.motion.box() for t in tracks], np.float64), buffer), boxes)
+        else:
+            iou = np.array([iou_matrix(_grown(np.array(places(t), np.float64).reshape(-1, 4), buffer), boxes).max(axis=0)
+                            for t in tracks]).reshape(len(tracks), len(candidates))
+        other = np.array([t.class_id for t in tracks])[:, None] != np.array([dets[i].class_id for i in candidates])[None, :]
+        cost = 1 - iou + CLASS_MISMATCH * other + DIRECTION_WEIGHT * _backwards(tracks, boxes)
+        matches, left_rows, left_cols = assign(cost, 1 - min_iou)
         for r, c in matches:
             track, det = tracks[r], dets[candidates[c]]
             track.motion.update(det.bbox)
             track.last_seen, track.seen_pts = captured_at, pts
             track.hits += 1
             track.confirmed = True
+            track.sighted(det)
+            if not track.published:
+                track.published = True
+                self._newly_published.append(track.track_id)
             ids[candidates[c]] = track.track_id
         return [tracks[r] for r in left_rows], [candidates[c] for c in left_cols]
 
@@ -276,6 +367,42 @@ class CameraTracker:
     def _end(self, track: Track, reason: str) -> EndedTrack:
         self.tracks.remove(track)
         return EndedTrack(track.track_id, track.label, track.first_seen, track.last_seen, track.hits, reason)
+
+
+def _backwards(tracks: list[Track], boxes: np.ndarray) -> np.ndarray:
+    """[tracks, boxes]: 0 where a box lies ahead of a moving track (from where it was last seen,
+    along its velocity) or near it, up to 1 straight behind; 0 for tracks not steadily moving."""
+    state = np.array([(t.motion.v[0], t.motion.v[1], t.motion.x[2] * t.motion.x[3], t.hits, *t.last_box)
+                      for t in tracks], np.float64)
+    velocity, size = state[:, 0:2], np.sqrt(np.maximum(state[:, 2], 1.0))
+    speed = np.hypot(velocity[:, 0], velocity[:, 1])
+    moving = (state[:, 3] >= STEADY_HITS) & (speed >= MOVING * size)
+    if not moving.any():
+        return np.zeros((len(tracks), len(boxes)))
+    d = ((boxes[:, :2] + boxes[:, 2:]) / 2)[None, :, :] - ((state[:, 4:6] + state[:, 6:8]) / 2)[:, None, :]
+    dist = np.hypot(d[..., 0], d[..., 1])
+    cos = (d[..., 0] * velocity[:, None, 0] + d[..., 1] * velocity[:, None, 1]) / np.maximum(dist * speed[:, None], 1e-9)
+    return np.where(moving[:, None], (1 - cos) / 2 * np.minimum(1.0, dist / (NEAR * size[:, None])), 0.0)
+
+
+def _covered(boxes: list, others: list) -> np.ndarray:
+    """The largest share of each box's area that one of `others` covers."""
+    if not boxes or not others:
+        return np.zeros(len(boxes))
+    a, b = np.asarray(boxes, np.float64), np.asarray(others, np.float64)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area = np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)
+    return (w * h).max(axis=1) / area
+
+
+def _over(dets: Sequence[Detection], candidates: list[int], others: list[int], min_iou: float) -> list[int]:
+    """The candidates whose box overlaps one of the `others`' boxes by `min_iou` or more."""
+    if not candidates or not others:
+        return []
+    iou = iou_matrix(np.array([dets[i].bbox for i in candidates], np.float64),
+                     np.array([dets[i].bbox for i in others], np.float64))
+    return [i for i, best in zip(candidates, iou.max(axis=1)) if best >= min_iou]
 
 
 def _grown(boxes: np.ndarray, buffer: float) -> np.ndarray:

@@ -116,6 +116,8 @@ def _detection(d: Detection, tracked: bool) -> dict:
     out = {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
     if tracked:
         out["track_id"] = d.track_id
+        if d.track_id is not None and d.track_class_id is not None:
+            out["track_class_id"], out["track_label"] = d.track_class_id, d.track_label
     return out
 
 

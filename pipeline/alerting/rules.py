@@ -111,7 +111,9 @@ class Rule(_Strict):
         description="dwell: an object of `classes` in the zone for `for_s` seconds (the same object, "
                     "when tracked); count: more than `above` of them for `for_s` seconds; line: every "
                     "crossing of `line` by a tracked object")
-    classes: list[str] = Field(min_length=1, description="detection labels that count, e.g. [person]")
+    classes: list[str] = Field(min_length=1, description="labels that count, e.g. [person]: the track's label "
+                               "(voted over its sightings) where the message has one, else the detector's, so a "
+                               "one-frame class flicker neither starts nor ends an alert")
     zone: str | None = Field(None, description="dwell, count: a zone name; omitted: the whole picture")
     line: str | None = Field(None, description="line: a line name (under `lines`)")
     cameras: list[str] | None = Field(None, description="cameras the rule watches; default: the zone's or "
@@ -353,7 +355,7 @@ class AlertEngine:
     def _matching(self, rule: Rule, detections: list[dict]) -> list[dict]:
         polygon = self.rules.zones[rule.zone].polygon if rule.zone else None
         return [det for det in detections
-                if det["label"] in rule.classes and det["confidence"] >= rule.min_confidence
+                if det.get("track_label", det["label"]) in rule.classes and det["confidence"] >= rule.min_confidence
                 and (polygon is None or inside(anchor(det), polygon))]
 
     # ---------------------------------------------------------------- line
