@@ -126,31 +126,37 @@ class BoxFilter:
         dt, self.t = t - self.t, max(t, self.t)
         if dt <= 0:
             return
+        x, v, p00, p01, p11 = self.x, self.v, self.p00, self.p01, self.p11
         if decay_s is not None:
             keep = math.exp(-dt / decay_s)
-            self.v[0] *= keep
-            self.v[1] *= keep
+            v[0] *= keep
+            v[1] *= keep
         steps = dt / _STEP_S
-        for i, s in enumerate(self._scales()):
-            p00, p01, p11 = self.p00[i], self.p01[i], self.p11[i]
-            self.x[i] += self.v[i] * dt
-            self.p00[i] = p00 + 2 * dt * p01 + dt * dt * p11 + (_STD_POSITION * s) ** 2 * steps
-            self.p01[i] = p01 + dt * p11
-            self.p11[i] = p11 + (_STD_VELOCITY * s / _STEP_S) ** 2 * steps
-        self.x[2], self.x[3] = max(self.x[2], 1.0), max(self.x[3], 1.0)
+        w, h = max(x[2], 1.0), max(x[3], 1.0)
+        qw, qh = (_STD_POSITION * w) ** 2 * steps, (_STD_POSITION * h) ** 2 * steps  # process noise per scale
+        rw, rh = (_STD_VELOCITY * w / _STEP_S) ** 2 * steps, (_STD_VELOCITY * h / _STEP_S) ** 2 * steps
+        for i, q, r in ((0, qw, rw), (1, qh, rh), (2, qw, rw), (3, qh, rh)):  # unrolled by hand: the hot loop
+            a, b, c = p00[i], p01[i], p11[i]
+            x[i] += v[i] * dt
+            p00[i] = a + 2 * dt * b + dt * dt * c + q
+            p01[i] = b + dt * c
+            p11[i] = c + r
+        x[2], x[3] = max(x[2], 1.0), max(x[3], 1.0)
 
     def update(self, box: Sequence[float]) -> None:
         """Correct the state with a measured box."""
-        z = _xywh(box)
-        w, h = z[2], z[3]
-        for i, s in enumerate((w, h, w, h)):
-            p00, p01, p11 = self.p00[i], self.p01[i], self.p11[i]
-            gain = 1 / (p00 + (_STD_POSITION * s) ** 2)
-            k0, k1 = p00 * gain, p01 * gain
-            innovation = z[i] - self.x[i]
-            self.x[i] += k0 * innovation
-            self.v[i] += k1 * innovation
-            self.p00[i], self.p01[i], self.p11[i] = (1 - k0) * p00, (1 - k0) * p01, p11 - k1 * p01
+        x1, y1, x2, y2 = box
+        w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+        x, v, p00, p01, p11 = self.x, self.v, self.p00, self.p01, self.p11
+        rw, rh = (_STD_POSITION * w) ** 2, (_STD_POSITION * h) ** 2  # measurement noise per scale
+        for i, z, r in ((0, (x1 + x2) / 2, rw), (1, (y1 + y2) / 2, rh), (2, w, rw), (3, h, rh)):
+            a, b, c = p00[i], p01[i], p11[i]
+            gain = 1 / (a + r)
+            k0, k1 = a * gain, b * gain
+            innovation = z - x[i]
+            x[i] += k0 * innovation
+            v[i] += k1 * innovation
+            p00[i], p01[i], p11[i] = (1 - k0) * a, (1 - k0) * b, c - k1 * b
 
     def box(self) -> tuple[float, float, float, float]:
         """The state as xyxy."""
