@@ -284,8 +284,7 @@ class CameraTracker:
         # moves further than its own size between frames (C-BIoU, Yang et al. 2023)
         left_tentative, left_high = self._match(tentative, high, left_high, s.match_iou, ids, pts, captured_at,
                                                 buffer=BUFFER)
-        for track in left_tentative:  # a tentative track gets one frame to be seen again
-            ended.append(self._end(track, "unseen"))
+        ended += self._end(left_tentative, "unseen")  # a tentative track gets one frame to be seen again
         ended += self._expire(pts)
         unseen = [t for t in self.tracks if t.seen_pts < pts]
         for track, covered in zip(unseen, _covered([t.motion.box() for t in unseen], [d.bbox for d in valid])):
@@ -324,7 +323,7 @@ class CameraTracker:
 
     def stop(self) -> list[EndedTrack]:
         """End every track (the camera was removed or the daemon stops)."""
-        return [self._end(t, "stopped") for t in list(self.tracks)]
+        return self._end(list(self.tracks), "stopped")
 
     def _match(self, tracks: list[Track], dets: Sequence[Detection], candidates: list[int], min_iou: float,
                ids: dict[int, int], pts: float, captured_at: float, buffer: float = 0.0,
@@ -357,7 +356,7 @@ class CameraTracker:
         return [tracks[r] for r in left_rows], [candidates[c] for c in left_cols]
 
     def _expire(self, pts: float) -> list[EndedTrack]:
-        return [self._end(t, "unseen") for t in list(self.tracks) if pts - t.seen_pts > self.settings.max_age_s]
+        return self._end([t for t in self.tracks if pts - t.seen_pts > self.settings.max_age_s], "unseen")
 
     def _end_on_discontinuity(self, pts: float, epoch: int) -> list[EndedTrack]:
         if self._pts is None:
@@ -368,11 +367,14 @@ class CameraTracker:
             reason = "time_jump"
         else:
             return []
-        return [self._end(t, reason) for t in list(self.tracks)]
+        return self._end(list(self.tracks), reason)
 
-    def _end(self, track: Track, reason: str) -> EndedTrack:
-        self.tracks.remove(track)
-        return EndedTrack(track.track_id, track.label, track.first_seen, track.last_seen, track.hits, reason)
+    def _end(self, tracks: list[Track], reason: str) -> list[EndedTrack]:
+        """Remove `tracks`; the ends to announce: a hidden track never published ends unannounced
+        (its start never was)."""
+        for track in tracks:
+            self.tracks.remove(track)
+        return [EndedTrack(t.track_id, t.label, t.first_seen, t.last_seen, t.hits, reason) for t in tracks if t.published]
 
 
 def _backwards(tracks: list[Track], boxes: np.ndarray) -> np.ndarray:

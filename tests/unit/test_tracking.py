@@ -115,6 +115,7 @@ def test_a_single_sighting_over_a_live_track_is_no_new_object_until_it_is_seen_a
     once = [[det(100 + 10 * i, 300)] + [det(135 + 10 * i, 300, cls=1)] * (i == 6) for i in range(10)]
     ids, events = run(tracker(), once, fps=10)
     assert ids[6] == [1, None] and not events[6].started and {i for f in ids for i in f} == {1, None}, ids
+    assert [e.track_id for f in events for e in f.ended] == [], events  # nor is its end: it never started
     stays = [[det(100 + 10 * i, 300)] + [det(135 + 10 * i, 300, cls=1)] * (i >= 6) for i in range(10)]
     ids, events = run(tracker(), stays, fps=10)
     assert ids[6] == [1, None] and ids[7:] == [[1, 2]] * 3 and events[7].started == [2], ids
@@ -177,18 +178,23 @@ def test_a_one_frame_false_positive_ends_at_once():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.tuples(st.floats(0, 1900), st.floats(0, 1000), st.floats(4, 300), st.floats(0.05, 1),
                                     st.integers(0, 2)), max_size=25), min_size=1, max_size=12))
-def test_ids_are_unique_per_frame_and_every_confident_detection_is_published_or_a_duplicate(frames):
-    t = tracker()
+def test_ids_are_unique_per_frame_every_confident_detection_is_published_or_a_duplicate_ends_follow_starts(frames):
+    t, started, ended = tracker(), [], []
     for i, dets in enumerate(frames):
         given_dets = [Detection(c, f"c{c}", conf, (x, y, x + s, y + s)) for x, y, s, conf, c in dets]
         frame = t.update(given_dets, i / 25, T0)
         ids = [d.track_id for d in frame.detections if d.track_id is not None]
         assert len(set(ids)) == len(ids)
+        started += frame.started
+        assert set(ids) <= set(started)  # an id is announced no later than it first appears
+        ended += [e.track_id for e in frame.ended]
         published = [d.bbox for d in frame.detections]
         for d in given_dets:
             if d.confidence >= 0.35 and d.bbox not in published:  # dropped: over a box published this frame
                 assert iou_matrix(np.array([d.bbox]), np.array(published)).max() >= 0.5, d
         assert len(t.tracks) <= t.settings.max_tracks
+    ended += [e.track_id for e in t.stop()]
+    assert len(started) == len(set(started)) and len(ended) == len(set(ended)) and set(ended) <= set(started)
 
 
 def test_iou_matrix_and_assignment():
