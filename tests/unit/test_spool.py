@@ -37,6 +37,15 @@ def fill(spool, n, start=0, size=20):
     return [spool.append("detections", f"cam-{i % 3}", bytes([i % 256]) * size) for i in range(start, start + n)]
 
 
+def stopped_after(folder, written: int, delivered: int) -> None:
+    """A run that wrote `written` records, had the first `delivered` acknowledged, and stopped cleanly."""
+    spool = Spool(folder, max_bytes=1 << 20)
+    fill(spool, written)
+    for record in spool.read(delivered):
+        spool.ack(record.number)
+    spool.close()
+
+
 def test_records_come_back_in_order_and_are_forgotten_once_acknowledged(tmp_path):
     spool = opened(tmp_path, max_bytes=1 << 20)
     assert fill(spool, 5) == [0, 1, 2, 3, 4]
@@ -50,11 +59,7 @@ def test_records_come_back_in_order_and_are_forgotten_once_acknowledged(tmp_path
 
 
 def test_what_was_not_acknowledged_is_read_again_after_a_restart(tmp_path):
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    fill(spool, 6)
-    for record in spool.read(3):
-        spool.ack(record.number)
-    spool.close()
+    stopped_after(tmp_path, 6, 3)
     again = opened(tmp_path, max_bytes=1 << 20)
     assert [r.number for r in again.read(10)] == [3, 4, 5]
     assert fill(again, 1) == [6]  # numbering continues
@@ -104,11 +109,7 @@ def test_leftovers_that_are_not_the_spools_are_left_alone(tmp_path):
 
 
 def test_a_damaged_commit_mark_sends_everything_again_rather_than_failing(tmp_path):
-    spool = Spool(tmp_path, max_bytes=1 << 20)
-    fill(spool, 4)
-    for record in spool.read(2):
-        spool.ack(record.number)
-    spool.close()
+    stopped_after(tmp_path, 4, 2)
     for damage in ("{\"next\": ", "[1, 2]", "{\"next\": 2, \"acked\": [[\"x\", 3], 7]}"):
         (tmp_path / "committed").write_text(damage)
         again = Spool(tmp_path, max_bytes=1 << 20)
