@@ -84,10 +84,9 @@ def _print_placement(config: Config, timeout: float) -> int:
     from pipeline.placement_group import read_placement_map
 
     group = config.placement.group
-    found = asyncio.run(read_placement_map(config.kafka, group, timeout))
+    found, why = asyncio.run(read_placement_map(config.kafka, group, timeout))
     if found is None:
-        print(f"group {group}: no placement published on {group}.placement within {timeout:g} s (no node has "
-              "joined, or Kafka is not reachable)", file=sys.stderr)
+        print(f"group {group}: no placement read from {group}.placement within {timeout:g} s: {why}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"group {group}, generation {found['generation']}:")
     print(f"{'node':<24} {'cameras':>7} {'load':>8} {'capacity':>9} {'used':>6}  ids")

@@ -232,28 +232,40 @@ def placement_map(assignment: Assignment, group: str) -> bytes:
                        "moving": assignment.moving}).encode()
 
 
-async def read_placement_map(kafka, group: str, timeout: float) -> dict | None:
-    """The latest map on the group's control topic (None when none came within `timeout`)."""
+async def read_placement_map(kafka, group: str, timeout: float) -> tuple[dict | None, str]:
+    """The latest map on the group's control topic, or None and why none came within `timeout`
+    (asked again until then: a map the leader has just made may still be on its way)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
     from pipeline.s6_publish import security_options
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
                                 **security_options(kafka))
     topic = TopicPartition(control_topic(group), 0)
+    why = "no node has joined, or none has led a rebalance"
     try:
         await asyncio.wait_for(consumer.start(), timeout)
         consumer.assign([topic])
-        end = (await consumer.end_offsets([topic]))[topic]
-        if end == 0:
-            return None
-        consumer.seek(topic, end - 1)
-        batch = await consumer.getmany(topic, timeout_ms=int(timeout * 1000), max_records=1)
-        records = batch.get(topic, [])
-        return json.loads(records[-1].value) if records else None
-    except (asyncio.TimeoutError, OSError, KafkaError):
-        return None
+        while True:
+            end = (await consumer.end_offsets([topic]))[topic]
+            if end > 0:
+                consumer.seek(topic, end - 1)
+                left = max(deadline - loop.time(), 0.5)
+                batch = await consumer.getmany(topic, timeout_ms=int(min(left, 3) * 1000), max_records=1)
+                records = batch.get(topic, [])
+                if records:
+                    return json.loads(records[-1].value), ""
+                why = f"the topic holds {end} maps, but the last could not be read"
+            if loop.time() >= deadline:
+                return None, why
+            await asyncio.sleep(0.5)
+    except asyncio.TimeoutError:
+        return None, f"Kafka at {kafka.bootstrap_servers} did not answer"
+    except (OSError, KafkaError) as exc:
+        return None, f"Kafka at {kafka.bootstrap_servers}: {exc or type(exc).__name__}"
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()

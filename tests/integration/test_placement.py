@@ -144,9 +144,14 @@ def test_cameras_added_by_sighup_are_placed_and_beyond_capacity_unplaced_until_a
         assert listed[unplaced]["state"] == "unplaced" and listed[unplaced]["node"] is None  # /v1/cameras: where each runs
         assert {c["node"] for c in listed.values() if c["id"] != unplaced} <= {"node-a", "node-b"}
         assert all(c["state"] == "elsewhere" for c in listed.values() if c["node"] == "node-b")
-        shown = subprocess.run([sys.executable, "-m", "pipeline", "placement", "--config",
-                                str(cluster.folder / "node-a.yaml")], capture_output=True, text=True, timeout=60)
-        assert shown.returncode == 0 and f"unplaced: {unplaced}" in shown.stdout, shown.stdout + shown.stderr
+        shows = []
+
+        def shown_unplaced():  # the leader's map goes out through its publisher: it can trail /readyz a little
+            shows.append(subprocess.run([sys.executable, "-m", "pipeline", "placement", "--config",
+                                         str(cluster.folder / "node-a.yaml")], capture_output=True, text=True, timeout=60))
+            return shows[-1].returncode == 0 and f"unplaced: {unplaced}" in shows[-1].stdout
+        assert _quietly_waited(shown_unplaced, 45), shows[-1].stdout + shows[-1].stderr
+        shown = shows[-1]
         assert "node-a" in shown.stdout and "node-b" in shown.stdout
         ready = cluster.readyz("node-a")
         assert any("unplaced" in d for d in ready["degraded"]), ready["degraded"]
@@ -217,3 +222,13 @@ def test_a_node_cut_off_from_kafka_keeps_its_cameras_and_spool_and_the_overlap_i
         seqs = sorted(seq for node, _, seq, _ in by_cam[cam] if node == "node-a")
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (cam, seqs[:5])
         assert {node for node, *_ in by_cam[cam]} == {"node-a", "node-b"}  # both ran it: the overlap, visible
+
+
+def _quietly_waited(check, timeout: float) -> bool:
+    """Whether `check` came true within `timeout` s (asked again every second)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return True
+        time.sleep(1)
+    return False
