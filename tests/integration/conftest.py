@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import REPO, Broker, DockerEngine, RtspServer, corrupt_ts, make_clip, ts_clip
+from scripts.testbed import REPO, Broker, DockerEngine, RtspServer, corrupt_ts, make_clip, tansu_binary, ts_clip
 
 pytestmark = pytest.mark.integration
 CLIPS = {  # name: (width, height) -- three aspect ratios: 16:9, 4:3 and portrait
@@ -88,3 +88,17 @@ def cpu_image(docker_engine):
     size = int(docker_engine.docker("image", "inspect", "-f", "{{.Size}}", CPU_IMAGE).stdout)
     print(f"\n{CPU_IMAGE}: built in {time.monotonic() - started:.0f} s, {size / 1e6:.0f} MB")
     return size
+
+
+TANSU_IMAGE = "local/tansu-standin"
+
+
+@pytest.fixture(scope="session")
+def tansu_image(docker_engine, cpu_image):
+    """A stand-in for apache/kafka (no registry here): the Tansu broker on the Debian base that
+    scripts/build_image.sh made (tests/compose/tansu.Dockerfile)."""
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copy(tansu_binary(), Path(context) / "tansu")
+        docker_engine.docker("build", "--network", "host", "-f", str(REPO / "tests" / "compose" / "tansu.Dockerfile"),
+                             "-t", TANSU_IMAGE, context)
+    return TANSU_IMAGE

@@ -6,7 +6,6 @@ partitions the docs promise, detections read inside the compose network, Prometh
 pipeline, and the alerting consumer publishing an alert for a scene that must raise one."""
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import urllib.request
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from scripts.scenes import Scene
-from scripts.testbed import REPO, DockerEngine, RtspServer, tansu_binary, wait_for
+from scripts.testbed import REPO, DockerEngine, RtspServer, wait_for
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))
 STANDINS = REPO / "tests" / "compose"
@@ -31,11 +30,7 @@ def compose_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def standin_images(docker_engine, cpu_image):
-    with tempfile.TemporaryDirectory() as context:
-        shutil.copy(tansu_binary(), Path(context) / "tansu")
-        docker_engine.docker("build", "--network", "host", "-f", str(STANDINS / "tansu.Dockerfile"),
-                             "-t", "local/tansu-standin", context)
+def standin_images(docker_engine, cpu_image, tansu_image):
     docker_engine.docker("build", "--network", "host", "-f", str(STANDINS / "prometheus.Dockerfile"),
                          "-t", "local/prometheus-standin", str(STANDINS))
 
