@@ -244,21 +244,28 @@ async def read_placement_map(kafka, group: str, timeout: float) -> tuple[dict | 
     deadline = loop.time() + timeout
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
                                 **security_options(kafka))
-    topic = TopicPartition(control_topic(group), 0)
+    name = control_topic(group)
     why = "no node has joined, or none has led a rebalance"
     try:
         await asyncio.wait_for(consumer.start(), timeout)
-        consumer.assign([topic])
         while True:
-            end = (await consumer.end_offsets([topic]))[topic]
-            if end > 0:
-                consumer.seek(topic, end - 1)
-                left = max(deadline - loop.time(), 0.5)
-                batch = await consumer.getmany(topic, timeout_ms=int(min(left, 3) * 1000), max_records=1)
-                records = batch.get(topic, [])
-                if records:
-                    return json.loads(records[-1].value), ""
-                why = f"the topic holds {end} maps, but the last could not be read"
+            await consumer.topics()  # fresh metadata: the topic may have just been made
+            parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+            ends = await consumer.end_offsets(parts) if parts else {}
+            held = [tp for tp in parts if ends[tp] > 0]  # the map goes to the partition its key hashes to
+            if held:
+                consumer.assign(held)
+                for tp in held:
+                    consumer.seek(tp, ends[tp] - 1)
+                last: dict = {}
+                until = loop.time() + min(max(deadline - loop.time(), 0.5), 3)
+                while len(last) < len(held) and loop.time() < until:  # the last map of each partition
+                    batch = await consumer.getmany(*held, timeout_ms=int(max(until - loop.time(), 0.1) * 1000))
+                    last.update({tp: records[-1] for tp, records in batch.items() if records})
+                maps = [json.loads(record.value) for record in last.values()]
+                if maps:
+                    return max(maps, key=lambda m: m.get("generation", 0)), ""
+                why = f"{name} holds maps, but the last could not be read"
             if loop.time() >= deadline:
                 return None, why
             await asyncio.sleep(0.5)

@@ -68,7 +68,7 @@ def run(cameras: int, session_s: float, work: Path) -> dict:
 
             cluster.start("node-a", 100)
             wait_for(lambda: "node-a" in cluster.placed().values(), 120, "node-a to take a share")
-            joined = cluster.wait_placed(60, "settled after the join")
+            joined = cluster.wait_settled(60, "settled after the join")
             time.sleep(5)
             joined = cluster.placed() or joined
             out["moved_on_join"] = {"moved": moved(after_kill, joined), "minimum": cameras // 3}

@@ -839,6 +839,18 @@ class PlacementCluster:
     def wait_placed(self, timeout: float, what: str) -> dict[str, str]:
         return wait_for(self.placed, timeout, what, interval=0.5)
 
+    def settled(self) -> dict[str, str]:
+        """placed(), once no live node reports a camera on its way between nodes (the first of a
+        move's two rounds leaves it on its old node for a moment, looking placed) and all agree on
+        the generation; else {}."""
+        views = [self.readyz(n).get("placement", {}) for n in self.alive()]
+        if not views or any(v.get("moving") for v in views) or len({v.get("generation") for v in views}) != 1:
+            return {}
+        return self.placed()
+
+    def wait_settled(self, timeout: float, what: str) -> dict[str, str]:
+        return wait_for(self.settled, timeout, what, interval=0.5)
+
     def kill(self, node: str, sig=signal.SIGKILL) -> float:
         daemon = self.nodes[node][0]
         at = time.time()

@@ -97,7 +97,8 @@ def test_failover_comeback_and_scale_in_move_only_what_must_move(tmp_path, camer
         back_at = time.time()
         cluster.start("node-a", 20)
         wait_for(lambda: cluster.placed() and "node-a" in cluster.placed().values(), 60, "node-a to get a share")
-        settled = cluster.wait_placed(30, "the group to settle")
+        settled = cluster.wait_settled(30, "the group to settle")  # not mid-move: seen in CI, a camera still
+        # on its old node between the two rounds counted as one that stayed
         time.sleep(4)
         stayed = [c for c in settled if settled[c] == after[c]]
         records = cluster.records()

@@ -154,7 +154,7 @@ def test_nodes_as_containers_fail_over_come_back_survive_a_partition_and_scale_i
             back_at = time.time()
             cluster.start("node-a", 15)
             wait_for(lambda: cluster.placed() and "node-a" in cluster.placed().values(), 90, "node-a to get a share")
-            settled = cluster.wait_placed(30, "the group to settle")
+            settled = cluster.wait_settled(30, "the group to settle")
             time.sleep(3)
             records = cluster.records()
             assert_uninterrupted(records, [c for c in settled if settled[c] == after[c]], since=back_at)
@@ -184,7 +184,7 @@ def test_nodes_as_containers_fail_over_come_back_survive_a_partition_and_scale_i
                 assert runs and len({node for node, *_ in by_cam[cam]}) >= 2  # another node ran it too: the overlap
 
             # docker stop: SIGTERM, the node leaves at once; its cameras move in seconds, exit 0
-            settled = cluster.wait_placed(30, "the group to settle")
+            settled = cluster.wait_settled(30, "the group to settle")
             leaving = [c for c, n in settled.items() if n == "node-b"]
             stopped_at = cluster.kill("node-b", stop=True)
             wait_for(lambda: cluster.placed() and "node-b" not in cluster.placed().values(), 30,
