@@ -18,12 +18,12 @@ Identity over what detectors and scenes do to it:
 - **Crossings of look-alikes**: a box behind a moving track (from where it was last seen, against
   its velocity) costs up to `DIRECTION_WEIGHT` more than one ahead (OC-SORT's momentum, Cao et
   al. 2023), so two alike objects passing each other do not swap.
-
-Tuned on the breaker scenes (scripts/breaker_scenes.py, seeds 31-33) and held-out ones, with the
-tracking scenes as a guard (scripts/bench_tracking.py score; docs/accuracy.md).
 - **Duplicates**: a second box on an object already matched this frame (the detector's other
   class for it) starts nothing and is not published; a new box over a live track starts a track
   that is published only when it is seen again (until then its box goes out without an id).
+
+Tuned on the breaker scenes (scripts/breaker_scenes.py, seeds 31-33) and held-out ones, with the
+tracking scenes as a guard (scripts/bench_tracking.py score; docs/accuracy.md).
 
 Time, not frame count: cameras are sampled, frames are superseded under load, cameras
 reconnect. Prediction steps by the media time (`pts`, the camera's own capture clock) between
@@ -73,12 +73,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]  # both corners at once: fewer numpy calls (the tracker's cost is their overhead)
+    inter = _intersections(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas of every box of `a` [N, 4] with every box of `b` [M, 4] (xyxy, float64)."""
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    return wh[..., 0] * wh[..., 1]  # both corners at once: fewer numpy calls (the tracker's cost is their overhead)
 
 
 def assign(cost: np.ndarray, limit: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
@@ -289,10 +294,9 @@ class CameraTracker:
         started, untracked = [t for t in self._newly_published], 0
         self._newly_published.clear()
         duplicates.update(_over(high, left_high, list(ids), DUPLICATE_IOU))
-        live_boxes = np.array([t.motion.box() for t in self.tracks], np.float64).reshape(-1, 4)
-        for i in left_high:
-            if i in duplicates:
-                continue
+        fresh = [i for i in left_high if i not in duplicates]
+        live_boxes = np.array([t.motion.box() for t in self.tracks] if fresh else [], np.float64).reshape(-1, 4)
+        for i in fresh:
             box = np.array([high[i].bbox], np.float64)
             if len(self.tracks) >= s.max_tracks:
                 untracked += 1
@@ -395,10 +399,8 @@ def _covered(boxes: list, others: list) -> np.ndarray:
     if not boxes or not others:
         return np.zeros(len(boxes))
     a, b = np.asarray(boxes, np.float64), np.asarray(others, np.float64)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     area = np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)
-    return (w * h).max(axis=1) / area
+    return _intersections(a, b).max(axis=1) / area
 
 
 def _over(dets: Sequence[Detection], candidates: list[int], others: list[int], min_iou: float) -> list[int]:
