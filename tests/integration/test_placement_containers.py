@@ -17,11 +17,11 @@ from scripts.testbed import (
     DockerEngine, PlacementCluster, RtspServer, captured, http_get, make_clip, metric_values, placed_runs, wait_for,
 )
 from tests.integration.conftest import CPU_IMAGE
-from tests.integration.test_placement import assert_never_on_two_nodes_at_once, assert_uninterrupted, costs
+from tests.integration.test_placement import (
+    BOUND_S, HEARTBEAT_S, SESSION_S, assert_moved_within, assert_never_on_two_nodes_at_once, assert_uninterrupted, costs,
+)
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))
-SESSION_S, HEARTBEAT_S = 6, 1
-BOUND_S = SESSION_S + 10  # the bound for a failover
 KAFKA_NET, KAFKA_GATEWAY, BROKER_IP = "placement-kafka", "172.30.234.1", "172.30.234.2"
 CAMERA_NET, CAMERA_GATEWAY = "placement-cameras", "172.30.235.1"
 NODES = {"node-a": ("172.30.234.11", "172.30.235.11"), "node-b": ("172.30.234.12", "172.30.235.12"),
@@ -144,11 +144,7 @@ def test_nodes_as_containers_fail_over_come_back_survive_a_partition_and_scale_i
             time.sleep(3)
             records = cluster.records()
             assert_uninterrupted(records, others, since=killed_at - 2)
-            by_cam = placed_runs(records)
-            for cam in dead:
-                before = [at for node, _, _, at in by_cam[cam] if node == "node-a"]
-                moved = [at for node, _, _, at in by_cam[cam] if node != "node-a"]
-                assert moved and min(moved) - max(before) <= BOUND_S + 5, (cam, min(moved) - max(before))
+            assert_moved_within(records, dead, "node-a", BOUND_S + 5)
 
             # the same container starts again on its volume: it takes a share, only what moves restarts
             back_at = time.time()
@@ -164,9 +160,9 @@ def test_nodes_as_containers_fail_over_come_back_survive_a_partition_and_scale_i
             cut = sorted(c for c, n in settled.items() if n == "node-c")
             docker_engine.docker("network", "disconnect", KAFKA_NET, "node-c")
             camera_side = cluster.url("node-c", "")
-            wait_for(lambda: set(cut) <= _running(cluster, "node-a") | _running(cluster, "node-b"), BOUND_S + 30,
+            wait_for(lambda: set(cut) <= cluster.running("node-a") | cluster.running("node-b"), BOUND_S + 30,
                      "the group to move node-c's cameras")
-            assert set(cut) <= set(_readyz(camera_side).get("cameras", {})), "node-c gave up cameras while cut off"
+            assert set(cut) <= cluster.running("node-c"), "node-c gave up cameras while cut off"
             wait_for(lambda: _metric(camera_side, "rtsp_pipeline_publish_queue_depth") > 0, 30, "node-c to spool")
             docker_engine.docker("network", "connect", "--ip", NODES["node-c"][0], KAFKA_NET, "node-c")
             wait_for(lambda: cluster.placed(), 120, "node-c to rejoin and give up what moved")
@@ -200,17 +196,6 @@ def test_nodes_as_containers_fail_over_come_back_survive_a_partition_and_scale_i
             cluster.stop()
     for node, log in logs.items():
         assert "Traceback" not in log, (node, log[-3000:])
-
-
-def _readyz(base: str) -> dict:
-    import json
-
-    status, body = http_get(f"{base}/readyz")
-    return json.loads(body) if status in (200, 503) and body else {}
-
-
-def _running(cluster: ContainerCluster, node: str) -> set[str]:
-    return set(cluster.readyz(node).get("cameras", {})) if node in cluster.alive() else set()
 
 
 def _metric(base: str, name: str, default: float = 0) -> float:
