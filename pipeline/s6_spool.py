@@ -23,8 +23,9 @@ is kept); records already acknowledged out of order are skipped then, so only th
 the failure may be sent twice: delivery is at least once.
 
 Bounds: `max_bytes` on disk. When an append would pass it, the policy decides: `drop_oldest`
-deletes the oldest segment (its undelivered records are counted as dropped), `drop_newest` refuses
-the new record (counted). Segments roll at `segment_bytes`.
+deletes the oldest segment (its undelivered records are counted as dropped; where the disk will not
+delete it, it drops nothing and the record is held in memory, as for any append the disk refuses),
+`drop_newest` refuses the new record (counted). Segments roll at `segment_bytes`.
 
 Host faults (disk full, folder read-only, removed or unwritable): an append the disk refuses is
 undone (the file is cut back to its last whole record, so a torn record never sits between good
@@ -278,6 +279,8 @@ class Spool:
                 raise SpoolFull(f"spool full ({self._disk_used} of {limit} bytes)")
             if oldest is self._tail:  # the only one: start a new one so it can go
                 self._seal_tail()
+            if not memory:  # deleted first: a disk that will not delete it (read-only) will not take
+                oldest.path.unlink(missing_ok=True)  # the record either; it goes to memory, nothing dropped
             self._drop_segment(oldest)
 
     def _disk_tail(self, size: int) -> tuple[_Segment, int]:
@@ -479,6 +482,9 @@ class Spool:
             self._acked.discard(self._committed)
             self._committed += 1
             self._held -= 1
+        # all below the mark is delivered or dropped: never read again (the mark passes the read
+        # position when a dropped segment takes it past a delivered record, or acks come after a rewind)
+        self._read_next = max(self._read_next, self._committed)
         while self._segments and self._segments[0].end <= self._committed and self._segments[0] is not self._tail:
             self._remove(self._segments[0])
 

@@ -187,6 +187,33 @@ def test_a_dropped_record_the_sender_still_delivers_is_not_counted_as_lost(tmp_p
     assert spool.bytes == sum(p.stat().st_size for p in tmp_path.glob("*.seg"))
 
 
+def test_a_record_delivered_out_of_order_is_not_sent_again_when_the_segment_before_it_is_dropped(tmp_path):
+    # found by the model test in CI (SPOOL_MODEL_SEED=3650912270): dropping the oldest segment moved
+    # the commit mark past a record delivered out of order, but not the read position, so it was read again
+    spool = opened(tmp_path, max_bytes=4096, segment_bytes=1024, policy="drop_oldest")
+    fill(spool, 20, size=40)
+    second = min(int(p.name[:16]) for p in tmp_path.glob("*.seg") if p.name != "0000000000000000.seg")
+    for record in spool.read(20):
+        if record.number == second:  # the first record of the second segment
+            spool.ack(second)  # got through first; the first segment's records still on their way
+    spool.rewind()  # those failed: read again from 0
+    fill(spool, 45, start=20, size=40)  # the broker stays away: the first segment goes
+    again = [r.number for r in spool.read(1000)]
+    assert spool.dropped == second  # the first segment's records, all undelivered
+    assert again == [n for n in range(second, 65) if n != second]  # the second segment on, but not the delivered one
+
+
+def test_acknowledgements_that_arrive_after_a_rewind_are_not_sent_again(tmp_path):
+    spool = opened(tmp_path, max_bytes=1 << 20)
+    fill(spool, 6)
+    in_flight = spool.read(4)
+    spool.rewind()  # a send failed while 0-3 were in flight...
+    for record in in_flight:
+        spool.ack(record.number)  # ...and they were acknowledged after all
+    assert [r.number for r in spool.read(10)] == [4, 5]
+    assert spool.pending == 2 and spool.unread == 0
+
+
 def test_drop_oldest_keeps_the_newest_within_the_size_limit(tmp_path):
     spool = opened(tmp_path, max_bytes=4096, segment_bytes=1024, policy="drop_oldest")
     fill(spool, 200, size=40)
@@ -320,6 +347,28 @@ def test_a_read_only_remount_keeps_what_the_disk_holds_and_never_fails_the_close
         disk.remount(read_only=False)
     with closing(Spool(folder, max_bytes=1 << 20)) as again:
         assert [r.value for r in again.read(100)] == [payload(n) for n in range(10)]  # intact
+
+
+@needs_mount
+def test_drop_oldest_on_a_read_only_folder_keeps_the_segment_it_cannot_delete(disk):
+    # found by the model test (SPOOL_MODEL_SEED=890602386): the policy dropped a segment it could
+    # not delete, counted its records as dropped, and they came back at the next start
+    folder = disk.path / "spool"
+    spool = Spool(folder, max_bytes=8 << 10, segment_bytes=1024, policy="drop_oldest")
+    for n in range(21):
+        spool.append("detections", "cam", payload(n, 360))  # 7.9 KiB of the 8
+    disk.remount(read_only=True)
+    try:
+        for n in range(21, 25):  # past the limit: the disk would have to drop; it goes to memory instead
+            spool.append("detections", "cam", payload(n, 360))
+        assert spool.fault.kind == "read_only" and spool.dropped == 0
+        assert [r.value for r in spool.read(100)] == [payload(n, 360) for n in range(25)]
+        spool.close()
+    finally:
+        disk.remount(read_only=False)
+    with closing(Spool(folder, max_bytes=8 << 10, segment_bytes=1024)) as again:
+        assert [r.value for r in again.read(100)] == [payload(n, 360) for n in range(21)]  # what the disk held
+        assert again.dropped == 0
 
 
 def test_a_removed_folder_is_reported_and_taken_back_when_it_is_recreated(tmp_path):
