@@ -150,6 +150,20 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert fill(reopened, 1) == [5]  # and its number is not given again
 
 
+def test_a_new_segment_whose_only_record_was_torn_is_counted_and_its_number_not_given_again(tmp_path):
+    # found by the model test: the empty segment was deleted at start without counting its torn record
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1024)
+    fill(spool, 16, size=40)  # 15 records fill a segment: the 16th starts a new one
+    last = max(tmp_path.glob("*.seg"))
+    assert last.name == "0000000000000015.seg"
+    spool.close()
+    os.truncate(last, 30)  # power loss while its only record was being written
+    with closing(Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1024)) as reopened:
+        assert [r.number for r in reopened.read(100)] == list(range(15))
+        assert reopened.lost["torn"] == 1  # counted
+        assert fill(reopened, 1) == [16]  # and its number is not given again
+
+
 def test_rewind_after_a_failed_send_reads_from_the_first_undelivered_record(tmp_path):
     spool = opened(tmp_path, max_bytes=1 << 20)
     fill(spool, 6)

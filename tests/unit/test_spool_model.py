@@ -22,7 +22,8 @@ and spent minutes shrinking it under hypothesis' line tracer; the explain phase 
 Bugs it found: a torn segment with no whole record deleted uncounted; numbers given twice after a
 torn tail; under drop_oldest, a delivered record read again after the segment before it was
 dropped (SPOOL_MODEL_SEED=3650912270), and a segment dropped on a read-only folder counted yet back
-at the next start (SPOOL_MODEL_SEED=890602386); the last two have regression tests in test_spool.py."""
+at the next start (SPOOL_MODEL_SEED=890602386); all but the second have regression tests in
+test_spool.py."""
 import collections
 import json
 import os
