@@ -503,7 +503,10 @@ class Spool:
             self._unlink_later[segment.path] = range(segment.first, segment.end)  # type: ignore[index]
 
     def rewind(self) -> None:
-        """Read again from the first record not committed, skipping those acknowledged since."""
+        """Read again from the first record not committed, skipping those acknowledged since.
+        Ends what was in flight: a handed-out record whose segment was dropped counts as lost now.
+        A late acknowledgement is still honoured (the record is not read again), unless its
+        segment is dropped before it comes (then it was counted as dropped)."""
         self._settle_in_flight_lost()
         self._read_next = self._committed
 
