@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 import time
 
 import pytest
