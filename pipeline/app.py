@@ -1,78 +1,52 @@
-"""The Runtime: builds every stage from a Config, runs until a signal, and stops them in order.
+"""The Runtime: builds every part from a Config, runs until a signal, and stops them in order.
 
 Threads: one per camera (demux + decode), and per lane the inference pipeline's (prepare, K
 engine runs, finish: see inference_worker); everything else (Kafka, HTTP, signals) runs on one
 asyncio loop. Results and state changes cross into the loop with `call_soon_threadsafe`; every
 hand-off is bounded and every drop counted.
 
-A lane is one engine with its batcher and inference pipeline: one per GPU on the GPU path
-(cameras placed by `gpu:` or evenly), a single one on the CPU path, and a second one beside each
-for the cameras a canary model serves (`canary:`).
+The parts: the lanes (pipeline.lanes: an engine with its batcher and inference pipeline, per GPU
+and model), the fleet (pipeline.fleet: the one owner of the running cameras, which reload,
+placement and shutdown all go through), the placement node (pipeline.placement.node, with
+`placement.mode: kafka-group`), the publisher and the HTTP server. This module wires them and
+keeps the lifecycle, the signals, the hand-offs from threads to the loop, and health.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-import os
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CameraConfig, Config, ConfigError, ModelConfig, load_config
-from pipeline.core import CameraState, EngineError, FrameResult, ModelRef
-from pipeline.gpu import Gpu, GpuProbe, PathChoice, TransferCounter, choose_path, nvdec_problem, place_cameras, probe
-from pipeline.native_output import NativeStdout
-from pipeline.placement import camera_cost, default_capacity
-from pipeline.placement_group import Assignment, GroupMember, control_topic, placement_map
-from pipeline.api.detect import DetectService, DetectTarget
+from pipeline.api.detect import DetectService
 from pipeline.api.server import Endpoints, HttpServer, load_tokens
-from pipeline.inference_worker import InferenceWorker
+from pipeline.config import CameraConfig, Config, ConfigError, load_config
+from pipeline.core import CameraState, EngineError, FrameResult, ModelRef
+from pipeline.fleet import CAMERA_JOIN_S, Fleet
+from pipeline.gpu import Gpu, GpuProbe, PathChoice, choose_path, nvdec_problem, probe
+from pipeline.lanes import Lane, Lanes
 from pipeline.logs import add_secrets, log_event
+from pipeline.messages import encode_detections, encode_status, rfc3339_ms
 from pipeline.metrics import Metrics
+from pipeline.native_output import NativeStdout
+from pipeline.placement.node import PlacementNode
 from pipeline.preview import PreviewHub
 from pipeline.reload import plan_reload
 from pipeline.s1_source import CameraWorker, ffmpeg_warnings_on
 from pipeline.s2_decode import cpu_decoder
-from pipeline.s2_nvdec import nvdec_decoder
-from pipeline.s3_batch import DeadlineBatcher
-from pipeline.s4_infer import Engine, load_engine
-from pipeline.s4_infer.preprocess import CpuPreprocessor
-from pipeline.s5_postprocess import detect_layout, detections_for_image
-from pipeline.s5_track import Trackers, TrackSettings
-from pipeline.s6_publish import (
-    KafkaPublisher, Outgoing, encode_detections, encode_status, rfc3339_ms, security_options,
-)
+from pipeline.s4_infer import Engine
+from pipeline.s4_infer.loader import load_engine
+from pipeline.s6_publish import KafkaPublisher, Outgoing
 from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
-CAMERA_JOIN_S = 2.0
-INFERENCE_JOIN_S = 5.0
 STATUS_INTERVAL_S = 10.0  # how often systemd's STATUS line is refreshed when there is no watchdog
-
-
-@dataclass
-class Lane:
-    """One engine with its batcher and inference pipeline, and the cameras it serves."""
-
-    gpu: Any  # pipeline.gpu.Gpu, or None on the CPU path
-    cameras: list[CameraConfig]
-    engine: Engine
-    batcher: DeadlineBatcher
-    inference: InferenceWorker
-    trackers: Trackers
-    detect: DetectTarget  # what /v1/detect sends this lane's images through
-    canary: bool = False  # serves `canary.cameras` with `canary.model`
-
-    @property
-    def name(self) -> str:
-        """"cpu" or the GPU index, with "-canary" for the canary model's lane."""
-        return f"{'cpu' if self.gpu is None else self.gpu.index}{'-canary' if self.canary else ''}"
 
 
 class Runtime:
@@ -104,20 +78,21 @@ class Runtime:
         self._native_stdout: NativeStdout | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
-        self._lanes: list[Lane] = []
-        self._gpus: dict[int, Any] = {}  # index -> pipeline.gpu.Gpu, shared by that GPU's lanes
+        self._lanes: Lanes | None = None  # built at start, once the execution path is known
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics)
-        self._cameras: dict[str, CameraWorker] = {}
-        self._camera_lane: dict[str, Lane] = {}
+        self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
+        self._fleet = Fleet(lambda camera: self._lanes.lane_for(camera), self._make_worker,
+                            self.preview.forget if self.preview is not None else lambda camera_id: None)
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
-        self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
         self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
         placement = config.placement
-        self._member: GroupMember | None = None  # placement.mode kafka-group: our membership
         self.node = (placement.node_id or socket.gethostname()) if placement.mode == "kafka-group" else None
-        self._reported_unplaced: set[str] = set()
+        self._placement = (PlacementNode(lambda: self.config, self.node, self._fleet, self.metrics,
+                                         lambda topic, key, value: self._publisher.offer(Outgoing(topic, key, value)),
+                                         self._publish_status)
+                           if self.node is not None else None)
         detect = (DetectService(self._detect_targets, config.api.detect, self.metrics.detect_seconds.observe)
                   if config.api.detect.enabled else None)
         if detect is not None:
@@ -137,10 +112,10 @@ class Runtime:
         health_loop = None
         try:
             await self._startup()
-            log_event(log, logging.INFO, "running", cameras=len(self._cameras),
+            log_event(log, logging.INFO, "running", cameras=len(self._fleet),
                       metrics=f"{self.config.metrics.host}:{self._http.bound_port}",
                       **({"placement": f"group {self.config.placement.group}, node {self.node}: cameras as the "
-                          "group assigns them"} if self._member is not None else {}))
+                          "group assigns them"} if self._grouped else {}))
             self._notifier.ready(self.status_line())
             if self._notifier.enabled:
                 health_loop = asyncio.get_running_loop().create_task(self._notify_health())
@@ -172,9 +147,9 @@ class Runtime:
 
     def status_line(self) -> str:
         """One line for `systemctl status`: cameras streaming and the broker's state."""
-        streaming = sum(1 for w in self._cameras.values() if w.state == CameraState.STREAMING)
+        streaming = sum(1 for _, w in self._fleet.items() if w.state == CameraState.STREAMING)
         kafka = "connected" if self._publisher.connected else "not connected"
-        line = f"{streaming}/{len(self._cameras)} cameras streaming; Kafka {kafka}"
+        line = f"{streaming}/{len(self._fleet)} cameras streaming; Kafka {kafka}"
         spool = self._publisher.spool_health()
         return line if spool["state"] == "ok" else f"{line}; spool degraded: {spool['reason']}"
 
@@ -182,26 +157,28 @@ class Runtime:
         """Begin an orderly shutdown (safe to call from the loop)."""
         self._stop.set()
 
+    @property
+    def _grouped(self) -> bool:
+        """Placement is on and this node has joined (or is joining) its group."""
+        return self._placement is not None and self._placement.member is not None
+
     async def _startup(self) -> None:
-        cfg = self.config
         await self._http.start()
         self._path = path = await self._checked_path()
         if path.on_gpu:
             self.metrics.watch_gpus()
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
-        grouped = cfg.placement.mode == "kafka-group"
-        for (gpu_index, canary), cameras in self._camera_lanes().items():
-            gpu = None if gpu_index is None else self._gpu(gpu_index)
-            # with placement, every lane is made (so any camera can be taken) and starts empty
-            self._lanes.append(await asyncio.to_thread(self._build_lane, gpu, [] if grouped else cameras, canary))
+        self._lanes = Lanes(lambda: self.config, path, self.metrics, engine_loader=self._engine_loader,
+                            gpu_devices=lambda: self._gpu_probe().devices, gpu_factory=self._gpu_factory,
+                            decoder_factory=self._decoder_factory, preview=self.preview, emit=self._emit_results)
+        await self._lanes.build(empty=self._placement is not None)  # with placement, the group fills the lanes
         await self._publisher.start()
         ffmpeg_warnings_on()  # the camera threads count RTP packet loss from them
-        for lane in self._lanes:
-            lane.inference.start()
-            for camera in list(lane.cameras):
-                self._start_camera(camera, lane)
-        if grouped:
-            await self._join_placement_group()
+        self._lanes.start()
+        if self._placement is None:
+            await self._fleet.converge(self.config.cameras)
+        else:
+            await self._placement.start(len(self._lanes.gpus), path.on_gpu)
 
     async def _checked_path(self) -> PathChoice:
         """The execution path; NVDEC only where it can work (checked once, here: a missing video
@@ -222,84 +199,33 @@ class Runtime:
         log_event(log, logging.WARNING, "NVDEC unusable; decoding on the CPU (PyAV) instead", why=problem)
         return PathChoice(path.backend, "pyav", f"{path.why}; {problem}")
 
-    # ------------------------------------------------------------------ placement (several nodes)
-    async def _join_placement_group(self) -> None:
-        cfg = self.config
-        placement = cfg.placement
-        capacity = placement.capacity or default_capacity(len(self._gpus), os.cpu_count() or 1, self._path.on_gpu)
-        self._member = GroupMember(
-            bootstrap=cfg.kafka.bootstrap_servers, group=placement.group, node=self.node, capacity=capacity,
-            costs=lambda: {c.id: camera_cost(c.fps, c.cost) for c in self.config.cameras},
-            apply=self._apply_assignment, session_timeout_s=placement.session_timeout_s,
-            heartbeat_s=placement.heartbeat_s, rebalance_timeout_s=placement.rebalance_timeout_s,
-            client_options=security_options(cfg.kafka))
-        self.metrics.placement_capacity.set(capacity)
-        await self._member.start()
+    def _make_worker(self, camera: CameraConfig, lane: Lane) -> CameraWorker:
+        """A camera's (unstarted) worker, feeding its lane's batcher."""
+        return CameraWorker(camera, self.config.source, self._lanes.decoder_for(camera, lane),
+                            lane.batcher.put, self.metrics, self._on_camera_state)
 
-    async def _apply_assignment(self, assignment: Assignment) -> set[str]:
-        """Run exactly the cameras the group gave this node: stop the others (those moving away
-        first, so a camera never runs on two nodes), start the new ones; the rest are untouched."""
-        known = {c.id: c for c in self.config.cameras}
-        wanted = {cam for cam in assignment.cameras if cam in known}
-        if self._stop.is_set():  # shutting down: start nothing more
-            wanted = set()
-        for cam in assignment.overlaps:
-            if cam in self._cameras:
-                self.metrics.placement_overlaps.labels(cam).inc()
-                log_event(log, logging.WARNING, "camera ran on another node too while this one was cut off from "
-                          "Kafka; stopped here", camera=cam, node=self.node, generation=assignment.generation)
-        stopped = [cam for cam in list(self._cameras) if cam not in wanted]
-        for cam in stopped:
-            await self._stop_camera(cam)
-        started = []
-        for camera in self.config.cameras:
-            if camera.id in wanted and camera.id not in self._cameras:
-                lane = self._lane_for(camera)
-                if lane is not None:
-                    self._start_camera(camera, lane)
-                    started.append(camera.id)
-        self._placement_view(assignment)
-        log_event(log, logging.INFO, "placement applied", node=self.node, generation=assignment.generation,
-                  cameras=sorted(self._cameras), started=started, stopped=stopped, moving=assignment.moving,
-                  unplaced=assignment.unplaced)
-        return set(self._cameras)
-
-    def _placement_view(self, assignment: Assignment) -> None:
-        """Metrics; and from the plan's maker: the map on the control topic, unplaced cameras on the status topic."""
-        costs = {c.id: camera_cost(c.fps, c.cost) for c in self.config.cameras}
-        self.metrics.placement_cameras.set(len(self._cameras))
-        self.metrics.placement_load.set(sum(costs.get(cam, 0) for cam in self._cameras))
-        self.metrics.placement_unplaced.set(len(assignment.unplaced))
-        self.metrics.placement_rebalances.inc()
-        if not assignment.led:
-            return
-        group = self.config.placement.group
-        self._publisher.offer(Outgoing(control_topic(group), group, placement_map(assignment, group)))
-        total = sum(node["capacity"] for node in assignment.nodes.values())
-        for cam in sorted(set(assignment.unplaced) - self._reported_unplaced):
-            self._publish_status(cam, CameraState.STOPPED, f"unplaced: no node of group {group} has room for it "
-                                 f"(cost {costs.get(cam, 0):g} 1080p-frames/s; the group's capacity {total:g}); add a "
-                                 "node or raise placement.capacity", time.time())
-        self._reported_unplaced = set(assignment.unplaced)
-
-    def _start_camera(self, camera: CameraConfig, lane: Lane) -> None:
-        worker = CameraWorker(camera, self.config.source, self._camera_decoder(camera, lane),
-                              lane.batcher.put, self.metrics, self._on_camera_state)
-        self._cameras[camera.id] = worker
-        self._camera_lane[camera.id] = lane
-        if camera not in lane.cameras:
-            lane.cameras.append(camera)
-        worker.start()
-
-    async def _stop_camera(self, camera_id: str) -> None:
-        worker, lane = self._cameras.pop(camera_id), self._camera_lane.pop(camera_id)
-        if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S):
-            log_event(log, logging.WARNING, "camera thread still blocked; abandoning it", camera=camera_id)
-        lane.batcher.remove_camera(camera_id)
-        lane.trackers.forget(camera_id)
-        if self.preview is not None:
-            self.preview.forget(camera_id)
-        lane.cameras[:] = [c for c in lane.cameras if c.id != camera_id]
+    async def _shutdown(self) -> None:
+        started = time.monotonic()
+        if self._reloading is not None:  # let a reload in progress finish starting or stopping cameras
+            await asyncio.gather(self._reloading, return_exceptions=True)
+        await self._fleet.close()  # every camera asked to stop; later changes (assignments) do nothing
+        if self._lanes is not None:
+            self._lanes.close_batchers()
+            await self._lanes.stop_inference()
+        blocked = await self._fleet.join(CAMERA_JOIN_S)
+        if blocked:
+            log_event(log, logging.WARNING, "camera threads still blocked at shutdown; abandoning them",
+                      cameras=blocked)
+        await asyncio.sleep(0)  # run the result/status callbacks the threads scheduled last
+        if self._placement is not None:  # after the cameras stopped: they start elsewhere only once stopped here
+            await self._placement.stop()
+        await self._publisher.stop(self.config.kafka.stop_timeout_s)
+        await self._http.stop()
+        if self._lanes is not None:
+            self._lanes.close()
+        if self._native_stdout is not None:
+            self._native_stdout.stop()
+        log_event(log, logging.INFO, "stopped", seconds=round(time.monotonic() - started, 2))
 
     # ------------------------------------------------------------------ hot reload (SIGHUP)
     async def reload(self) -> bool:
@@ -320,165 +246,18 @@ class Runtime:
             log_event(log, logging.WARNING, "config changes outside cameras take effect at the next start",
                       sections=list(plan.needs_restart))
         add_secrets(new.secrets())
-        ran_here = set(self._cameras)
-        for camera_id in [*plan.removed, *(c.id for c in plan.changed)]:
-            if camera_id in ran_here:  # with placement: only what this node runs
-                await self._stop_camera(camera_id)
         self.config = self.config.model_copy(update={"cameras": new.cameras})
-        grouped = self._member is not None  # then the group places added cameras; a changed one restarts where it ran
-        for camera in [*plan.changed, *([] if grouped else plan.added)]:
-            lane = self._lane_for(camera) if not grouped or camera.id in ran_here else None
-            if lane is not None:
-                self._start_camera(camera, lane)
-        if grouped:
-            self._member.request_rejoin()  # the leader plans with the new list
+        changed = [c.id for c in plan.changed]
+        if self._grouped:  # the group places added cameras; a changed one restarts where it ran
+            await self._fleet.converge(lambda running: [c for c in new.cameras if c.id in running], restart=changed)
+            self._placement.request_rejoin()  # the leader plans with the new list
+        else:
+            await self._fleet.converge(new.cameras, restart=changed)
         self.metrics.config_reloads.labels("applied").inc()
         log_event(log, logging.INFO, "config reloaded", added=[c.id for c in plan.added],
-                  removed=list(plan.removed), changed=[c.id for c in plan.changed],
-                  unchanged=len(self._cameras) - len(plan.added) - len(plan.changed))
+                  removed=list(plan.removed), changed=changed,
+                  unchanged=len(self._fleet) - len(plan.added) - len(plan.changed))
         return True
-
-    def _lane_for(self, camera: CameraConfig) -> Lane | None:
-        """The lane a camera added at run time goes to: of its model (main or canary), its GPU's
-        or the least loaded."""
-        canary = self._is_canary(camera)
-        lanes = [lane for lane in self._lanes if lane.canary == canary]
-        if camera.gpu is not None and self._path.on_gpu:
-            lanes = [lane for lane in lanes if lane.gpu.index == camera.gpu]
-        if not lanes:
-            log_event(log, logging.ERROR, "camera not started: no lane for its GPU and model; restart to use it",
-                      camera=camera.id, gpu=camera.gpu, canary=canary)
-            return None
-        return min(lanes, key=lambda lane: len(lane.cameras))
-
-    def _is_canary(self, camera: CameraConfig) -> bool:
-        return self.config.canary is not None and camera.id in self.config.canary.cameras
-
-    def _camera_lanes(self) -> dict[tuple[int | None, bool], list[CameraConfig]]:
-        """(GPU index or None for the CPU, canary?) -> its cameras, in config order; only pairs
-        with cameras get a lane."""
-        cfg = self.config
-        placed: dict[str, int | None] = {c.id: None for c in cfg.cameras}
-        gpus: list[int | None] = [None]
-        if self._path.on_gpu:
-            gpus = cfg.gpu.devices or list(range(self._gpu_probe().devices))
-            placed = place_cameras({c.id: c.gpu for c in cfg.cameras}, gpus)
-        lanes: dict[tuple[int | None, bool], list[CameraConfig]] = {}
-        for camera in cfg.cameras:
-            lanes.setdefault((placed[camera.id], self._is_canary(camera)), []).append(camera)
-            if placed[camera.id] is not None:
-                self.metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
-        # a replica whose share is empty still loads the model: ready, and able to take cameras a reload adds
-        return lanes or {(gpus[0], False): []}
-
-    def _gpu(self, index: int):
-        """The Gpu of `index`, made once, on the loop's thread: the thread that closes it at
-        shutdown (pycuda releases a context only on the thread that retained it)."""
-        if index not in self._gpus:  # making a Gpu imports pycuda: GPU path only
-            transfers = TransferCounter(
-                lambda direction, n: self.metrics.gpu_copy_bytes.labels(str(index), direction).inc(n))
-            self._gpus[index] = self._gpu_factory(index, transfers)
-        return self._gpus[index]
-
-    def _build_lane(self, gpu, cameras: list[CameraConfig], canary: bool = False) -> Lane:
-        """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
-        cfg, path = self.config, self._path
-        model = cfg.canary.model if canary else cfg.model
-        gpu_index = None if gpu is None else gpu.index
-        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
-        info = engine.info
-        model_ref = info.ref(engine.backend)
-        self.metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
-        layout = model.layout if model.layout != "auto" else detect_layout(
-            info.output_shape, len(info.labels) or None, info.metadata
-        )
-        log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
-                  model=info.name, backend=engine.backend, canary=canary)
-        max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
-                        engine.max_useful_batch or cfg.batching.max_batch)
-        if max_batch != cfg.batching.max_batch:
-            log_event(log, logging.INFO, "batch size capped", configured=cfg.batching.max_batch,
-                      used=max_batch, why="model's fixed batch or engine runs batches in parallel")
-        batcher = DeadlineBatcher(
-            max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
-            on_drop=lambda cam, reason: self.metrics.frames_dropped.labels(cam, reason).inc(),
-            request_queue=cfg.api.detect.queue,
-        )
-        trackers = Trackers(functools.partial(self._track_settings, model), self.metrics)
-        postprocess = functools.partial(  # weak boxes too, for tracking; Trackers publishes the confident
-            detections_for_image, layout=layout, labels=info.labels, confidence=self._lowest_confidence(model),
-            iou=model.iou, max_detections=model.max_detections,
-        )
-        runs = engine.concurrency
-        if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
-            preprocessors = engine.preprocessors(runs + 1, max_batch)
-        else:
-            preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
-        emit = functools.partial(self._emit_results, model_ref, f"{info.name}@{info.sha256[:12]}")
-        name = ("" if gpu_index is None else f"gpu{gpu_index}") + ("canary" if canary else "")
-        inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
-                                    emit, self.metrics, name=name,
-                                    keep_pictures=self.preview.offer if self.preview else None,
-                                    track=trackers.track)
-        detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
-                              gpu if path.decoder == "nvdec" else None)
-        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
-
-    def _lowest_confidence(self, model: ModelConfig) -> float:
-        """The threshold postprocessing keeps boxes at: tracking's weak boxes, where any camera is tracked."""
-        cfg = self.config
-        low = [cfg.tracking_for(c).low_confidence for c in cfg.cameras if cfg.tracking_for(c).enabled]
-        if cfg.tracking.enabled:
-            low.append(cfg.tracking.low_confidence)
-        return min([model.confidence, *low])
-
-    def _track_settings(self, model: ModelConfig, camera_id: str) -> TrackSettings:
-        """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""
-        camera = next((c for c in self.config.cameras if c.id == camera_id), None)
-        cfg = self.config.tracking if camera is None else self.config.tracking_for(camera)
-        max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
-        return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
-                             max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks)
-
-    def _camera_decoder(self, camera: CameraConfig, lane: Lane) -> Callable:
-        """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
-        if self._path.decoder != "nvdec":
-            return self._decoder_factory
-        count = functools.partial(lambda cam, kind: self.metrics.source_errors.labels(cam, kind).inc(), camera.id)
-        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count,
-                                 pool_frames=InferenceWorker.frames_in_flight(lane.engine.concurrency))
-
-    async def _shutdown(self) -> None:
-        started = time.monotonic()
-        if self._reloading is not None:  # let a reload in progress finish starting or stopping cameras
-            await asyncio.gather(self._reloading, return_exceptions=True)
-        for worker in self._cameras.values():
-            worker.request_stop()
-        for lane in self._lanes:
-            lane.batcher.close()
-        for lane in self._lanes:
-            if not await asyncio.to_thread(lane.inference.stop, INFERENCE_JOIN_S):
-                log_event(log, logging.WARNING, "inference thread did not stop in time", lane=lane.name)
-        blocked = [
-            cam for cam, worker in self._cameras.items()
-            if not await asyncio.to_thread(worker.stop, CAMERA_JOIN_S / max(1, len(self._cameras)))
-        ]
-        if blocked:
-            log_event(log, logging.WARNING, "camera threads still blocked at shutdown; abandoning them",
-                      cameras=blocked)
-        await asyncio.sleep(0)  # run the result/status callbacks the threads scheduled last
-        if self._member is not None:  # after the cameras stopped: they start elsewhere only once stopped here
-            await self._member.stop()
-        await self._publisher.stop(self.config.kafka.stop_timeout_s)
-        await self._http.stop()
-        for lane in self._lanes:
-            lane.engine.close()
-            lane.inference.close()
-        for gpu in self._gpus.values():  # after everything that holds GPU memory; on the loop's thread
-            gpu.close()
-        if self._native_stdout is not None:
-            self._native_stdout.stop()
-        log_event(log, logging.INFO, "stopped", seconds=round(time.monotonic() - started, 2))
 
     def _capture_signals(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
@@ -524,7 +303,7 @@ class Runtime:
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         """Called on camera threads."""
         self._reasons[camera_id] = reason
-        worker = self._cameras.get(camera_id)
+        worker = self._fleet.get(camera_id)
         transport = worker.transport if worker is not None and state is CameraState.STREAMING else None
         self._call_in_loop(self._publish_status, camera_id, state, reason, time.time(), transport)
 
@@ -554,63 +333,49 @@ class Runtime:
 
     # ------------------------------------------------------------------ health
     def camera_states(self) -> dict[str, str]:
-        """Camera id -> state, in config order."""
-        return {cam: worker.state.value for cam, worker in self._cameras.items()}
+        """Camera id -> state, in start order."""
+        return {cam: worker.state.value for cam, worker in self._fleet.items()}
 
     def camera_list(self) -> list[dict]:
         """The cameras for GET /v1/cameras (no URL: it may hold a password)."""
         now, out = time.time(), []
-        elsewhere = self._placed_elsewhere()
+        elsewhere = self._placement.placed_elsewhere() if self._placement is not None else {}
         for camera in self.config.cameras:
-            worker = self._cameras.get(camera.id)
+            worker = self._fleet.get(camera.id)
             health = worker.health() if worker is not None else {"state": "not_started", "last_frame_age_s": None}
             age = health["last_frame_age_s"]
             entry = {"id": camera.id, "state": health["state"], "reason": self._reasons.get(camera.id),
                      "fps": camera.fps, "last_frame_at": None if age is None else rfc3339_ms(now - age),
                      "transport": worker.transport if worker is not None else None}
-            if self._member is not None:  # which node runs it: this one, another, or none (unplaced)
+            if self._grouped:  # which node runs it: this one, another, or none (unplaced)
                 node = self.node if worker is not None else elsewhere.get(camera.id)
                 state = entry["state"] if worker is not None else "unplaced" if node is None else "elsewhere"
                 entry.update(node=node, state=state)
             out.append(entry)
         return out
 
-    def _placed_elsewhere(self) -> dict[str, str]:
-        """Camera -> the node the last plan gave it to (placement)."""
-        nodes = self._member.view.nodes if self._member is not None else {}
-        return {cam: node for node, info in nodes.items() for cam in info.get("cameras", [])}
-
-    def _detect_targets(self) -> list[DetectTarget]:
-        """The main model's lanes, for /v1/detect (a canary's lane serves only its cameras)."""
-        return [lane.detect for lane in self._lanes if not lane.canary]
+    def _detect_targets(self) -> list:
+        """The main model's lanes, for /v1/detect."""
+        return self._lanes.detect_targets() if self._lanes is not None else []
 
     def healthz(self) -> tuple[bool, dict]:
         """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""
-        if not self._lanes:
-            return True, {"inference": "starting"}
-        lanes = {lane.name: lane.inference.health() for lane in self._lanes}
-        return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
+        return self._lanes.health() if self._lanes is not None else (True, {"inference": "starting"})
 
     def readyz(self) -> tuple[bool, dict]:
         """Ready: model loaded, Kafka producer connected and at least one camera streaming. A spool
         whose disk refuses writes leaves it ready (messages still flow, held in memory) but is listed
         under `degraded`, with the reason."""
-        cameras = {cam: w.health() for cam, w in self._cameras.items()}
+        cameras = {cam: w.health() for cam, w in self._fleet.items()}
         streaming = sum(1 for h in cameras.values() if h["state"] == CameraState.STREAMING.value)
-        loaded = bool(self._lanes)
+        loaded = bool(self._lanes is not None and self._lanes.all)
         # a replica whose share of the cameras is empty is ready doing nothing
-        ready = loaded and self._publisher.connected and (streaming > 0 or not self._cameras)
+        ready = loaded and self._publisher.connected and (streaming > 0 or not cameras)
         kafka = self._publisher.health()
         degraded = [kafka["spool"]["reason"]] if kafka["spool"]["state"] != "ok" else []
         body = {"degraded": degraded, "model_loaded": loaded, "kafka": kafka, "cameras_streaming": streaming,
                 "cameras": cameras}
-        if self._member is not None:
-            view = self._member.view
-            body["placement"] = {"group": self.config.placement.group, "node": self.node, "joined": view.joined,
-                                 "generation": view.generation, "capacity": self._member.capacity,
-                                 "nodes": view.nodes, "unplaced": view.unplaced, "moving": view.moving}
-            if view.unplaced:
-                degraded.append(f"{len(view.unplaced)} cameras unplaced ({', '.join(view.unplaced[:10])}): no node of "
-                                f"group {self.config.placement.group} has room; add a node or raise placement.capacity")
+        if self._grouped:
+            body["placement"], more = self._placement.readiness()
+            degraded.extend(more)
         return ready, body
-

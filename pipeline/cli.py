@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_placement(config: Config, timeout: float) -> int:
     """The last map the group's leader published on the control topic, as a table."""
-    from pipeline.placement_group import read_placement_map
+    from pipeline.placement.group import read_placement_map
 
     group = config.placement.group
     found, why = asyncio.run(read_placement_map(config.kafka, group, timeout))

@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline.core import EngineError
 
 GPU_MODULES = ("pycuda", "PyNvVideoCodec", "tensorrt")
-# The prebuilt kernel's builds (scripts/build_kernels.py), newest toolkit first: (the least CUDA
+# The prebuilt kernel's builds (scripts/model/build_kernels.py), newest toolkit first: (the least CUDA
 # version the driver must support, the file's suffix, the driver that is). A fatbin loads on a
 # driver at least as new as the toolkit's major release (CUDA minor-version compatibility).
 KERNEL_BUILDS = ((13000, ".fatbin", "R580 (580.65.06) or newer"), (12000, ".cuda12.fatbin", "R525 or newer"))
@@ -178,7 +178,7 @@ def _cuda_version(driver_version: int) -> str:
     return f"{driver_version // 1000}.{driver_version % 1000 // 10}"
 
 
-def place_cameras(camera_gpus: dict[str, int | None], gpus: list[int]) -> dict[str, int]:
+def assign_gpus(camera_gpus: dict[str, int | None], gpus: list[int]) -> dict[str, int]:
     """Camera -> GPU: cameras with `gpu:` set go there; the others are spread evenly, in order,
     each to the GPU with the fewest cameras so far (ties: the lowest index)."""
     if not gpus:
@@ -415,7 +415,7 @@ class Gpu:
             return self._own(Event(self, self._cuda.Event()))
 
     def kernel(self, fatbin: Path, name: str):
-        """A kernel from a fatbin built ahead by scripts/build_kernels.py (SASS for common GPUs
+        """A kernel from a fatbin built ahead by scripts/model/build_kernels.py (SASS for common GPUs
         plus PTX the driver compiles for newer ones), loaded once per GPU: the CUDA 13 build on a
         driver for CUDA 13, else the CUDA 12.8 one (`fatbin` names the CUDA 13 file). Nothing is
         compiled here: a service has neither nvcc on its PATH nor a writable compiler cache."""

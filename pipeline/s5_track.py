@@ -22,8 +22,8 @@ Identity over what detectors and scenes do to it:
   class for it) starts nothing and is not published; a new box over a live track starts a track
   that is published only when it is seen again (until then its box goes out without an id).
 
-Tuned on the breaker scenes (scripts/breaker_scenes.py, seeds 31-33) and held-out ones, with the
-tracking scenes as a guard (scripts/bench_tracking.py score; docs/accuracy.md).
+Tuned on the breaker scenes (scripts/lab/breaker_scenes.py, seeds 31-33) and held-out ones, with the
+tracking scenes as a guard (scripts/bench/bench_tracking.py score; docs/accuracy.md).
 
 Time, not frame count: cameras are sampled, frames are superseded under load, cameras
 reconnect. Prediction steps by the media time (`pts`, the camera's own capture clock) between
@@ -105,7 +105,7 @@ class BoxFilter:
 
     With diagonal noise the four coordinates are independent filters of (value, rate), so each
     is a 2x2 covariance kept as three floats: plain Python arithmetic, several times cheaper per
-    track than numpy's per-call overhead on 8x8 matrices (scripts/bench_tracking.py cost)."""
+    track than numpy's per-call overhead on 8x8 matrices (scripts/bench/bench_tracking.py cost)."""
 
     __slots__ = ("t", "x", "v", "p00", "p01", "p11")
 

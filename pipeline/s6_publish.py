@@ -1,4 +1,4 @@
-"""Publish: detection and camera-status messages as versioned JSON to Kafka (aiokafka).
+"""Publish: the daemon's messages (their bytes: pipeline.messages) to Kafka with aiokafka.
 
 Hand-over: `offer()` never blocks (inference must not wait on Kafka). Every message is appended to
 the on-disk spool (s6_spool) and sent from there in order, one message per camera (Kafka key) in
@@ -41,7 +41,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -49,8 +49,10 @@ from aiokafka.errors import (
 )
 
 from pipeline.config import KafkaConfig
-from pipeline.core import CameraState, Detection, FrameResult, ModelRef, PipelineError
+from pipeline.core import PipelineError
+from pipeline.kafka_security import security_options
 from pipeline.logs import log_event
+from pipeline.messages import rfc3339_ms
 from pipeline.metrics import Metrics
 from pipeline.s6_spool import LOST_REASONS, Record, Spool, SpoolFault, SpoolFull, SpoolUnavailable, SpoolUnusable
 
@@ -68,106 +70,10 @@ _LOST_WHY = {  # the log line for messages the spool had kept and then lost, by 
 }
 # Kafka will never take this message: sending it again would block its camera for good
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
-DETECTIONS_SCHEMA = "detections/v1"
-STATUS_SCHEMA = "camera-status/v1"
 
 
 class PublishError(PipelineError):
     """Messages cannot be published or kept (e.g. the spool folder is unusable)."""
-
-
-def rfc3339_ms(ts: float) -> str:
-    """UTC time as RFC 3339 with milliseconds, e.g. 2026-11-21T05:57:24.123Z."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: str | None = None) -> bytes:
-    """The detections/v1 message value for one inferred frame (`node`: the daemon's node id, with
-    placement on)."""
-    meta = result.meta
-    body = {
-        "schema": DETECTIONS_SCHEMA,
-        "camera_id": meta.camera_id,
-        "run_id": run_id,
-        "frame": {
-            "seq": result.seq,
-            "pts": meta.pts,
-            "captured_at": rfc3339_ms(meta.captured_at),
-            "clock": meta.clock,
-            "width": meta.width,
-            "height": meta.height,
-        },
-        "detections": [_detection(d, result.tracks is not None) for d in result.detections],
-        "model": {"name": model.name, "sha256": model.sha256, "backend": model.backend},
-    }
-    if node is not None:
-        body["node"] = node
-    if result.tracks is not None:
-        body["tracks"] = {
-            "started": list(result.tracks.started),
-            "ended": [{"track_id": t.track_id, "label": t.label, "first_seen": rfc3339_ms(t.first_seen),
-                       "last_seen": rfc3339_ms(t.last_seen), "detections": t.detections, "reason": t.reason}
-                      for t in result.tracks.ended],
-        }
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _detection(d: Detection, tracked: bool) -> dict:
-    out = {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
-    if tracked:
-        out["track_id"] = d.track_id
-        if d.track_id is not None and d.track_class_id is not None:
-            out["track_class_id"], out["track_label"] = d.track_class_id, d.track_label
-    return out
-
-
-def camera_status(state: CameraState, previous: CameraState | None) -> str:
-    """The coarse status consumers act on: connecting, connected, reconnecting, disconnected, stopped."""
-    if state is CameraState.STREAMING:
-        return "connected"
-    if state is CameraState.CONNECTING:
-        return "connecting" if previous in (None, CameraState.STOPPED) else "reconnecting"
-    if state is CameraState.STOPPED:
-        return "stopped"
-    return "disconnected"
-
-
-def encode_status(camera_id: str, state: CameraState, previous: CameraState | None, reason: str, at: float,
-                  transport: str | None = None, node: str | None = None) -> bytes:
-    """The camera-status/v1 message value for one state change (`transport`: what a streaming
-    camera's RTP comes over)."""
-    body = {
-        "schema": STATUS_SCHEMA,
-        "camera_id": camera_id,
-        "status": camera_status(state, previous),
-        "state": state.value,
-        "reason": reason,
-        "at": rfc3339_ms(at),
-    }
-    if transport is not None:
-        body["transport"] = transport
-    if node is not None:
-        body["node"] = node
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def security_options(config: KafkaConfig) -> dict:
-    """aiokafka's security arguments for the configured protocol, TLS and SASL settings."""
-    options: dict = {"security_protocol": config.security_protocol}
-    if config.security_protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        tls = config.tls
-        context = create_ssl_context(
-            cafile=tls.cafile if tls else None, certfile=tls.certfile if tls else None,
-            keyfile=tls.keyfile if tls else None,
-        )
-        context.check_hostname = tls.check_hostname if tls else True
-        options["ssl_context"] = context
-    if config.sasl is not None:
-        options.update(sasl_mechanism=config.sasl.mechanism, sasl_plain_username=config.sasl.username,
-                       sasl_plain_password=config.sasl.password)
-    return options
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """Run the daemon on three demo cameras served locally, with a local broker, and print detections.
 
-    .venv/bin/python scripts/demo.py [--seconds N] [--restart-after S]
+    bash scripts/demo.sh [--seconds N] [--restart-after S]     (or .venv/bin/python -m scripts.demo ...)
 
-Starts GStreamer's RTSP server with three generated scenes (scripts/scenes.py: discs, squares,
+Starts GStreamer's RTSP server with three generated scenes (scripts/lab/scenes.py: discs, squares,
 triangles and crosses moving over noisy backgrounds; 1080p, 720p and 4:3), a Tansu Kafka-protocol
 broker, and `rtsp-pipeline run --config configs/demo.yaml` with the shapes detector; then reads the
 detections and camera-status topics and prints a line per message. Ctrl-C (or --seconds) stops
@@ -16,12 +16,12 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.scenes import GENERATOR_VERSION, Scene  # noqa: E402
-from scripts.testbed import REPO, Broker, Daemon, RtspServer, consume, free_port  # noqa: E402
-
+from scripts.lab.broker import Broker, consume
+from scripts.lab.cameras import RtspServer
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import Daemon
+from scripts.lab.scenes import GENERATOR_VERSION, Scene
 
 CLIPS = {"lobby": (42, 1920, 1080), "yard": (43, 1280, 720), "dock": (44, 1024, 768)}  # seed, size
 

@@ -6,8 +6,8 @@
 # and exit 1 on any FAIL or SKIP (a claim not checked), or when no claim was made at all.
 # NOT-RUN is only what a test says may lawfully be absent (TensorRT, which is not on PyPI).
 #
-#   bash scripts/gpu_wheels.sh                 # where the package registry is reachable: .whl/
-#   bash scripts/gpu_preflight.sh              # on the GPU machine first: ~30 s, what it has
+#   bash scripts/gpu/gpu_wheels.sh                 # where the package registry is reachable: .whl/
+#   bash scripts/gpu/gpu_preflight.sh              # on the GPU machine first: ~30 s, what it has
 #   bash scripts/gpu_check.sh                  # then the verdict, with .whl/ carried there
 #   REHEARSE=1 PY=python3.12 bash scripts/gpu_check.sh
 #                                              # anywhere: every step that needs no GPU (pycuda
@@ -20,7 +20,7 @@
 # against the real CUDA root behind a wrapper nvcc, the built wheel kept in $OUT to carry next
 # time); the GPU tests (expected ids listed first; one claim line per test as it ends; every
 # expected test without a line fails, as does a pytest exit that is not a result: a segfault,
-# an abort, a collection error, a timeout); scripts/bench_gpu.py (zero-copy claims, figures).
+# an abort, a collection error, a timeout); scripts/bench/bench_gpu.py (zero-copy claims, figures).
 # The CPU-side GPU tests are not run here: CI runs them.
 #
 # $OUT (default .cache/gpu-check, relative paths work) gets at most 5 files: claims.txt, log.txt,
@@ -64,7 +64,7 @@ limit() {  # a step's time: its own cap, within what is left of the run's budget
 
 finish() {  # the verdict from the claims file; never green without claims
   echo "---- $((SECONDS - started)) s" | tee -a "$LOG"
-  "$PY" scripts/gpu_verdict.py tally "$CLAIMS" | tee -a "$LOG"
+  "$PY" -m scripts.gpu.gpu_verdict tally "$CLAIMS" | tee -a "$LOG"
   exit "${PIPESTATUS[0]}"
 }
 
@@ -106,7 +106,7 @@ step_unpack() {
     echo "packages unpacked into $SITE" | tee -a "$LOG"
     cat "$SITE/MANIFEST.txt" >> "$LOG" 2>/dev/null
   else
-    claim FAIL "the carried packages unpack" "$WHL/gpu-site.tar.xz missing or broken (run scripts/gpu_wheels.sh)"
+    claim FAIL "the carried packages unpack" "$WHL/gpu-site.tar.xz missing or broken (run scripts/gpu/gpu_wheels.sh)"
     stop_here "nothing to test with"
   fi
 }
@@ -142,7 +142,7 @@ step_pycuda() {  # the carried wheel if it imports here; else built from its sdi
     return 0
   fi
   sdist=$(ls "$WHL"/pycuda-*.tar.gz 2>/dev/null | head -1)
-  [ -n "$sdist" ] || { claim FAIL "pycuda builds from its sdist" "no $WHL/pycuda-*.tar.gz (run scripts/gpu_wheels.sh)"; stop_here "no pycuda"; }
+  [ -n "$sdist" ] || { claim FAIL "pycuda builds from its sdist" "no $WHL/pycuda-*.tar.gz (run scripts/gpu/gpu_wheels.sh)"; stop_here "no pycuda"; }
   root=$(cuda_root) || { claim FAIL "pycuda builds from its sdist" "no CUDA toolkit with include/cuda.h (nvcc's TOP, \$CUDA_HOME, /usr/local/cuda)"; stop_here "no pycuda"; }
   libdir=$(libcuda_dir "$root") || { claim FAIL "pycuda builds from its sdist" "no libcuda.so.1 (NVIDIA driver missing?)"; stop_here "no pycuda"; }
   echo "CUDA root $root (nvcc on PATH: $(command -v nvcc)); libcuda from $libdir" >> "$LOG"
@@ -175,14 +175,14 @@ step_tests() {  # one claim per test, written as it ends; no line for an expecte
     -W ignore::DeprecationWarning --timeout "$TEST_TIMEOUT" --timeout-method=thread -rs "${select[@]}" "$GPU_TESTS" >> "$LOG" 2>&1
   rc=$?
   grep "^CLAIM " "$CLAIMS" | grep "| test: "
-  "$PY" scripts/gpu_verdict.py missing --expected "$WORK/expected.txt" --claims "$CLAIMS" --rc "$rc" --step "the GPU tests"
+  "$PY" -m scripts.gpu.gpu_verdict missing --expected "$WORK/expected.txt" --claims "$CLAIMS" --rc "$rc" --step "the GPU tests"
 }
 
 step_bench() {  # zero-copy as claims; decode and ceiling ratios as figures (decided beforehand)
   log_step bench
   local args=(--streams "$STREAMS" --seconds "$SECONDS_EACH" --out "$OUT/bench.json") rc
   [ "$REHEARSE" = 1 ] && args=(--cpu --streams 2 --seconds 3 --out "$OUT/bench.json")
-  timeout --kill-after=5 "$(limit 90)" "$PY" scripts/bench_gpu.py "${args[@]}" > "$WORK/bench.txt" 2>&1
+  timeout --kill-after=5 "$(limit 90)" "$PY" -m scripts.bench.bench_gpu "${args[@]}" > "$WORK/bench.txt" 2>&1
   rc=$?
   cat "$WORK/bench.txt" >> "$LOG"
   grep -E "^FIGURE \| " "$WORK/bench.txt" | tee -a "$CLAIMS"
@@ -191,7 +191,7 @@ step_bench() {  # zero-copy as claims; decode and ceiling ratios as figures (dec
     claim "$outcome" "${rest%% | *}" "${rest#* | }"
   done
   if [ $rc -ne 0 ] && ! grep -qE "^FAIL \| " "$WORK/bench.txt"; then
-    claim FAIL "scripts/bench_gpu.py runs to its end" "exit $rc: $(tail -2 "$WORK/bench.txt" | tr '\n' ' ' | cut -c1-300)"
+    claim FAIL "scripts/bench/bench_gpu.py runs to its end" "exit $rc: $(tail -2 "$WORK/bench.txt" | tr '\n' ' ' | cut -c1-300)"
   fi
 }
 

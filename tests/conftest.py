@@ -1,16 +1,11 @@
-"""Make `scripts.testbed` importable from tests (the repo root on sys.path), and audit the whole
-session for leaked credentials: every daemon log, HTTP body and Kafka message the tests saw."""
+"""The whole session's secret audit: every daemon log, HTTP body and Kafka message the tests saw
+is searched for the credentials the suite handed a daemon. (The harness, `scripts.lab`, is
+importable because pytest puts the repository root on sys.path: `pythonpath` in pyproject.toml.)"""
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts.testbed import TRANSCRIPTS_ENV, emitted_texts, secret_findings  # noqa: E402
+from scripts.lab.audit import TRANSCRIPTS_ENV, emitted_texts, secret_findings
 
 AUDIT_SUMMARY = pytest.StashKey[str]()
 

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from pipeline.alerting.rules import AlertEngine, AlertRules
 from pipeline.logs import log_event
-from pipeline.s6_publish import DETECTIONS_SCHEMA
+from pipeline.messages import DETECTIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT_MS = 500

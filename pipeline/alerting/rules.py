@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.config import CAMERA_ID, load_yaml_model
-from pipeline.s6_publish import rfc3339_ms
+from pipeline.messages import rfc3339_ms
 
 ALERTS_SCHEMA = "alerts/v2"
 

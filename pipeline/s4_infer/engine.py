@@ -1,4 +1,6 @@
-"""The engine interface every backend implements, model metadata, and backend selection.
+"""The engine interface every backend implements, and the model's description (what the pipeline
+needs to know of a model, read from its file). No backend is imported here: pipeline.s4_infer.loader
+imports the backends and picks one.
 
 An engine only runs tensors: it takes a float32 NCHW batch in [0, 1] and returns the model's first
 output. Decoding that output (YOLO layouts, NMS) is pipeline.s5_postprocess's job.
@@ -118,26 +120,3 @@ def describe_onnx(config: ModelConfig) -> ModelInfo:
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     return model_info(config, tuple(session.get_inputs()[0].shape), tuple(session.get_outputs()[0].shape),
                       metadata)
-
-
-def load_engine(config: ModelConfig, backend: str | None = None, gpu=None, max_batch: int = 8) -> Engine:
-    """Load the model with `backend` (default: the configured one; "auto" resolves to TensorRT
-    when the GPU path is usable here, else ONNX Runtime). `gpu` (a pipeline.gpu.Gpu) is the GPU
-    the engine runs on; `max_batch` sizes TensorRT's profile and input buffers."""
-    backend = backend or config.backend
-    if backend in ("auto", "tensorrt") and gpu is None:
-        from pipeline.gpu import choose_path, probe
-
-        backend = choose_path(backend, "pyav", probe()).backend  # EngineError: what is missing
-    if backend == "tensorrt":
-        from pipeline.gpu import Gpu
-        from pipeline.s4_infer.tensorrt_backend import TensorRTEngine
-
-        return TensorRTEngine(config, gpu or Gpu(0), max_batch)
-    if backend == "stub":
-        from pipeline.s4_infer.stub_backend import StubEngine
-
-        return StubEngine(config, gpu)
-    from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
-
-    return OnnxRuntimeEngine(config)

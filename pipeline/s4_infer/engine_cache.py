@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.core import EngineError
 from pipeline.logs import log_event
+from pipeline.s4_infer.engine import describe_onnx, file_sha256
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the build recipe below changes what a plan contains
@@ -119,8 +120,6 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     missing or unusable (or when `force`); EngineError then when `build` is False."""
     import tensorrt as trt  # lazy: only where TensorRT is installed
 
-    from pipeline.s4_infer.engine import file_sha256
-
     refuse_models_tensorrt_cannot_build(model)
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
                     model.tensorrt.precision, max_batch, model.input_size)
@@ -144,9 +143,7 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
 
 def refuse_models_tensorrt_cannot_build(model) -> None:
     """An ONNX file quantized for ONNX Runtime with asymmetric UINT8 activations (ours:
-    scripts/quantize_int8.py, U8S8) is refused up front: TensorRT takes symmetric INT8 Q/DQ only."""
-    from pipeline.s4_infer.engine import describe_onnx
-
+    scripts/model/quantize_int8.py, U8S8) is refused up front: TensorRT takes symmetric INT8 Q/DQ only."""
     quantized = describe_onnx(model).metadata.get("quantization", "")
     if "U8" in quantized:
         raise EngineError(f"{model.path.name} is quantized for ONNX Runtime ({quantized}): TensorRT takes symmetric "

@@ -1,7 +1,7 @@
 """GPU preprocessing: decoded NV12 surfaces letterboxed straight into the engine's device input.
 
 The CUDA kernel (letterbox_nv12.cu, built ahead into letterbox_nv12.fatbin by
-scripts/build_kernels.py and loaded once per GPU) reads a frame's NV12 planes where the decoder
+scripts/model/build_kernels.py and loaded once per GPU) reads a frame's NV12 planes where the decoder
 left them and writes slot i of the [B, 3, H, W] input buffer that the
 engine runs on, in the engine's input type (FP32 or FP16). No picture crosses to the host.
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pipeline.gpu import Gpu
 
 KERNEL_SOURCE = Path(__file__).with_name("letterbox_nv12.cu")
-KERNEL_FATBIN = KERNEL_SOURCE.with_suffix(".fatbin")  # scripts/build_kernels.py
+KERNEL_FATBIN = KERNEL_SOURCE.with_suffix(".fatbin")  # scripts/model/build_kernels.py
 PAD_VALUE = 114 / 255  # grey, as YOLO models are trained with; same as the CPU path
 BLOCK = (32, 8, 1)
 

@@ -8,7 +8,7 @@ measured 1.7 ms per 1080p frame against 3.1 ms for area scaling plus a staging b
 One swscale context per preprocessor, single-threaded and reused for every picture. PyAV's
 `frame.to_ndarray(width=..)` makes a new context per frame with automatic threads: on 2 cores it
 started and joined 2 slice threads per picture (1080p -> 320x180: 1.62 ms CPU instead of 0.55;
-scripts/bench_sws.py), and every picture still in flight kept its threads alive.
+scripts/bench/bench_sws.py), and every picture still in flight kept its threads alive.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 With GPU_CHECK_CLAIMS=FILE (scripts/gpu_check.sh sets it), every test of the session appends one
 line to FILE the moment its result is known, flushed and synced, so a run that dies afterwards
 (a segfault, an abort in a driver, the per-test timeout killing the process) keeps every line
-written before it; scripts/gpu_verdict.py then fails each expected test that has no line:
+written before it; scripts/gpu/gpu_verdict.py then fails each expected test that has no line:
 
     CLAIM PASS|FAIL|SKIP|NOT-RUN | the claim (the docstring's first line) | its figure | test: NODEID
 

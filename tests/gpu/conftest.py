@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.gpu import Gpu, probe
-from scripts.scenes import Scene
-from scripts.testbed import pyav_clip
+from scripts.lab.clips import pyav_clip
+from scripts.lab.scenes import Scene
 from tests.gpu.claims import pytest_collection_modifyitems as _claims_collected
 from tests.gpu.claims import pytest_runtest_logreport  # noqa: F401 - the claim line of each test
 from tests.gpu.standin import StandInGpu
@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(items):
 
 # ---------------------------------------------------------------------- clips
 def scene_frames(seed: int, width: int, height: int, frames: int):
-    """Rendered frames of a generated scene (scripts/scenes.py)."""
+    """Rendered frames of a generated scene (scripts/lab/scenes.py)."""
     scene = Scene(seed, width, height, frames=frames)
     return (scene.render(i)[0] for i in range(frames))
 

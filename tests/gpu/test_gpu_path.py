@@ -282,11 +282,11 @@ def test_no_image_crosses_to_the_host_only_the_pool_copy_on_the_gpu(gpu, clips):
 # ---------------------------------------------------------------------- detections
 def test_the_gpu_path_finds_what_the_cpu_path_finds_on_ground_truth_scenes(gpu, tmp_path, figure):
     """GPU decode + kernel give the same boxes as their arithmetic on the CPU (within 1 px), and precision/recall no more than 1 point below the CPU path's, on the held-out test scenes"""
-    from scripts.accuracy import TEST_CAMERAS, Score, match_frame
-    from scripts.scenes import Scene
-    from scripts.testbed import pyav_clip
     from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
     from pipeline.s5_postprocess import detections_for_image
+    from scripts.lab.accuracy import TEST_CAMERAS, Score
+    from scripts.lab.clips import pyav_clip
+    from scripts.lab.scenes import Scene
 
     engine = OnnxRuntimeEngine(ModelConfig(path=MODEL, input_size=320, confidence=0.35))
     post = functools.partial(detections_for_image, layout="yolov8", labels=engine.info.labels,
@@ -340,7 +340,7 @@ def test_the_gpu_path_finds_what_the_cpu_path_finds_on_ground_truth_scenes(gpu, 
 
 
 def _matched(detections, truth):
-    from scripts.accuracy import match_frame
+    from scripts.lab.accuracy import match_frame
 
     return match_frame([{"class_id": d.class_id, "confidence": d.confidence, "bbox": d.bbox} for d in detections],
                        truth)
@@ -420,9 +420,9 @@ def _iou(a, b):
 # ---------------------------------------------------------------------- the daemon
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory):
-    """Two 1080p cameras served by scripts/rtsp_relay.py (no GStreamer on the GPU machine)."""
-    from scripts.rtsp_relay import RtspRelay
-    from scripts.testbed import pyav_clip
+    """Two 1080p cameras served by scripts/lab/rtsp_relay.py (no GStreamer on the GPU machine)."""
+    from scripts.lab.clips import pyav_clip
+    from scripts.lab.rtsp_relay import RtspRelay
     from tests.gpu.conftest import scene_frames
 
     folder = tmp_path_factory.mktemp("relay")
@@ -440,7 +440,8 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     from pipeline.app import Runtime
     from pipeline.config import load_config
     from pipeline.gpu import GPU_MODULES, Gpu, GpuProbe
-    from scripts.testbed import Daemon, daemon_config, free_port, http_get, http_request, metric_values, wait_for
+    from scripts.lab.common import free_port, wait_for
+    from scripts.lab.daemons import Daemon, daemon_config, http_get, http_request, metric_values
 
     port = free_port()
     config = daemon_config(tmp_path / "gpu.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import REPO, Broker, DockerEngine, RtspServer, corrupt_ts, make_clip, tansu_binary, ts_clip
+from scripts.lab.broker import Broker, tansu_binary
+from scripts.lab.cameras import RtspServer
+from scripts.lab.clips import corrupt_ts, make_clip, ts_clip
+from scripts.lab.common import REPO
+from scripts.lab.dockerd import DockerEngine
 
 pytestmark = pytest.mark.integration
 CLIPS = {  # name: (width, height) -- three aspect ratios: 16:9, 4:3 and portrait
@@ -47,7 +51,7 @@ def _session_rtsp_server(clips):
 def rtsp_server(_session_rtsp_server):
     """The session's RTSP server, restarted on its port if it stopped answering. GStreamer's RTSP
     server stopped answering for the rest of a CI run when a shared media deadlocked its only
-    client thread; scripts/rtsp_server.py now avoids that (unshared media, a thread per client),
+    client thread; scripts/lab/rtsp_server.py now avoids that (unshared media, a thread per client),
     and this check stays as the safety net between modules."""
     server = _session_rtsp_server
     if not server.answers(next(iter(server.mounts))):

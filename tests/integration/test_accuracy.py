@@ -1,16 +1,16 @@
 """Accuracy end to end: generated scenes over RTSP -> the daemon -> Kafka, scored against the
-scenes' own ground truth (scripts/scenes.py) at IoU >= 0.5 in source pixels.
+scenes' own ground truth (scripts/lab/scenes.py) at IoU >= 0.5 in source pixels.
 
-The scene seeds (scripts/accuracy.TEST_CAMERAS, 9101-9103) are disjoint from training (1000+)
+The scene seeds (scripts/lab/accuracy.TEST_CAMERAS, 9101-9103) are disjoint from training (1000+)
 and validation (5000+)."""
 import pytest
 
-from scripts.accuracy import TEST_CAMERAS, best_offset, evaluate, report, run_on_scenes
-from scripts.testbed import REPO
+from scripts.lab.accuracy import TEST_CAMERAS, best_offset, evaluate, report, run_on_scenes
+from scripts.lab.common import REPO
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 # the model card's operating point, fixed by its rule before these test scenes were run: the
-# highest-F1 threshold on the validation scenes (seeds 5000-5002, `scripts/accuracy.py --run
+# highest-F1 threshold on the validation scenes (seeds 5000-5002, `.venv/bin/python -m scripts.lab.accuracy --run
 # --scenes validation --confidence 0.05 --sweep`)
 CONFIDENCE = 0.35
 PER_CAMERA = 40  # messages: 8 s of each camera at 5 fps

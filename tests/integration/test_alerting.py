@@ -1,6 +1,5 @@
 """The alerting consumer against the real broker: detections/v1 in (encoded as the daemon does),
 alerts/v2 out, offsets committed so a restart does not repeat alerts, junk skipped."""
-import asyncio
 import json
 import signal
 import subprocess
@@ -14,8 +13,10 @@ import jsonschema
 import yaml
 
 from pipeline.core import CameraState, Detection, FrameMeta, FrameResult, ModelRef
-from pipeline.s6_publish import encode_detections, encode_status
-from scripts.testbed import REPO, consume, produce, transcribe, wait_for
+from pipeline.messages import encode_detections, encode_status
+from scripts.lab.audit import transcribe
+from scripts.lab.broker import consume, produce
+from scripts.lab.common import REPO, wait_for
 
 SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v2.schema.json").read_text())
 IN_BAY = (400, 700, 500, 900)

@@ -6,7 +6,9 @@ import uuid
 from collections import Counter
 from datetime import datetime
 
-from scripts.testbed import REPO, Daemon, consume, daemon_config, free_port
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import Daemon, daemon_config
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

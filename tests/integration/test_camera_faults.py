@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import (
-    REPO, WRONG_CAMERA_CREDENTIALS, WRONG_CAMERA_PASSWORD, Daemon,
-    FakeRtspCamera, consume, daemon_config, free_port, http_get, metric_values, wait_for,
-)
+from scripts.lab.broker import consume
+from scripts.lab.cameras import FakeRtspCamera
+from scripts.lab.common import REPO, WRONG_CAMERA_CREDENTIALS, WRONG_CAMERA_PASSWORD, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 RUN_S = 10

@@ -5,7 +5,10 @@ import time
 import uuid
 from datetime import datetime
 
-from scripts.testbed import REPO, Daemon, RtspServer, consume, daemon_config, free_port
+from scripts.lab.broker import consume
+from scripts.lab.cameras import RtspServer
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import Daemon, daemon_config
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 BACKOFF_MAX_S = 2.0

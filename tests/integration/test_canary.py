@@ -2,7 +2,9 @@
 import hashlib
 import uuid
 
-from scripts.testbed import REPO, Daemon, consume, daemon_config, free_port, http_get, metric_values, wait_for
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 CANARY = REPO / "engines" / "shapes-yolov8n.int8.onnx"

@@ -5,7 +5,6 @@ What an operator checks after `docker compose up`: the pipeline healthy, the top
 partitions the docs promise, detections read inside the compose network, Prometheus scraping the
 pipeline, and the alerting consumer publishing an alert for a scene that must raise one."""
 import json
-import os
 import subprocess
 import tempfile
 import urllib.request
@@ -14,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.scenes import Scene
-from scripts.testbed import REPO, DockerEngine, RtspServer, wait_for
+from scripts.lab.cameras import RtspServer
+from scripts.lab.common import REPO, wait_for
+from scripts.lab.dockerd import DockerEngine
+from scripts.lab.scenes import Scene
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))
 STANDINS = REPO / "tests" / "compose"

@@ -7,7 +7,6 @@ Kafka, the image's own HEALTHCHECK healthy on the port the config names, SIGHUP 
 list, `docker stop` exiting 0 in time, a second container on the same spool volume streaming, and
 the log as JSON lines on stdout. Skipped, saying why, where no Docker engine can start."""
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -17,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.testbed import DockerEngine, consume, free_port, wait_for
+from scripts.lab.broker import consume
+from scripts.lab.common import free_port, wait_for
+from scripts.lab.dockerd import DockerEngine
 from tests.integration.conftest import CPU_IMAGE
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))

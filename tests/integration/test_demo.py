@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from scripts.testbed import REPO, transcribe
+from scripts.lab.audit import transcribe
+from scripts.lab.common import REPO
 
 
 @pytest.mark.timeout(600)
 def test_the_demo_runs_restarts_and_every_camera_streams_in_both_runs(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/demo.py", "--seconds", "40", "--restart-after", "15"],
+    result = subprocess.run([sys.executable, "-m", "scripts.demo", "--seconds", "40", "--restart-after", "15"],
                             cwd=REPO, capture_output=True, text=True, timeout=500)
     transcribe("daemon-logs", str(REPO / "demo" / "daemon.log"))
     transcribe("daemon-logs", str(REPO / "demo" / "daemon-2.log"))

@@ -9,9 +9,10 @@ from importlib import resources
 import jsonschema
 import pytest
 
-from scripts.testbed import (
-    REPO, WRONG_CAMERA_PASSWORD, Daemon, NotRtspServer, RefusingPort, SilentServer, consume, daemon_config, free_port, http_get, metric_values,
-)
+from scripts.lab.broker import consume
+from scripts.lab.cameras import NotRtspServer, RefusingPort, SilentServer
+from scripts.lab.common import REPO, WRONG_CAMERA_PASSWORD, free_port
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 GOOD = ("wide", "classic", "portrait")
 BAD = ("refused", "silent", "not-rtsp")

@@ -9,7 +9,7 @@ metrics; lost packets counted on the lossy camera only; the clock metrics; the U
 after its server restarts.
 
 The H.265 and B-frame cameras show two of the accuracy test's held-out scenes (seeds 9101 and
-9103, scripts/accuracy.TEST_CAMERAS: precision and recall 0.94-0.98 there over H.264 without
+9103, scripts/lab/accuracy.TEST_CAMERAS: precision and recall 0.94-0.98 there over H.264 without
 B-frames), so the same bar (0.9) applies."""
 import subprocess
 import time
@@ -19,11 +19,14 @@ from datetime import datetime
 
 import pytest
 
-from scripts.accuracy import evaluate
-from scripts.scenes import Scene, Truth, truth_path
-from scripts.testbed import (CAMERA_CREDENTIALS, REPO, Daemon, RtspServer, VlcServer, consume, daemon_config,
-                             free_port, http_get, make_clip, metric_values)
-from scripts.udp_relay import LossyRtspRelay
+from scripts.lab.accuracy import evaluate
+from scripts.lab.broker import consume
+from scripts.lab.cameras import RtspServer, VlcServer
+from scripts.lab.clips import make_clip
+from scripts.lab.common import CAMERA_CREDENTIALS, REPO, free_port
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
+from scripts.lab.scenes import Scene, Truth, truth_path
+from scripts.lab.udp_relay import LossyRtspRelay
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 FPS = 5  # inferred per camera: decoding every frame of five cameras is the load

@@ -15,7 +15,9 @@ import yaml
 from pipeline.config import load_config
 from pipeline.gpu import GPU_MODULES, GpuProbe
 from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
-from scripts.testbed import REPO, consume, daemon_config, free_port, http_get, metric_values
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import daemon_config, http_get, metric_values
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

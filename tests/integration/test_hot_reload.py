@@ -9,7 +9,9 @@ from datetime import datetime
 
 import yaml
 
-from scripts.testbed import REPO, Daemon, consume, daemon_config, free_port, http_get, metric_values, wait_for
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

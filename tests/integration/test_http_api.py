@@ -7,10 +7,10 @@ import io
 import json
 import shutil
 import ssl
+import struct
 import subprocess
 import threading
 import time
-import struct
 import uuid
 import zlib
 from collections import Counter
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.accuracy import match_frame
-from scripts.scenes import Scene
-from scripts.testbed import (API_TOKEN, REPO, WRONG_API_TOKEN, Daemon, daemon_config, free_port, http_get,
-                             http_request, metric_values, wait_for)
+from scripts.lab.accuracy import match_frame
+from scripts.lab.common import API_TOKEN, REPO, WRONG_API_TOKEN, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, http_request, metric_values
+from scripts.lab.scenes import Scene
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -12,9 +12,10 @@ import time
 import uuid
 from collections import defaultdict
 
-from scripts.testbed import (
-    REPO, Broker, Daemon, NetworkCut, consume, daemon_config, free_port, http_get, metric_values, wait_for,
-)
+from scripts.lab.broker import Broker, consume
+from scripts.lab.common import REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
+from scripts.lab.network import NetworkCut
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 OUTAGE_S = 60

@@ -7,7 +7,8 @@ import uuid
 from pipeline.config import KafkaConfig
 from pipeline.metrics import Metrics
 from pipeline.s6_publish import KafkaPublisher, Outgoing
-from scripts.testbed import consume, metric_values
+from scripts.lab.broker import consume
+from scripts.lab.daemons import metric_values
 
 
 def test_a_message_too_large_is_dropped_counted_and_the_next_ones_are_delivered(tmp_path, broker):

@@ -12,7 +12,8 @@ from pipeline.config import KafkaConfig
 from pipeline.metrics import Metrics
 from pipeline.s6_publish import KafkaPublisher, Outgoing
 from pipeline.s6_spool import Spool
-from scripts.testbed import consume, metric_values
+from scripts.lab.broker import consume
+from scripts.lab.daemons import metric_values
 
 MISSING = "no such topic!"  # Tansu creates any valid topic on first use; it refuses this name
 

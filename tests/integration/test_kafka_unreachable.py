@@ -6,9 +6,9 @@ import os
 import signal
 import time
 
-from scripts.testbed import (
-    KAFKA_PASSWORD, REPO, Daemon, FakeRtspCamera, SilentServer, daemon_config, free_port, http_get, metric_values, wait_for,
-)
+from scripts.lab.cameras import FakeRtspCamera, SilentServer
+from scripts.lab.common import KAFKA_PASSWORD, REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 
 def test_daemon_without_broker_stays_alive_spools_and_stops_on_sigint(tmp_path, rtsp_server):

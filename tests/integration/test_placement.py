@@ -18,10 +18,12 @@ from collections import defaultdict
 
 import pytest
 
-from scripts.testbed import (
-    Broker, NetNamespace, PlacementCluster, RtspServer, consume, http_get, make_clip, metric_values, placed_runs,
-    wait_for,
-)
+from scripts.lab.broker import Broker, consume
+from scripts.lab.cameras import RtspServer
+from scripts.lab.clips import make_clip
+from scripts.lab.common import wait_for
+from scripts.lab.daemons import PlacementCluster, http_get, metric_values, placed_runs
+from scripts.lab.network import NetNamespace
 
 SESSION_S, HEARTBEAT_S = 6, 1
 BOUND_S = SESSION_S + 10  # the bound for a failover

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.testbed import (
-    DockerEngine, PlacementCluster, RtspServer, captured, http_get, make_clip, metric_values, placed_runs, wait_for,
-)
+from scripts.lab.cameras import RtspServer
+from scripts.lab.clips import make_clip
+from scripts.lab.common import wait_for
+from scripts.lab.daemons import PlacementCluster, captured, http_get, metric_values, placed_runs
+from scripts.lab.dockerd import DockerEngine
 from tests.integration.conftest import CPU_IMAGE
 from tests.integration.test_placement import (
-    BOUND_S, HEARTBEAT_S, SESSION_S, assert_moved_within, assert_never_on_two_nodes_at_once, assert_uninterrupted, costs,
+    BOUND_S, HEARTBEAT_S, SESSION_S, assert_moved_within, assert_never_on_two_nodes_at_once, assert_uninterrupted,
+    costs,
 )
 
 pytestmark = pytest.mark.skipif(DockerEngine.unavailable() is not None, reason=str(DockerEngine.unavailable()))

@@ -11,8 +11,8 @@ import uuid
 from aiokafka import AIOKafkaProducer
 
 from pipeline.config import KafkaConfig
-from pipeline.placement_group import control_topic, read_placement_map
-from scripts.testbed import REPO
+from pipeline.placement.group import control_topic, read_placement_map
+from scripts.lab.common import REPO
 
 
 def test_the_newest_map_is_read_whichever_partition_holds_it(broker, tmp_path):

@@ -15,9 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from scripts.scenes import Scene
-from scripts.testbed import (API_TOKEN, REPO, Daemon, RtspServer, daemon_config, free_port, http_get, http_request,
-                             metric_values, wait_for)
+from scripts.lab.cameras import RtspServer
+from scripts.lab.common import API_TOKEN, REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, http_request, metric_values
+from scripts.lab.scenes import Scene
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 SCREENSHOT = os.environ.get("PIPELINE_PREVIEW_SCREENSHOT")  # where to keep the screenshot (docs/preview.png)

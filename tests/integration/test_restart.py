@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.testbed import (
-    REPO, Broker, Daemon, NetworkCut, SmallDisk, consume, daemon_config, free_port, http_get, metric_values, wait_for,
-)
+from scripts.lab.broker import Broker, consume
+from scripts.lab.common import REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
+from scripts.lab.disk import SmallDisk
+from scripts.lab.network import NetworkCut
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "spool"
@@ -246,8 +248,8 @@ def test_todays_daemon_delivers_a_spool_an_earlier_release_left(fixture, tmp_pat
 
 @pytest.mark.timeout(600)
 def test_kill_9_and_restart_cycles_with_the_broker_up_and_down_lose_nothing_the_spool_took(tmp_path):
-    """The short version of scripts/torture_restart.py (20 cycles there, figures in BENCHMARKS)."""
-    from scripts.torture_restart import run
+    """The short version of scripts/bench/torture_restart.py (20 cycles there, figures in BENCHMARKS)."""
+    from scripts.bench.torture_restart import run
 
     result = run(cycles=4, cameras=2, work=tmp_path, seed=random.randrange(1 << 16))
     print(json.dumps({k: v for k, v in result.items() if k != "cycles"}))

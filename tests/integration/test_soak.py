@@ -1,10 +1,10 @@
-"""Soak, 5 minutes (scripts/soak.py): 4 cameras with a fault every minute (camera server killed
+"""Soak, 5 minutes (scripts/bench/soak.py): 4 cameras with a fault every minute (camera server killed
 and restarted, stream stalled, Kafka network path cut): no message lost and memory flat."""
 import json
 
 import pytest
 
-from scripts.soak import run
+from scripts.bench.soak import run
 
 
 @pytest.mark.timeout(900)

@@ -16,10 +16,12 @@ from collections import defaultdict
 
 import pytest
 
+from scripts.lab.broker import Broker, consume
+from scripts.lab.common import REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
+from scripts.lab.disk import SmallDisk
+from scripts.lab.network import NetworkCut
 from tests.integration.test_systemd_notify import NotifyListener
-from scripts.testbed import (
-    REPO, Broker, Daemon, NetworkCut, SmallDisk, consume, daemon_config, free_port, http_get, metric_values, wait_for,
-)
 
 pytestmark = pytest.mark.skipif(SmallDisk.unavailable() is not None, reason=str(SmallDisk.unavailable()))
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"

@@ -3,7 +3,9 @@ every sampled frame is decoded, batched, preprocessed and published, with no det
 import uuid
 from collections import Counter
 
-from scripts.testbed import REPO, Daemon, consume, daemon_config, free_port, http_get, metric_values
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, free_port
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
-from scripts.testbed import REPO, Daemon, consume, daemon_config, wait_for
+from scripts.lab.broker import consume
+from scripts.lab.common import REPO, wait_for
+from scripts.lab.daemons import Daemon, daemon_config
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

@@ -1,13 +1,13 @@
 """Tracking end to end against ground truth: scripted tracking scenes (same-class objects
 crossing, occlusions, stop and go, turns and speed changes, entering and leaving) served over
 RTSP, the daemon tracking every camera (default settings) at its default sampling and at 5 fps,
-its messages from Kafka scored against the scenes' object identities (scripts/track_score.py,
+its messages from Kafka scored against the scenes' object identities (scripts/lab/track_score.py,
 motmetrics); and the alerting consumer counting line crossings from the same topic, against the
 crossings of the truth at the frames the daemon inferred.
 
 Scene seeds 9201-9203 are used by nothing else (the detector never saw them).
 
-The breaker scenes (scripts/breaker_scenes.py: a generator of their own, objects that stop,
+The breaker scenes (scripts/lab/breaker_scenes.py: a generator of their own, objects that stop,
 look-alike pairs that cross, injected class flicker and misses) go through the same path at 10
 and 5 fps, scored over the three scenes together, with line rules per class."""
 import json
@@ -20,12 +20,15 @@ import pytest
 import yaml
 
 from pipeline.alerting.rules import Line
-from scripts.bench_tracking import BREAKER_CAMERAS, TRACKING_CAMERAS, tracking_clip
-from scripts.breaker_scenes import breaker_clip
-from scripts.scenes import CLASSES, Truth, truth_path
-from scripts.testbed import (REPO, Daemon, RtspServer, consume, daemon_config, free_port, http_get, metric_values,
-                             produce, transcribe, wait_for)
-from scripts.track_score import HEADER, by_camera, pooled, score, truth_crossings
+from scripts.bench.bench_tracking import BREAKER_CAMERAS, TRACKING_CAMERAS, tracking_clip
+from scripts.lab.audit import transcribe
+from scripts.lab.breaker_scenes import breaker_clip
+from scripts.lab.broker import consume, produce
+from scripts.lab.cameras import RtspServer
+from scripts.lab.common import REPO, free_port, wait_for
+from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
+from scripts.lab.scenes import CLASSES, Truth, truth_path
+from scripts.lab.track_score import HEADER, by_camera, pooled, score, truth_crossings
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 CONFIDENCE = 0.35  # the model card's operating point

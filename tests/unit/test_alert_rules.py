@@ -9,7 +9,7 @@ import pytest
 from pipeline.alerting.rules import AlertEngine, AlertRules, inside, load_rules
 from pipeline.config import ConfigError
 from pipeline.core import Detection, EndedTrack, FrameMeta, FrameResult, ModelRef, TrackEvents
-from pipeline.s6_publish import encode_detections, rfc3339_ms
+from pipeline.messages import encode_detections, rfc3339_ms
 
 T0 = 1_790_000_000.0
 SCHEMA = json.loads(resources.files("pipeline").joinpath("schemas/alerts-v2.schema.json").read_text())

@@ -177,8 +177,8 @@ def exported_metrics() -> set[str]:
 
 
 def test_the_dashboard_is_current_and_queries_only_metrics_the_daemon_exports():
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "grafana_dashboard.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "scripts.gen.grafana_dashboard", "--check"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     missing = dashboard_metrics() - exported_metrics()
     assert not missing, f"dashboard panels query metrics nobody exports: {sorted(missing)}"
@@ -200,7 +200,7 @@ def test_the_images_health_check_asks_healthz_on_the_port_the_config_names(tmp_p
     import http.server
     import threading
 
-    from scripts.testbed import free_port
+    from scripts.lab.common import free_port
 
     answers = {"status": 200}
 

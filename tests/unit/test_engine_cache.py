@@ -17,7 +17,7 @@ import pytest
 from pipeline.config import ModelConfig
 from pipeline.core import EngineError
 from pipeline.s4_infer import engine_cache
-from scripts.testbed import REPO
+from scripts.lab.common import REPO
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 

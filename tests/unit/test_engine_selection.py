@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ModelConfig
 from pipeline.core import EngineError
-from pipeline.s4_infer import load_engine
+from pipeline.s4_infer.loader import load_engine
 
 MODEL = Path(__file__).resolve().parents[2] / "engines" / "yolov8n.onnx"
 GPU_MODULES = ("PyNvVideoCodec", "pycuda", "tensorrt")
@@ -18,7 +18,7 @@ def test_auto_backend_runs_the_model_on_the_cpu_without_importing_gpu_modules():
     code = f"""
 import sys, numpy as np
 from pipeline.config import ModelConfig
-from pipeline.s4_infer import load_engine
+from pipeline.s4_infer.loader import load_engine
 engine = load_engine(ModelConfig(path={str(MODEL)!r}))
 out = engine.infer(np.zeros((1, 3, 384, 640), np.float32))
 loaded = [m for m in {GPU_MODULES!r} if m in sys.modules]

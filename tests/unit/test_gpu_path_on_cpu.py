@@ -17,12 +17,12 @@ import pytest
 
 from pipeline.core import ColorSpec, EngineError, Letterbox
 from pipeline.gpu import (
-    GPU_MODULES, GpuProbe, TransferCounter, choose_path, cuda_device_count, nvdec_problem, place_cameras, probe,
+    GPU_MODULES, GpuProbe, TransferCounter, choose_path, cuda_device_count, nvdec_problem, assign_gpus, probe,
 )
 from pipeline.s4_infer import engine_cache
 from pipeline.s4_infer.gpu_preprocess import KERNEL_FATBIN, KERNEL_SOURCE, PAD_VALUE, letterbox_nv12_reference
 from pipeline.s4_infer.stub_backend import stub_output_shape
-from scripts.scenes import Scene
+from scripts.lab.scenes import Scene
 
 
 def uniform_nv12(w, h, y, u, v):
@@ -82,15 +82,15 @@ def test_letterbox_scales_the_picture_into_place_and_pads_the_rest():
 
 
 def test_the_committed_kernel_fatbins_are_built_from_the_current_source():
-    """scripts/build_kernels.py --check: the source hash always; where this machine has the very
+    """scripts/model/build_kernels.py --check: the source hash always; where this machine has the very
     toolchain build a fatbin was made with (CI: nvcc 13.0 V13.0.88), it is rebuilt and must be
     the same bytes."""
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_kernels.py"), "--check"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "scripts.model.build_kernels", "--check"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     recorded = json.loads(KERNEL_FATBIN.with_suffix(".fatbin.json").read_text())["build"]
     if shutil.which("nvcc"):
-        from scripts.build_kernels import nvcc_build
+        from scripts.model.build_kernels import nvcc_build
 
         if nvcc_build("nvcc") == recorded:
             assert f"bytes compared: {KERNEL_FATBIN.name}" in result.stdout, result.stdout
@@ -98,7 +98,7 @@ def test_the_committed_kernel_fatbins_are_built_from_the_current_source():
 
 @pytest.mark.parametrize("name", [KERNEL_FATBIN.name, KERNEL_FATBIN.with_suffix(".cuda12.fatbin").name])
 def test_the_fatbins_hold_machine_code_for_common_gpus_and_ptx_for_newer_ones(name):
-    from scripts.build_kernels import PTX, SASS, fatbin_images
+    from scripts.model.build_kernels import PTX, SASS, fatbin_images
 
     data = (KERNEL_FATBIN.parent / name).read_bytes()
     assert fatbin_images(data) == [("ptx", int(PTX))] + [("sass", int(sm)) for sm in SASS]
@@ -106,7 +106,7 @@ def test_the_fatbins_hold_machine_code_for_common_gpus_and_ptx_for_newer_ones(na
 
 
 def test_a_stale_fatbin_is_reported(tmp_path, monkeypatch):
-    import scripts.build_kernels as build
+    import scripts.model.build_kernels as build
 
     source = tmp_path / "letterbox_nv12.cu"
     source.write_text(KERNEL_SOURCE.read_text() + "\n// changed\n")
@@ -127,7 +127,7 @@ def fake_nvcc(folder, build_id: str) -> str:
 
 
 def test_the_fatbin_bytes_are_compared_only_with_the_very_build_that_made_them(tmp_path):
-    from scripts.build_kernels import check
+    from scripts.model.build_kernels import check
 
     recorded = json.loads(KERNEL_FATBIN.with_suffix(".fatbin.json").read_text())["build"]
     build_no = recorded.rsplit("V13.0.", 1)[1]
@@ -226,7 +226,7 @@ def test_without_a_driver_library_there_is_no_gpu_and_the_reason_says_so():
 
 
 def test_cameras_go_to_their_configured_gpu_and_the_rest_spread_evenly():
-    placed = place_cameras({"a": None, "b": 1, "c": None, "d": None, "e": 1, "f": None}, [0, 1])
+    placed = assign_gpus({"a": None, "b": 1, "c": None, "d": None, "e": 1, "f": None}, [0, 1])
     assert placed["b"] == placed["e"] == 1
     counts = [list(placed.values()).count(g) for g in (0, 1)]
     assert counts == [3, 3] and placed["a"] == 0
@@ -234,7 +234,7 @@ def test_cameras_go_to_their_configured_gpu_and_the_rest_spread_evenly():
 
 def test_a_camera_set_to_a_missing_gpu_is_named():
     with pytest.raises(EngineError, match=r"cam-7 \(gpu 3\)"):
-        place_cameras({"cam-1": None, "cam-7": 3}, [0, 1])
+        assign_gpus({"cam-1": None, "cam-7": 3}, [0, 1])
 
 
 KEY = engine_cache.EngineKey("ab" * 32, "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", "fp16", 8, 640)
@@ -370,7 +370,7 @@ class FakeNvml:
 
 def test_gpu_utilisation_and_memory_are_exported_per_gpu_at_each_scrape():
     from pipeline.metrics import Metrics
-    from scripts.testbed import metric_values
+    from scripts.lab.daemons import metric_values
 
     metrics = Metrics()
     assert metrics.watch_gpus(FakeNvml(2, fail_on=1))

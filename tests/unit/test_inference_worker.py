@@ -9,7 +9,8 @@ import numpy as np
 from pipeline.core import Batch, Frame, FrameMeta, Letterbox
 from pipeline.inference_worker import InferenceWorker
 from pipeline.metrics import Metrics
-from scripts.testbed import metric_values, wait_for
+from scripts.lab.common import wait_for
+from scripts.lab.daemons import metric_values
 
 LB = Letterbox(1.0, 0, 0, 64, 48)
 

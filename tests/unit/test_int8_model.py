@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 
 from pipeline.config import ModelConfig
-from pipeline.s4_infer import load_engine
+from pipeline.s4_infer.loader import load_engine
 from pipeline.s5_postprocess import detections_for_image
-from scripts.accuracy import iou
-from scripts.quantize_int8 import letterboxed
-from scripts.scenes import Scene
+from scripts.lab.accuracy import iou
+from scripts.lab.scenes import Scene
+from scripts.model.quantize_int8 import letterboxed
 
 ENGINES = Path(__file__).resolve().parents[2] / "engines"
 FP32, INT8 = ENGINES / "shapes-yolov8n.onnx", ENGINES / "shapes-yolov8n.int8.onnx"

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from pipeline.core import CameraState, Detection, EndedTrack, FrameMeta, FrameResult, ModelRef, TrackEvents
-from pipeline.s6_publish import encode_detections, encode_status, rfc3339_ms
+from pipeline.messages import encode_detections, encode_status, rfc3339_ms
 
 MODEL = ModelRef("yolov8n", "ab" * 32, "onnxruntime")
 RUN = "0123456789abcdef" * 2

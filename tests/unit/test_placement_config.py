@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config
-from pipeline.placement import camera_cost, default_capacity
+from pipeline.placement.plan import camera_cost, default_capacity
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The placement leader's plan (pipeline/placement.py), as pure functions over random groups: every
+"""The placement leader's plan (pipeline/placement/plan.py), as pure functions over random groups: every
 camera placed at most once, never past a node's capacity, unplaced only when it fits nowhere,
 sticky (the same group moves nothing), proportional to capacity, a move in two rounds, and an
 overlap after a partition resolved for the newer claim."""
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.placement import MemberReport, Plan, decode_assignment, plan
+from pipeline.placement.plan import MemberReport, Plan, decode_assignment, plan
 
 cameras_st = st.dictionaries(st.from_regex(r"cam-[a-z0-9]{1,4}", fullmatch=True),
                              st.sampled_from([1.0, 2.0, 2.5, 5.0, 10.0, 12.5]), min_size=0, max_size=30)

@@ -9,7 +9,8 @@ from pipeline.config import KafkaConfig
 from pipeline.metrics import Metrics
 from pipeline.s6_publish import _TIMED_MAX, KafkaPublisher, Outgoing, PublishError
 from pipeline.s6_spool import Spool
-from scripts.testbed import free_port, metric_values
+from scripts.lab.common import free_port
+from scripts.lab.daemons import metric_values
 
 
 def config(folder, **spool):

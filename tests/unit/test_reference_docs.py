@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from scripts.testbed import REPO
+from scripts.lab.common import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def test_the_configuration_and_metrics_references_are_current():
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "reference_docs.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "scripts.gen.reference_docs", "--check"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -37,3 +37,31 @@ def test_every_relative_link_resolves(page):
         if not path.exists():
             broken.append(target)
     assert not broken, f"{page.name}: {broken}"
+
+
+# words a description cannot end on ("health on" can end one; "the same for" cannot)
+DANGLING = {"a", "an", "the", "for", "of", "and", "or", "with", "its", "their", "than", "whose", "per", "into"}
+
+
+def generated_descriptions() -> list[str]:
+    """The config reference's descriptions: each section's introduction and every row's meaning."""
+    page = (REPO / "docs" / "configuration.md").read_text().splitlines()
+    intros = [page[i + 2] for i, line in enumerate(page) if line.startswith("## `")]
+    meanings = [line.rstrip(" |").rpartition(" | ")[2] for line in page if line.startswith("| `")]
+    return [text.strip() for text in intros + meanings if text.strip()]
+
+
+def test_no_generated_description_ends_mid_sentence():
+    """A section's description is its model's whole first docstring paragraph, however many lines
+    it wraps onto (the generator once kept only the first line: 'stays the same for')."""
+    from pipeline.config import Config
+    from scripts.gen.reference_docs import models_of, summary
+
+    texts = generated_descriptions()
+    assert len(texts) > 100
+    cut = [t for t in texts if t.endswith((",", ":", ";", "(")) or t.split()[-1].lower() in DANGLING]
+    assert not cut, cut
+    page = (REPO / "docs" / "configuration.md").read_text()
+    for name, field in Config.model_fields.items():
+        for model in models_of(field.annotation):
+            assert summary(model.__doc__) in page, (name, summary(model.__doc__))

@@ -3,8 +3,8 @@ scoring counts hits, misses, false positives and difficult objects as documented
 import numpy as np
 import pytest
 
-from scripts.accuracy import Score, best_offset, evaluate, match_frame
-from scripts.scenes import CLASSES, Scene, Truth, TruthBox
+from scripts.lab.accuracy import Score, best_offset, evaluate, match_frame
+from scripts.lab.scenes import CLASSES, Scene, Truth, TruthBox
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The suite's secret audit finds a leaked credential wherever a daemon emitted it."""
-from scripts.testbed import CAMERA_CREDENTIALS, KAFKA_PASSWORD, emitted_texts, secret_findings, transcribe
+from scripts.lab.audit import emitted_texts, secret_findings, transcribe
+from scripts.lab.common import CAMERA_CREDENTIALS, KAFKA_PASSWORD
 
 
 def test_audit_finds_listed_secrets_and_url_passwords_in_logs_http_and_kafka(tmp_path, monkeypatch):

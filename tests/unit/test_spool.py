@@ -14,7 +14,7 @@ from contextlib import closing
 import pytest
 
 from pipeline.s6_spool import Spool, SpoolFull, SpoolUnavailable, SpoolUnusable
-from scripts.testbed import SmallDisk
+from scripts.lab.disk import SmallDisk
 
 
 @pytest.fixture(autouse=True)

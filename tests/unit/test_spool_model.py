@@ -38,11 +38,13 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test,
+)
 
 import pipeline.s6_spool as spool_module
 from pipeline.s6_spool import Spool, SpoolFull, SpoolUnavailable
-from scripts.testbed import SmallDisk
+from scripts.lab.disk import SmallDisk
 
 EXAMPLES = int(os.environ.get("SPOOL_MODEL_EXAMPLES", "600"))
 BUDGET_S = float(os.environ.get("SPOOL_MODEL_BUDGET_S", "150"))

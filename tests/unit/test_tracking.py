@@ -211,7 +211,7 @@ def test_the_lanes_trackers_track_only_cameras_with_tracking_on_and_count_what_t
     from pipeline.core import FrameMeta
     from pipeline.metrics import Metrics
     from pipeline.s5_track import Trackers
-    from scripts.testbed import metric_values
+    from scripts.lab.daemons import metric_values
 
     metrics = Metrics()
     trackers = Trackers(lambda cam: TrackSettings(0.35, enabled=cam != "plain"), metrics)

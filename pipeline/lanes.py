@@ -1,0 +1,229 @@
+"""Lanes: one engine with its batcher, trackers and inference pipeline, and the cameras it serves.
+
+One lane per GPU (cameras put on GPUs by their `gpu:` or evenly) and model: the main model's, and
+a canary's beside it for the cameras `canary:` sends to the canary model; a single lane on the
+CPU path. Lanes are built here from the config, once, at start; the fleet puts cameras on them
+(`lane_for`), and the Runtime starts and stops them.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.api.detect import DetectTarget
+from pipeline.config import CameraConfig, Config, ModelConfig
+from pipeline.core import FrameResult, ModelRef
+from pipeline.gpu import PathChoice, TransferCounter, assign_gpus
+from pipeline.inference_worker import InferenceWorker
+from pipeline.logs import log_event
+from pipeline.metrics import Metrics
+from pipeline.preview import PreviewHub
+from pipeline.s2_nvdec import nvdec_decoder
+from pipeline.s3_batch import DeadlineBatcher
+from pipeline.s4_infer import Engine
+from pipeline.s4_infer.preprocess import CpuPreprocessor
+from pipeline.s5_postprocess import detect_layout, detections_for_image
+from pipeline.s5_track import Trackers, TrackSettings
+
+log = logging.getLogger(__name__)
+INFERENCE_JOIN_S = 5.0
+
+# Called on a lane's inference thread with its model, a label naming it in metrics, and the results.
+Emit = Callable[[ModelRef, str, list[FrameResult]], None]
+
+
+@dataclass
+class Lane:
+    """One engine with its batcher and inference pipeline, and the cameras it serves."""
+
+    gpu: Any  # pipeline.gpu.Gpu, or None on the CPU path
+    cameras: list[CameraConfig]
+    engine: Engine
+    batcher: DeadlineBatcher
+    inference: InferenceWorker
+    trackers: Trackers
+    detect: DetectTarget  # what /v1/detect sends this lane's images through
+    canary: bool = False  # serves `canary.cameras` with `canary.model`
+
+    @property
+    def name(self) -> str:
+        """"cpu" or the GPU index, with "-canary" for the canary model's lane."""
+        return f"{'cpu' if self.gpu is None else self.gpu.index}{'-canary' if self.canary else ''}"
+
+
+class Lanes:
+    """The node's lanes and its GPUs. `config` gives the running config (a reload changes its
+    cameras); `emit` takes each lane's results on its inference thread."""
+
+    def __init__(self, config: Callable[[], Config], path: PathChoice, metrics: Metrics, *,
+                 engine_loader: Callable[..., Engine], gpu_devices: Callable[[], int],
+                 gpu_factory: Callable[..., Any], decoder_factory: Callable, preview: PreviewHub | None,
+                 emit: Emit) -> None:
+        self._config, self.path, self._metrics = config, path, metrics
+        self._engine_loader, self._gpu_devices, self._gpu_factory = engine_loader, gpu_devices, gpu_factory
+        self._decoder_factory, self._preview, self._emit = decoder_factory, preview, emit
+        self.all: list[Lane] = []
+        self.gpus: dict[int, Any] = {}  # index -> pipeline.gpu.Gpu, shared by that GPU's lanes
+
+    async def build(self, empty: bool) -> None:
+        """Load every lane's engine (off the loop); `empty`: each starts with no cameras (with
+        placement every lane is made, so that any camera can be taken, and the group fills them)."""
+        for (gpu_index, canary), cameras in self._camera_lanes().items():
+            gpu = None if gpu_index is None else self._gpu(gpu_index)
+            self.all.append(await asyncio.to_thread(self._build_lane, gpu, [] if empty else cameras, canary))
+
+    def start(self) -> None:
+        """Start every lane's inference threads."""
+        for lane in self.all:
+            lane.inference.start()
+
+    def close_batchers(self) -> None:
+        """Stop taking frames: inference drains what is queued and ends."""
+        for lane in self.all:
+            lane.batcher.close()
+
+    async def stop_inference(self) -> None:
+        """Join every lane's inference threads (after close_batchers)."""
+        for lane in self.all:
+            if not await asyncio.to_thread(lane.inference.stop, INFERENCE_JOIN_S):
+                log_event(log, logging.WARNING, "inference thread did not stop in time", lane=lane.name)
+
+    def close(self) -> None:
+        """Free the engines and pipelines, then the GPUs (on the loop's thread, which made them)."""
+        for lane in self.all:
+            lane.engine.close()
+            lane.inference.close()
+        for gpu in self.gpus.values():  # after everything that holds GPU memory
+            gpu.close()
+
+    def detect_targets(self) -> list[DetectTarget]:
+        """The main model's lanes, for /v1/detect (a canary's lane serves only its cameras)."""
+        return [lane.detect for lane in self.all if not lane.canary]
+
+    def health(self) -> tuple[bool, dict]:
+        """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""
+        if not self.all:
+            return True, {"inference": "starting"}
+        lanes = {lane.name: lane.inference.health() for lane in self.all}
+        return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
+
+    # ------------------------------------------------------------------ cameras on lanes
+    def lane_for(self, camera: CameraConfig) -> Lane | None:
+        """The lane a camera goes to: the one that lists it (put there at start), else of its
+        model (main or canary), its GPU's or the least loaded."""
+        canary = self._is_canary(camera)
+        lanes = [lane for lane in self.all if lane.canary == canary]
+        listed = [lane for lane in lanes if any(c.id == camera.id for c in lane.cameras)]
+        if listed:
+            return listed[0]
+        if camera.gpu is not None and self.path.on_gpu:
+            lanes = [lane for lane in lanes if lane.gpu.index == camera.gpu]
+        if not lanes:
+            log_event(log, logging.ERROR, "camera not started: no lane for its GPU and model; restart to use it",
+                      camera=camera.id, gpu=camera.gpu, canary=canary)
+            return None
+        return min(lanes, key=lambda lane: len(lane.cameras))
+
+    def decoder_for(self, camera: CameraConfig, lane: Lane) -> Callable:
+        """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
+        if self.path.decoder != "nvdec":
+            return self._decoder_factory
+        count = functools.partial(lambda cam, kind: self._metrics.source_errors.labels(cam, kind).inc(), camera.id)
+        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count,
+                                 pool_frames=InferenceWorker.frames_in_flight(lane.engine.concurrency))
+
+    def _is_canary(self, camera: CameraConfig) -> bool:
+        canary = self._config().canary
+        return canary is not None and camera.id in canary.cameras
+
+    def _camera_lanes(self) -> dict[tuple[int | None, bool], list[CameraConfig]]:
+        """(GPU index or None for the CPU, canary?) -> its cameras, in config order; only pairs
+        with cameras get a lane."""
+        cfg = self._config()
+        placed: dict[str, int | None] = {c.id: None for c in cfg.cameras}
+        gpus: list[int | None] = [None]
+        if self.path.on_gpu:
+            gpus = cfg.gpu.devices or list(range(self._gpu_devices()))
+            placed = assign_gpus({c.id: c.gpu for c in cfg.cameras}, gpus)
+        lanes: dict[tuple[int | None, bool], list[CameraConfig]] = {}
+        for camera in cfg.cameras:
+            lanes.setdefault((placed[camera.id], self._is_canary(camera)), []).append(camera)
+            if placed[camera.id] is not None:
+                self._metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
+        # a replica whose share is empty still loads the model: ready, and able to take cameras a reload adds
+        return lanes or {(gpus[0], False): []}
+
+    def _gpu(self, index: int):
+        """The Gpu of `index`, made once, on the loop's thread: the thread that closes it at
+        shutdown (pycuda releases a context only on the thread that retained it)."""
+        if index not in self.gpus:  # making a Gpu imports pycuda: GPU path only
+            transfers = TransferCounter(
+                lambda direction, n: self._metrics.gpu_copy_bytes.labels(str(index), direction).inc(n))
+            self.gpus[index] = self._gpu_factory(index, transfers)
+        return self.gpus[index]
+
+    # ------------------------------------------------------------------ one lane
+    def _build_lane(self, gpu, cameras: list[CameraConfig], canary: bool = False) -> Lane:
+        """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
+        cfg, path = self._config(), self.path
+        model = cfg.canary.model if canary else cfg.model
+        gpu_index = None if gpu is None else gpu.index
+        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+        info = engine.info
+        model_ref = info.ref(engine.backend)
+        self._metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
+        layout = model.layout if model.layout != "auto" else detect_layout(
+            info.output_shape, len(info.labels) or None, info.metadata
+        )
+        log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
+                  model=info.name, backend=engine.backend, canary=canary)
+        max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
+                        engine.max_useful_batch or cfg.batching.max_batch)
+        if max_batch != cfg.batching.max_batch:
+            log_event(log, logging.INFO, "batch size capped", configured=cfg.batching.max_batch,
+                      used=max_batch, why="model's fixed batch or engine runs batches in parallel")
+        batcher = DeadlineBatcher(
+            max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
+            on_drop=lambda cam, reason: self._metrics.frames_dropped.labels(cam, reason).inc(),
+            request_queue=cfg.api.detect.queue,
+        )
+        trackers = Trackers(functools.partial(self._track_settings, model), self._metrics)
+        postprocess = functools.partial(  # weak boxes too, for tracking; Trackers publishes the confident
+            detections_for_image, layout=layout, labels=info.labels, confidence=self._lowest_confidence(model),
+            iou=model.iou, max_detections=model.max_detections,
+        )
+        runs = engine.concurrency
+        if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
+            preprocessors = engine.preprocessors(runs + 1, max_batch)
+        else:
+            preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
+        emit = functools.partial(self._emit, model_ref, f"{info.name}@{info.sha256[:12]}")
+        name = ("" if gpu_index is None else f"gpu{gpu_index}") + ("canary" if canary else "")
+        inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
+                                    emit, self._metrics, name=name,
+                                    keep_pictures=self._preview.offer if self._preview else None,
+                                    track=trackers.track)
+        detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
+                              gpu if path.decoder == "nvdec" else None)
+        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
+
+    def _lowest_confidence(self, model: ModelConfig) -> float:
+        """The threshold postprocessing keeps boxes at: tracking's weak boxes, where any camera is tracked."""
+        cfg = self._config()
+        low = [cfg.tracking_for(c).low_confidence for c in cfg.cameras if cfg.tracking_for(c).enabled]
+        if cfg.tracking.enabled:
+            low.append(cfg.tracking.low_confidence)
+        return min([model.confidence, *low])
+
+    def _track_settings(self, model: ModelConfig, camera_id: str) -> TrackSettings:
+        """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""
+        config = self._config()
+        camera = next((c for c in config.cameras if c.id == camera_id), None)
+        cfg = config.tracking if camera is None else config.tracking_for(camera)
+        max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
+        return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
+                             max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks)

@@ -1,0 +1,88 @@
+"""What the daemon writes to Kafka: the detections/v1 and camera-status/v1 message values, their
+schema ids and timestamps. The contract users see (docs/kafka.md; JSON Schemas in schemas/): the
+publisher sends these bytes, the alerting consumer reads them, tests and tools check them.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from pipeline.core import CameraState, Detection, FrameResult, ModelRef
+
+DETECTIONS_SCHEMA = "detections/v1"
+STATUS_SCHEMA = "camera-status/v1"
+
+
+def rfc3339_ms(ts: float) -> str:
+    """UTC time as RFC 3339 with milliseconds, e.g. 2026-11-21T05:57:24.123Z."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: str | None = None) -> bytes:
+    """The detections/v1 message value for one inferred frame (`node`: the daemon's node id, with
+    placement on)."""
+    meta = result.meta
+    body = {
+        "schema": DETECTIONS_SCHEMA,
+        "camera_id": meta.camera_id,
+        "run_id": run_id,
+        "frame": {
+            "seq": result.seq,
+            "pts": meta.pts,
+            "captured_at": rfc3339_ms(meta.captured_at),
+            "clock": meta.clock,
+            "width": meta.width,
+            "height": meta.height,
+        },
+        "detections": [_detection(d, result.tracks is not None) for d in result.detections],
+        "model": {"name": model.name, "sha256": model.sha256, "backend": model.backend},
+    }
+    if node is not None:
+        body["node"] = node
+    if result.tracks is not None:
+        body["tracks"] = {
+            "started": list(result.tracks.started),
+            "ended": [{"track_id": t.track_id, "label": t.label, "first_seen": rfc3339_ms(t.first_seen),
+                       "last_seen": rfc3339_ms(t.last_seen), "detections": t.detections, "reason": t.reason}
+                      for t in result.tracks.ended],
+        }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _detection(d: Detection, tracked: bool) -> dict:
+    out = {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
+    if tracked:
+        out["track_id"] = d.track_id
+        if d.track_id is not None and d.track_class_id is not None:
+            out["track_class_id"], out["track_label"] = d.track_class_id, d.track_label
+    return out
+
+
+def camera_status(state: CameraState, previous: CameraState | None) -> str:
+    """The coarse status consumers act on: connecting, connected, reconnecting, disconnected, stopped."""
+    if state is CameraState.STREAMING:
+        return "connected"
+    if state is CameraState.CONNECTING:
+        return "connecting" if previous in (None, CameraState.STOPPED) else "reconnecting"
+    if state is CameraState.STOPPED:
+        return "stopped"
+    return "disconnected"
+
+
+def encode_status(camera_id: str, state: CameraState, previous: CameraState | None, reason: str, at: float,
+                  transport: str | None = None, node: str | None = None) -> bytes:
+    """The camera-status/v1 message value for one state change (`transport`: what a streaming
+    camera's RTP comes over)."""
+    body = {
+        "schema": STATUS_SCHEMA,
+        "camera_id": camera_id,
+        "status": camera_status(state, previous),
+        "state": state.value,
+        "reason": reason,
+        "at": rfc3339_ms(at),
+    }
+    if transport is not None:
+        body["transport"] = transport
+    if node is not None:
+        body["node"] = node
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

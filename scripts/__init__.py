@@ -1,0 +1,1 @@
+"""Tools of the repository, by purpose (scripts/README.md); run them as modules from the repository root."""

@@ -1,0 +1,1 @@
+"""Benchmarks, soak and torture runs: figures for docs/BENCHMARKS.md (scripts/bench/README.md)."""

@@ -1,0 +1,180 @@
+"""Tracking benchmarks: the tracker's cost per frame, and tracking quality on the tracking scenes
+without RTSP or Kafka (the daemon's own stages in one process), for tuning.
+
+    python -m scripts.bench.bench_tracking cost                 # ms per frame at 10, 30, 100 objects, and the model's
+    python -m scripts.bench.bench_tracking score --fps 25 5     # MOTA/IDF1 per scene and sampling rate
+
+`score` renders scripts/lab/scenes.py's tracking scenes, encodes and decodes them (PyAV), runs the
+model with the daemon's preprocessing, postprocessing and tracker (pipeline.s5_track), encodes
+each frame as the daemon does (detections/v1) and scores it with scripts/lab/track_score.py. The end
+to end test (tests/integration/test_tracking.py) runs the real daemon instead.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from pipeline.config import ModelConfig, TrackingConfig
+from pipeline.core import Batch, Detection, Frame, FrameMeta, FrameResult, ModelRef, TrackEvents
+from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
+from pipeline.s4_infer.preprocess import CpuPreprocessor
+from pipeline.s5_postprocess import detections_for_image
+from pipeline.s5_track import CameraTracker, TrackSettings
+from pipeline.messages import encode_detections
+from scripts.lab.scenes import Scene, Truth, truth_path
+from scripts.lab.track_score import HEADER, score, truth_crossings
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
+TRACKING_CAMERAS = {"trk-720p": (9201, 1280, 720), "trk-540p": (9202, 960, 540), "trk-4x3": (9203, 800, 600)}
+BREAKER_CAMERAS = {"brk-540p": (31, 960, 540), "brk-720p": (32, 1280, 720), "brk-4x3": (33, 800, 600)}
+FRAMES = 375  # 15 s at 25 fps
+
+
+def tracking_clip(folder: Path, seed: int, width: int, height: int, frames: int = FRAMES) -> Path:
+    """A tracking scene's clip and truth (cached in `folder`)."""
+    clip = Path(folder) / f"tracking-{seed}-{width}x{height}-{frames}.mp4"
+    if not clip.exists() or not truth_path(clip).exists():
+        Scene(seed, width, height, frames=frames, tracking=True).write(clip)
+    return clip
+
+
+def cost(objects: int, frames: int = 300) -> float:
+    """Mean ms per tracker update with `objects` moving boxes per frame (after a warm-up)."""
+    rng = np.random.default_rng(objects)
+    start = rng.uniform(0, 1800, (objects, 2))
+    speed = rng.uniform(-8, 8, (objects, 2))
+    tracker = CameraTracker(TrackSettings(high_confidence=0.35, max_tracks=1000))
+    spent = []
+    for i in range(frames):
+        xy = start + speed * i
+        dets = [Detection(k % 4, "c", 0.9 if k % 5 else 0.2, (x, y, x + 60, y + 60)) for k, (x, y) in enumerate(xy)]
+        began = time.perf_counter()
+        tracker.update(dets, i / 25, 1e9 + i / 25)
+        spent.append(time.perf_counter() - began)
+    return 1000 * float(np.mean(spent[30:]))
+
+
+def inference_ms(runs: int = 50) -> float:
+    """Mean ms of one inference of the shapes model at 320 with the daemon's ONNX Runtime settings:
+    the least a frame costs the daemon, against which the tracker's share is given."""
+    engine = OnnxRuntimeEngine(ModelConfig(path=MODEL, input_size=320))
+    spec = engine.info.input_spec
+    inputs = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32).astype(spec.dtype if hasattr(spec, "dtype") else np.float32)
+    for _ in range(5):
+        engine.infer(inputs)
+    began = time.perf_counter()
+    for _ in range(runs):
+        engine.infer(inputs)
+    return 1000 * (time.perf_counter() - began) / runs
+
+
+def detect_scene(clip: Path, low: float = 0.1) -> list[tuple[float, int, int, list[Detection]]]:
+    """The model's detections (down to `low`) on every frame of a clip, with the daemon's
+    preprocessing and postprocessing: (pts, width, height, detections); cached beside the clip."""
+    cache = clip.with_suffix(f".dets-{low:g}.json")
+    if cache.exists():
+        return [(pts, w, h, [Detection(*d[:3], tuple(d[3])) for d in dets])
+                for pts, w, h, dets in json.loads(cache.read_text())]
+    engine = OnnxRuntimeEngine(ModelConfig(path=MODEL, input_size=320, confidence=low))
+    post = functools.partial(detections_for_image, layout="yolov8", labels=engine.info.labels,
+                             confidence=low, iou=0.45, max_detections=300)
+    pre = CpuPreprocessor(engine.info.input_spec)
+    out = []
+    with av.open(str(clip)) as container:
+        for i, picture in enumerate(container.decode(video=0)):
+            meta = FrameMeta("cam", i / 25, 1e9 + i / 25, "receive", picture.width, picture.height)
+            inputs, (box,) = pre(Batch((Frame(meta, picture, 0.0),)))
+            out.append((i / 25, picture.width, picture.height, post(output=engine.infer(inputs)[0], letterbox=box)))
+    cache.write_text(json.dumps([(pts, w, h, [(d.class_id, d.label, d.confidence, list(d.bbox)) for d in dets])
+                                 for pts, w, h, dets in out]))
+    return out
+
+
+def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1) -> tuple[list[dict], Truth]:
+    """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages."""
+    settings = TrackingConfig()  # the daemon's defaults, as pipeline.app applies them
+    tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
+                                          max_age_s=max(settings.max_age_s, 3 / fps), jump_s=settings.jump_s))
+    messages, due = [], 0.0
+    for pts, width, height, detections in detect_scene(clip, low):
+        if pts + 1e-6 < due:
+            continue
+        due += 1 / fps
+        meta = FrameMeta("cam", pts, 1e9 + pts, "receive", width, height)
+        frame = tracker.update(detections, pts, meta.captured_at)
+        result = FrameResult(meta, len(messages), frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended)))
+        messages.append(json.loads(encode_detections(result, ModelRef("m", "0" * 64, "onnxruntime"), "r" * 32)))
+    return messages, Truth.load(truth_path(clip))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("cost")
+    sc = sub.add_parser("score")
+    sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
+    sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
+    sc.add_argument("--scenes", choices=("tracking", "breakers"), default="tracking",
+                    help="the tracking scenes (tuned on) or the breaker scenes (scripts/lab/breaker_scenes.py)")
+    args = parser.parse_args()
+    if args.what == "cost":
+        frame = inference_ms()
+        print(f"the model on one frame (engines/shapes-yolov8n.onnx, 320, daemon's ONNX Runtime settings): {frame:.2f} ms")
+        for n in (10, 30, 100):
+            spent = cost(n)
+            print(f"{n} objects: {spent:.3f} ms per frame, {100 * spent / frame:.1f} % of the model's time")
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(HEADER)
+    from scripts.lab.breaker_scenes import breaker_clip
+    from scripts.lab.scenes import CLASSES
+
+    crossings = {(fps, label): {"counted": 0, "truth": 0} for fps in args.fps for label in CLASSES}
+    cameras, make = ((TRACKING_CAMERAS, tracking_clip) if args.scenes == "tracking" else (BREAKER_CAMERAS, breaker_clip))
+    for cam, (seed, w, h) in cameras.items():
+        clip = make(args.work, seed, w, h)
+        for fps in args.fps:
+            messages, truth = score_scene(clip, fps)
+            print(score(messages, truth).row(f"{cam} @ {fps:g} fps"), flush=True)
+            for line in middle_lines(w, h):
+                for label in CLASSES:
+                    crossings[fps, label]["counted"] += sum(line_counts(messages, line, [label]).values())
+                    crossings[fps, label]["truth"] += sum(truth_crossings(messages, truth, line, [label]).values())
+    print("\nline crossings by class (middle lines across and along, both ways): counted / truth")
+    for fps in args.fps:
+        print(f"{fps:g} fps: " + ", ".join(f"{label} {crossings[fps, label]['counted']}/{crossings[fps, label]['truth']}"
+                                          for label in CLASSES))
+    return 0
+
+
+def middle_lines(width: int, height: int) -> list:
+    """A horizontal and a vertical line through the middle of the picture."""
+    from pipeline.alerting.rules import Line
+
+    return [Line(camera="cam", points=[(0, height / 2), (width, height / 2)], in_side="right"),
+            Line(camera="cam", points=[(width / 2, 0), (width / 2, height)], in_side="left")]
+
+
+def line_counts(messages: list[dict], line, classes=None) -> dict[str, int]:
+    """Crossings of `line` by the messages' tracks (of `classes`: by the track's class where the
+    message has one, as the alerting consumer's rules filter), as the alerting consumer counts them."""
+    from pipeline.alerting.rules import LineCounter
+
+    counter = LineCounter(line)
+    for m in messages:
+        for det in m["detections"]:
+            if det.get("track_id") is not None and (classes is None or det.get("track_label", det["label"]) in classes):
+                counter.observe(det["track_id"], det["bbox"], 0.0)
+    return counter.counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())
