@@ -15,7 +15,6 @@ TRANSCRIPTS_ENV = "PIPELINE_TEST_TRANSCRIPTS"  # folder where helpers keep what 
 _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@", re.IGNORECASE)
 
 
-
 # ---------------------------------------------------------------------- the suite's secret audit
 def transcribe(kind: str, text: str) -> None:
     """Keep something a daemon emitted (an HTTP body, a Kafka message, the path of its log) for
@@ -24,7 +23,6 @@ def transcribe(kind: str, text: str) -> None:
     if folder:
         with open(Path(folder) / f"{kind}.txt", "a", errors="replace") as fh:
             fh.write(text.rstrip("\n") + "\n")
-
 
 
 def emitted_texts(folder: Path) -> dict[str, str]:
@@ -40,7 +38,6 @@ def emitted_texts(folder: Path) -> dict[str, str]:
         if path.exists():
             texts[kind] = path.read_text(errors="replace")
     return texts
-
 
 
 def secret_findings(texts: dict[str, str], secrets: tuple[str, ...] = SUITE_SECRETS) -> list[str]:

@@ -25,7 +25,6 @@ def tansu_binary() -> Path:
     return path
 
 
-
 class Broker(ChildProcess):
     """A Kafka-protocol broker (Tansu, in-memory) on 127.0.0.1. `advertised_port`: the port it
     tells clients to use (a NetworkCut in front of it)."""
@@ -50,7 +49,6 @@ class Broker(ChildProcess):
             raise RuntimeError(f"broker exited with {self.proc.returncode}")
 
 
-
 @dataclass
 class Record:
     """One consumed Kafka message."""
@@ -59,7 +57,6 @@ class Record:
     key: str
     value: dict
     received_at: float
-
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -77,12 +74,10 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> No
     asyncio.run(send())
 
 
-
 def consume(bootstrap: str, topics: list[str], until: Callable[[list[Record]], bool], timeout: float,
             fetch_wait_ms: int = 50) -> list[Record]:
     """Read `topics` from the beginning until `until(records)` is true or `timeout` s pass."""
     return asyncio.run(_consume(bootstrap, topics, until, timeout, fetch_wait_ms))
-
 
 
 async def _consume(bootstrap, topics, until, timeout, fetch_wait_ms) -> list[Record]:

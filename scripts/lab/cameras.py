@@ -71,7 +71,6 @@ class RtspServer(ChildProcess):
         self.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
 
 
-
 def _describes(port: int, url: str, timeout: float) -> bool:
     """True if the RTSP server on `port` answers DESCRIBE `url` with 200 within `timeout`."""
     try:
@@ -81,7 +80,6 @@ def _describes(port: int, url: str, timeout: float) -> bool:
             return sock.recv(64).startswith(b"RTSP/1.0 200")
     except OSError:
         return False
-
 
 
 class VlcServer(RtspServer):
@@ -134,7 +132,6 @@ class VlcServer(RtspServer):
     resume = pause
 
 
-
 def _serve_forever(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
     """Accept connections until `sock` is closed, handing each to `handle`."""
     while True:
@@ -145,13 +142,11 @@ def _serve_forever(sock: socket.socket, handle: Callable[[socket.socket], None])
         handle(conn)
 
 
-
 def _listening_socket() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     return sock
-
 
 
 class RefusingPort:
@@ -169,7 +164,6 @@ class RefusingPort:
         self.sock.close()
 
 
-
 class SilentServer:
     """Accepts TCP connections (the kernel completes them) and never says anything."""
 
@@ -180,7 +174,6 @@ class SilentServer:
     def close(self) -> None:
         """Stop listening."""
         self.sock.close()
-
 
 
 class NotRtspServer:
@@ -202,7 +195,6 @@ class NotRtspServer:
     def close(self) -> None:
         """Stop serving."""
         self.sock.close()
-
 
 
 class FakeRtspCamera:

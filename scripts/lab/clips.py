@@ -25,7 +25,6 @@ def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int 
     return path
 
 
-
 def ts_clip(path: Path, parts: list[tuple[int, int, float]], fps: int = 25, gop: int = 25) -> Path:
     """An MPEG-TS H.264 clip of ffmpeg's test pattern whose resolution changes between `parts`
     ((width, height, seconds) each; a new SPS at each change, timestamps continuous). To be looped
@@ -51,7 +50,6 @@ def ts_clip(path: Path, parts: list[tuple[int, int, float]], fps: int = 25, gop:
     return path
 
 
-
 def corrupt_ts(source: Path, path: Path, every: int = 40, seed: int = 1) -> Path:
     """A copy of an MPEG-TS clip with the payload of every `every`-th TS packet overwritten by
     random bytes (the container stays readable; the H.264 inside is damaged)."""
@@ -64,7 +62,6 @@ def corrupt_ts(source: Path, path: Path, every: int = 40, seed: int = 1) -> Path
             data[start + 8:start + 188] = bytes(rng.randrange(256) for _ in range(180))
     Path(path).write_bytes(bytes(data))
     return Path(path)
-
 
 
 def pyav_clip(path: Path, frames, fps: int = 25, gop: int = 50, container: str | None = None,

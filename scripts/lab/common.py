@@ -29,13 +29,11 @@ WRONG_CAMERA_CREDENTIALS = f"viewer:{WRONG_CAMERA_PASSWORD}"
 SUITE_SECRETS = (CAMERA_PASSWORD, WRONG_CAMERA_PASSWORD, KAFKA_PASSWORD, API_TOKEN, WRONG_API_TOKEN)
 
 
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
@@ -48,7 +46,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
-
 
 
 class ChildProcess:
@@ -81,7 +78,6 @@ class ChildProcess:
 
     def start(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
-
 
 
 def accepts(port: int) -> bool:

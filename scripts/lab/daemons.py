@@ -46,7 +46,6 @@ def daemon_config(path: Path, model: Path, bootstrap: str, cameras: list[tuple],
     return path
 
 
-
 @dataclass
 class Daemon(ChildProcess):
     """`rtsp-pipeline run --config FILE` as a subprocess, its stderr kept in a file."""
@@ -81,9 +80,7 @@ class Daemon(ChildProcess):
         return Path(self.log_path).read_text(errors="replace")
 
 
-
 PLACEMENT_MODEL = {"path": REPO / "engines" / "shapes-yolov8n.onnx", "backend": "stub", "input_size": 320}
-
 
 
 class PlacementCluster:
@@ -186,11 +183,9 @@ class PlacementCluster:
             daemon.stop()
 
 
-
 def captured(record) -> float:
     """When the camera's frame was taken (the daemon's receive time here), as epoch seconds."""
     return datetime.fromisoformat(record.value["frame"]["captured_at"].replace("Z", "+00:00")).timestamp()
-
 
 
 def placed_runs(records) -> dict[str, list[tuple[str, str, int, float]]]:
@@ -204,12 +199,10 @@ def placed_runs(records) -> dict[str, list[tuple[str, str, int, float]]]:
     return out
 
 
-
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
     """(status, body) of a GET; status 0 if nothing answered."""
     status, _, body = http_request("GET", url, timeout=timeout)
     return status, body.decode(errors="replace")
-
 
 
 def http_request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
@@ -227,7 +220,6 @@ def http_request(method: str, url: str, body: bytes | None = None, headers: dict
     if not got.get("Content-Type", "").startswith("image/"):
         transcribe("http", data.decode(errors="replace"))
     return status, got, data
-
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:

@@ -57,7 +57,6 @@ class NetNamespace:
         subprocess.run(["ip", "link", "del", self._veth], capture_output=True)
 
 
-
 class NetworkCut:
     """A TCP forwarder 127.0.0.1:port -> 127.0.0.1:target that can be cut (every connection
     closed, new ones refused: the far side looks down) and restored on the same port. Tests use

@@ -153,7 +153,6 @@ class RtspRelay:
                     path.players = [(s, b) for s, b in path.players if s is not player]
 
 
-
 def push(url: str, clip: Path) -> None:
     """Push `clip` to an RTSP server with FFmpeg's muxer at its frame rate, looping, forever."""
     offset, started = 0.0, time.monotonic()
