@@ -51,7 +51,8 @@ class JsonFormatter(logging.Formatter):
 
 class RateLimit(logging.Filter):
     """Lets the same message of the `prefix` loggers through at most once per `interval_s` (a
-    library that logs every reconnect attempt during an outage must not flood the log)."""
+    library that logs every reconnect attempt during an outage must not flood the log). The same
+    message means the same text: "Joined group ... (generation 7)" and "(generation 8)" both pass."""
 
     def __init__(self, prefix: str, interval_s: float = 10.0) -> None:
         super().__init__()
@@ -61,7 +62,7 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self._prefix):
             return True
-        key = (record.name, record.msg)
+        key = (record.name, record.getMessage())
         now = time.monotonic()
         if now - self._last.get(key, -self._interval) < self._interval:
             return False
@@ -72,14 +73,16 @@ class RateLimit(logging.Filter):
 
 
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Send every log record to stdout as scrubbed JSON lines."""
+    """Send every log record to stdout as scrubbed JSON lines, libraries' too, at `level`: with
+    info, aiokafka's group events (joining, joined in generation N, elected leader, left), with
+    debug its JoinGroup/SyncGroup/Heartbeat requests."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(secrets))
     handler.addFilter(RateLimit("aiokafka"))  # it logs every reconnect attempt of an outage
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # the root's level (it was held at warning)
 
 
 def add_secrets(secrets: Iterable[str]) -> None:

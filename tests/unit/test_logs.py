@@ -44,3 +44,27 @@ def test_onnx_runtimes_telemetry_is_off_in_our_commands(tmp_path):
                                  "DEMO_RTSP": "127.0.0.1:8554"})
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "cache" / "Microsoft").exists() and "telemetry" not in result.stderr
+
+
+def test_the_daemons_level_reaches_aiokafkas_group_events(capsys):
+    """An operator who sets log_level sees aiokafka's group protocol at that level (JoinGroup and
+    SyncGroup at debug, 'Joined group ... generation N' at info); each generation's line passes the
+    rate limit that keeps a reconnect storm's repeats out."""
+    from pipeline.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    try:
+        setup_logging("debug")
+        coordinator.debug("Sending JoinGroup (%s) to coordinator %s", "request", 1)
+        setup_logging("info")
+        coordinator.debug("Sending SyncGroup %s", "not at info")
+        for generation in (7, 8, 8):
+            coordinator.info("Joined group '%s' (generation %s) with member_id %s", "g", generation, "m-1")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert events == ["Sending JoinGroup (request) to coordinator 1", "Joined group 'g' (generation 7) with member_id m-1",
+                      "Joined group 'g' (generation 8) with member_id m-1"]
