@@ -64,6 +64,8 @@ class Runtime:
         config_path: Path | None = None,
         notifier: SystemdNotifier | None = None,
         api_tokens: list[str] | None = None,
+        worker_factory: Callable[..., CameraWorker] = CameraWorker,
+        member_options: dict | None = None,
     ) -> None:
         self.config = config
         self._notifier = notifier or SystemdNotifier(None)
@@ -75,6 +77,7 @@ class Runtime:
         self._gpu_probe = gpu_probe
         self._gpu_factory = gpu_factory
         self._nvdec_check = nvdec_check
+        self._worker_factory = worker_factory  # CameraWorker; tests hand in workers that stop when told
         self._native_stdout: NativeStdout | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -89,9 +92,8 @@ class Runtime:
         self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
         placement = config.placement
         self.node = (placement.node_id or socket.gethostname()) if placement.mode == "kafka-group" else None
-        self._placement = (PlacementNode(lambda: self.config, self.node, self._fleet, self.metrics,
-                                         lambda topic, key, value: self._publisher.offer(Outgoing(topic, key, value)),
-                                         self._publish_status)
+        self._placement = (PlacementNode(lambda: self.config, self.node, self._fleet, self.metrics, self._publish_status,
+                                         member_options=member_options)
                            if self.node is not None else None)
         detect = (DetectService(self._detect_targets, config.api.detect, self.metrics.detect_seconds.observe)
                   if config.api.detect.enabled else None)
@@ -201,8 +203,8 @@ class Runtime:
 
     def _make_worker(self, camera: CameraConfig, lane: Lane) -> CameraWorker:
         """A camera's (unstarted) worker, feeding its lane's batcher."""
-        return CameraWorker(camera, self.config.source, self._lanes.decoder_for(camera, lane),
-                            lane.batcher.put, self.metrics, self._on_camera_state)
+        return self._worker_factory(camera, self.config.source, self._lanes.decoder_for(camera, lane),
+                                    lane.batcher.put, self.metrics, self._on_camera_state)
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
@@ -256,7 +258,7 @@ class Runtime:
         self.metrics.config_reloads.labels("applied").inc()
         log_event(log, logging.INFO, "config reloaded", added=[c.id for c in plan.added],
                   removed=list(plan.removed), changed=changed,
-                  unchanged=len(self._fleet) - len(plan.added) - len(plan.changed))
+                  unchanged=len(new.cameras) - len(plan.added) - len(plan.changed))
         return True
 
     def _capture_signals(self) -> Callable[[], None]:
@@ -376,6 +378,9 @@ class Runtime:
         body = {"degraded": degraded, "model_loaded": loaded, "kafka": kafka, "cameras_streaming": streaming,
                 "cameras": cameras}
         if self._grouped:
-            body["placement"], more = self._placement.readiness()
+            body["placement"], more, why = self._placement.readiness()
             degraded.extend(more)
+            if why is not None:
+                ready = False
+                body["placement"]["not_ready"] = why
         return ready, body

@@ -411,13 +411,26 @@ class PlacementConfig(_Strict):
         None, gt=0, le=100000, description="what this node can take, in 1080p-frames/s (a 1080p camera at 5 fps "
         "costs 5); default: 400 per GPU on the GPU path, 25 per CPU core otherwise; measure yours "
         "(docs/performance.md) and set it")
-    session_timeout_s: float = Field(10, ge=3, le=300, description="a node silent this long is dead: its cameras "
-                                     "move (failover takes about this plus a rebalance)")
-    heartbeat_s: float = Field(3, gt=0, le=100, description="how often a node tells the group it is alive")
-    rebalance_timeout_s: float = Field(30, ge=1, le=600, description="how long a rebalance waits for members")
+    session_timeout_s: float = Field(10, ge=1, le=1800, description="a node silent this long is dead: its cameras "
+                                     "move (failover takes about this plus a rebalance); at least the brokers' "
+                                     "group.min.session.timeout.ms (broker_min_session_timeout_s)")
+    broker_min_session_timeout_s: float = Field(
+        6, ge=0, le=1800, description="the brokers' group.min.session.timeout.ms, in seconds (Apache Kafka's "
+        "default: 6): a member asking for less is refused at every JoinGroup; lower it only with the brokers' setting")
+    heartbeat_s: float = Field(1, gt=0, le=100, description="how often a node tells the group it is alive (and "
+                               "hears of a rebalance: a node that hears late can miss a short join window)")
+    rebalance_timeout_s: float = Field(30, ge=1, le=600, description="how long a rebalance waits for members; one "
+                                       "not finished after this plus session_timeout_s and 10 s is a stall, and "
+                                       "the node joins again as a new member")
 
     @model_validator(mode="after")
-    def _heartbeat_within_session(self) -> PlacementConfig:
+    def _timeouts_the_group_accepts(self) -> PlacementConfig:
+        if self.session_timeout_s < self.broker_min_session_timeout_s:
+            raise ValueError(
+                f"session_timeout_s {self.session_timeout_s:g} is below the brokers' group.min.session.timeout.ms "
+                f"({self.broker_min_session_timeout_s:g} s; Apache Kafka's default is 6 s): the broker refuses such a "
+                "member at every JoinGroup and it never joins; raise session_timeout_s, or lower the brokers' "
+                "group.min.session.timeout.ms and set broker_min_session_timeout_s to it")
         if self.heartbeat_s * 3 > self.session_timeout_s:
             raise ValueError(f"heartbeat_s {self.heartbeat_s:g} must be at most a third of session_timeout_s "
                              f"{self.session_timeout_s:g}")

@@ -170,6 +170,30 @@ class Metrics:
         self.placement_overlaps = Counter(
             p + "placement_overlaps", "Cameras this node gave up because the group had moved them while it was "
             "cut off from Kafka (both ran them meanwhile)", ["camera"], registry=r)
+        self.placement_joined = Gauge(
+            p + "placement_joined", "1 while this node is a member of its placement group with an assignment, 0 "
+            "while it joins or the group rebalances", registry=r)
+        self.placement_moving_seconds = Gauge(
+            p + "placement_moving_seconds", "How long a camera has been on its way between nodes (taken from one, "
+            "not yet given to the next), as this node last heard from the group", ["camera"], registry=r)
+        self.placement_refused = Gauge(
+            p + "placement_refused", "Cameras the group gave this node that it cannot run (not in its camera list, "
+            "or no lane for their GPU or model)", registry=r)
+        self.placement_lists_differ = Gauge(
+            p + "placement_lists_differ", "Nodes of the group whose camera list differs from the leader's (a reload "
+            "that reached only some nodes)", registry=r)
+        self.placement_frozen = Gauge(
+            p + "placement_frozen", "Members of the group whose report the leader cannot read (a wire format it does "
+            "not know): nothing is placed or moved while this is above 0", registry=r)
+        self.placement_stalls = Counter(
+            p + "placement_stalls", "Rebalances that did not finish within rebalance_timeout_s + session_timeout_s + "
+            "a margin; the node then left and joined again as a new member", registry=r)
+        self.placement_round_two_asks = Counter(
+            p + "placement_round_two_asks", "Times this node asked for the second round of a move (it stopped "
+            "cameras that go to another node), first and again until they were given", registry=r)
+        self.placement_errors = Counter(
+            p + "placement_errors", "Failures inside the group protocol's callbacks, survived (where: plan, "
+            "assignment, apply, rejoin)", ["where"], registry=r)
         self.native_output_lines = Counter(
             p + "native_output_lines", "Lines a native library printed on stdout, kept out of the log "
             "(PyNvVideoCodec: concealed_picture for each picture NVDEC concealed in a damaged stream, "

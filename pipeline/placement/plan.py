@@ -27,14 +27,34 @@ them. The leader plans:
    next plan gives it to its new node. A member reports what it is still stopping, and no plan
    gives those to anyone (another rebalance can come before it finishes). So a camera never runs
    on two nodes at once. A camera whose node is gone goes to its new node at once.
+5. **Refused**: a camera a member cannot run (not in its camera list, or no lane for it) is
+   reported back as refused and given to another member, never to that one again while it
+   refuses it; a camera nobody can take is unplaced.
+
+The wire format is versioned (`v` in every report and assignment). A member reads reports and
+assignments of every version it knows (1 and 2); the leader writes assignments in the lowest
+version any member speaks, so a rolling upgrade's old members read what the new leader writes
+(fields they do not know are ignored). A report the leader cannot read at all (a member of a
+format it does not know, or garbage) freezes the plan: every readable member keeps what it runs,
+nothing is placed or moved (the unreadable member may run any camera: giving one to someone else
+could run it twice), and the plan says why (`frozen`), for /readyz and the map. Each report also
+carries a digest of the member's camera list: members whose list differs from the leader's are
+named in the plan (`lists_differ`), as a SIGHUP that reached only some nodes leaves them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: digest, refused and version in reports; lists_differ and frozen in assignments
+READABLE_VERSIONS = (1, 2)  # assignments of these versions are read; reports of any version are, if they parse
 FULL_HD = 1920 * 1080
+
+
+def camera_list_digest(costs: dict[str, float]) -> str:
+    """A short digest of a camera list (ids and costs): equal on nodes with the same list."""
+    return hashlib.sha256(json.dumps(sorted(costs.items())).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -48,23 +68,33 @@ class MemberReport:
     generation: int = 0  # of the last assignment this member applied
     stopping: tuple[str, ...] = ()  # taken from it, not stopped yet: no one else may start them
     in_transit: tuple[str, ...] = ()  # the last plan it applied was moving these (planned, not lost)
+    version: int = WIRE_VERSION  # of the member's wire format
+    digest: str = ""  # of its camera list (camera_list_digest); "" from a version 1 member
+    refused: tuple[str, ...] = ()  # given to it, but it cannot run them (not in its list, no lane)
+    readable: bool = True  # False: the leader could not read this report
 
     def encode(self) -> bytes:
-        return json.dumps({"v": WIRE_VERSION, "node": self.node, "capacity": self.capacity,
+        return json.dumps({"v": self.version, "node": self.node, "capacity": self.capacity,
                            "running": self.running, "generation": self.generation,
-                           "stopping": list(self.stopping), "in_transit": list(self.in_transit)}).encode()
+                           "stopping": list(self.stopping), "in_transit": list(self.in_transit),
+                           "digest": self.digest, "refused": list(self.refused)}).encode()
 
     @classmethod
     def decode(cls, member_id: str, data: bytes) -> MemberReport:
-        """A member's report; an unreadable one is a member with no capacity and nothing running."""
+        """A member's report, of any version that carries the fields above (unknown ones are
+        ignored); one that cannot be read is `readable=False` (and then freezes the plan)."""
         try:
             raw = json.loads(data or b"{}")
+            version = raw["v"]
+            if not isinstance(version, int) or version < 1 or not isinstance(raw["node"], str):
+                raise ValueError(f"version {version!r}")
             running = {str(k): int(v) for k, v in dict(raw.get("running", {})).items()}
-            return cls(member_id, str(raw.get("node") or member_id), max(0.0, float(raw.get("capacity", 0))),
+            return cls(member_id, raw["node"] or member_id, max(0.0, float(raw.get("capacity", 0))),
                        running, int(raw.get("generation", 0)), tuple(str(c) for c in raw.get("stopping", [])),
-                       tuple(str(c) for c in raw.get("in_transit", [])))
-        except (ValueError, TypeError, AttributeError):
-            return cls(member_id, member_id, 0.0)
+                       tuple(str(c) for c in raw.get("in_transit", [])), version, str(raw.get("digest", "")),
+                       tuple(str(c) for c in raw.get("refused", [])))
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return cls(member_id, member_id, 0.0, readable=False)
 
 
 @dataclass(frozen=True)
@@ -77,29 +107,38 @@ class Plan:
     moving: list[str]
     nodes: dict[str, dict]  # node -> {"cameras": [...], "capacity": c, "load": l}
     overlaps: dict[str, list[str]] = field(default_factory=dict)  # member id -> cameras it must give up
+    version: int = WIRE_VERSION  # the lowest version any member speaks: what assignments are written in
+    lists_differ: list[str] = field(default_factory=list)  # nodes whose camera list is not the leader's
+    frozen: list[str] = field(default_factory=list)  # members whose report could not be read
 
     def for_member(self, member_id: str, generation: int) -> bytes:
-        """One member's assignment (SyncGroup's user data)."""
-        return json.dumps({"v": WIRE_VERSION, "generation": generation,
+        """One member's assignment (SyncGroup's user data), in the group's lowest version."""
+        return json.dumps({"v": self.version, "generation": generation,
                            "cameras": self.assigned.get(member_id, []), "unplaced": self.unplaced,
                            "moving": self.moving, "nodes": self.nodes,
-                           "overlaps": self.overlaps.get(member_id, [])}).encode()
+                           "overlaps": self.overlaps.get(member_id, []), "lists_differ": self.lists_differ,
+                           "frozen": self.frozen}).encode()
 
 
 def decode_assignment(data: bytes) -> dict | None:
-    """A member's assignment as the leader wrote it; None when unreadable (an older leader)."""
+    """A member's assignment as the leader wrote it; None when unreadable (a version this member
+    does not know, or garbage)."""
     try:
         raw = json.loads(data or b"")
     except ValueError:
         return None
-    return raw if isinstance(raw, dict) and raw.get("v") == WIRE_VERSION else None
+    return raw if isinstance(raw, dict) and raw.get("v") in READABLE_VERSIONS else None
 
 
-def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
-    """The placement of `costs` (camera -> cost) on `members` (see the module docstring)."""
+def plan(costs: dict[str, float], members: list[MemberReport], digest: str = "") -> Plan:
+    """The placement of `costs` (camera -> cost) on `members` (see the module docstring); `digest`:
+    the leader's own camera list's (members with another are named in `lists_differ`)."""
+    if not all(m.readable for m in members):
+        return plan_keeping_claims(costs, members)
     live = sorted(members, key=lambda m: (m.node, m.member_id))
     load = {m.member_id: 0.0 for m in live}
     capacity = {m.member_id: m.capacity for m in live}
+    refused = {m.member_id: set(m.refused) for m in live}
     owner, overlaps = _owners(costs, live)
     stopping = {c for m in live for c in m.stopping if c in costs and c not in owner}  # still running somewhere
     in_transit = {c for m in live for c in m.in_transit}
@@ -111,7 +150,7 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
             load[member] += costs[camera]
     unplaced, filled = [], False
     for camera in sorted((c for c in costs if c not in target and c not in stopping), key=lambda c: (-costs[c], c)):
-        fits = [m for m in load if load[m] + costs[camera] <= capacity[m] + 1e-9]
+        fits = [m for m in load if load[m] + costs[camera] <= capacity[m] + 1e-9 and camera not in refused[m]]
         if not fits:
             unplaced.append(camera)
             continue
@@ -120,7 +159,7 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
         load[best] += costs[camera]
         filled = filled or camera not in in_transit  # lost with a node, or new: not a planned move
     if not filled:
-        _spread(target, load, capacity, costs)  # 3.
+        _spread(target, load, capacity, costs, refused)  # 3.
     assigned: dict[str, list[str]] = {m.member_id: [] for m in live}
     moving = sorted(stopping)  # given to no one until the node stopping them says they stopped
     for camera, member in sorted(target.items()):  # 4. a move from a live member takes two rounds
@@ -128,9 +167,38 @@ def plan(costs: dict[str, float], members: list[MemberReport]) -> Plan:
             moving.append(camera)
         else:
             assigned[member].append(camera)
-    nodes = {m.node: {"cameras": assigned[m.member_id], "capacity": m.capacity,
-                      "load": round(sum(costs[c] for c in assigned[m.member_id]), 3)} for m in live}
-    return Plan(assigned, sorted(unplaced), moving, nodes, overlaps)
+    names = _node_names(live)
+    nodes = {names[m.member_id]: {"cameras": assigned[m.member_id], "capacity": m.capacity,
+                                  "load": round(sum(costs[c] for c in assigned[m.member_id]), 3)} for m in live}
+    differ = sorted(names[m.member_id] for m in live if digest and m.digest and m.digest != digest)
+    return Plan(assigned, sorted(unplaced), moving, nodes, overlaps, min(m.version for m in live) if live else WIRE_VERSION,
+                differ)
+
+
+def plan_keeping_claims(costs: dict[str, float], members: list[MemberReport]) -> Plan:
+    """Every readable member keeps what it runs (the newer claim, where two claim a camera) and
+    nothing else is placed or moved: the plan when a member's report cannot be read (it may be
+    running any camera; those members are named in `frozen`), and the leader's fallback should
+    its plan fail."""
+    readable = sorted((m for m in members if m.readable), key=lambda m: (m.node, m.member_id))
+    owner, overlaps = _owners(costs, readable)
+    assigned = {m.member_id: sorted(c for c, o in owner.items() if o == m.member_id) for m in members}
+    names = _node_names(sorted(members, key=lambda m: (m.node, m.member_id)))
+    nodes = {names[m.member_id]: {"cameras": assigned[m.member_id], "capacity": m.capacity,
+                                  "load": round(sum(costs[c] for c in assigned[m.member_id]), 3),
+                                  **({} if m.readable else {"readable": False})} for m in members}
+    versions = [m.version for m in readable]
+    return Plan(assigned, [], [], nodes, overlaps, min(versions) if versions else 1,
+                frozen=sorted(names[m.member_id] for m in members if not m.readable))
+
+
+def _node_names(members: list[MemberReport]) -> dict[str, str]:
+    """member id -> its name in the map: its node id, made unique when two members share one (a
+    copied config): both then show, with their member ids, instead of one hiding the other."""
+    count: dict[str, int] = {}
+    for m in members:
+        count[m.node] = count.get(m.node, 0) + 1
+    return {m.member_id: m.node if count[m.node] == 1 else f"{m.node} ({m.member_id})" for m in members}
 
 
 def _owners(costs: dict[str, float], live: list[MemberReport]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -153,7 +221,7 @@ def _owners(costs: dict[str, float], live: list[MemberReport]) -> tuple[dict[str
 
 
 def _spread(target: dict[str, str], load: dict[str, float], capacity: dict[str, float],
-            costs: dict[str, float]) -> None:
+            costs: dict[str, float], refused: dict[str, set[str]]) -> None:
     """Move cameras from the relatively fullest member to the emptiest while that lowers the
     fullest relative load (bounded: each camera moves at most once)."""
     usable = [m for m in load if capacity[m] > 0]
@@ -162,7 +230,7 @@ def _spread(target: dict[str, str], load: dict[str, float], capacity: dict[str, 
         ratio = {m: load[m] / capacity[m] for m in usable}
         fullest, emptiest = max(usable, key=lambda m: (ratio[m], m)), min(usable, key=lambda m: (ratio[m], m))
         candidates = [c for c, m in target.items() if m == fullest and c not in moved
-                      and load[emptiest] + costs[c] <= capacity[emptiest] + 1e-9
+                      and c not in refused[emptiest] and load[emptiest] + costs[c] <= capacity[emptiest] + 1e-9
                       and max((load[fullest] - costs[c]) / capacity[fullest],
                               (load[emptiest] + costs[c]) / capacity[emptiest]) < ratio[fullest] - 1e-9]
         if not candidates:

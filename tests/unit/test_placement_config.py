@@ -33,6 +33,22 @@ def test_a_heartbeat_slower_than_a_third_of_the_session_is_refused_with_the_file
     assert "cams.yaml" in str(error.value) and "heartbeat_s 3 must be at most a third" in str(error.value)
 
 
+def test_validate_config_refuses_a_session_timeout_the_brokers_refuse_and_names_the_broker_setting(tmp_path):
+    """Apache Kafka refuses a member whose session timeout is below group.min.session.timeout.ms
+    (6 s by default) at every JoinGroup: such a node would never join. validate-config says so."""
+    path = config_file(tmp_path, mode="kafka-group", session_timeout_s=3, heartbeat_s=1)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "validate-config", str(path)], capture_output=True,
+                            text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stdout
+    assert "cams.yaml" in result.stdout + result.stderr
+    assert "session_timeout_s 3 is below the brokers' group.min.session.timeout.ms" in result.stdout + result.stderr
+    assert "broker_min_session_timeout_s" in result.stdout + result.stderr
+    lowered = config_file(tmp_path, mode="kafka-group", session_timeout_s=3, heartbeat_s=1,
+                          broker_min_session_timeout_s=2)  # the operator lowered the brokers' minimum
+    assert load_config(lowered).placement.session_timeout_s == 3
+    assert load_config(config_file(tmp_path, mode="kafka-group")).placement.heartbeat_s == 1
+
+
 def test_camera_costs_and_default_capacities():
     assert camera_cost(5, None) == 5 and camera_cost(None, None) == 25 and camera_cost(5, 2.2) == 2.2
     assert default_capacity(2, 16, on_gpu=True) == 800 and default_capacity(0, 8, on_gpu=False) == 200

@@ -105,13 +105,31 @@ def test_beyond_the_groups_capacity_cameras_are_unplaced_and_placed_when_a_node_
     assert not joined.unplaced and len(joined.assigned["b"]) == 2  # the unplaced ones, without moving others
 
 
-def test_the_wire_format_round_trips_and_junk_is_a_member_with_nothing():
-    report = MemberReport("m", "node-1", 50.0, {"cam-1": 4}, 4)
+def test_the_wire_format_round_trips_and_junk_is_an_unreadable_member_that_freezes_the_plan():
+    report = MemberReport("m", "node-1", 50.0, {"cam-1": 4}, 4, digest="abc", refused=("cam-7",))
     assert MemberReport.decode("m", report.encode()) == report
-    assert MemberReport.decode("x", b"\xff junk").capacity == 0.0
+    junk = MemberReport.decode("x", b"\xff junk")
+    assert not junk.readable and junk.capacity == 0.0
+    assert not MemberReport.decode("y", b'{"node": "n", "capacity": 5}').readable  # no version: not ours
     result = plan({"cam-1": 5.0}, [report])
     assert decode_assignment(result.for_member("m", 5))["cameras"] == ["cam-1"]
-    assert decode_assignment(b"not json") is None
+    assert decode_assignment(b"not json") is None and decode_assignment(b'{"v": 99}') is None
+    frozen = plan({"cam-1": 5.0, "cam-2": 5.0}, [report, junk])  # cam-2 might run on the unreadable member
+    assert frozen.assigned == {"m": ["cam-1"], "x": []} and frozen.frozen == ["x"] and not frozen.unplaced
+
+
+@settings(max_examples=200, deadline=None)
+@given(cameras_st, capacities_st, st.data())
+def test_a_camera_is_never_given_to_a_member_that_refused_it(costs, capacities, data):
+    refused = {f"m{i}": tuple(c for c in sorted(costs) if data.draw(st.booleans(), label=f"m{i} {c}"))
+               for i in range(len(capacities))}
+    group = [MemberReport(f"m{i}", f"node-{i}", cap, refused=refused[f"m{i}"]) for i, cap in enumerate(capacities)]
+    result = plan(costs, group)
+    for member, cameras in result.assigned.items():
+        assert not set(cameras) & set(refused[member])
+    room = {m.member_id: m.capacity - loads(result, costs)[m.member_id] for m in group}
+    for camera in result.unplaced:  # unplaced only where every member with room refused it
+        assert all(camera in refused[m.member_id] or costs[camera] > room[m.member_id] + 1e-9 for m in group)
 
 
 def test_a_camera_its_node_is_still_stopping_is_given_to_no_one():
