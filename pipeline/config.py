@@ -629,7 +629,9 @@ def _record_marks(node: yaml.Node, at: tuple, marks: dict[tuple, int], path: Pat
 
 
 def _interpolate(data: Any, at: tuple, env, path: Path, marks: dict) -> list[str]:
-    """Replace ${VAR} and ${VAR:-default} in strings, in place; return problems."""
+    """Replace ${VAR} and ${VAR:-default} in strings, in place; return problems. VAR comes from the
+    environment, or from the file VAR_FILE names (a Docker or Kubernetes secret mounted as a file,
+    so the secret is not in the process's environment), without its trailing newline."""
     problems: list[str] = []
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for key, value in list(items):
@@ -643,6 +645,14 @@ def _interpolate(data: Any, at: tuple, env, path: Path, marks: dict) -> list[str
                 name, default = match.group(1), match.group(2)
                 if name in env:
                     return env[name]
+                if f"{name}_FILE" in env:
+                    try:
+                        return Path(env[f"{name}_FILE"]).read_text().rstrip("\r\n")
+                    except OSError as exc:
+                        problems.append(f"{path}:{_line(marks, here)}: {_dotted(here)}: {name}_FILE names "
+                                        f"{env[f'{name}_FILE']}, which cannot be read ({exc.strerror}); mount the "
+                                        "secret there or fix the variable")
+                        return ""
                 if default is not None:
                     return default
                 missing.append(name)
@@ -652,7 +662,8 @@ def _interpolate(data: Any, at: tuple, env, path: Path, marks: dict) -> list[str
             for name in missing:
                 problems.append(
                     f"{path}:{_line(marks, here)}: {_dotted(here)}: environment variable {name} is "
-                    f"not set; export it (or give a default: ${{{name}:-value}})"
+                    f"not set; export it, or {name}_FILE with the path of a file holding it (or give a "
+                    f"default: ${{{name}:-value}})"
                 )
     return problems
 

@@ -48,6 +48,17 @@ def test_missing_env_var_names_variable_and_line(tmp_path):
     assert line.startswith(f"{path}:7: cameras[0].url: environment variable GATE_PASS is not set")
 
 
+def test_a_secret_can_come_from_the_file_VAR_FILE_names_not_the_environment(tmp_path):
+    """${GATE_PASS} reads GATE_PASS, or the file GATE_PASS_FILE names (a Kubernetes or Docker
+    secret mounted as a file, so the password is in no process environment); unreadable: one line."""
+    secret = tmp_path / "gate-pass"
+    secret.write_text("fr0m-a-file\n")
+    config = load_config(write(tmp_path, GOOD), {"GATE_PASS_FILE": str(secret)})
+    assert config.cameras[0].url == "rtsp://admin:fr0m-a-file@10.0.0.5/stream1" and config.secrets() == {"fr0m-a-file"}
+    [line] = problems(write(tmp_path, GOOD), env={"GATE_PASS_FILE": str(tmp_path / "absent")})
+    assert line.startswith(f"{tmp_path / 'cameras.yaml'}:7: cameras[0].url: GATE_PASS_FILE names ") and "cannot be read" in line
+
+
 def test_env_default_is_used(tmp_path):
     path = write(tmp_path, GOOD.replace("${GATE_PASS}", "${GATE_PASS:-fallback}"))
     assert "fallback" in load_config(path, {}).cameras[0].url
