@@ -96,11 +96,12 @@ def with_local_engines(text: str) -> str:
     return text.replace(INSTALLED_ENGINES, str(REPO / "engines"))
 
 
-def check_daemon_config(text: str, tmp_path: Path, **env: str) -> None:
+def check_daemon_config(text: str, tmp_path: Path, **env: str):
     path = tmp_path / "cameras.yaml"
     path.write_text(with_local_engines(text))
-    config = load_config(path, {"CAMERA_PASSWORD": "x", **env})
+    config = load_config(path, env if "CAMERA_PASSWORD_FILE" in env else {"CAMERA_PASSWORD": "x", **env})
     assert config.metrics.listen == "0.0.0.0:9108"  # reachable by Prometheus and the health check
+    return config
 
 
 def check_rules(text: str, tmp_path: Path) -> None:
@@ -125,35 +126,81 @@ def test_kubernetes_manifests_pass_the_api_schemas_strictly():
     version = kubernetes_validate.latest_version()
     for doc in kubernetes_documents():
         kubernetes_validate.validate(doc, version, strict=True)
-    broken = json.loads(json.dumps(next(d for d in kubernetes_documents() if d["kind"] == "Deployment")))
+    broken = json.loads(json.dumps(next(d for d in kubernetes_documents() if d["kind"] == "StatefulSet")))
     broken["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):  # the checker does check
         kubernetes_validate.validate(broken, version, strict=True)
 
 
-def test_the_deployment_places_cameras_by_group_with_gpu_limits_probes_a_budget_and_an_autoscaler(tmp_path):
+def test_the_statefulset_places_cameras_by_group_keeps_its_volumes_and_has_headroom_for_a_pod_down(tmp_path):
     docs = kubernetes_documents()
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    workload = next(d for d in docs if d["kind"] == "StatefulSet")
+    pod = workload["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     assert container["args"] == ["run", "--config", "/etc/rtsp-pipeline/cameras.yaml"]  # no ordinals, no shard
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert workload["spec"]["minReadySeconds"] >= 10  # ready = placed and applied, then held a while
+    assert pod["automountServiceAccountToken"] is False  # the daemon never calls the Kubernetes API
+    # the spool and the engine cache survive a reschedule: volume claims, kept on scale-in
+    claims = {c["metadata"]["name"] for c in workload["spec"]["volumeClaimTemplates"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert {"spool", "engine-cache"} <= claims and not {"spool", "engine-cache"} & {v["name"] for v in pod["volumes"]}
+    assert workload["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
     config = next(d for d in docs if d["kind"] == "ConfigMap")
-    check_daemon_config(config["data"]["cameras.yaml"], tmp_path, POD_NAME="rtsp-pipeline-7d9f-abcde")
-    placement = yaml.safe_load(config["data"]["cameras.yaml"])["placement"]
-    assert placement["mode"] == "kafka-group" and placement["node_id"] == "${POD_NAME}"
+    cameras = yaml.safe_load(config["data"]["cameras.yaml"])
+    assert mounts["spool"] == "/var/lib/rtsp-pipeline" and mounts["engine-cache"] == "/var/cache/rtsp-pipeline"
+    # API tokens from the mounted Secret, not the environment
+    assert cameras["api"]["tokens_file"].startswith(mounts["secrets"]) and cameras["api"]["tokens_env"] is None
+    assert not container.get("envFrom") and not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    password = tmp_path / "CAMERA_PASSWORD"
+    password.write_text("from-the-secret-file\n")
+    loaded = check_daemon_config(config["data"]["cameras.yaml"], tmp_path, POD_NAME="rtsp-pipeline-2",
+                                 CAMERA_PASSWORD_FILE=str(password))
+    assert ":from-the-secret-file@" in loaded.cameras[0].url
+    assert env["CAMERA_PASSWORD_FILE"]["value"].startswith(mounts["secrets"])
+    assert cameras["placement"]["mode"] == "kafka-group" and cameras["placement"]["node_id"] == "${POD_NAME}"
     check_rules(config["data"]["alerts.yaml"], tmp_path)
     budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
     assert budget["spec"]["maxUnavailable"] == 1
     hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                             "name": workload["metadata"]["name"]}
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "rtsp_pipeline_placement_fullness"
+    # headroom: at the target fullness f and any N >= minReplicas pods, N-1 pods hold the load (f*N <= N-1)
+    target = float(hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"].rstrip("m")) / 1000
+    low = hpa["spec"]["minReplicas"]
+    assert low == workload["spec"]["replicas"] and all(target * n <= n - 1 for n in range(low, 50))
     text = (DEPLOY / "kubernetes" / "autoscaling.yaml").read_text()
-    for metric in re.findall(r"\b(rtsp_pipeline_placement_[a-z_]+)\{", text):  # what the adapter's rule reads
+    rule = text[text.index("metricsQuery"):text.index("apiVersion")]
+    for metric in re.findall(r"\b(rtsp_pipeline_placement_[a-z_]+)\{", rule):  # what the adapter's rule reads
         assert metric in exported_metrics(), metric
+    assert all(m == "{<<.LabelMatchers>>}" for m in re.findall(r"rtsp_pipeline_placement_[a-z_]+(\{[^}]*\})", rule))
+    assert "count by (namespace)" in rule  # the group's unplaced demand shared over its pods
+
+
+def test_the_alerting_consumer_has_probes_and_every_pod_a_network_policy():
+    docs = kubernetes_documents()
+    alerts = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rtsp-alerts")
+    container = alerts["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics" == container["readinessProbe"]["httpGet"]["port"]
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["alerts.yaml"])
+    assert config["metrics"]["listen"].endswith(":9109") and container["ports"][0]["containerPort"] == 9109
+    policies = {d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: d for d in docs
+                if d["kind"] == "NetworkPolicy"}
+    workloads = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs
+                 if d["kind"] in ("StatefulSet", "Deployment")}
+    assert set(policies) == workloads
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+        assert {53, 9092} <= egress_ports  # DNS and Kafka, and nothing open-ended
+        assert all(rule.get("to") for rule in policy["spec"]["egress"])  # no rule open to everyone
+        assert all(rule.get("from") for rule in policy["spec"]["ingress"])
+    assert 554 in {p["port"] for rule in policies["rtsp-pipeline"]["spec"]["egress"] for p in rule["ports"]}
 
 
 def dashboard_metrics() -> set[str]:
