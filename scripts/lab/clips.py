@@ -28,7 +28,7 @@ def make_clip(path: Path, width: int, height: int, seconds: float = 4, fps: int 
 def ts_clip(path: Path, parts: list[tuple[int, int, float]], fps: int = 25, gop: int = 25) -> Path:
     """An MPEG-TS H.264 clip of ffmpeg's test pattern whose resolution changes between `parts`
     ((width, height, seconds) each; a new SPS at each change, timestamps continuous). To be looped
-    by scripts/rtsp_server.py, the last part must have the first part's size (see there)."""
+    by scripts/lab/rtsp_server.py, the last part must have the first part's size (see there)."""
     if parts[0][:2] != parts[-1][:2]:
         raise ValueError(f"ts_clip: the last part must be {parts[0][0]}x{parts[0][1]} like the first "
                          "(a looped clip that changes resolution at the loop deadlocks the RTSP server)")

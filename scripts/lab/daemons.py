@@ -88,14 +88,18 @@ class PlacementCluster:
     with its own node id, ports and spool; `session_s`/`heartbeat_s`: the group's timing."""
 
     def __init__(self, folder: Path, rtsp: RtspServer, bootstrap: str, cameras: dict[str, float],
-                 camera_host: str = "127.0.0.1", session_s: float = 6, heartbeat_s: float = 1) -> None:
+                 camera_host: str = "127.0.0.1", session_s: float = 6, heartbeat_s: float = 1,
+                 settings: dict | None = None) -> None:
         self.folder, self.rtsp, self.bootstrap, self.camera_host = folder, rtsp, bootstrap, camera_host
         self.topic = f"placed-{uuid.uuid4().hex[:8]}"
         self.group = f"group-{self.topic}"
         self.cameras = dict(cameras)  # camera -> fps (its cost, as if 1080p)
         self.nodes: dict[str, tuple[Daemon, int]] = {}
         self.hosts: dict[str, str] = {}  # node -> the address its HTTP endpoint answers on
+        self.capacities: dict[str, float] = {}
+        self.listens: dict[str, str] = {}  # node -> the address its HTTP endpoint listens on
         self.session_s, self.heartbeat_s = session_s, heartbeat_s
+        self.settings = dict(settings or {})  # more top-level config keys for every node (log_level, ...)
 
     def config(self, node: str, capacity: float, port: int, listen: str = "127.0.0.1") -> Path:
         cameras = [(c, self.rtsp.url("cam", host=self.camera_host), fps) for c, fps in self.cameras.items()]
@@ -104,7 +108,8 @@ class PlacementCluster:
             status_topic=f"{self.topic}-status", metrics_port=port,
             kafka={"stop_timeout_s": 3, "spool": {"folder": str(self.folder / f"{node}-spool")}},
             placement={"mode": "kafka-group", "group": self.group, "node_id": node, "capacity": capacity,
-                       "session_timeout_s": self.session_s, "heartbeat_s": self.heartbeat_s})
+                       "session_timeout_s": self.session_s, "heartbeat_s": self.heartbeat_s},
+            **self.settings)
         if listen != "127.0.0.1":
             import yaml
 
@@ -113,17 +118,30 @@ class PlacementCluster:
             path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def start(self, node: str, capacity: float, namespace=None) -> None:
-        """Start (or restart) a node; in `namespace` (a NetNamespace) it is a host of its own."""
+    def start(self, node: str, capacity: float, namespace=None, env: dict | None = None) -> None:
+        """Start (or restart) a node; in `namespace` (a NetNamespace) it is a host of its own;
+        `env`: more environment for its process."""
         port = self.nodes[node][1] if node in self.nodes else free_port()
         if node in self.nodes:  # a restart: the old process is gone; close what the test held of it
             self.nodes[node][0].stop()
         listen = "0.0.0.0" if namespace is not None else "127.0.0.1"
         self.hosts[node] = namespace.address if namespace is not None else "127.0.0.1"
-        daemon = Daemon(self.config(node, capacity, port, listen), self.folder / f"{node}-{time.time():.0f}.log",
-                        wrapper=namespace.run_in if namespace is not None else ())
+        daemon = Daemon(self.config(node, capacity, port, listen), self.folder / f"{node}-{time.time():.3f}.log",
+                        env=env, wrapper=namespace.run_in if namespace is not None else ())
         daemon.start()
         self.nodes[node] = (daemon, port)
+        self.capacities[node], self.listens[node] = capacity, listen
+
+    def reload_all(self, cameras: dict[str, float]) -> float:
+        """A new camera list in every node's config, then SIGHUP to every live node at once (as a
+        ConfigMap change reaches every pod); returns when the signals were sent."""
+        self.cameras = dict(cameras)
+        for node, (_, port) in self.nodes.items():
+            self.config(node, self.capacities[node], port, self.listens[node])
+        at = time.time()
+        for node in self.alive():
+            self.nodes[node][0].proc.send_signal(signal.SIGHUP)
+        return at
 
     def url(self, node: str, path: str) -> str:
         return f"http://{self.hosts[node]}:{self.nodes[node][1]}{path}"

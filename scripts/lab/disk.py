@@ -1,4 +1,5 @@
-"""A real small filesystem (tmpfs) to fill up and remount read-only.
+"""Disk faults: a real small filesystem (tmpfs) to fill up and remount read-only, and a disk whose
+fsync stalls on demand (a preloaded library: scripts/lab/stall_fsync.c).
 """
 from __future__ import annotations
 
@@ -78,3 +79,13 @@ class SmallDisk:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+
+def fsync_stall_library(folder: Path) -> Path:
+    """scripts/lab/stall_fsync.c built into `folder` (gcc): preload it (LD_PRELOAD) with
+    STALL_FSYNC_WHILE=FILE, and every fsync of that process waits while FILE exists."""
+    source = Path(__file__).with_name("stall_fsync.c")
+    library = Path(folder) / "stall_fsync.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"], check=True,
+                   capture_output=True)
+    return library

@@ -7,7 +7,6 @@ stub engine, and a Kafka address that refuses (the publisher keeps retrying, as 
 import asyncio
 
 import pytest
-import yaml
 
 from pipeline.app import Runtime
 from pipeline.config import load_config
@@ -29,20 +28,33 @@ def runtime(path, group, workers) -> Runtime:
                    member_options={"consumer_factory": group.consumer, "own_thread": False})
 
 
+async def running(tmp_path, cameras: dict[str, float]):
+    """A daemon of one node running `cameras` (the group gave it all): (daemon, its task, group, workers)."""
+    group, workers = FakeGroup(), Workers()
+    path = write_config(tmp_path / "a.yaml", cameras)
+    daemon = runtime(path, group, workers)
+    task = asyncio.get_running_loop().create_task(daemon.run())
+    await eventually(lambda: set(workers.live()) == set(cameras), timeout=30, what="every camera running")
+    return daemon, task, group, workers
+
+
+async def reload_stuck_stopping(daemon, workers, cameras: dict[str, float]) -> asyncio.Task:
+    """A reload to `cameras`, caught while it waits for a stopped camera's thread to end."""
+    write_config(daemon._config_path, cameras)
+    workers.open.clear()  # camera threads now end only when let
+    reload = asyncio.get_running_loop().create_task(daemon.reload())
+    await eventually(lambda: any(w.stopping for w in workers.made), what="the reload stopping a camera")
+    return reload
+
+
 def test_a_sighup_racing_a_rebalance_leaves_each_camera_running_once(tmp_path):
     """Finding 1: reload restarting a changed camera awaited its thread's end; an assignment that
     still listed the camera started it meanwhile, then reload started it again and orphaned the
-    first worker (running for good, stopped by nobody). Fails without the fleet's lock."""
+    first worker (running for good, stopped by nobody). Fails when a change starts a camera that
+    already runs (as 19caf2b's reload did: it started changed cameras whatever ran)."""
     async def main():
-        group, workers = FakeGroup(), Workers()
-        path = write_config(tmp_path / "a.yaml", {"cam-a": 2, "cam-b": 2})
-        daemon = runtime(path, group, workers)
-        task = asyncio.get_running_loop().create_task(daemon.run())
-        await eventually(lambda: set(workers.live()) == {"cam-a", "cam-b"}, timeout=30, what="both cameras")
-        write_config(path, {"cam-a": 3, "cam-b": 2})  # cam-a's fps changed: a reload restarts it
-        workers.open.clear()  # camera threads now end only when let
-        reload = asyncio.get_running_loop().create_task(daemon.reload())
-        await eventually(lambda: any(w.stopping for w in workers.made), what="the reload stopping cam-a")
+        daemon, task, group, workers = await running(tmp_path, {"cam-a": 2, "cam-b": 2})
+        reload = await reload_stuck_stopping(daemon, workers, {"cam-a": 3, "cam-b": 2})  # cam-a's fps changed
         await group.rebalance()  # an assignment that still lists cam-a arrives now
         await asyncio.sleep(0.2)
         workers.open.set()
@@ -57,21 +69,15 @@ def test_a_sighup_racing_a_rebalance_leaves_each_camera_running_once(tmp_path):
     asyncio.run(main())
 
 
-def test_a_camera_the_group_takes_away_while_a_reload_restarts_it_is_not_started_again_here(tmp_path):
+def test_a_camera_the_group_takes_away_while_a_reload_restarts_it_ends_on_the_new_node_only(tmp_path):
     """Finding 1, the other order: while a reload restarts cam-a, a node joins and the plan takes
-    cam-a from this node (round one of a move). The reload must not start cam-a again after the
-    assignment has run: with the fleet's lock the assignment runs after the reload and stops it,
-    then round two gives it to the new node. Without the lock cam-a stays here, assigned away."""
+    cam-a from this node (round one of a move), applied while the reload still waits. The end:
+    cam-a on the new node only. (The fleet's lock makes the assignment wait for the reload; without
+    it the reload starts cam-a here again, and the re-asked round two still moves it to node-b, later:
+    this outcome holds either way, the next test shows the lock.)"""
     async def main():
-        group, workers = FakeGroup(), Workers()
-        path = write_config(tmp_path / "a.yaml", {"cam-a": 2, "cam-b": 2})
-        daemon = runtime(path, group, workers)
-        task = asyncio.get_running_loop().create_task(daemon.run())
-        await eventually(lambda: set(workers.live()) == {"cam-a", "cam-b"}, timeout=30, what="both cameras")
-        write_config(path, {"cam-a": 3, "cam-b": 2})
-        workers.open.clear()
-        reload = asyncio.get_running_loop().create_task(daemon.reload())
-        await eventually(lambda: any(w.stopping for w in workers.made), what="the reload stopping cam-a")
+        daemon, task, group, workers = await running(tmp_path, {"cam-a": 2, "cam-b": 2})
+        reload = await reload_stuck_stopping(daemon, workers, {"cam-a": 3, "cam-b": 2})
         other = SimpleNode("node-b", {"cam-a": 3.0, "cam-b": 2.0})
         member_b = other.member(group)
         await member_b.start()  # the spread takes cam-a from node-a now
@@ -91,12 +97,8 @@ def test_shutdown_with_an_assignment_arriving_stops_everything_and_leaves_the_gr
     crashed (dictionary changed size), skipping LeaveGroup and the publisher's flush. Now the
     fleet is closed first: the assignment changes nothing, and the daemon stops with 0."""
     async def main():
-        group, workers = FakeGroup(), Workers()
         cameras = {f"cam-{i}": 2 for i in range(4)}
-        path = write_config(tmp_path / "a.yaml", cameras)
-        daemon = runtime(path, group, workers)
-        task = asyncio.get_running_loop().create_task(daemon.run())
-        await eventually(lambda: len(workers.live()) == 4, timeout=30, what="four cameras")
+        daemon, task, group, workers = await running(tmp_path, cameras)
         workers.open.clear()
         daemon.request_stop()
         await eventually(lambda: any(w.stopping for w in workers.made), what="shutdown joining camera threads")
@@ -115,12 +117,8 @@ def test_shutdown_with_an_assignment_arriving_stops_everything_and_leaves_the_gr
 def test_a_reload_logs_unchanged_cameras_of_the_list_not_of_this_node(tmp_path, caplog):
     """Seen in issue 33: a node running no cameras logged "unchanged": -6 after a SIGHUP."""
     async def main():
-        group, workers = FakeGroup(), Workers()
-        path = write_config(tmp_path / "a.yaml", {"cam-a": 2, "cam-b": 2, "cam-c": 2})
-        daemon = runtime(path, group, workers)
-        task = asyncio.get_running_loop().create_task(daemon.run())
-        await eventually(lambda: len(workers.live()) == 3, timeout=30)
-        write_config(path, {"cam-a": 2, "cam-b": 5, "cam-d": 2})
+        daemon, task, group, workers = await running(tmp_path, {"cam-a": 2, "cam-b": 2, "cam-c": 2})
+        write_config(daemon._config_path, {"cam-a": 2, "cam-b": 5, "cam-d": 2})
         with caplog.at_level("INFO"):
             assert await daemon.reload()
         daemon.request_stop()
