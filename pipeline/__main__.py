@@ -1,6 +1,6 @@
 """`python -m pipeline` is the same as the `rtsp-pipeline` command."""
 import sys
 
-from pipeline.cli import main
+from pipeline.launch import main
 
 sys.exit(main())

@@ -107,12 +107,16 @@ class Runtime:
             count=lambda endpoint, status: self.metrics.http_requests.labels(endpoint, str(status)).inc()))
 
     # ------------------------------------------------------------------ life cycle
-    async def run(self) -> int:
-        """Run until stopped by a signal (or `request_stop`); return the process exit code."""
+    async def run(self, stopped_before: Callable[[], bool] = lambda: False) -> int:
+        """Run until stopped by a signal (or `request_stop`); return the process exit code.
+        `stopped_before`: whether a stop was asked for before this (then nothing starts)."""
         self._loop = asyncio.get_running_loop()
         restore = self._capture_signals()
         health_loop = None
         try:
+            if stopped_before():
+                log_event(log, logging.INFO, "signal received while starting; stopping")
+                return 0
             await self._startup()
             log_event(log, logging.INFO, "running", cameras=len(self._fleet),
                       metrics=f"{self.config.metrics.host}:{self._http.bound_port}",

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -28,8 +29,10 @@ DEFAULT_CONFIG = "/etc/rtsp-pipeline/cameras.yaml"  # where the container images
 log = logging.getLogger("pipeline")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script and `python -m pipeline`."""
+def main(argv: list[str] | None = None, stop_requested: threading.Event | None = None,
+         handlers: dict | None = None) -> int:
+    """The commands (pipeline.launch calls this: `stop_requested` is set by a SIGTERM or SIGINT that
+    came before, and `handlers` are the ones it replaced)."""
     # ONNX Runtime 1.32 starts Microsoft's telemetry when imported: it writes a device id and an
     # event store under $XDG_CACHE_HOME/Microsoft (a read-only container root gets a warning line on
     # stderr instead). An edge box sending usage data is not what operators expect: off unless set.
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the daemon's config (default: $RTSP_PIPELINE_CONFIG, else {DEFAULT_CONFIG})")
     health.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
+    if args.command != "run":
+        _default_signals(stop_requested, handlers)
     if args.command == "healthcheck":
         return _healthcheck(args.config, args.timeout)
     if getattr(args, "shard", None):
@@ -76,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         return _build_engines(config, args.force)
     if args.command == "placement":
         return _print_placement(config, args.timeout)
-    return _run(config, path)
+    return _run(config, path, stop_requested)
+
+
+def _default_signals(stop_requested: threading.Event | None, handlers: dict | None) -> None:
+    """A command other than run: the handlers it had before launch's, and a signal that came
+    meanwhile acted on now."""
+    for sig, handler in (handlers or {}).items():
+        signal.signal(sig, handler)
+    if stop_requested is not None and stop_requested.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _print_placement(config: Config, timeout: float) -> int:
@@ -138,7 +152,20 @@ def _load_or_report(path: str, load: Callable[[str], Any] = load_config) -> Any:
         return None
 
 
-def _run(config: Config, path: str) -> int:
+def _run(config: Config, path: str, stop_requested: threading.Event | None = None) -> int:
+    # A SIGTERM or SIGINT before the Runtime has its own handlers (its imports and construction
+    # take a second or two) is an orderly stop: noted (by pipeline.launch from the process's first
+    # moments, else from here), and the Runtime stops at once when it starts.
+    requested = stop_requested or threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: requested.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_runtime(config, path, requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_runtime(config: Config, path: str, stop_requested: threading.Event) -> int:
     from pipeline.api.server import load_tokens
     from pipeline.app import Runtime  # imported here so validate-config stays light
     from pipeline.systemd import SystemdNotifier
@@ -153,7 +180,7 @@ def _run(config: Config, path: str) -> int:
     notifier = SystemdNotifier.from_environment()
     try:
         code = asyncio.run(Runtime(config, config_path=Path(path), notifier=notifier,
-                                   api_tokens=tokens).run())
+                                   api_tokens=tokens).run(stop_requested.is_set))
     except (PipelineError, OSError) as exc:
         log_event(log, logging.ERROR, "cannot run", error=str(exc))
         return EXIT_FAILURE
