@@ -100,6 +100,14 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
             (f"sum by (instance) (increase({P}placement_rebalances_total[$__rate_interval]))", "{{instance}} rebalances"),
             (f"sum by (camera) (increase({P}placement_overlaps_total[$__rate_interval]))", "{{camera}} overlapped")],
          "timeseries", 6),
+        ("Cameras on their way between nodes (s)", "s", [
+            (f"max by (camera) ({P}placement_moving_seconds)", "{{camera}}")], "timeseries", 6),
+        ("Group health (each should stay 0)", "short", [
+            (f"sum by (instance) (increase({P}placement_stalls_total[$__rate_interval]))", "{{instance}} stalls"),
+            (f"max({P}placement_lists_differ)", "nodes with another camera list"),
+            (f"max({P}placement_frozen)", "unreadable members (placement frozen)"),
+            (f"sum({P}placement_refused)", "cameras refused"),
+            (f"count({P}placement_joined == 0)", "nodes out of the group")], "timeseries", 6),
     ]),
     ("GPU (NVML; empty on the CPU path)", [
         ("GPU utilisation", "percentunit", [(f"{P}gpu_utilization_ratio", "GPU {{gpu}}")], "timeseries", 12),
