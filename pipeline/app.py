@@ -66,6 +66,7 @@ class Runtime:
         api_tokens: list[str] | None = None,
         worker_factory: Callable[..., CameraWorker] = CameraWorker,
         member_options: dict | None = None,
+        producer_factory: Callable | None = None,
     ) -> None:
         self.config = config
         self._notifier = notifier or SystemdNotifier(None)
@@ -83,7 +84,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._lanes: Lanes | None = None  # built at start, once the execution path is known
         self._path: PathChoice | None = None
-        self._publisher = KafkaPublisher(config.kafka, self.metrics)
+        self._publisher = KafkaPublisher(config.kafka, self.metrics, producer_factory)
         self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
         self._fleet = Fleet(lambda camera: self._lanes.lane_for(camera), self._make_worker,
                             self.preview.forget if self.preview is not None else lambda camera_id: None)

@@ -40,6 +40,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,8 +90,10 @@ class KafkaPublisher:
     """Sends every message through the on-disk spool with one aiokafka producer, in order;
     reconnects and re-sends with backoff; `offer()` never blocks."""
 
-    def __init__(self, config: KafkaConfig, metrics: Metrics) -> None:
+    def __init__(self, config: KafkaConfig, metrics: Metrics,
+                 producer_factory: Callable[[KafkaConfig], AIOKafkaProducer] | None = None) -> None:
         self._config = config
+        self._producer_factory = producer_factory or _aiokafka_producer  # the host-path benchmark's null sink
         self._metrics = metrics
         self._spool: Spool | None = None
         self._maintenance: asyncio.Task | None = None
@@ -393,7 +396,7 @@ class KafkaPublisher:
     async def _connect(self) -> None:
         delay = 0.5
         while True:
-            producer = self._make_producer()
+            producer = self._producer_factory(self._config)
             try:
                 await producer.start()
             except Exception as exc:  # unreachable, refused, TLS or SASL failure: all retried, never fatal
@@ -446,20 +449,6 @@ class KafkaPublisher:
             log_event(log, logging.INFO, "kafka topic available; sending its messages", topic=topic)
         self._reread = True
         self._wake.set()
-
-    def _make_producer(self) -> AIOKafkaProducer:
-        c = self._config
-        return AIOKafkaProducer(
-            bootstrap_servers=c.bootstrap_servers,
-            client_id=c.client_id,
-            acks="all",
-            enable_idempotence=False,
-            compression_type=None if c.compression == "none" else c.compression,
-            linger_ms=c.linger_ms,
-            request_timeout_ms=int(c.request_timeout_s * 1000),
-            retry_backoff_ms=200,
-            **security_options(c),
-        )
 
     def _delivered(self, record: Record, future: asyncio.Future) -> None:
         self._outstanding -= 1
@@ -518,6 +507,20 @@ class KafkaPublisher:
         if now - self._last_error_log >= 10:
             self._last_error_log = now
             log_event(log, logging.WARNING, event, **fields)
+
+
+def _aiokafka_producer(c: KafkaConfig) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=c.bootstrap_servers,
+        client_id=c.client_id,
+        acks="all",
+        enable_idempotence=False,
+        compression_type=None if c.compression == "none" else c.compression,
+        linger_ms=c.linger_ms,
+        request_timeout_ms=int(c.request_timeout_s * 1000),
+        retry_backoff_ms=200,
+        **security_options(c),
+    )
 
 
 @dataclass(slots=True)
