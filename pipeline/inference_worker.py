@@ -57,6 +57,7 @@ class InferenceWorker:
         name: str = "",
         keep_pictures: Callable[[tuple, list[FrameResult]], None] | None = None,
         track: Callable | None = None,
+        postprocess_batch: Callable | None = None,
     ) -> None:
         self._next_batch = next_batch
         self._preprocessors = list(preprocessors)
@@ -64,7 +65,8 @@ class InferenceWorker:
         for pre in preprocessors:  # each owns one input buffer
             self._free.put(pre)
         self._infer = infer
-        self._postprocess = postprocess
+        self._postprocess = postprocess  # (output=, letterbox=[, confidence=]) -> detections of one image
+        self._postprocess_batch = postprocess_batch  # (outputs, letterboxes) -> BatchDetections: one call a batch
         self._emit = emit
         self._keep_pictures = keep_pictures  # the live preview's, when enabled
         self._track = track  # (FrameMeta, detections) -> (published detections, TrackEvents | None)
@@ -192,11 +194,14 @@ class InferenceWorker:
         start = time.monotonic()
         results, tracking = [], 0.0
         try:
+            found = (self._postprocess_batch(job.outputs, job.letterboxes)
+                     if self._postprocess_batch is not None else None)
             for i, frame in enumerate(job.batch.frames):
                 if frame.reply is not None:  # a /v1/detect image: answered, never numbered or published
                     self._answer(frame.reply, job.outputs[i], job.letterboxes[i])
                     continue
-                detections = self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i])
+                detections = (found.for_image(i) if found is not None
+                              else self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i]))
                 cam = frame.meta.camera_id
                 tracks = None
                 if self._track is not None:

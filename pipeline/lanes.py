@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pipeline.api.detect import DetectTarget
 from pipeline.config import CameraConfig, Config, ModelConfig
 from pipeline.core import FrameResult, ModelRef
@@ -26,7 +28,7 @@ from pipeline.s2_nvdec import nvdec_decoder
 from pipeline.s3_batch import DeadlineBatcher
 from pipeline.s4_infer import Engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
-from pipeline.s5_postprocess import detect_layout, detections_for_image
+from pipeline.s5_postprocess import detect_layout, detections_for_batch, detections_for_image
 from pipeline.s5_track import Trackers, TrackSettings
 
 log = logging.getLogger(__name__)
@@ -192,10 +194,10 @@ class Lanes:
             request_queue=cfg.api.detect.queue,
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self._metrics)
-        postprocess = functools.partial(  # weak boxes too, for tracking; Trackers publishes the confident
-            detections_for_image, layout=layout, labels=info.labels, confidence=self._lowest_confidence(model),
-            iou=model.iou, max_detections=model.max_detections,
-        )
+        settings = dict(layout=layout, labels=info.labels, confidence=self._lowest_confidence(model), iou=model.iou,
+                        max_detections=model.max_detections)  # weak boxes too, for tracking: Trackers publishes the confident
+        postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's
+        postprocess_batch = functools.partial(_postprocess_batch, **settings)
         runs = engine.concurrency
         if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
             preprocessors = engine.preprocessors(runs + 1, max_batch)
@@ -206,7 +208,7 @@ class Lanes:
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
                                     emit, self._metrics, name=name,
                                     keep_pictures=self._preview.offer if self._preview else None,
-                                    track=trackers.track)
+                                    track=trackers.track, postprocess_batch=postprocess_batch)
         detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
                               gpu if path.decoder == "nvdec" else None)
         return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
@@ -227,3 +229,8 @@ class Lanes:
         max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
         return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
                              max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks)
+
+
+def _postprocess_batch(outputs, letterboxes, **settings):
+    """The finish stage's postprocessing: the whole batch at once (its outputs as one array)."""
+    return detections_for_batch(np.asarray(outputs), letterboxes=letterboxes, **settings)

@@ -8,6 +8,7 @@ Layouts (detected by `detect_layout`, or named in config):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -153,3 +154,115 @@ def detections_for_image(
         label = labels[cls] if 0 <= cls < len(labels) else f"class_{cls}"
         result.append(Detection(cls, label, round(float(score), 4), (x1, y1, x2, y2)))
     return tuple(result)
+
+
+# ---------------------------------------------------------------------- a whole batch at once
+@dataclass(frozen=True, slots=True)
+class BatchDetections:
+    """A batch's detections as arrays, in source pixels, each image's best first: the rows of image
+    i are `image == i`. What postprocessing hands on: per batch, not per object."""
+
+    image: np.ndarray  # [M] int64: the image of the batch each row belongs to
+    boxes: np.ndarray  # [M, 4] float64 xyxy, rounded to 0.1 px
+    scores: np.ndarray  # [M] float64, rounded to 4 places
+    classes: np.ndarray  # [M] int64
+    labels: tuple[str, ...]
+
+    def for_image(self, index: int) -> tuple[Detection, ...]:
+        """One image's detections as Detection objects (for what still takes them)."""
+        rows = np.flatnonzero(self.image == index)
+        labels, n = self.labels, len(self.labels)
+        return tuple(Detection(int(c), labels[c] if 0 <= c < n else f"class_{c}", float(s), tuple(b))
+                     for b, s, c in zip(self.boxes[rows].tolist(), self.scores[rows].tolist(),
+                                        self.classes[rows].tolist()))
+
+
+def detections_for_batch(outputs: np.ndarray, layout: str, letterboxes: Sequence[Letterbox], labels: Sequence[str],
+                         confidence: float, iou: float, max_detections: int) -> BatchDetections:
+    """The detections of every image of a batch ([B, ...] output), in source pixels, best first:
+    the same as detections_for_image on each image, with one set of array operations for the
+    whole batch (the class is looked for only where the best class score passes; NMS for every
+    image at once, as Cluster-NMS: Zheng et al. 2021, the same result as greedy NMS)."""
+    if outputs.ndim != 3 or len(outputs) != len(letterboxes):
+        raise LayoutError(f"a batch's output must be [batch, ., .] for {len(letterboxes)} images, "
+                          f"got {list(outputs.shape)}")
+    if len(outputs):
+        _check_shape(outputs[0], layout)
+    with np.errstate(invalid="ignore", over="ignore"):
+        image, boxes, scores, classes = _batch_candidates(outputs, layout, confidence)
+        finite = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores) & np.isfinite(classes)
+                  & (classes >= 0) & (classes < 2**31))
+    image, boxes, scores, classes = image[finite], boxes[finite], scores[finite], classes[finite].astype(np.int64)
+    order = np.lexsort((-scores, image))  # by image, best first (stable: ties keep the anchors' order)
+    image, boxes, scores, classes = image[order], boxes[order], scores[order], classes[order]
+    if layout != "end2end" and len(image):
+        keep = _cluster_nms(image, boxes + (classes.astype(np.float64) * _MAX_WH)[:, None], iou, len(outputs))
+        image, boxes, scores, classes = image[keep], boxes[keep], scores[keep], classes[keep]
+    rank = np.arange(len(image)) - np.searchsorted(image, image)  # place within its image
+    first = rank < max_detections
+    image, boxes, scores, classes = image[first], boxes[first], scores[first], classes[first]
+    mapped = np.round(_to_source(boxes, image, letterboxes), 1)
+    visible = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])  # some of the box is in the frame
+    return BatchDetections(image[visible], mapped[visible], np.round(scores[visible].astype(np.float64), 4),
+                           classes[visible], tuple(labels))
+
+
+def _batch_candidates(outputs: np.ndarray, layout: str, confidence: float):
+    """(image [K], boxes xyxy [K, 4] float64, scores [K], classes [K]) above `confidence`."""
+    if layout == "yolov8":  # [B, 4+nc, N]: the best score first, the class only where it passes
+        scores_all = outputs[:, 4:, :]
+        best = scores_all.max(axis=1)
+        image, anchor = np.nonzero(best >= confidence)
+        classes = scores_all[image, :, anchor].argmax(axis=1)
+        return image, _xywh_to_xyxy(outputs[image, :4, anchor]).astype(np.float64), best[image, anchor], classes
+    if layout == "yolov5":  # [B, N, 5+nc]
+        image, row = np.nonzero(outputs[:, :, 4] >= confidence)
+        rows = outputs[image, row]
+        cls_scores = rows[:, 5:]
+        classes = cls_scores.argmax(axis=1) if cls_scores.shape[1] else np.zeros(len(rows), np.int64)
+        scores = rows[:, 4] * (cls_scores[np.arange(len(rows)), classes] if cls_scores.shape[1] else 1)
+        keep = scores >= confidence
+        return image[keep], _xywh_to_xyxy(rows[keep, :4]).astype(np.float64), scores[keep], classes[keep]
+    image, row = np.nonzero(outputs[:, :, 4] >= confidence)  # end2end [B, N, 6]
+    rows = outputs[image, row]
+    return image, rows[:, :4].astype(np.float64), rows[:, 4], rows[:, 5]
+
+
+def _cluster_nms(image: np.ndarray, boxes: np.ndarray, iou: float, batch: int) -> np.ndarray:
+    """Indices kept by greedy NMS in each image, for rows sorted by image then score: IoU of each
+    image's boxes with each other, then keep a box when no kept box before it overlaps it by more
+    than `iou`, repeated until nothing changes (each round fixes at least the next box in order)."""
+    counts = np.bincount(image, minlength=batch)
+    most = int(counts.max())
+    rank = np.arange(len(image)) - np.searchsorted(image, image)
+    padded = np.zeros((batch, most, 4))
+    padded[image, rank] = boxes
+    valid = np.zeros((batch, most), bool)
+    valid[image, rank] = True
+    x1, y1, x2, y2 = (padded[..., k] for k in range(4))
+    areas = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+    w = np.maximum(0, np.minimum(x2[:, :, None], x2[:, None, :]) - np.maximum(x1[:, :, None], x1[:, None, :]))
+    h = np.maximum(0, np.minimum(y2[:, :, None], y2[:, None, :]) - np.maximum(y1[:, :, None], y1[:, None, :]))
+    inter = w * h
+    union = areas[:, :, None] + areas[:, None, :] - inter
+    overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    before = np.triu(np.ones((most, most), bool), 1)  # [i, j]: i comes before j in its image
+    suppresses = (overlap > iou) & before[None] & valid[:, :, None] & valid[:, None, :]
+    keep = valid.copy()
+    for _ in range(most):
+        again = valid & ~(suppresses & keep[:, :, None]).any(axis=1)
+        if np.array_equal(again, keep):
+            break
+        keep = again
+    return np.flatnonzero(keep[image, rank])
+
+
+def _to_source(boxes: np.ndarray, image: np.ndarray, letterboxes: Sequence[Letterbox]) -> np.ndarray:
+    """Letterbox.to_source for rows of many images at once."""
+    geometry = np.array([(lb.scale, lb.pad_x, lb.pad_y, lb.src_w, lb.src_h) for lb in letterboxes],
+                        np.float64).reshape(-1, 5)[image]
+    scale, pad_x, pad_y, src_w, src_h = (geometry[:, k] for k in range(5))
+    out = np.empty(boxes.shape, np.float64)
+    out[:, 0::2] = np.clip((boxes[:, 0::2] - pad_x[:, None]) / scale[:, None], 0, src_w[:, None])
+    out[:, 1::2] = np.clip((boxes[:, 1::2] - pad_y[:, None]) / scale[:, None], 0, src_h[:, None])
+    return out.astype(np.float32).astype(np.float64)  # as Letterbox.to_source: float32 source pixels
