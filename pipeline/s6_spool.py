@@ -197,9 +197,7 @@ class Spool:
     def append(self, topic: str, key: str, value: bytes) -> int:
         """Add a record; returns its number. Raises SpoolFull under `drop_newest` when full, and
         SpoolUnavailable when the disk refuses it and the memory allowance is full too."""
-        t, k = topic.encode(), key.encode()
-        body = _KEYS.pack(len(t), len(k)) + t + k + value
-        data = _HEAD.pack(len(body), zlib.crc32(body)) + body
+        data = _record(topic, key, value)
         if self._disk_ready():
             try:
                 number = self._append_disk(data)
@@ -211,6 +209,43 @@ class Spool:
                     self.sync()
                 return number
         return self._append_memory(data)
+
+    def append_many(self, records: list[tuple[str, str, bytes]]) -> list[int | SpoolFull | SpoolUnavailable]:
+        """Add records in order (a batch's messages): for each its number, or the exception append
+        would have raised for it. One write for them all when the disk takes them as they come (no
+        fault, the tail segment has room, the spool is not full); otherwise one append each, with
+        every rule of append."""
+        datas = [_record(topic, key, value) for topic, key, value in records]
+        total = sum(map(len, datas))
+        tail = self._tail
+        if (self.fault is None and tail is not None and tail.records is None and len(datas) > 1
+                and tail.size + total <= self._segment_bytes and self._disk_used + total <= self.max_bytes):
+            try:
+                fd = os.open(tail.path, os.O_WRONLY | os.O_APPEND)  # type: ignore[arg-type]
+            except OSError:
+                fd = None
+            if fd is not None:
+                try:
+                    written = os.write(fd, b"".join(datas))
+                    if written != total:  # a short write: the disk filled up under it
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                except OSError:
+                    self._undo(tail, fd)  # back to the last whole record; each is appended alone below
+                else:
+                    self._dirty = tail.path
+                    numbers: list = [self._added(tail, len(data)) for data in datas]
+                    if time.monotonic() - self._last_sync >= self._sync_interval:
+                        self.sync()
+                    return numbers
+                finally:
+                    os.close(fd)
+        out: list = []
+        for topic, key, value in records:
+            try:
+                out.append(self.append(topic, key, value))
+            except (SpoolFull, SpoolUnavailable) as exc:
+                out.append(exc)
+        return out
 
     def _disk_ready(self) -> bool:
         """Whether to try the disk: always unless faulted; then once a second, and a removed folder
@@ -725,6 +760,13 @@ class _Segment:
                     fh.truncate(offset)
             except OSError:
                 pass  # read-only: appends never go to an old segment, so the torn end stays harmless
+
+
+def _record(topic: str, key: str, value: bytes) -> bytes:
+    """A record as written: header (length, CRC32) and body (topic and key lengths, topic, key, value)."""
+    t, k = topic.encode(), key.encode()
+    body = _KEYS.pack(len(t), len(k)) + t + k + value
+    return _HEAD.pack(len(body), zlib.crc32(body)) + body
 
 
 def _parse(number: int, body: bytes) -> Record:

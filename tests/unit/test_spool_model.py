@@ -127,16 +127,24 @@ class SpoolMachine(RuleBasedStateMachine):
             f"earlier {self.counted}, refused {self.refused})")
 
     # ---------------------------------------------------------------- what the publisher does
-    @rule(topic=st.sampled_from(TOPICS), key=st.sampled_from(KEYS), size=st.integers(0, 300), n=st.integers(1, 8))
-    def append(self, topic, key, size, n):
-        for _ in range(n):
-            value = os.urandom(size)
-            try:
-                number = self.spool.append(topic, key, value)
-            except SpoolFull:
+    @rule(topic=st.sampled_from(TOPICS), key=st.sampled_from(KEYS), size=st.integers(0, 300), n=st.integers(1, 8),
+          at_once=st.booleans())
+    def append(self, topic, key, size, n, at_once):
+        values = [os.urandom(size) for _ in range(n)]
+        if at_once:  # a batch's messages (append_many): what each gets must be what append would give it
+            outcomes = self.spool.append_many([(topic, key, value) for value in values])
+        else:
+            outcomes = []
+            for value in values:
+                try:
+                    outcomes.append(self.spool.append(topic, key, value))
+                except (SpoolFull, SpoolUnavailable) as exc:
+                    outcomes.append(exc)
+        for value, number in zip(values, outcomes):
+            if isinstance(number, SpoolFull):
                 self.refused += 1
                 continue
-            except SpoolUnavailable:
+            if isinstance(number, SpoolUnavailable):
                 continue  # the disk refused it and memory is full: never taken (the publisher counts it)
             # a number is given again only when nothing left on disk names its first record
             assert number not in self.unacked and number not in self.maybe, f"record number {number} given twice"
