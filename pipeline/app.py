@@ -91,6 +91,7 @@ class Runtime:
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
         self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
+        self._counters: dict[tuple[str, str], tuple] = {}  # (camera, model) -> its per-model metric children
         placement = config.placement
         self.node = (placement.node_id or socket.gethostname()) if placement.mode == "kafka-group" else None
         self._placement = (PlacementNode(lambda: self.config, self.node, self._fleet, self.metrics, self._publish_status,
@@ -300,12 +301,30 @@ class Runtime:
 
     # ------------------------------------------------------------------ thread -> loop hand-offs
     def _emit_results(self, model: ModelRef, label: str, results: list[FrameResult]) -> None:
-        """Called on a lane's inference thread; `label` names its model in the per-model metrics."""
+        """Called on a lane's inference thread, once a batch: counts each frame (`label` names its
+        model in the per-model metrics), encodes the batch's messages here, off the loop, and
+        hands them to the publisher in one call."""
+        topic, empty = self.config.kafka.topic, self.config.kafka.publish_empty
+        messages = []
         for result in results:
             cam = result.meta.camera_id
-            self.metrics.model_frames.labels(cam, label).inc()
-            self.metrics.model_detections.labels(cam, label).inc(len(result.detections))
-        self._call_in_loop(self._publish_results, results, model)
+            frames, detections = self._model_counters(cam, label)
+            frames.inc()
+            detections.inc(len(result.detections))
+            if result.detections or empty:
+                messages.append(Outgoing(topic, cam, encode_detections(result, model, self.run_id, self.node),
+                                         len(result.detections), result.meta.captured_at))
+        if messages:
+            self._call_in_loop(self._publisher.offer_many, messages)
+
+    def _model_counters(self, camera: str, label: str) -> tuple:
+        """model_frames_total's and model_detections_total's children of (camera, model), looked up once."""
+        key = (camera, label)
+        found = self._counters.get(key)
+        if found is None:
+            found = self._counters[key] = (self.metrics.model_frames.labels(camera, label),
+                                           self.metrics.model_detections.labels(camera, label))
+        return found
 
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         """Called on camera threads."""
@@ -322,14 +341,6 @@ class Runtime:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop has closed during shutdown
             pass
-
-    def _publish_results(self, results: list[FrameResult], model: ModelRef) -> None:
-        topic = self.config.kafka.topic
-        for result in results:
-            if not result.detections and not self.config.kafka.publish_empty:
-                continue
-            cam = result.meta.camera_id
-            self._publisher.offer(Outgoing(topic, cam, encode_detections(result, model, self.run_id, self.node)))
 
     def _publish_status(self, camera_id: str, state: CameraState, reason: str, at: float,
                         transport: str | None = None) -> None:

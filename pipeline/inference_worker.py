@@ -71,6 +71,9 @@ class InferenceWorker:
         self._keep_pictures = keep_pictures  # the live preview's, when enabled
         self._track = track  # (FrameMeta, detections) -> (published detections, TrackEvents | None)
         self._metrics = metrics
+        stage = metrics.stage_seconds  # its children, looked up once (the finish stage runs per frame)
+        self._seconds = {name: stage.labels(name) for name in ("preprocess", "infer", "track", "postprocess")}
+        self._inferred: dict[str, object] = {}  # camera -> frames_inferred_total's child
         self._concurrency = concurrency
         self._to_infer: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._to_finish: queue.Queue[_Job | None] = queue.Queue(maxsize=concurrency)
@@ -173,7 +176,7 @@ class InferenceWorker:
             self._drop(batch, "preprocess", exc)
             self._to_infer.put(_Job(index, batch, None, None, [], failed=True))  # keeps the order
             return
-        self._metrics.stage_seconds.labels("preprocess").observe(time.monotonic() - start)
+        self._seconds["preprocess"].observe(time.monotonic() - start)
         self._to_infer.put(_Job(index, batch, pre, inputs, letterboxes))  # waits while engines are busy
 
     def _run_engine(self, job: _Job) -> None:
@@ -181,7 +184,7 @@ class InferenceWorker:
             start = time.monotonic()
             try:
                 job.outputs = self._infer(job.inputs)
-                self._metrics.stage_seconds.labels("infer").observe(time.monotonic() - start)
+                self._seconds["infer"].observe(time.monotonic() - start)
             except Exception as exc:
                 job.failed = True
                 self._drop(job.batch, "inference", exc)
@@ -209,14 +212,17 @@ class InferenceWorker:
                     detections, tracks = self._track(frame.meta, detections)
                     spent = time.monotonic() - began
                     tracking += spent
-                    self._metrics.stage_seconds.labels("track").observe(spent)
+                    self._seconds["track"].observe(spent)
                 results.append(FrameResult(frame.meta, self._seq[cam], detections, tracks))
                 self._seq[cam] += 1
-                self._metrics.frames_inferred.labels(cam).inc()
+                inferred = self._inferred.get(cam)
+                if inferred is None:
+                    inferred = self._inferred[cam] = self._metrics.frames_inferred.labels(cam)
+                inferred.inc()
         except Exception as exc:
             self._drop(job.batch, "postprocess", exc)
             return
-        self._metrics.stage_seconds.labels("postprocess").observe(time.monotonic() - start - tracking)
+        self._seconds["postprocess"].observe(time.monotonic() - start - tracking)
         self._metrics.batch_size.observe(len(job.batch.frames))
         self.batches += 1
         if self._keep_pictures is not None:

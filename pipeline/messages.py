@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import orjson
+
 from pipeline.core import CameraState, Detection, FrameResult, ModelRef
 
 DETECTIONS_SCHEMA = "detections/v1"
@@ -46,7 +48,7 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: s
                        "last_seen": rfc3339_ms(t.last_seen), "detections": t.detections, "reason": t.reason}
                       for t in result.tracks.ended],
         }
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(body)  # compact UTF-8 JSON, as json.dumps(separators=(",", ":")): ~4 x faster
 
 
 def _detection(d: Detection, tracked: bool) -> dict:

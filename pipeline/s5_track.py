@@ -433,6 +433,7 @@ class Trackers:
         self._settings_for = settings_for
         self._metrics = metrics
         self._trackers: dict[str, tuple[TrackSettings, CameraTracker | None]] = {}
+        self._active: dict[str, object] = {}  # camera -> tracks_active's child (looked up once)
         self._lock = threading.Lock()
 
     def track(self, meta: FrameMeta, detections: Sequence[Detection]) -> tuple[tuple[Detection, ...], TrackEvents | None]:
@@ -453,13 +454,17 @@ class Trackers:
             m.tracks_ended.labels(cam, ended.reason).inc()
         if frame.untracked:
             m.detections_untracked.labels(cam).inc(frame.untracked)
-        m.tracks_active.labels(cam).set(len(tracker.tracks))
+        active = self._active.get(cam)
+        if active is None:
+            active = self._active[cam] = m.tracks_active.labels(cam)
+        active.set(len(tracker.tracks))
         return frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended))
 
     def forget(self, camera_id: str) -> None:
         """A camera was removed: drop its tracks."""
         with self._lock:
             self._trackers.pop(camera_id, None)
+            self._active.pop(camera_id, None)
         try:
             self._metrics.tracks_active.remove(camera_id)
         except KeyError:

@@ -79,11 +79,15 @@ class PublishError(PipelineError):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to send; its key is the camera id."""
+    """One message to send; its key is the camera id. A detections message also says how many
+    detections it holds and when its frame was captured, so its acknowledgement is counted (the
+    published-detections and capture-to-ack metrics) without parsing it again."""
 
     topic: str
     key: str
     value: bytes
+    detections: int | None = None
+    captured_at: float | None = None
 
 
 class KafkaPublisher:
@@ -114,43 +118,54 @@ class KafkaPublisher:
         self._topic_checks: dict[str, asyncio.Task] = {}  # look-ups started, one per topic
         self._accepting = True
         self._last_error_log = 0.0
-        self._spooled_at: dict[int, float] = {}  # record number -> when offered (publish-stage metric)
+        # record number -> (when offered, detections, captured at): the publish-stage and detection
+        # metrics at its acknowledgement (records of an earlier run are parsed instead)
+        self._spooled_at: dict[int, tuple[float, int | None, float | None]] = {}
+        self._detections_counters: dict = {}  # camera -> detections_published_total's child
+        self._published_counters: dict = {}  # topic -> messages_published_total's child
         self._publish_seconds = metrics.stage_seconds.labels("publish")
 
     # ------------------------------------------------------------------ hand-over
     def offer(self, message: Outgoing) -> bool:
         """Spool a message (call on the event loop); False, counted, when it cannot be kept."""
+        return self.offer_many([message]) == 1
+
+    def offer_many(self, messages: list[Outgoing]) -> int:
+        """Spool messages in order (a batch's: call on the event loop; one write to the spool where
+        the disk takes them all); how many were kept. Each one not kept is counted, by reason."""
         spool = self._spool
         if not self._accepting or spool is None:
-            self._metrics.messages_dropped.labels(message.key, "shutdown").inc()
-            return False
-        dropped_before = spool.dropped
+            for message in messages:
+                self._metrics.messages_dropped.labels(message.key, "shutdown").inc()
+            return 0
+        dropped_before, kept, now = spool.dropped, 0, time.monotonic()
         try:
-            number = spool.append(message.topic, message.key, message.value)
-        except SpoolFull:
-            self._metrics.messages_dropped.labels(message.key, "spool_full").inc()
-            self._log_error("spool full: dropping the newest message", camera=message.key,
-                            policy=spool.policy, spool_bytes=spool.bytes)
-            return False
-        except SpoolUnavailable:  # the disk refuses it and memory is full too: counted, the spell logged
-            self._metrics.messages_dropped.labels(message.key, "spool_error").inc()
-            self._refused += 1
-            self._watch_spool()
-            return False
+            outcomes = spool.append_many([(m.topic, m.key, m.value) for m in messages])
         finally:
             if spool.dropped_in_hand:
                 self._forget_dropped(spool)
             self._count_policy_drops(spool)
             if spool.dropped > dropped_before and spool.policy == "drop_oldest" and spool.fault is None:
                 self._log_error("spool full: dropped the oldest messages", policy=spool.policy)
-        if spool.fault is not None or self._spell is not None:
+        for message, number in zip(messages, outcomes):
+            if isinstance(number, SpoolFull):
+                self._metrics.messages_dropped.labels(message.key, "spool_full").inc()
+                self._log_error("spool full: dropping the newest message", camera=message.key,
+                                policy=spool.policy, spool_bytes=spool.bytes)
+            elif isinstance(number, SpoolUnavailable):  # disk and memory refuse it: counted, the spell logged
+                self._metrics.messages_dropped.labels(message.key, "spool_error").inc()
+                self._refused += 1
+            else:
+                self._spooled_at[number] = (now, message.detections, message.captured_at)
+                kept += 1
+        if kept < len(messages) or spool.fault is not None or self._spell is not None:
             self._watch_spool()
-        self._spooled_at[number] = time.monotonic()
-        if len(self._spooled_at) > _TIMED_MAX:  # e.g. during an outage: stop timing the oldest
+        while len(self._spooled_at) > _TIMED_MAX:  # e.g. during an outage: stop timing the oldest
             del self._spooled_at[next(iter(self._spooled_at))]
-        self._update_gauges()
-        self._wake.set()
-        return True
+        if kept:
+            self._update_gauges()
+            self._wake.set()
+        return kept
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -464,22 +479,33 @@ class KafkaPublisher:
         if self._spool is None:  # delivered after the spool closed at shutdown: sent again next start
             return
         self._spool.ack(record.number)
-        spooled_at = self._spooled_at.pop(record.number, None)
-        if spooled_at is not None:
-            self._publish_seconds.observe(time.monotonic() - spooled_at)
+        offered = self._spooled_at.pop(record.number, None)
+        if offered is not None:
+            self._publish_seconds.observe(time.monotonic() - offered[0])
         self._update_gauges()
-        self._metrics.messages_published.labels(record.topic).inc()
+        self._published(record.topic).inc()
         if record.topic == self._config.topic:
-            self._count_detections(record)
+            if offered is not None and offered[1] is not None:
+                self._count_detections(record.key, offered[1], offered[2])
+            else:  # a record of an earlier run (or one no longer timed): read back from its bytes
+                self._count_detections(record.key, *_detections_and_capture(record.value))
 
-    def _count_detections(self, record: Record) -> None:
-        try:
-            body = json.loads(record.value)
-            self._metrics.detections_published.labels(record.key).inc(len(body["detections"]))
-            captured = datetime.fromisoformat(body["frame"]["captured_at"].replace("Z", "+00:00")).timestamp()
-            self._metrics.capture_to_ack_seconds.observe(max(0.0, time.time() - captured))
-        except (ValueError, KeyError, TypeError):
-            pass  # not one of ours: nothing to count
+    def _count_detections(self, camera: str, detections: int | None, captured_at: float | None) -> None:
+        if detections is None:
+            return  # not one of ours: nothing to count
+        counter = self._detections_counters.get(camera)
+        if counter is None:
+            counter = self._detections_counters[camera] = self._metrics.detections_published.labels(camera)
+        counter.inc(detections)
+        if captured_at is not None:
+            self._metrics.capture_to_ack_seconds.observe(max(0.0, time.time() - captured_at))
+
+    def _published(self, topic: str):
+        """messages_published_total's child of `topic` (looked up once)."""
+        child = self._published_counters.get(topic)
+        if child is None:
+            child = self._published_counters[topic] = self._metrics.messages_published.labels(topic)
+        return child
 
     def _send_failed(self, record: Record, exc: BaseException) -> None:
         self._metrics.kafka_send_errors.labels(type(exc).__name__).inc()
@@ -507,6 +533,16 @@ class KafkaPublisher:
         if now - self._last_error_log >= 10:
             self._last_error_log = now
             log_event(log, logging.WARNING, event, **fields)
+
+
+def _detections_and_capture(value: bytes) -> tuple[int | None, float | None]:
+    """A detections message's number of detections and capture time, from its bytes."""
+    try:
+        body = json.loads(value)
+        captured = datetime.fromisoformat(body["frame"]["captured_at"].replace("Z", "+00:00")).timestamp()
+        return len(body["detections"]), captured
+    except (ValueError, KeyError, TypeError):
+        return None, None
 
 
 def _aiokafka_producer(c: KafkaConfig) -> AIOKafkaProducer:

@@ -79,3 +79,36 @@ def test_an_outage_keeps_no_per_message_state_in_memory_beyond_a_bound(tmp_path)
     accepted, timed = asyncio.run(scenario())
     assert accepted == _TIMED_MAX + 500  # all kept, on disk
     assert timed == _TIMED_MAX
+
+
+def test_acknowledged_detections_are_counted_from_what_the_message_said_and_an_earlier_runs_from_its_bytes(tmp_path):
+    """A detections message says how many detections it holds and when its frame was captured
+    (not parsed again at its acknowledgement); one the spool kept from an earlier run is read
+    back. With the null producer of bench_host: every send acknowledged at once."""
+    import json
+    import time
+
+    from pipeline.messages import rfc3339_ms
+    from scripts.bench.bench_host import NullProducer
+
+    def body(n):
+        return json.dumps({"detections": [{}] * n, "frame": {"captured_at": rfc3339_ms(time.time() - 1)}}).encode()
+
+    async def scenario(offers, producer_factory=None):
+        metrics = Metrics()
+        publisher = KafkaPublisher(config(tmp_path), metrics, producer_factory)
+        await publisher.start()
+        publisher.offer_many(offers)
+        if producer_factory is not None:
+            for _ in range(200):
+                if not publisher.health()["queued"]:
+                    break
+                await asyncio.sleep(0.01)
+        await publisher.stop(timeout=0.5)
+        return metrics.render().decode()
+
+    asyncio.run(scenario([Outgoing("detections", "cam-a", body(4))]))  # no broker: kept for the next run
+    text = asyncio.run(scenario([Outgoing("detections", "cam-b", b"not parsed", 2, time.time() - 0.5)], NullProducer))
+    assert metric_values(text, "rtsp_pipeline_detections_published_total") == {
+        '{camera="cam-a"}': 4.0, '{camera="cam-b"}': 2.0}
+    assert metric_values(text, "rtsp_pipeline_capture_to_ack_seconds_count") == {"": 2.0}
