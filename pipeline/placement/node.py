@@ -94,6 +94,7 @@ class PlacementNode:
         self.member: GroupMember | None = None
         self._reported_unplaced: set[str] = set()
         self._moving_shown: set[str] = set()  # cameras with a placement_moving_seconds child
+        self._reported_unknown: set[str] = set()  # cameras said not placed because the leader lacks them
         self._refresher: asyncio.Task | None = None
 
     def _costs(self) -> dict[str, float]:
@@ -173,6 +174,7 @@ class PlacementNode:
         self._metrics.placement_lists_differ.set(len(assignment.lists_differ))
         self._metrics.placement_frozen.set(len(assignment.frozen))
         self.update_gauges()
+        self._report_unknown_to_the_group(assignment, costs)
         if not assignment.led:
             return
         group = self._config().placement.group
@@ -183,6 +185,20 @@ class PlacementNode:
                                  f"(cost {costs.get(cam, 0):g} 1080p-frames/s; the group's capacity {total:g}); add a "
                                  "node or raise placement.capacity", time.time())
         self._reported_unplaced = set(assignment.unplaced)
+
+    def _report_unknown_to_the_group(self, assignment: Assignment, costs: dict[str, float]) -> None:
+        """Cameras of this node's list that the leader's plan does not have at all (the lists
+        differ: a reload that reached only some nodes) run nowhere: each is said once on the
+        status topic, by the node that has it."""
+        planned = set(assignment.unplaced) | set(assignment.moving)
+        for info in assignment.nodes.values():
+            planned.update(info.get("cameras", []))
+        unknown = set(costs) - planned if assignment.lists_differ else set()
+        for cam in sorted(unknown - self._reported_unknown):
+            self._publish_status(cam, CameraState.STOPPED, "not placed: the placement group's leader does not have "
+                                 f"this camera in its list (camera lists differ on {', '.join(assignment.lists_differ)}); "
+                                 "reload every node with the same list", time.time())
+        self._reported_unknown = unknown
 
     def update_gauges(self) -> None:
         """The gauges that change with time: joined, and how long each camera has been moving."""
