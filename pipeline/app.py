@@ -304,18 +304,23 @@ class Runtime:
         """Called on a lane's inference thread, once a batch: counts each frame (`label` names its
         model in the per-model metrics), encodes the batch's messages here, off the loop, and
         hands them to the publisher in one call."""
-        topic, empty = self.config.kafka.topic, self.config.kafka.publish_empty
-        messages = []
         for result in results:
             cam = result.meta.camera_id
             frames, detections = self._model_counters(cam, label)
             frames.inc()
             detections.inc(len(result.detections))
+        self._call_in_loop(self._encode_and_offer, results, model)
+
+    def _encode_and_offer(self, results, model):
+        topic, empty = self.config.kafka.topic, self.config.kafka.publish_empty
+        messages = []
+        for result in results:
+            cam = result.meta.camera_id
             if result.detections or empty:
                 messages.append(Outgoing(topic, cam, encode_detections(result, model, self.run_id, self.node),
                                          len(result.detections), result.meta.captured_at))
         if messages:
-            self._call_in_loop(self._publisher.offer_many, messages)
+            self._publisher.offer_many(messages)
 
     def _model_counters(self, camera: str, label: str) -> tuple:
         """model_frames_total's and model_detections_total's children of (camera, model), looked up once."""
