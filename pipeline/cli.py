@@ -225,7 +225,8 @@ def _build_engines(config: Config, force: bool) -> int:
         found = probe()
         choose_path("tensorrt", "pyav", found)  # says what is missing on this machine
         for index in config.gpu.devices or range(found.devices):
-            plan = engine_cache.plan_for(config.model, Gpu(index), config.batching.max_batch, force=force)
+            plan = engine_cache.plan_for(config.model, Gpu(index), config.batching.max_batch, force=force,
+                                         confidence=config.lowest_confidence(config.model))
             print(f"GPU {index}: {plan}")
     except (PipelineError, OSError, RuntimeError) as exc:
         log_event(log, logging.ERROR, "cannot build the engine", error=str(exc))

@@ -87,6 +87,12 @@ class ModelConfig(_Strict):
     labels: Path | None = Field(
         None, description="text file with one class name per line (default: model metadata)"
     )
+    nms: Literal["auto", "engine", "host"] = Field(
+        "auto", description="where a raw-head YOLOv8 model's NMS runs: engine appends it to the model "
+        "(the engine hands the host at most 300 boxes an image, not every anchor's scores; with ONNX Runtime "
+        "it needs the onnx package), host runs it in Python's process; auto: engine with TensorRT, host "
+        "with ONNX Runtime"
+    )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
 
@@ -488,6 +494,14 @@ class Config(_Strict):
         if own is None:
             return self.tracking
         return self.tracking.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+
+    def lowest_confidence(self, model: ModelConfig) -> float:
+        """The least score postprocessing keeps boxes at for `model`: tracking's weak boxes too,
+        where any camera is tracked (an NMS in the engine keeps boxes from there up)."""
+        low = [self.tracking_for(c).low_confidence for c in self.cameras if self.tracking_for(c).enabled]
+        if self.tracking.enabled:
+            low.append(self.tracking.low_confidence)
+        return min([model.confidence, *low])
 
     def model_for(self, camera_id: str) -> ModelConfig:
         """The model a camera is served by: the canary's for its cameras, else the main one."""

@@ -174,7 +174,9 @@ class Lanes:
         cfg, path = self._config(), self.path
         model = cfg.canary.model if canary else cfg.model
         gpu_index = None if gpu is None else gpu.index
-        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+        lowest = cfg.lowest_confidence(model)
+        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch,
+                                     confidence=lowest)
         info = engine.info
         model_ref = info.ref(engine.backend)
         self._metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
@@ -194,7 +196,7 @@ class Lanes:
             request_queue=cfg.api.detect.queue,
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self._metrics)
-        settings = dict(layout=layout, labels=info.labels, confidence=self._lowest_confidence(model), iou=model.iou,
+        settings = dict(layout=layout, labels=info.labels, confidence=lowest, iou=model.iou,
                         max_detections=model.max_detections)  # weak boxes too, for tracking: Trackers publishes the confident
         postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's
         postprocess_batch = functools.partial(_postprocess_batch, **settings)
@@ -210,16 +212,8 @@ class Lanes:
                                     keep_pictures=self._preview.offer if self._preview else None,
                                     track=trackers.track, postprocess_batch=postprocess_batch)
         detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
-                              gpu if path.decoder == "nvdec" else None)
+                              gpu if path.decoder == "nvdec" else None, floor=getattr(engine, "nms_floor", None))
         return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
-
-    def _lowest_confidence(self, model: ModelConfig) -> float:
-        """The threshold postprocessing keeps boxes at: tracking's weak boxes, where any camera is tracked."""
-        cfg = self._config()
-        low = [cfg.tracking_for(c).low_confidence for c in cfg.cameras if cfg.tracking_for(c).enabled]
-        if cfg.tracking.enabled:
-            low.append(cfg.tracking.low_confidence)
-        return min([model.confidence, *low])
 
     def _track_settings(self, model: ModelConfig, camera_id: str) -> TrackSettings:
         """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""

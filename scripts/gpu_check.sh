@@ -20,7 +20,8 @@
 # against the real CUDA root behind a wrapper nvcc, the built wheel kept in $OUT to carry next
 # time); the GPU tests (expected ids listed first; one claim line per test as it ends; every
 # expected test without a line fails, as does a pytest exit that is not a result: a segfault,
-# an abort, a collection error, a timeout); scripts/bench/bench_gpu.py (zero-copy claims, figures).
+# an abort, a collection error, a timeout); scripts/bench/bench_gpu.py (zero-copy claims, figures);
+# scripts/bench/bench_host.py (the host path at a GPU's rate on this machine's cores: figures).
 # The CPU-side GPU tests are not run here: CI runs them.
 #
 # $OUT (default .cache/gpu-check, relative paths work) gets at most 5 files: claims.txt, log.txt,
@@ -36,7 +37,7 @@ GPU_TESTS=${GPU_TESTS:-tests/gpu}
 STREAMS=${STREAMS:-8}
 SECONDS_EACH=${SECONDS_EACH:-6}
 REHEARSE=${REHEARSE:-0}
-STEPS=${STEPS:-unpack,nvdec,pycuda,tests,bench}  # or some of them; cuda-root only prints that
+STEPS=${STEPS:-unpack,nvdec,pycuda,tests,bench,host}  # or some of them; cuda-root only prints that
 TEST_TIMEOUT=${TEST_TIMEOUT:-90}  # per test: pytest-timeout's thread method ends the whole run
 BUDGET_S=${BUDGET_S:-470}
 mkdir -p "$SITE" "$OUT"
@@ -195,9 +196,23 @@ step_bench() {  # zero-copy as claims; decode and ceiling ratios as figures (dec
   fi
 }
 
+step_host() {  # the host path at a GPU's rate on this machine's cores: figures (issue 34)
+  log_step "host path"
+  local args=(--cameras 150 --fps 30 --objects 20 --seconds 15 --warmup 4 --sink null) rc
+  [ "$REHEARSE" = 1 ] && args=(--cameras 20 --fps 10 --objects 5 --seconds 2 --warmup 2 --sink null)
+  timeout --kill-after=5 "$(limit 45)" "$PY" -m scripts.bench.bench_host "${args[@]}" > "$WORK/host.txt" 2>> "$LOG"
+  rc=$?
+  tail -1 "$WORK/host.txt" >> "$LOG"
+  if [ $rc -eq 0 ] && "$PY" -m scripts.gpu.gpu_verdict host-figures < "$WORK/host.txt" > "$WORK/host_figures.txt" 2>> "$LOG"; then
+    tee -a "$CLAIMS" < "$WORK/host_figures.txt"
+  else
+    claim FAIL "scripts/bench/bench_host.py runs to its end" "exit $rc: $(tail -2 "$WORK/host.txt" | tr '\n' ' ' | cut -c1-300)"
+  fi
+}
+
 if [ "$STEPS" = cuda-root ]; then cuda_root || echo "no CUDA root with include/cuda.h"; exit 0; fi
 [ "$REHEARSE" = 1 ] && echo "rehearsal: the stand-in GPU, no claim about NVIDIA hardware" | tee -a "$LOG"
-for step in unpack nvdec pycuda tests bench; do
+for step in unpack nvdec pycuda tests bench host; do
   want "$step" && "step_$step"
 done
 finish

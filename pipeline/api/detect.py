@@ -34,6 +34,7 @@ class DetectTarget:
     labels: Sequence[str]
     confidence: float  # the model's default threshold
     gpu: Any = None  # pipeline.gpu.Gpu when the lane's frames are NV12 on the GPU
+    floor: float | None = None  # NMS in the engine: it keeps no box below this score
 
 
 class DetectService:
@@ -57,6 +58,8 @@ class DetectService:
             raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "2"})
         target = min(targets, key=lambda t: t.waiting())
         threshold = target.confidence if confidence is None else confidence
+        if target.floor is not None and threshold < target.floor:  # said in the answer's "confidence"
+            threshold = target.floor
         wanted = _classes(classes, target.labels)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future = loop.create_future()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.core import EngineError
 from pipeline.logs import log_event
+from pipeline.s4_infer import nms_graph
 from pipeline.s4_infer.engine import describe_onnx, file_sha256
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class EngineKey:
     max_batch: int
     input_size: int  # long side; the profile allows any stride multiple up to it
     cache_format: int = CACHE_FORMAT
+    nms: str = ""  # NMS in the engine: its thresholds (written into the plan); "": none
 
     def digest(self) -> str:
         """A stable hex digest of the key's fields."""
@@ -115,14 +117,27 @@ def remove_stale_temporaries(cache_dir: Path) -> None:
             pass
 
 
-def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False) -> Path:
+def nms_thresholds(model, confidence: float | None) -> dict | None:
+    """The thresholds an NMS in the engine is built with (model.nms), or None for raw heads."""
+    info = describe_onnx(model)
+    if not nms_graph.in_engine(model, "tensorrt", info.output_shape, info.metadata):
+        return None
+    floor = model.confidence if confidence is None else confidence
+    return {"confidence": floor, "iou": model.iou, "max_detections": min(model.max_detections, nms_graph.ROWS)}
+
+
+def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False,
+             confidence: float | None = None) -> Path:
     """The cached plan of `model` (a ModelConfig) for `gpu` (a pipeline.gpu.Gpu), built first when
-    missing or unusable (or when `force`); EngineError then when `build` is False."""
+    missing or unusable (or when `force`); EngineError then when `build` is False. `confidence`:
+    the least score an NMS in the engine keeps (default model.confidence)."""
     import tensorrt as trt  # lazy: only where TensorRT is installed
 
     refuse_models_tensorrt_cannot_build(model)
+    nms = nms_thresholds(model, confidence)
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
-                    model.tensorrt.precision, max_batch, model.input_size)
+                    model.tensorrt.precision, max_batch, model.input_size,
+                    nms=json.dumps(nms, sort_keys=True) if nms else "")
     cache_dir = model.tensorrt.engine_cache or default_cache_dir()
     path = engine_path(cache_dir, model.path.stem, key)
     remove_stale_temporaries(cache_dir)
@@ -137,7 +152,7 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     if why not in ("missing", "rebuild asked for"):
         log_event(log, logging.WARNING, "cached TensorRT engine unusable; rebuilding it", plan=str(path), why=why)
     with gpu.current():
-        store(path, build_plan(model.path, key, model.tensorrt.workspace_mb), key)
+        store(path, build_plan(model.path, key, model.tensorrt.workspace_mb, nms=nms), key)
     return path
 
 
@@ -151,15 +166,15 @@ def refuse_models_tensorrt_cannot_build(model) -> None:
                           "engines/shapes-yolov8n.onnx, built as FP16)")
 
 
-def load(model, gpu, max_batch: int, deserialize):
+def load(model, gpu, max_batch: int, deserialize, confidence: float | None = None):
     """The deserialized engine of the cached plan (`deserialize`: plan bytes -> engine, or None
     when TensorRT refuses them). A plan TensorRT refuses is rebuilt once when building is allowed."""
     build = model.tensorrt.build_if_missing
-    path = plan_for(model, gpu, max_batch, build=build)
+    path = plan_for(model, gpu, max_batch, build=build, confidence=confidence)
     engine = deserialize(path.read_bytes())
     if engine is None and build:
         log_event(log, logging.WARNING, "TensorRT refused the cached engine; rebuilding it", plan=str(path))
-        path = plan_for(model, gpu, max_batch, build=True, force=True)
+        path = plan_for(model, gpu, max_batch, build=True, force=True, confidence=confidence)
         engine = deserialize(path.read_bytes())
     if engine is None:
         raise EngineError(f"TensorRT could not load {path}; rebuild it with "
@@ -168,8 +183,11 @@ def load(model, gpu, max_batch: int, deserialize):
     return engine
 
 
-def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progress: bool = True) -> bytes:
-    """ONNX -> serialized TensorRT plan with a dynamic-batch (and H/W) profile.
+def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progress: bool = True,
+               nms: dict | None = None) -> bytes:
+    """ONNX -> serialized TensorRT plan with a dynamic-batch (and H/W) profile; with `nms`
+    (nms_thresholds), NMS appended to the model with those thresholds written in
+    (pipeline.s4_infer.nms_graph: TensorRT's parser maps it to its NMS layer).
 
     TensorRT 10 (JetPack): FP16 through the builder flag. TensorRT 11 removed that flag (networks
     are strongly typed), so FP16 there means converting the ONNX weights to FP16 first (ONNX
@@ -187,7 +205,9 @@ def build_plan(onnx_path: Path, key: EngineKey, workspace_mb: int = 2048, progre
     parser = trt.OnnxParser(network, logger)
     model_bytes = Path(onnx_path).read_bytes()
     if strongly_typed and key.precision == "fp16":
-        model_bytes = _fp16_onnx(model_bytes)
+        model_bytes = _fp16_onnx(model_bytes)  # float32 I/O kept: the NMS below stays float32
+    if nms:
+        model_bytes = nms_graph.with_nms(model_bytes, constant=True, **nms)
     if not parser.parse(model_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from pipeline.config import ModelConfig
 from pipeline.core import EngineError
 from pipeline.logs import log_event
+from pipeline.s4_infer import nms_graph
 from pipeline.s4_infer.engine import model_info
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ class OnnxRuntimeEngine:
 
     backend = "onnxruntime"
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, confidence: float | None = None) -> None:
+        """`confidence`: the least score anything downstream asks for (the tracker's weak boxes
+        included): an NMS in the engine keeps boxes from there up (default model.confidence)."""
         options = ort.SessionOptions()
         threads = config.onnxruntime.threads
         options.intra_op_num_threads = threads
@@ -48,16 +51,30 @@ class OnnxRuntimeEngine:
         inp = self._session.get_inputs()[0]
         out = self._session.get_outputs()[0]
         self._input_name = inp.name
-        self._output_name = out.name
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.info = model_info(config, tuple(inp.shape), tuple(out.shape), metadata)
+        self._feeds: dict[str, np.ndarray] = {}
+        self.nms_floor: float | None = None  # NMS in the engine: the least score it keeps
+        if nms_graph.in_engine(config, self.backend, tuple(out.shape), metadata):
+            floor = config.confidence if confidence is None else confidence
+            model = nms_graph.with_nms(config.path.read_bytes(), confidence=floor, iou=config.iou,
+                                       max_detections=config.max_detections)
+            try:
+                self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT raises its own exception types
+                raise EngineError(f"cannot load model {config.path} with NMS appended: {exc}; "
+                                  "set model.nms: host") from None
+            self._feeds = nms_graph.thresholds(floor, config.iou, config.max_detections, nms_graph.ROWS)
+            self.info, self.nms_floor = nms_graph.end2end_info(self.info), floor
+            out = self._session.get_outputs()[0]
+        self._output_name = out.name
         log_event(log, logging.INFO, "model loaded", backend=self.backend, model=self.info.name,
                   input=list(inp.shape), output=list(out.shape), classes=len(self.info.labels),
-                  threads=threads, parallel_runs=self.concurrency)
+                  threads=threads, parallel_runs=self.concurrency, nms="engine" if self._feeds else "host")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run a [B, 3, H, W] float32 batch; return the first output."""
-        return self._session.run([self._output_name], {self._input_name: batch})[0]
+        return self._session.run([self._output_name], {self._input_name: batch, **self._feeds})[0]
 
     def close(self) -> None:
         """Drop the session."""

@@ -20,7 +20,7 @@ from pipeline.config import ModelConfig
 from pipeline.core import EngineError
 from pipeline.gpu import Gpu
 from pipeline.logs import log_event
-from pipeline.s4_infer import engine_cache
+from pipeline.s4_infer import engine_cache, nms_graph
 from pipeline.s4_infer.engine import describe_onnx, file_sha256, model_info
 from pipeline.s4_infer.gpu_preprocess import DeviceInput, GpuPreprocessor
 
@@ -34,15 +34,17 @@ class TensorRTEngine:
     concurrency = 1  # one execution context per GPU; batches do the parallel work
     max_useful_batch = None
 
-    def __init__(self, config: ModelConfig, gpu: Gpu, max_batch: int) -> None:
+    def __init__(self, config: ModelConfig, gpu: Gpu, max_batch: int, confidence: float | None = None) -> None:
         import tensorrt as trt  # lazy: only where TensorRT is installed
 
         self._trt, self._gpu, self._config = trt, gpu, config
         self.max_batch = max_batch
         self._staging, self._staging_bytes = None, 0  # input from CPU preprocessing (pyav decoder)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive its engines
+        self._nms = engine_cache.nms_thresholds(config, confidence)  # model.nms: written into the plan
+        self.nms_floor = self._nms["confidence"] if self._nms else None
         with gpu.current():
-            self._engine = engine_cache.load(config, gpu, max_batch, self._deserialize)
+            self._engine = engine_cache.load(config, gpu, max_batch, self._deserialize, confidence)
             self._context = self._engine.create_execution_context()
         self._bind(file_sha256(config.path))
 
@@ -76,6 +78,10 @@ class TensorRTEngine:
                 self._out_device.append(self._gpu.alloc(int(np.prod(shape)) * dtype.itemsize))
                 self._out_host.append(self._gpu.pinned(int(np.prod(shape)), dtype))  # PinnedMemory
         onnx = describe_onnx(self._config)  # labels and metadata live in the ONNX file
+        if self._nms:  # [batch, 300, 6]; labels as the raw head's classes
+            raw = model_info(self._config, ("batch", 3, "height", "width"), onnx.output_shape, onnx.metadata, sha)
+            self.info = nms_graph.end2end_info(raw)
+            return
         symbolic = tuple(d if d >= 0 else f"d{i}" for i, d in enumerate(out_shape))
         self.info = model_info(self._config, ("batch", 3, "height", "width"), symbolic, onnx.metadata, sha)
 

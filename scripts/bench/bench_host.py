@@ -6,9 +6,10 @@ two stand-ins, named as such, for the parts a GPU does at no host cost:
   rate, as NVDEC would (no decoding here), from one pacing thread;
 - a synthetic engine (SyntheticEngine): the model's own metadata (engines/yolov8n.onnx, COCO's 80
   classes, or the shapes detector with --model shapes), its preprocessors on "the device" (they
-  only compute each frame's letterbox), and an output of exactly the layout the shipped model
-  emits, with K objects per frame that move, stop, cross, flicker in class and are briefly missed,
-  so postprocessing and tracking do real work.
+  only compute each frame's letterbox), and an output of exactly the layout the TensorRT engine
+  built from the shipped model emits: with its NMS in the engine (model.nms auto, [B, 300, 6];
+  --nms host: the raw heads [B, 4+nc, anchors]), with K objects per frame that move, stop, cross,
+  flicker in class and are briefly missed, so postprocessing and tracking do real work.
 
     .venv/bin/python -m scripts.bench.bench_host --cameras 150 --fps 30 --objects 20 --seconds 20 --sink null
     .venv/bin/python -m scripts.bench.bench_host --cameras 150 --fps 30 --objects 20 --sink kafka
@@ -40,6 +41,7 @@ from pipeline.config import load_config
 from pipeline.core import CameraState, Frame, FrameMeta
 from pipeline.gpu import GPU_MODULES, GpuProbe
 from pipeline.logs import setup_logging
+from pipeline.s4_infer import nms_graph
 from pipeline.s4_infer.engine import describe_onnx
 from scripts.lab.broker import Broker
 from scripts.lab.common import REPO
@@ -105,8 +107,12 @@ class SyntheticEngine:
     concurrency = 1
     max_useful_batch = None
 
-    def __init__(self, config, scene: Scene) -> None:
+    def __init__(self, config, scene: Scene, confidence: float | None = None) -> None:
         self.info = describe_onnx(config)
+        self.nms_floor = None
+        if nms_graph.in_engine(config, self.backend, self.info.output_shape, self.info.metadata):
+            self.info = nms_graph.end2end_info(self.info)  # as the TensorRT engine built with model.nms
+            self.nms_floor = config.confidence if confidence is None else confidence
         self._scene = scene
         self.output_shape = self.info.output_shape
 
@@ -329,7 +335,8 @@ async def run(args, config_path: Path, source: SyntheticCameras, scene: Scene) -
     config = load_config(config_path)
     runtime = Runtime(
         config, config_path=config_path, api_tokens=[], worker_factory=source,
-        engine_loader=lambda model, backend=None, gpu=None, max_batch=8: SyntheticEngine(model, scene),
+        engine_loader=lambda model, backend=None, gpu=None, max_batch=8, confidence=None: SyntheticEngine(
+            model, scene, confidence),
         gpu_probe=lambda: GpuProbe(1, dict.fromkeys(GPU_MODULES, True)), nvdec_check=lambda: None,
         gpu_factory=_Gpu, producer_factory=NullProducer if args.sink == "null" else None)
     task = asyncio.get_running_loop().create_task(runtime.run())
@@ -357,6 +364,7 @@ async def run(args, config_path: Path, source: SyntheticCameras, scene: Scene) -
             stages[stage] = round((total - before) / (count - count0) * 1e6, 1)  # µs per call
     return {
         "cameras": args.cameras, "fps": args.fps, "objects": args.objects, "model": args.model, "sink": args.sink,
+        "nms": args.nms,
         "seconds": round(span, 1),
         "offered_per_s": round((offered1 - offered0) / span, 1),
         "inferred_per_s": round(inferred / span, 1),
@@ -382,6 +390,9 @@ def main() -> int:
     parser.add_argument("--sink", choices=("null", "kafka"), default="null")
     parser.add_argument("--model", choices=sorted(MODELS), default="coco")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--nms", choices=("engine", "host"), default="engine",
+                        help="engine: the output a TensorRT engine built with model.nms (auto) gives, at most "
+                             "300 boxes an image; host: the raw heads, NMS in Python's process")
     args = parser.parse_args()
     setup_logging("warning")
     logging.getLogger("pipeline").setLevel(logging.WARNING)
@@ -395,7 +406,7 @@ def main() -> int:
     source = SyntheticCameras(args.fps)
     try:
         config = daemon_config(
-            work / "host.yaml", {"path": MODELS[args.model], "backend": "tensorrt"},
+            work / "host.yaml", {"path": MODELS[args.model], "backend": "tensorrt", "nms": args.nms},
             broker.bootstrap if broker else "127.0.0.1:9",
             [(f"cam-{i:03d}", f"rtsp://127.0.0.1:9/cam-{i:03d}", args.fps or None) for i in range(args.cameras)],
             batching={"max_batch": args.max_batch}, kafka={"stop_timeout_s": 5})

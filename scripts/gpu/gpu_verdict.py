@@ -2,6 +2,7 @@
 
     python -m scripts.gpu.gpu_verdict missing --expected IDS --claims CLAIMS --rc N --step "GPU tests"
     python -m scripts.gpu.gpu_verdict tally CLAIMS
+    python -m scripts.bench.bench_host ... | python -m scripts.gpu.gpu_verdict host-figures
 
 `missing` appends a FAIL claim for every expected test (one node id per line of IDS, as
 `pytest --collect-only -q` lists them) that has no line in CLAIMS, which happens when the run
@@ -11,10 +12,15 @@ for a pytest exit status other than 0 (all passed) or 1 (some failed: they have 
 `tally` prints the count of each outcome and exits 1 on any FAIL, and on any SKIP: a claim
 skipped on the GPU machine is a claim not checked. NOT-RUN (what the test itself says may
 lawfully be absent, such as TensorRT) is listed, not failed. An empty claims file fails too.
+
+`host-figures` turns bench_host's last line (JSON) into FIGURE lines: recorded, not judged (the
+host path's targets are for the 2-core CI machine; a GPU node's cores are the figure to learn).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from collections import Counter
@@ -62,6 +68,17 @@ def tally(lines: list[str]) -> tuple[Counter, bool]:
     return counts, bool(lines) and counts["FAIL"] == 0 and counts["SKIP"] == 0
 
 
+def host_figures(text: str) -> list[str]:
+    """FIGURE lines from bench_host's output (its last line is one JSON object)."""
+    r = json.loads(text.strip().splitlines()[-1])
+    where = (f"{r['cameras']} cameras x {r['fps']:g} fps offered, K={r['objects']}, {r['model']} model, "
+             f"NMS {r.get('nms', 'host')}, {r['sink']} sink, synthetic source and engine, {os.cpu_count()} cores")
+    return [f"FIGURE | host path: frames/s inferred and published ({where}) | "
+            f"{r['inferred_per_s']:g} / {r['published_per_s']:g} of {r['offered_per_s']:g} offered",
+            f"FIGURE | host path: process CPU per frame, capture->published p99 ({where}) | "
+            f"{r['cpu_us_per_frame']:g} us, {r['capture_to_published_p99_s']} s; threads {r['cpu_percent_by_thread']}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,7 +89,11 @@ def main() -> int:
     m.add_argument("--step", default="GPU tests")
     t = sub.add_parser("tally")
     t.add_argument("claims", type=Path)
+    sub.add_parser("host-figures")
     args = parser.parse_args()
+    if args.command == "host-figures":
+        print("\n".join(host_figures(sys.stdin.read())))
+        return 0
     if args.command == "missing":
         lines = missing(args.expected, args.claims, args.rc, args.step)
         with open(args.claims, "a") as fh:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where pip can reach the package registry: gather what the GPU checks need on the GPU test
 # machine, which has no internet (Python 3.12 x86-64 with numpy, onnxruntime, Pillow, PyYAML,
-# aiohttp, prometheus-client and the CUDA toolkit, but no PyAV, pydantic, aiokafka, lap,
+# aiohttp, prometheus-client and the CUDA toolkit, but no PyAV, pydantic, aiokafka, lap, orjson,
 # PyNvVideoCodec or pycuda), into .whl/ for scripts/gpu_check.sh:
 #   .whl/gpu-site.tar.xz    the packages, installed for cp312, with MANIFEST.txt (name==version)
 #   .whl/pycuda-*.tar.gz    pycuda's sdist: it has no Linux wheels; built there when the wheel
@@ -36,7 +36,7 @@ core=$(unzip -p "$stage"/wheels/pydantic-2*.whl '*/METADATA' | sed -n 's/^Requir
 [ -n "$core" ] || { echo "cannot read pydantic's pydantic-core pin" >&2; exit 1; }
 "$PY" -m pip install -q "${TARGET[@]}" --target "$stage/site" \
   "$(same_as_ci av)" "$stage"/wheels/pydantic-2*.whl "pydantic-core==$core" "$(same_as_ci typing_extensions)" \
-  annotated-types typing-inspection "aiokafka>=0.11,<0.15" async-timeout "cramjam>=2.8" "lap>=0.5.12" \
+  annotated-types typing-inspection "aiokafka>=0.11,<0.15" async-timeout "cramjam>=2.8" "lap>=0.5.12" "orjson>=3.10" \
   "pynvvideocodec==2.2.4" pytools platformdirs siphash24 mako \
   "$(same_as_ci pytest)" "$(same_as_ci pytest-timeout)" "$(same_as_ci pluggy)" "$(same_as_ci iniconfig)" \
   "$(same_as_ci packaging)"

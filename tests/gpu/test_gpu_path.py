@@ -376,7 +376,7 @@ def test_decode_releases_the_gil(nvidia_gpu, clips, figure):
 
 
 def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path, record_property):
-    """TensorRT (where installed) gives ONNX Runtime's detections on the same frames"""
+    """TensorRT (where installed), NMS in the engine (model.nms auto), gives ONNX Runtime's detections on the same frames"""
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:  # not on PyPI: lawfully absent, never a failure
@@ -388,9 +388,11 @@ def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path, rec
     config = ModelConfig(path=MODEL, input_size=320, confidence=0.35,
                          tensorrt={"engine_cache": tmp_path, "precision": "fp16"})
     trt_engine = TensorRTEngine(config, nvidia_gpu, max_batch=4)  # installed but cannot build: a failure
-    ort_engine = OnnxRuntimeEngine(config)
+    ort_engine = OnnxRuntimeEngine(config)  # NMS on the host
+    assert trt_engine.nms_floor == 0.35 and tuple(trt_engine.info.output_shape[1:]) == (300, 6)
     post = functools.partial(detections_for_image, layout="yolov8", labels=ort_engine.info.labels,
                              confidence=0.35, iou=0.45, max_detections=300)
+    trt_post = functools.partial(post, layout="end2end")
     with av.open(str(clips["h264"])) as container:
         cpu_frames = [f for _, f in zip(range(4), container.decode(video=0))]
     gpu_frames = [k for *_, k in decode_all(clips["h264"], nvidia_gpu, keep=lambda i, p: i < 4)][:4]
@@ -402,7 +404,7 @@ def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path, rec
     trt_engine.close()
     matched = total = 0
     for i in range(4):
-        ours = post(output=trt_out[i], letterbox=trt_boxes[i])
+        ours = trt_post(output=trt_out[i], letterbox=trt_boxes[i])
         reference = post(output=ort_out[i], letterbox=ort_boxes[i])
         total += len(reference)
         for ref in reference:

@@ -46,7 +46,7 @@ def test_each_gpu_gets_its_own_lane_and_cameras_are_placed_on_them(tmp_path, rts
     path.write_text(yaml.safe_dump(data))
     loaded = []
 
-    def engine_loader(model, backend, gpu, max_batch):
+    def engine_loader(model, backend, gpu, max_batch, confidence=None):
         loaded.append((backend, gpu.index, threading.current_thread().name))
         return OnnxRuntimeEngine(model)
 

@@ -37,9 +37,11 @@ class StandInBuilder:
 
     def __init__(self):
         self.builds = 0
+        self.nms = []  # the NMS thresholds each build was asked to write into its plan
 
-    def __call__(self, onnx_path, key, workspace_mb):
+    def __call__(self, onnx_path, key, workspace_mb, nms=None):
         self.builds += 1
+        self.nms.append(nms)
         return b"PLAN" + key.digest().encode() * 200
 
 
@@ -142,3 +144,16 @@ def test_the_int8_model_made_for_onnx_runtime_is_refused_for_tensorrt_before_any
     with pytest.raises(EngineError, match=r"quantized for ONNX Runtime .*U8S8.*symmetric INT8 Q/DQ only.*float model"):
         engine_cache.plan_for(int8, StandInGpu(), 8)
     assert builder.builds == 0
+
+
+def test_a_plan_has_nms_in_the_engine_with_the_thresholds_it_was_built_for(cache):
+    """model.nms auto with TensorRT: NMS goes into the plan, keeping boxes from the least score
+    asked for (the tracker's weak boxes); other thresholds are another plan, host NMS yet another."""
+    model, builder = cache
+    gpu = StandInGpu()
+    first = engine_cache.plan_for(model, gpu, 8, confidence=0.1)
+    assert builder.nms == [{"confidence": 0.1, "iou": 0.45, "max_detections": 300}]
+    assert engine_cache.plan_for(model, gpu, 8, confidence=0.1) == first and builder.builds == 1
+    other = engine_cache.plan_for(model.model_copy(update={"iou": 0.6}), gpu, 8, confidence=0.1)
+    host = engine_cache.plan_for(model.model_copy(update={"nms": "host"}), gpu, 8, confidence=0.1)
+    assert len({first, other, host}) == 3 and builder.nms[1]["iou"] == 0.6 and builder.nms[2] is None
