@@ -186,7 +186,7 @@ class TrackSettings:
     max_tracks: int = 256  # live tracks per camera at most
 
 
-@dataclass
+@dataclass(eq=False)  # a track is itself: removing one from a list must not compare every field
 class Track:
     """One object followed over time."""
 
@@ -275,12 +275,9 @@ class CameraTracker:
         def lost(t: Track) -> bool:  # unseen in the frame before this one too
             return before is not None and t.seen_pts < before
 
-        def places(t: Track) -> list:
-            return ([t.motion.box()] if t.hits >= STEADY_HITS else []) + ([t.last_box] if lost(t) else [])
-
         wanted = [t for t in left_tracks if t.hits >= STEADY_HITS or lost(t)]
         _, left_high = self._match(wanted, high, left_high, s.match_iou, ids, pts, captured_at, buffer=BUFFER,
-                                   places=places)
+                                   lost=lost)
         # 4: tentative tracks against the confident detections left, with boxes grown by half
         # their size: a new track has no speed yet, and a small fast object sampled at a few fps
         # moves further than its own size between frames (C-BIoU, Yang et al. 2023)
@@ -296,12 +293,12 @@ class CameraTracker:
         duplicates.update(_over(high, left_high, list(ids), DUPLICATE_IOU))
         fresh = [i for i in left_high if i not in duplicates]
         live_boxes = np.array([t.motion.box() for t in self.tracks] if fresh else [], np.float64).reshape(-1, 4)
-        for i in fresh:
-            box = np.array([high[i].bbox], np.float64)
+        over = (iou_matrix(np.array([high[i].bbox for i in fresh], np.float64), live_boxes).max(axis=1) >= OVERLAP_IOU
+                if fresh and len(live_boxes) else np.zeros(len(fresh), bool))
+        for i, over_live in zip(fresh, over.tolist()):
             if len(self.tracks) >= s.max_tracks:
                 untracked += 1
                 continue
-            over_live = bool(len(live_boxes)) and iou_matrix(box, live_boxes).max() >= OVERLAP_IOU
             track = Track(self._next_id, high[i].class_id, high[i].label, BoxFilter(high[i].bbox, pts),
                           captured_at, captured_at, pts, published=not over_live)
             track.sighted(high[i])
@@ -328,18 +325,21 @@ class CameraTracker:
 
     def _match(self, tracks: list[Track], dets: Sequence[Detection], candidates: list[int], min_iou: float,
                ids: dict[int, int], pts: float, captured_at: float, buffer: float = 0.0,
-               places: Callable[[Track], list] | None = None) -> tuple[list[Track], list[int]]:
-        """Match `tracks` (at their predicted boxes, or at the best fitting of the boxes `places`
-        gives) with dets[candidates], comparing boxes grown by `buffer` of their size on each side;
-        update the matched tracks."""
+               lost: Callable[[Track], bool] | None = None) -> tuple[list[Track], list[int]]:
+        """Match `tracks` with dets[candidates], comparing boxes grown by `buffer` of their size
+        on each side, and update the matched tracks. A track is at its predicted box; with `lost`
+        given, a steady track is at its predicted box, a lost one where it was last seen, and one
+        both steady and lost at whichever of the two fits a box better."""
         if not tracks or not candidates:
             return tracks, candidates
         boxes = _grown(np.array([dets[i].bbox for i in candidates], np.float64), buffer)
-        if places is None:
-            iou = iou_matrix(_grown(np.array([t.motion.box() for t in tracks], np.float64), buffer), boxes)
-        else:
-            iou = np.array([iou_matrix(_grown(np.array(places(t), np.float64).reshape(-1, 4), buffer), boxes).max(axis=0)
-                            for t in tracks]).reshape(len(tracks), len(candidates))
+        iou = iou_matrix(_grown(np.array([t.motion.box() for t in tracks], np.float64), buffer), boxes)
+        if lost is not None:  # every track here is steady or lost (or both)
+            away = [lost(t) for t in tracks]
+            if any(away):
+                steady = np.array([t.hits >= STEADY_HITS for t in tracks])
+                seen = iou_matrix(_grown(np.array([t.last_box for t in tracks], np.float64), buffer), boxes)
+                iou = np.maximum(np.where(steady[:, None], iou, 0.0), np.where(np.array(away)[:, None], seen, 0.0))
         other = np.array([t.class_id for t in tracks])[:, None] != np.array([dets[i].class_id for i in candidates])[None, :]
         cost = 1 - iou + CLASS_MISMATCH * other + DIRECTION_WEIGHT * _backwards(tracks, boxes)
         matches, left_rows, left_cols = assign(cost, 1 - min_iou)
