@@ -13,12 +13,15 @@ two stand-ins, named as such, for the parts a GPU does at no host cost:
 
     .venv/bin/python -m scripts.bench.bench_host --cameras 150 --fps 30 --objects 20 --seconds 20 --sink null
     .venv/bin/python -m scripts.bench.bench_host --cameras 150 --fps 30 --objects 20 --sink kafka
+    .venv/bin/python -m scripts.bench.bench_host --cameras 150 --fps 30 --objects 20 --processes 2
 
 --sink null: the publisher's producer acknowledges every message at once (no broker: what the
 process itself can carry); --sink kafka: the local Tansu broker, as in the tests (it shares the
 machine's cores). The last stdout line is one JSON object: offered, inferred and published per
 second, frames dropped by reason, the process's CPU per frame and per thread, capture -> published
-latency (p50/p99 from the daemon's own histogram), and the stage times.
+latency (p50/p99 from the daemon's own histogram), and the stage times. --processes N runs N
+daemons at once, each with its share of the cameras (as a node running several daemons, placed
+by the placement group, would): how the host path scales over cores; their figures are summed.
 """
 from __future__ import annotations
 
@@ -393,30 +396,73 @@ def main() -> int:
     parser.add_argument("--nms", choices=("engine", "host"), default="engine",
                         help="engine: the output a TensorRT engine built with model.nms (auto) gives, at most "
                              "300 boxes an image; host: the raw heads, NMS in Python's process")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="daemons on this machine, each with its share of the cameras (as the placement "
+                             "group spreads them over several daemons of one node); figures are their sums")
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)  # --processes: the parent's broker
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)  # --processes: camera numbering
     args = parser.parse_args()
     setup_logging("warning")
     logging.getLogger("pipeline").setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="bench-host-"))
-    from pipeline.config import ModelConfig
-
-    scene = Scene(args.objects, len(describe_onnx(ModelConfig(path=MODELS[args.model])).labels))
-    broker = Broker() if args.sink == "kafka" else None
+    broker = Broker() if args.sink == "kafka" and not args.bootstrap else None
     if broker is not None:
         broker.start()
-    source = SyntheticCameras(args.fps)
+    bootstrap = args.bootstrap or (broker.bootstrap if broker else "127.0.0.1:9")
     try:
-        config = daemon_config(
-            work / "host.yaml", {"path": MODELS[args.model], "backend": "tensorrt", "nms": args.nms},
-            broker.bootstrap if broker else "127.0.0.1:9",
-            [(f"cam-{i:03d}", f"rtsp://127.0.0.1:9/cam-{i:03d}", args.fps or None) for i in range(args.cameras)],
-            batching={"max_batch": args.max_batch}, kafka={"stop_timeout_s": 5})
-        result = asyncio.run(run(args, config, source, scene))
+        result = one_process(args, bootstrap) if args.processes == 1 else processes(args, bootstrap)
     finally:
-        source.close()
         if broker is not None:
             broker.stop()
     print(json.dumps(result))
     return 0
+
+
+def one_process(args, bootstrap: str) -> dict:
+    from pipeline.config import ModelConfig
+
+    work = Path(tempfile.mkdtemp(prefix="bench-host-"))
+    scene = Scene(args.objects, len(describe_onnx(ModelConfig(path=MODELS[args.model])).labels))
+    source = SyntheticCameras(args.fps)
+    try:
+        names = [f"cam-{i:03d}" for i in range(args.first, args.first + args.cameras)]
+        config = daemon_config(
+            work / "host.yaml", {"path": MODELS[args.model], "backend": "tensorrt", "nms": args.nms}, bootstrap,
+            [(name, f"rtsp://127.0.0.1:9/{name}", args.fps or None) for name in names],
+            batching={"max_batch": args.max_batch}, kafka={"stop_timeout_s": 5})
+        return asyncio.run(run(args, config, source, scene))
+    finally:
+        source.close()
+
+
+def processes(args, bootstrap: str) -> dict:
+    """`args.processes` daemons at once, the cameras split between them; their figures summed (CPU
+    per frame: all their CPU over all their frames; latency: the worst process's quantile)."""
+    import subprocess
+    import sys
+
+    shares = [args.cameras // args.processes + (i < args.cameras % args.processes) for i in range(args.processes)]
+    firsts = [sum(shares[:i]) for i in range(args.processes)]
+    own = ["--fps", str(args.fps), "--objects", str(args.objects), "--seconds", str(args.seconds), "--warmup",
+           str(args.warmup), "--sink", args.sink, "--model", args.model, "--max-batch", str(args.max_batch),
+           "--nms", args.nms, "--bootstrap", bootstrap]
+    children = [subprocess.Popen([sys.executable, "-m", "scripts.bench.bench_host", "--cameras", str(n),
+                                  "--first", str(first), *own], stdout=subprocess.PIPE, text=True)
+                for n, first in zip(shares, firsts)]
+    results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    total = {key: round(sum(r[key] for r in results), 1) for key in ("offered_per_s", "inferred_per_s",
+                                                                      "published_per_s", "cpu_percent")}
+    dropped: dict[str, float] = defaultdict(float)
+    for r in results:
+        for reason, n in r["dropped"].items():
+            dropped[reason] += n
+    cpu_us = sum(r["cpu_us_per_frame"] * r["inferred_per_s"] for r in results) / max(total["inferred_per_s"], 1)
+    return {"cameras": args.cameras, "fps": args.fps, "objects": args.objects, "model": args.model,
+            "sink": args.sink, "nms": args.nms, "processes": args.processes, "seconds": results[0]["seconds"],
+            **total, "dropped": dict(dropped), "cpu_us_per_frame": round(cpu_us, 1),
+            "cpu_percent_by_thread": [r["cpu_percent_by_thread"] for r in results],
+            "capture_to_published_p50_s": max(r["capture_to_published_p50_s"] or 0 for r in results),
+            "capture_to_published_p99_s": max(r["capture_to_published_p99_s"] or 0 for r in results),
+            "per_process": [{k: r[k] for k in ("cameras", "inferred_per_s", "cpu_percent")} for r in results]}
 
 
 if __name__ == "__main__":
