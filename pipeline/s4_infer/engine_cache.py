@@ -117,9 +117,10 @@ def remove_stale_temporaries(cache_dir: Path) -> None:
             pass
 
 
-def nms_thresholds(model, confidence: float | None) -> dict | None:
-    """The thresholds an NMS in the engine is built with (model.nms), or None for raw heads."""
-    info = describe_onnx(model)
+def nms_thresholds(model, confidence: float | None, info=None) -> dict | None:
+    """The thresholds an NMS in the engine is built with (model.nms), or None for raw heads
+    (`info`: the ONNX file's ModelInfo, when the caller has it already)."""
+    info = info or describe_onnx(model)
     if not nms_graph.in_engine(model, "tensorrt", info.output_shape, info.metadata):
         return None
     floor = model.confidence if confidence is None else confidence
@@ -133,8 +134,9 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     the least score an NMS in the engine keeps (default model.confidence)."""
     import tensorrt as trt  # lazy: only where TensorRT is installed
 
-    refuse_models_tensorrt_cannot_build(model)
-    nms = nms_thresholds(model, confidence)
+    info = describe_onnx(model)  # one read of the ONNX file for both
+    refuse_models_tensorrt_cannot_build(model, info)
+    nms = nms_thresholds(model, confidence, info)
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
                     model.tensorrt.precision, max_batch, model.input_size,
                     nms=json.dumps(nms, sort_keys=True) if nms else "")
@@ -156,10 +158,10 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     return path
 
 
-def refuse_models_tensorrt_cannot_build(model) -> None:
+def refuse_models_tensorrt_cannot_build(model, info=None) -> None:
     """An ONNX file quantized for ONNX Runtime with asymmetric UINT8 activations (ours:
     scripts/model/quantize_int8.py, U8S8) is refused up front: TensorRT takes symmetric INT8 Q/DQ only."""
-    quantized = describe_onnx(model).metadata.get("quantization", "")
+    quantized = (info or describe_onnx(model)).metadata.get("quantization", "")
     if "U8" in quantized:
         raise EngineError(f"{model.path.name} is quantized for ONNX Runtime ({quantized}): TensorRT takes symmetric "
                           "INT8 Q/DQ only; with model.backend tensorrt use the float model (e.g. "

@@ -21,6 +21,8 @@ Needs the `onnx` package (the `nms` extra) only where a model is extended, not t
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from pipeline.core import EngineError
@@ -141,7 +143,5 @@ def in_engine(config, backend: str, output_shape: tuple, metadata: dict[str, str
 
 def end2end_info(info, rows: int = ROWS):
     """The ModelInfo of the model with NMS appended (labels as the raw model's)."""
-    import dataclasses
-
     shape = (info.output_shape[0], rows, 6)
     return dataclasses.replace(info, output_shape=shape, metadata={**info.metadata, "end2end": "True"})

@@ -41,7 +41,8 @@ class TensorRTEngine:
         self.max_batch = max_batch
         self._staging, self._staging_bytes = None, 0  # input from CPU preprocessing (pyav decoder)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive its engines
-        self._nms = engine_cache.nms_thresholds(config, confidence)  # model.nms: written into the plan
+        self._onnx = describe_onnx(config)  # labels and metadata live in the ONNX file
+        self._nms = engine_cache.nms_thresholds(config, confidence, self._onnx)  # model.nms: written into the plan
         self.nms_floor = self._nms["confidence"] if self._nms else None
         with gpu.current():
             self._engine = engine_cache.load(config, gpu, max_batch, self._deserialize, confidence)
@@ -77,7 +78,7 @@ class TensorRTEngine:
                 shape = tuple(self._context.get_tensor_shape(name))
                 self._out_device.append(self._gpu.alloc(int(np.prod(shape)) * dtype.itemsize))
                 self._out_host.append(self._gpu.pinned(int(np.prod(shape)), dtype))  # PinnedMemory
-        onnx = describe_onnx(self._config)  # labels and metadata live in the ONNX file
+        onnx = self._onnx  # the ONNX file's labels and metadata (the plan has none)
         if self._nms:  # [batch, 300, 6]; labels as the raw head's classes
             raw = model_info(self._config, ("batch", 3, "height", "width"), onnx.output_shape, onnx.metadata, sha)
             self.info = nms_graph.end2end_info(raw)

@@ -100,6 +100,6 @@ def test_thresholds_can_be_written_in_for_builders_that_take_initializers_as_con
     assert "NonMaxSuppression" in {n.op_type for n in model.graph.node}
 
 
-def test_a_model_that_cannot_take_nms_is_a_clear_error(tmp_path):
+def test_a_model_that_cannot_take_nms_is_a_clear_error():
     with pytest.raises(EngineError, match="model.nms: engine needs a YOLOv8 raw-head model.*set model.nms: host"):
         load_engine(ModelConfig(path=SHAPES, input_size=320, nms="engine", layout="yolov5"))
