@@ -58,6 +58,7 @@ class InferenceWorker:
         keep_pictures: Callable[[tuple, list[FrameResult]], None] | None = None,
         track: Callable | None = None,
         postprocess_batch: Callable | None = None,
+        track_batch: Callable | None = None,
     ) -> None:
         self._next_batch = next_batch
         self._preprocessors = list(preprocessors)
@@ -70,6 +71,7 @@ class InferenceWorker:
         self._emit = emit
         self._keep_pictures = keep_pictures  # the live preview's, when enabled
         self._track = track  # (FrameMeta, detections) -> (published detections, TrackEvents | None)
+        self._track_batch = track_batch  # (metas, BatchDetections, images) -> the same for each: one call a batch
         self._metrics = metrics
         stage = metrics.stage_seconds  # its children, looked up once (the finish stage runs per frame)
         self._seconds = {name: stage.labels(name) for name in ("preprocess", "infer", "track", "postprocess")}
@@ -196,23 +198,36 @@ class InferenceWorker:
     def _finish(self, job: _Job) -> None:
         start = time.monotonic()
         results, tracking = [], 0.0
+        frames = job.batch.frames
         try:
             found = (self._postprocess_batch(job.outputs, job.letterboxes)
                      if self._postprocess_batch is not None else None)
-            for i, frame in enumerate(job.batch.frames):
+            numbered = [i for i, frame in enumerate(frames) if frame.reply is None]
+            tracked = None
+            if found is not None and self._track_batch is not None and numbered:
+                began = time.monotonic()  # every frame of the batch tracked at once
+                tracked = self._track_batch([frames[i].meta for i in numbered], found, numbered)
+                tracking = time.monotonic() - began
+                for _ in numbered:
+                    self._seconds["track"].observe(tracking / len(numbered))
+            for i, frame in enumerate(frames):
                 if frame.reply is not None:  # a /v1/detect image: answered, never numbered or published
                     self._answer(frame.reply, job.outputs[i], job.letterboxes[i])
-                    continue
-                detections = (found.for_image(i) if found is not None
-                              else self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i]))
+            for k, i in enumerate(numbered):
+                frame = frames[i]
                 cam = frame.meta.camera_id
                 tracks = None
-                if self._track is not None:
-                    began = time.monotonic()
-                    detections, tracks = self._track(frame.meta, detections)
-                    spent = time.monotonic() - began
-                    tracking += spent
-                    self._seconds["track"].observe(spent)
+                if tracked is not None:
+                    detections, tracks = tracked[k]
+                else:
+                    detections = (found.for_image(i) if found is not None
+                                  else self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i]))
+                    if self._track is not None:
+                        began = time.monotonic()
+                        detections, tracks = self._track(frame.meta, detections)
+                        spent = time.monotonic() - began
+                        tracking += spent
+                        self._seconds["track"].observe(spent)
                 results.append(FrameResult(frame.meta, self._seq[cam], detections, tracks))
                 self._seq[cam] += 1
                 inferred = self._inferred.get(cam)

@@ -210,7 +210,8 @@ class Lanes:
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
                                     emit, self._metrics, name=name,
                                     keep_pictures=self._preview.offer if self._preview else None,
-                                    track=trackers.track, postprocess_batch=postprocess_batch)
+                                    track=trackers.track, postprocess_batch=postprocess_batch,
+                                    track_batch=trackers.track_batch)
         detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
                               gpu if path.decoder == "nvdec" else None, floor=getattr(engine, "nms_floor", None))
         return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)

@@ -227,3 +227,77 @@ def test_the_lanes_trackers_track_only_cameras_with_tracking_on_and_count_what_t
     assert metric_values(text, "rtsp_pipeline_tracks_started_total") == {'{camera="tracked"}': 1.0}
     trackers.forget("tracked")
     assert metric_values(metrics.render().decode(), "rtsp_pipeline_tracks_active") == {}
+
+
+def _scene(seed, cameras=5, frames=40, objects=12):
+    """Per camera, per frame: detections of objects that move, cross, stop, flicker in class, are
+    missed or seen weakly, plus now and then a stray box and a duplicate of an object's box."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in range(cameras):
+        start, speed = rng.uniform(0, 900, (objects, 2)), rng.uniform(-15, 15, (objects, 2))
+        size, cls = rng.uniform(30, 150, objects), rng.integers(0, 3, objects)
+        seq = []
+        for i in range(frames):
+            dets = []
+            for k in range(objects):
+                if rng.random() < 0.1:  # missed
+                    continue
+                x, y = start[k] + speed[k] * (i if k % 4 else min(i, 10))  # every 4th stops
+                shown = int(cls[k] if rng.random() > 0.1 else (cls[k] + 1) % 3)
+                dets.append(Detection(shown, f"c{shown}", float(rng.choice([0.9, 0.6, 0.2, 0.05])), box(x, y, size[k])))
+                if rng.random() < 0.05:  # the detector's other class for it
+                    dets.append(Detection((shown + 1) % 3, f"c{(shown + 1) % 3}", 0.5, box(x + 2, y, size[k])))
+            if rng.random() < 0.2:
+                dets.append(Detection(0, "c0", 0.8, box(*rng.uniform(0, 900, 2), 60)))
+            seq.append(dets)
+        out[f"cam{c}"] = seq
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_lanes_cameras_tracked_a_batch_at_a_time_get_what_each_camera_alone_gets(seed):
+    """The finish stage tracks a batch of frames of many cameras with one set of array operations:
+    each camera's ids, classes and events must be what that camera tracked on its own gets, with
+    its own settings, also when a batch holds two frames of one camera."""
+    from pipeline.core import FrameMeta
+    from pipeline.metrics import Metrics
+    from pipeline.s5_postprocess import BatchDetections
+    from pipeline.s5_track import Trackers
+
+    scene = _scene(seed)
+    settings = {cam: TrackSettings(0.35, match_iou=0.2 + 0.1 * (i % 2), max_age_s=0.4 + 0.3 * i, max_tracks=9 + i)
+                for i, cam in enumerate(scene)}
+    fps = 10
+
+    def outcome(tracked, events):
+        return ([(d.class_id, d.bbox, d.confidence, d.track_id, d.track_class_id, d.track_label) for d in tracked],
+                list(events.started), [(e.track_id, e.label, e.detections, e.reason) for e in events.ended])
+
+    alone = {}
+    for cam, seq in scene.items():
+        t = CameraTracker(settings[cam])
+        alone[cam] = []
+        for i, dets in enumerate(seq):
+            frame = t.update(dets, i / fps, T0 + i / fps)
+            alone[cam].append((outcome(frame.detections, frame)))
+    trackers = Trackers(settings.__getitem__, Metrics())
+    labels = ("c0", "c1", "c2")
+    # frames in arrival order: cameras interleaved, one of them twice as often per batch
+    arrivals = [(cam, i) for i in range(40) for cam in scene]
+    batched = {cam: [] for cam in scene}
+    rng = np.random.default_rng(seed)
+    while arrivals:
+        take = int(rng.integers(1, 9))
+        batch, arrivals = arrivals[:take], arrivals[take:]
+        metas, image, boxes, scores, classes = [], [], [], [], []
+        for j, (cam, i) in enumerate(batch):
+            metas.append(FrameMeta(cam, i / fps, T0 + i / fps, "receive", 1000, 1000))
+            for d in scene[cam][i]:
+                image.append(j), boxes.append(d.bbox), scores.append(d.confidence), classes.append(d.class_id)
+        found = BatchDetections(np.array(image, np.int64), np.array(boxes, np.float64).reshape(-1, 4),
+                                np.array(scores), np.array(classes, np.int64), labels)
+        for (cam, _), (tracked, events) in zip(batch, trackers.track_batch(metas, found, list(range(len(batch))))):
+            batched[cam].append(outcome(tracked, events))
+    assert batched == alone
+    assert any(ended for cam in alone for _, _, ended in alone[cam])  # the scenes end tracks too
