@@ -21,6 +21,7 @@ caller has answered 504), never inferred.
 """
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import deque
@@ -109,12 +110,15 @@ class DeadlineBatcher:
 
     def _take(self, now: float) -> Batch | None:
         frames = []
-        waiting = {cam: frame.ready_at for cam, frame in self._slots.items()}
+        served = self._served.get
+        # the least lately served first, then the longest waiting (the place breaks ties: arrival
+        # order); a heap, not a sort: a batch takes a few of the many cameras waiting
+        waiting = [(served(cam, -1), frame.ready_at, i, cam) for i, (cam, frame) in enumerate(self._slots.items())]
         if self._requests:
-            waiting[_REQUESTS] = self._requests[0][0].ready_at
-        for cam in sorted(waiting, key=lambda c: (self._served.get(c, -1), waiting[c])):
-            if len(frames) == self.max_batch:
-                break
+            waiting.append((served(_REQUESTS, -1), self._requests[0][0].ready_at, len(waiting), _REQUESTS))
+        heapq.heapify(waiting)
+        while waiting and len(frames) < self.max_batch:
+            cam = heapq.heappop(waiting)[3]
             if cam == _REQUESTS:
                 frames.append(self._requests.popleft()[0])
             else:

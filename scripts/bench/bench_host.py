@@ -67,28 +67,48 @@ class Scene:
 
     def _camera(self, camera: str) -> dict:
         if camera not in self._cameras:
-            rng = np.random.default_rng(int(hashlib.sha256(camera.encode()).hexdigest()[:8], 16))
+            key = int(hashlib.sha256(camera.encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng(key)
             k = self.objects
             size = rng.uniform(40, 220, (k, 2))
             self._cameras[camera] = {
                 "start": rng.uniform([0, 0], [WIDTH, HEIGHT], (k, 2)), "speed": rng.uniform(-160, 160, (k, 2)),
-                "size": size, "cls": rng.integers(0, self.classes, k), "phase": rng.uniform(0, 5, k)}
+                "size": size, "cls": rng.integers(0, self.classes, k), "phase": rng.uniform(0, 5, k), "key": key}
         return self._cameras[camera]
 
     def boxes(self, camera: str, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(xyxy boxes in source pixels [n, 4], classes [n], scores [n]) of the objects seen at `t`."""
-        c = self._camera(camera)
-        phase = t + c["phase"]
-        moved = (np.floor(phase / 5) * 4 + np.minimum(np.mod(phase, 5), 4))[:, None]  # stopped 1 s in 5
-        span = np.array([WIDTH, HEIGHT]) - c["size"]
-        pos = np.abs(np.mod(c["start"] + c["speed"] * moved, 2 * span) - span)  # bounce off the edges
-        frame = int(t * 30)
-        noise = np.random.default_rng(frame * 7919 + len(camera)).random((len(pos), 2))
-        seen = noise[:, 0] >= 0.05
-        classes = np.where(noise[:, 1] < 0.05, (c["cls"] + 1) % self.classes, c["cls"])
-        boxes = np.concatenate([pos, pos + c["size"]], axis=1)
-        scores = 0.55 + 0.4 * noise[:, 1]
-        return boxes[seen], classes[seen], scores[seen]
+        return self.batch([camera], [t])[0]
+
+    def batch(self, cameras: list[str], times: list[float]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """boxes() for many frames with one set of array operations (the stand-in must cost the
+        host as little as a GPU engine's output would: no per-frame random generator)."""
+        c = [self._camera(cam) for cam in cameras]
+        start, speed, size = (np.stack([x[k] for x in c]) for k in ("start", "speed", "size"))
+        cls = np.stack([x["cls"] for x in c])
+        t = np.asarray(times, np.float64)[:, None]
+        phase = t + np.stack([x["phase"] for x in c])
+        moved = (np.floor(phase / 5) * 4 + np.minimum(np.mod(phase, 5), 4))[..., None]  # stopped 1 s in 5
+        span = np.array([WIDTH, HEIGHT]) - size
+        pos = np.abs(np.mod(start + speed * moved, 2 * span) - span)  # bounce off the edges
+        noise = _uniform(np.array([x["key"] for x in c], np.uint64)[:, None, None],
+                         np.round(t * 30).astype(np.uint64)[..., None], pos.shape)
+        seen = noise[..., 0] >= 0.05
+        classes = np.where(noise[..., 1] < 0.05, (cls + 1) % self.classes, cls)
+        boxes = np.concatenate([pos, pos + size], axis=-1)
+        scores = 0.55 + 0.4 * noise[..., 1]
+        return [(boxes[i][seen[i]], classes[i][seen[i]], scores[i][seen[i]]) for i in range(len(c))]
+
+
+def _uniform(key: np.ndarray, frame: np.ndarray, shape: tuple) -> np.ndarray:
+    """Uniform [0, 1) numbers, a pure function of (camera key, frame number, place): splitmix64."""
+    with np.errstate(over="ignore"):
+        x = key * np.uint64(0x9E3779B97F4A7C15) + frame * np.uint64(0xBF58476D1CE4E5B9) + np.arange(
+            int(np.prod(shape[1:])), dtype=np.uint64).reshape(shape[1:])
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 # ---------------------------------------------------------------------- the engine stand-in
@@ -134,8 +154,8 @@ class SyntheticEngine:
         columns = width // 8  # the stride-8 grid; anchors: the grids of strides 8, 16 and 32
         anchors = sum((width // s) * (height // s) for s in (8, 16, 32))
         out = np.zeros((len(inputs.frames), rows, anchors), np.float32)
-        for i, (frame, lb) in enumerate(zip(inputs.frames, inputs.letterboxes)):
-            boxes, classes, scores = self._scene.boxes(frame.meta.camera_id, frame.meta.pts)
+        seen = self._scene.batch([f.meta.camera_id for f in inputs.frames], [f.meta.pts for f in inputs.frames])
+        for i, (lb, (boxes, classes, scores)) in enumerate(zip(inputs.letterboxes, seen)):
             xyxy = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y])
             cx, cy = (xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2
             w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
@@ -151,8 +171,8 @@ class SyntheticEngine:
     def _end2end(self, inputs: _Inputs) -> np.ndarray:
         most = int(self.output_shape[1])
         out = np.zeros((len(inputs.frames), most, 6), np.float32)
-        for i, (frame, lb) in enumerate(zip(inputs.frames, inputs.letterboxes)):
-            boxes, classes, scores = self._scene.boxes(frame.meta.camera_id, frame.meta.pts)
+        seen = self._scene.batch([f.meta.camera_id for f in inputs.frames], [f.meta.pts for f in inputs.frames])
+        for i, (lb, (boxes, classes, scores)) in enumerate(zip(inputs.letterboxes, seen)):
             n = min(len(boxes), most)
             out[i, :n, :4] = (boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y]))[:n]
             out[i, :n, 4], out[i, :n, 5] = scores[:n], classes[:n]

@@ -4,6 +4,8 @@ from importlib import resources
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core import CameraState, Detection, EndedTrack, FrameMeta, FrameResult, ModelRef, TrackEvents
 from pipeline.messages import encode_detections, encode_status, rfc3339_ms
@@ -107,3 +109,17 @@ def test_a_connected_status_says_the_transport_and_the_schema_knows_it():
     with pytest.raises(jsonschema.ValidationError):  # only the two transports there are
         jsonschema.validate(dict(body, transport="sctp"), schema("camera-status-v1.schema.json"))
     assert "transport" not in json.loads(encode_status("cam", CameraState.STALLED, CameraState.STREAMING, "x", 0.0))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.floats(0, 4_102_444_800, allow_nan=False),
+                 st.integers(0, 4_102_444_800).map(lambda s: s + 0.9995),  # carries: .9995, .9999995
+                 st.integers(0, 4_102_444_800).map(lambda s: s + 0.9999995),
+                 st.integers(1_700_000_000, 1_900_000_000).map(lambda ms: ms / 1000)))
+def test_message_times_are_what_datetime_writes(ts):
+    """rfc3339_ms formats the second once and adds the milliseconds: the text must be
+    datetime's own, also where microseconds round up into the next second."""
+    from datetime import datetime, timezone
+
+    assert rfc3339_ms(ts) == datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
