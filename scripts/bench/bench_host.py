@@ -81,8 +81,14 @@ class Scene:
         return self.batch([camera], [t])[0]
 
     def batch(self, cameras: list[str], times: list[float]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """boxes() for many frames with one set of array operations (the stand-in must cost the
-        host as little as a GPU engine's output would: no per-frame random generator)."""
+        """boxes() for many frames."""
+        boxes, classes, scores, seen = self.arrays(cameras, times)
+        return [(boxes[i][seen[i]], classes[i][seen[i]], scores[i][seen[i]]) for i in range(len(cameras))]
+
+    def arrays(self, cameras: list[str], times: list[float]) -> tuple[np.ndarray, ...]:
+        """Every object of many frames with one set of array operations (the stand-in must cost
+        the host as little as a GPU engine's output would: no per-frame random generator):
+        boxes [frames, K, 4], classes [frames, K], scores [frames, K], seen [frames, K]."""
         c = [self._camera(cam) for cam in cameras]
         start, speed, size = (np.stack([x[k] for x in c]) for k in ("start", "speed", "size"))
         cls = np.stack([x["cls"] for x in c])
@@ -97,7 +103,7 @@ class Scene:
         classes = np.where(noise[..., 1] < 0.05, (cls + 1) % self.classes, cls)
         boxes = np.concatenate([pos, pos + size], axis=-1)
         scores = 0.55 + 0.4 * noise[..., 1]
-        return [(boxes[i][seen[i]], classes[i][seen[i]], scores[i][seen[i]]) for i in range(len(c))]
+        return boxes, classes, scores, seen
 
 
 def _uniform(key: np.ndarray, frame: np.ndarray, shape: tuple) -> np.ndarray:
@@ -170,12 +176,18 @@ class SyntheticEngine:
 
     def _end2end(self, inputs: _Inputs) -> np.ndarray:
         most = int(self.output_shape[1])
-        out = np.zeros((len(inputs.frames), most, 6), np.float32)
-        seen = self._scene.batch([f.meta.camera_id for f in inputs.frames], [f.meta.pts for f in inputs.frames])
-        for i, (lb, (boxes, classes, scores)) in enumerate(zip(inputs.letterboxes, seen)):
-            n = min(len(boxes), most)
-            out[i, :n, :4] = (boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y]))[:n]
-            out[i, :n, 4], out[i, :n, 5] = scores[:n], classes[:n]
+        frames, letterboxes = inputs.frames, inputs.letterboxes
+        boxes, classes, scores, seen = self._scene.arrays([f.meta.camera_id for f in frames],
+                                                          [f.meta.pts for f in frames])
+        scale = np.array([lb.scale for lb in letterboxes])[:, None, None]
+        pad = np.array([(lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y) for lb in letterboxes], np.float64)[:, None, :]
+        order = np.argsort(~seen, axis=1, kind="stable")[:, :most]  # the objects seen first, as NMS's rows
+        kept = np.take_along_axis(seen, order, axis=1)
+        out = np.zeros((len(frames), most, 6), np.float32)
+        k = order.shape[1]
+        out[:, :k, :4] = np.take_along_axis(boxes * scale + pad, order[..., None], axis=1) * kept[..., None]
+        out[:, :k, 4] = np.take_along_axis(scores, order, axis=1) * kept
+        out[:, :k, 5] = np.take_along_axis(classes, order, axis=1) * kept
         return out
 
     def close(self) -> None:
