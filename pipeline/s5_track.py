@@ -326,10 +326,13 @@ class TrackTable:
             for t in np.concatenate(order).tolist():
                 if hidden[t]:
                     newly[track_cam[t]].append(int(state[t, _ID]))
-        lists = _Lists(boxes.tolist(), scores.tolist(), classes.tolist(), (high & ~pairs.dropped).tolist(),
-                       pairs.matched.tolist(), state[:, _ID].tolist(), state[:, _CLASS].tolist(), fresh.tolist(),
-                       over_live.tolist(), boxes)
-        results, start, first = [], 0, np.searchsorted(owner, np.arange(n + 1))
+        shown = np.flatnonzero(high & ~pairs.dropped)  # in the message: confident, not a duplicate
+        lists = _Lists(list(map(tuple, boxes.tolist())), scores.tolist(), classes.tolist(), pairs.matched.tolist(),
+                       state[:, _ID].astype(np.int64).tolist(), state[:, _CLASS].astype(np.int64).tolist(),
+                       fresh.tolist(), over_live.tolist(), boxes)
+        results, start = [], 0
+        cut = np.searchsorted(shown, np.searchsorted(owner, np.arange(n + 1))).tolist()
+        shown = shown.tolist()
         for b, (f, cam) in enumerate(zip(frames, cams)):
             end = start + counts[b]
             drop_gone, drop_expired = np.flatnonzero(gone[start:end]).tolist(), np.flatnonzero(expired[start:end]).tolist()
@@ -339,7 +342,7 @@ class TrackTable:
                 dead = set(drop_gone + drop_expired)
                 self._free.extend(cam.rows[i] for i in dead)
                 cam.rows = [r for i, r in enumerate(cam.rows) if i not in dead]
-            results.append(self._publish(f, cam, range(first[b], first[b + 1]), lists, newly[b], ended[b]))
+            results.append(self._publish(f, cam, shown[cut[b]:cut[b + 1]], lists, newly[b], ended[b]))
             start = end
         return results
 
@@ -370,29 +373,28 @@ class TrackTable:
         state[tracks, _PUBLISHED] = 1.0
         return hidden
 
-    def _publish(self, f: FrameInfo, cam: _Camera, dets: range, x: _Lists, started: list[int],
+    def _publish(self, f: FrameInfo, cam: _Camera, dets: list[int], x: _Lists, started: list[int],
                  ended: list[EndedTrack]) -> TrackedFrame:
-        """One frame's share of the message: its confident detections (but the duplicates) with the
-        ids of published tracks; the fresh ones start tracks."""
-        max_tracks, labels = cam.settings.max_tracks, self._labels
+        """One frame's share of the message: its detections `dets` with the ids of published
+        tracks; the fresh ones start tracks. The loop per object of the finish stage: kept lean."""
+        max_tracks, labels, make = cam.settings.max_tracks, self._labels, Detection
+        boxes, classes, scores, matched, track_id, track_class = x.boxes, x.classes, x.scores, x.matched, x.track_id, x.track_class
         untracked, out = 0, []
         for d in dets:
-            if not x.shown[d]:
-                continue
-            box, cls, score, t = tuple(x.boxes[d]), x.classes[d], x.scores[d], x.matched[d]
+            cls, t = classes[d], matched[d]
             if t >= 0:  # a matched track is published
-                track_cls = int(x.track_class[t])
-                out.append(Detection(cls, labels[cls], score, box, int(x.track_id[t]), track_cls, labels[track_cls]))
+                tc = track_class[t]
+                out.append(make(cls, labels[cls], scores[d], boxes[d], track_id[t], tc, labels[tc]))
             elif not x.fresh[d] or len(cam.rows) >= max_tracks:
                 untracked += x.fresh[d]
-                out.append(Detection(cls, labels[cls], score, box))
+                out.append(make(cls, labels[cls], scores[d], boxes[d]))
             elif x.over_live[d]:  # a new box over a live track: its id goes out once it is seen again
-                self._start(cam, x.array[d], cls, score, f, published=False)
-                out.append(Detection(cls, labels[cls], score, box))
+                self._start(cam, x.array[d], cls, scores[d], f, published=False)
+                out.append(make(cls, labels[cls], scores[d], boxes[d]))
             else:
-                track_id = self._start(cam, x.array[d], cls, score, f, published=True)
-                started.append(track_id)
-                out.append(Detection(cls, labels[cls], score, box, track_id, cls, labels[cls]))
+                new_id = self._start(cam, x.array[d], cls, scores[d], f, published=True)
+                started.append(new_id)
+                out.append(make(cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls]))
         return TrackedFrame(tuple(out), started, ended, untracked)
 
     # ------------------------------------------------------------------ rows
@@ -459,10 +461,9 @@ class TrackTable:
 class _Lists(NamedTuple):
     """A round's arrays as lists, for the Detection objects of the messages."""
 
-    boxes: list
+    boxes: list  # of tuples
     scores: list
     classes: list
-    shown: list  # confident and not a duplicate: in the message
     matched: list  # detection -> its track's index in the round, -1 for none
     track_id: list
     track_class: list
