@@ -272,18 +272,18 @@ class TrackTable:
                      & (scores >= np.array([x.low_confidence for x in s])[owner]))
         high = valid & (scores >= np.array([x.high_confidence for x in s])[owner])
         pairs = _Pairs(state, track_cam, counts, np.where(valid[:, None], boxes, 0.0), classes, owner, n, high,
-                       valid & ~high)
+                       valid & ~high, valid, before)
         confirmed = state[:, _CONFIRMED] > 0
         order: list[np.ndarray] = []  # the matched tracks, pass by pass, each camera's in row order
         if pairs.any:
             match_iou = np.array([x.match_iou for x in s])
             # 1: confirmed tracks (seen lately or not) against the confident detections
             plain = pairs.cost()
-            order += pairs.match(plain, confirmed, True, 1 - match_iou)
+            order += pairs.match(plain, pairs.confirmed, True, 1 - match_iou)
             # 2: the confirmed tracks still unmatched against the weak detections: a partly hidden
             # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
             # finds an object again as it comes out from behind another sooner)
-            order += pairs.match(plain, confirmed, False, 1 - np.array([x.low_match_iou for x in s]))
+            order += pairs.match(plain, pairs.confirmed, False, 1 - np.array([x.low_match_iou for x in s]))
             # a confident box left over an object matched so far is that object again (the
             # detector's other class for it): the passes with grown boxes below must not give it
             # to a neighbour
@@ -296,16 +296,14 @@ class TrackTable:
             # is noise. A lost track (unseen in the frame before this one too) is also looked for
             # where it was last seen (it stopped, or was missed for a few frames while its
             # prediction went on): whichever of the two places fits a box better
-            steady = state[:, _HITS] >= STEADY_HITS
-            lost = state[:, _SEEN_PTS] < before[track_cam]
-            if pairs.wants(confirmed & (steady | lost)):
-                order += pairs.match(pairs.cost(BUFFER, steady, lost), confirmed & (steady | lost), True,
-                                     1 - match_iou)
+            wanted = pairs.confirmed & (pairs.steady | pairs.lost)
+            if pairs.wants(wanted):
+                order += pairs.match(pairs.cost(BUFFER, seen_where=True), wanted, True, 1 - match_iou)
             # 4: tentative tracks against the confident detections left, with boxes grown by half
             # their size: a new track has no speed yet, and a small fast object sampled at a few
             # fps moves further than its own size between frames (C-BIoU)
-            if pairs.wants(~confirmed):
-                order += pairs.match(pairs.cost(BUFFER), ~confirmed, True, 1 - match_iou)
+            if pairs.wants(~pairs.confirmed):
+                order += pairs.match(pairs.cost(BUFFER), ~pairs.confirmed, True, 1 - match_iou)
             pairs.drop_duplicates()
         hidden = self._sighted(state, rows, pairs.matched, boxes, scores, classes, pts[owner],
                                np.array([f.captured_at for f in frames])[owner])
@@ -316,7 +314,7 @@ class TrackTable:
         # an unseen track that a detection covers is behind it (its prediction goes on), not stopped
         unseen = live & (state[:, _SEEN_PTS] < at)
         if unseen.any():
-            state[unseen, _OCCLUDED] = pairs.covered(valid)[unseen] >= OCCLUDED
+            state[unseen, _OCCLUDED] = pairs.covered()[unseen] >= OCCLUDED
         fresh = pairs.fresh()
         over_live = pairs.over_live(state, live, fresh)
         self._state[rows] = state
@@ -478,7 +476,8 @@ class _Pairs:
     tracks and confident detections are still unmatched, and the matches so far."""
 
     def __init__(self, state: np.ndarray, track_cam: np.ndarray, counts: list[int], boxes: np.ndarray,
-                 classes: np.ndarray, owner: np.ndarray, frames: int, high: np.ndarray, low: np.ndarray) -> None:
+                 classes: np.ndarray, owner: np.ndarray, frames: int, high: np.ndarray, low: np.ndarray,
+                 valid: np.ndarray, before: np.ndarray) -> None:
         self.n_tracks, self.n_dets = len(state), len(boxes)
         self.matched = np.full(len(boxes), -1)  # detection -> index into `state` of its track
         self.dropped = np.zeros(len(boxes), bool)  # duplicates: neither published nor tracked
@@ -490,36 +489,38 @@ class _Pairs:
         self.dpad = _padded(owner, np.bincount(owner, minlength=frames).tolist(), frames, self.n_dets)
         self.track_ok = self.tpad < self.n_tracks
         self.free_track = self.track_ok.copy()
-        self.high, self.low = _pad(high, self.dpad, False), _pad(low, self.dpad, False)
+        filler = np.zeros((1, _COLUMNS))
+        filler[0, _CLASS] = -1
+        tracks = np.concatenate([state, filler])[self.tpad]  # every column at once: [frames, most tracks, columns]
+        flags = _pad(np.stack([high, low, valid], axis=1), self.dpad, False)
+        self.high, self.low, self.valid = flags[..., 0], flags[..., 1], flags[..., 2]
         self.free_high = self.high.copy()
         self.dup = np.zeros_like(self.high)
-        self.limit_rows = None
-        self.tboxes = _pad(_boxes(state), self.tpad, 0.0)  # predicted
-        self.last = _pad(state[:, _LAST], self.tpad, 0.0)
+        self.tboxes = _boxes(tracks)  # predicted
+        self.last = tracks[..., _LAST]
         self.dboxes = _pad(boxes, self.dpad, 0.0)
-        self.other = _pad(state[:, _CLASS], self.tpad, -1.0)[:, :, None] != _pad(classes, self.dpad, -1)[:, None, :]
-        speed = np.hypot(state[:, 4], state[:, 5])
-        size = np.sqrt(np.maximum(state[:, 2] * state[:, 3], 1.0))
-        moving = (state[:, _HITS] >= STEADY_HITS) & (speed >= MOVING * size)
-        self.moving = _pad(moving, self.tpad, False) if moving.any() else None
-        if self.moving is not None:
-            self.speed, self.size = _pad(speed, self.tpad, 0.0), _pad(size, self.tpad, 1.0)
-            self.velocity = _pad(state[:, 4:6], self.tpad, 0.0)
+        self.other = tracks[..., _CLASS][:, :, None] != _pad(classes, self.dpad, -1)[:, None, :]
+        self.confirmed = tracks[..., _CONFIRMED] > 0
+        self.steady = tracks[..., _HITS] >= STEADY_HITS
+        self.lost = tracks[..., _SEEN_PTS] < before[:, None]  # unseen in the frame before this one too
+        self.velocity = tracks[..., 4:6]
+        self.speed = np.hypot(self.velocity[..., 0], self.velocity[..., 1])
+        self.size = np.sqrt(np.maximum(tracks[..., 2] * tracks[..., 3], 1.0))
+        self.moving = self.steady & (self.speed >= MOVING * self.size)
+        if not self.moving.any():
+            self.moving = None
         self._dd = None
 
-    def cost(self, buffer: float = 0.0, steady: np.ndarray | None = None, lost: np.ndarray | None = None) -> np.ndarray:
+    def cost(self, buffer: float = 0.0, seen_where: bool = False) -> np.ndarray:
         """[frames, tracks, detections]: 1 - IoU of the boxes grown by `buffer` of their size on
         each side (with `steady` and `lost`: a steady track at its predicted box, a lost one where
-        it was last seen, one both at whichever fits better), plus CLASS_MISMATCH for another
+        it was last seen, one both at whichever fits better: `seen_where`), plus CLASS_MISMATCH for another
         class and DIRECTION_WEIGHT for a box behind a moving track."""
         boxes = _grown(self.dboxes, buffer)
         iou = _iou(_grown(self.tboxes, buffer), boxes)
-        if lost is not None:
-            lost_p = _pad(lost, self.tpad, False)
-            if lost_p.any():
-                seen = _iou(_grown(self.last, buffer), boxes)
-                iou = np.maximum(np.where(_pad(steady, self.tpad, False)[:, :, None], iou, 0.0),
-                                 np.where(lost_p[:, :, None], seen, 0.0))
+        if seen_where and self.lost.any():
+            seen = _iou(_grown(self.last, buffer), boxes)
+            iou = np.maximum(np.where(self.steady[:, :, None], iou, 0.0), np.where(self.lost[:, :, None], seen, 0.0))
         cost = 1 - iou + CLASS_MISMATCH * self.other
         if self.moving is not None:  # only pairs that overlap can match (any other costs 1 or more)
             b, t, d = np.nonzero((iou > 0) & self.moving[:, :, None])
@@ -538,13 +539,13 @@ class _Pairs:
         return (1 - cos) / 2 * np.minimum(1.0, dist / (NEAR * self.size[b, t]))
 
     def match(self, cost: np.ndarray, tracks: np.ndarray, confident: bool, limit: np.ndarray) -> list[np.ndarray]:
-        """Match the unmatched `tracks` (mask over the round's tracks) with the unmatched
+        """Match the unmatched `tracks` (mask [frames, most tracks]) with the unmatched
         confident detections (`confident`) or the weak ones, per camera, by minimum total cost,
         pairs costing `limit` (per camera) or more excluded -> the tracks matched, camera by
         camera, in row order. Where no track nor detection of a camera has two pairs under its
         limit, those pairs are the matching; the other cameras go to lap.lapjv (its call costs
         20-30 us even for a 3 x 3 problem, more than the rest of a pass)."""
-        rows = _pad(tracks, self.tpad, False) & self.free_track
+        rows = tracks & self.free_track
         cols = self.free_high if confident else self.low
         allowed = (cost < limit[:, None, None]) & rows[:, :, None] & cols[:, None, :]
         simple = (allowed.sum(axis=2) <= 1).all(axis=1) & (allowed.sum(axis=1) <= 1).all(axis=1)
@@ -568,7 +569,7 @@ class _Pairs:
 
     def wants(self, tracks: np.ndarray) -> bool:
         """Whether a camera has unmatched `tracks` and unmatched confident detections."""
-        rows = _pad(tracks, self.tpad, False) & self.free_track
+        rows = tracks & self.free_track
         return bool((rows.any(axis=1) & self.free_high.any(axis=1)).any())
 
     def drop_duplicates(self) -> None:
@@ -591,20 +592,20 @@ class _Pairs:
         """[detections]: confident, unmatched and not a duplicate: each starts a track."""
         return _unpad(self.free_high, self.dpad, self.n_dets) if self.any else self._high
 
-    def covered(self, valid: np.ndarray) -> np.ndarray:
+    def covered(self) -> np.ndarray:
         """[tracks]: the largest share of each track's predicted box one valid detection covers."""
         if not self.any:
             return np.zeros(self.n_tracks)
         t = self.tboxes
         area = np.maximum((t[..., 2] - t[..., 0]) * (t[..., 3] - t[..., 1]), 1e-9)
-        inter = np.where(_pad(valid, self.dpad, False)[:, None, :], _intersections(t, self.dboxes), 0.0)
+        inter = np.where(self.valid[:, None, :], _intersections(t, self.dboxes), 0.0)
         return _unpad(inter.max(axis=2) / area, self.tpad, self.n_tracks)
 
     def over_live(self, state: np.ndarray, live: np.ndarray, fresh: np.ndarray) -> np.ndarray:
         """[detections]: the fresh ones over a live track (as it is now) by OVERLAP_IOU or more."""
         if not self.any or not fresh.any():
             return np.zeros(self.n_dets, bool)
-        iou = np.where(_pad(live, self.tpad, False)[:, :, None], _iou(_pad(_boxes(state), self.tpad, 0.0),
+        iou = np.where(_pad(live, self.tpad, False)[:, :, None], _iou(_boxes(_pad(state[:, :4], self.tpad, 0.0)),
                                                                       self.dboxes), 0.0)
         return _unpad(iou.max(axis=1) >= OVERLAP_IOU, self.dpad, self.n_dets)
 
@@ -634,8 +635,8 @@ def _unpad(padded: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
 
 def _boxes(state: np.ndarray) -> np.ndarray:
     """The motion states as xyxy boxes."""
-    cx, cy, w, h = state[:, 0], state[:, 1], state[:, 2], state[:, 3]
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    cx, cy, w, h = state[..., 0], state[..., 1], state[..., 2], state[..., 3]
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

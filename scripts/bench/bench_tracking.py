@@ -3,6 +3,7 @@ without RTSP or Kafka (the daemon's own stages in one process), for tuning.
 
     python -m scripts.bench.bench_tracking cost                 # ms per frame at 10, 30, 100 objects, and the model's
     python -m scripts.bench.bench_tracking score --fps 25 5     # MOTA/IDF1 per scene and sampling rate
+    python -m scripts.bench.bench_tracking batch --objects 20   # us per frame, a lane's cameras a batch at a time
 
 `score` renders scripts/lab/scenes.py's tracking scenes, encodes and decodes them (PyAV), runs the
 model with the daemon's preprocessing, postprocessing and tracker (pipeline.s5_track), encodes
@@ -62,6 +63,40 @@ def cost(objects: int, frames: int = 300) -> float:
     return 1000 * float(np.mean(spent[30:]))
 
 
+def batch_cost(cameras: int, objects: int, batch: int, per_frame: bool, rounds: int = 60) -> float:
+    """Mean us per frame of the lane's tracker as the finish stage drives it: `cameras` cameras of
+    bench_host's scene (objects that move, stop, cross, flicker and are missed), their frames in
+    batches of `batch` (each camera seen at 7 fps: a loaded node), all at once (Trackers.track_batch)
+    or frame by frame (Trackers.track, with Detection objects in). The first quarter is warm-up."""
+    from pipeline.metrics import Metrics
+    from pipeline.s5_postprocess import BatchDetections
+    from pipeline.s5_track import Trackers
+    from scripts.bench.bench_host import Scene
+
+    scene, names = Scene(objects, 80), [f"cam{i:03d}" for i in range(cameras)]
+    labels = tuple(f"class{i}" for i in range(80))
+    trackers = Trackers(lambda cam: TrackSettings(0.25), Metrics())
+    batches = []
+    for step in range(rounds):
+        for first in range(0, cameras, batch):
+            group, t = names[first:first + batch], step / 7
+            boxes, classes, scores, seen = scene.arrays(group, [t] * len(group))
+            image = np.repeat(np.arange(len(group)), seen.sum(axis=1))
+            found = BatchDetections(image, np.round(boxes[seen], 1), np.round(scores[seen], 4), classes[seen], labels)
+            batches.append(([FrameMeta(cam, t, 1e9 + t, "receive", 1920, 1080) for cam in group], found))
+    spent, frames = 0.0, 0
+    for k, (metas, found) in enumerate(batches):
+        began = time.perf_counter()
+        if per_frame:
+            for i, meta in enumerate(metas):
+                trackers.track(meta, found.for_image(i))
+        else:
+            trackers.track_batch(metas, found, list(range(len(metas))))
+        if k >= len(batches) // 4:
+            spent, frames = spent + time.perf_counter() - began, frames + len(metas)
+    return 1e6 * spent / frames
+
+
 def inference_ms(runs: int = 50) -> float:
     """Mean ms of one inference of the shapes model at 320 with the daemon's ONNX Runtime settings:
     the least a frame costs the daemon, against which the tracker's share is given."""
@@ -119,6 +154,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("cost")
+    bt = sub.add_parser("batch")
+    bt.add_argument("--cameras", type=int, default=150)
+    bt.add_argument("--objects", type=int, nargs="+", default=[20, 50])
+    bt.add_argument("--batch", type=int, default=8)
     sc = sub.add_parser("score")
     sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
     sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
@@ -131,6 +170,12 @@ def main() -> int:
         for n in (10, 30, 100):
             spent = cost(n)
             print(f"{n} objects: {spent:.3f} ms per frame, {100 * spent / frame:.1f} % of the model's time")
+        return 0
+    if args.what == "batch":
+        for k in args.objects:
+            alone, batched = (batch_cost(args.cameras, k, args.batch, per_frame) for per_frame in (True, False))
+            print(f"{k} objects, {args.cameras} cameras, batch {args.batch}: frame by frame {alone:.0f} us a frame, "
+                  f"a batch at a time {batched:.0f} us a frame")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     print(HEADER)
