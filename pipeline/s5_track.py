@@ -74,6 +74,7 @@ MOVING = 0.5  # a track is moving at this many of its sizes per second or faster
 NEAR = 0.5  # a box this many of the track's sizes from where it was last seen, or more, counts fully
 DUPLICATE_IOU = 0.5  # a new box this much over a box matched this frame is the same object again
 OVERLAP_IOU = 0.3  # a new box this much over a live track is published only once seen again
+MAX_CLASSES = 1024  # distinct class ids a lane's tracker votes over (COCO has 80, Open Images 601)
 
 
 # ---------------------------------------------------------------------- association (pure)
@@ -81,12 +82,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of `a` [N, 4] with every box of `b` [M, 4] (xyxy) -> [N, M]."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    inter = _intersections(a, b)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return _iou(np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -449,6 +445,9 @@ class TrackTable:
             return
         new = np.setdiff1d(classes, known)
         merged = np.union1d(known, new)
+        if len(merged) > MAX_CLASSES:  # each class is a column of every track's votes: bounded
+            raise ValueError(f"{len(merged)} distinct class ids seen (at most {MAX_CLASSES} are tracked): "
+                             f"the model's class output is not class ids (e.g. {new[:3].tolist()})")
         votes = np.zeros((len(self._votes), len(merged)))
         votes[:, np.searchsorted(merged, known)] = self._votes
         self._votes, self._classes = votes, merged
@@ -553,10 +552,8 @@ class _Pairs:
         out = [self._matched(b, r, c, confident)] if len(b) else []
         for b in np.flatnonzero(~simple).tolist():
             r, c = np.flatnonzero(rows[b]), np.flatnonzero(cols[b])
-            _, row_to_col, _ = lap.lapjv(np.ascontiguousarray(cost[b][np.ix_(r, c)]), extend_cost=True,
-                                         cost_limit=float(limit[b]))
-            hit = row_to_col >= 0
-            out.append(self._matched(b, r[hit], c[row_to_col[hit]], confident))
+            pairs = np.array(assign(cost[b][np.ix_(r, c)], float(limit[b]))[0], np.int64).reshape(-1, 2)
+            out.append(self._matched(b, r[pairs[:, 0]], c[pairs[:, 1]], confident))
         return out
 
     def _matched(self, b, r: np.ndarray, c: np.ndarray, confident: bool) -> np.ndarray:
@@ -640,7 +637,7 @@ def _boxes(state: np.ndarray) -> np.ndarray:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[..., N, 4] x [..., M, 4] (xyxy) -> IoU [..., N, M]."""
+    """[..., N, 4] x [..., M, 4] (xyxy, float64) -> IoU [..., N, M]."""
     inter = _intersections(a, b)
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])

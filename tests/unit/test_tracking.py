@@ -301,3 +301,14 @@ def test_a_lanes_cameras_tracked_a_batch_at_a_time_get_what_each_camera_alone_ge
             batched[cam].append(outcome(tracked, events))
     assert batched == alone
     assert any(ended for cam in alone for _, _, ended in alone[cam])  # the scenes end tracks too
+
+
+def test_class_ids_that_are_not_class_ids_fail_the_batch_and_leave_memory_bounded():
+    """Each class a track may be voted as is a column of the tracker's table: a broken model's
+    class output (any number) must fail loudly, not grow the table."""
+    t = tracker()
+    t.update([det(100 + 10 * i, 300, cls=i) for i in range(50)], 0.0, T0)  # many classes: fine
+    with pytest.raises(ValueError, match="distinct class ids"):
+        t.update([det(100, 300, cls=10_000 + i) for i in range(2000)], 0.1, T0 + 0.1)
+    frame = t.update([det(100 + 10 * i, 300, cls=i) for i in range(50)], 0.2, T0 + 0.2)  # known classes go on
+    assert len(frame.detections) == 50
