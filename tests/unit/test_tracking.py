@@ -312,3 +312,23 @@ def test_class_ids_that_are_not_class_ids_fail_the_batch_and_leave_memory_bounde
         t.update([det(100, 300, cls=10_000 + i) for i in range(2000)], 0.1, T0 + 0.1)
     frame = t.update([det(100 + 10 * i, 300, cls=i) for i in range(50)], 0.2, T0 + 0.2)  # known classes go on
     assert len(frame.detections) == 50
+
+
+def test_a_forgotten_camera_starts_again_from_id_one_and_the_others_keep_their_tracks():
+    """A camera removed by a reload (Trackers.forget, from another thread) and added again starts
+    afresh at its next frame; the lane's other cameras are not touched."""
+    from pipeline.core import FrameMeta
+    from pipeline.metrics import Metrics
+    from pipeline.s5_track import Trackers
+
+    trackers = Trackers(lambda cam: TrackSettings(0.35), Metrics())
+    ids = {}
+    for i in range(6):
+        if i == 3:
+            trackers.forget("a")
+        for cam, x in (("a", 100), ("b", 500)):
+            meta = FrameMeta(cam, i / 10, T0 + i / 10, "receive", 1920, 1080)
+            tracked, events = trackers.track(meta, [det(x + 5 * i, 300), det(x + 5 * i, 700)])
+            ids.setdefault(cam, []).append(([d.track_id for d in tracked], list(events.started)))
+    assert ids["a"] == [([1, 2], [1, 2])] + [([1, 2], [])] * 2 + [([1, 2], [1, 2])] + [([1, 2], [])] * 2
+    assert ids["b"] == [([1, 2], [1, 2])] + [([1, 2], [])] * 5
