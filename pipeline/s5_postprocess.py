@@ -122,7 +122,9 @@ def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, 
     """NMS that only suppresses boxes of the same class (boxes shifted apart per class)."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    shifted = boxes + (classes.astype(np.float32) * _MAX_WH)[:, None]
+    # in float64, as the batch's NMS: float32 sums at 15,360 px and more (class 2 on) round to 0.002 px,
+    # enough to move an IoU at the threshold to the other side (the batch kept a box this dropped)
+    shifted = boxes.astype(np.float64) + (classes.astype(np.float64) * _MAX_WH)[:, None]
     return nms(shifted, scores, iou)
 
 

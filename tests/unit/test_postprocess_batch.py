@@ -3,7 +3,7 @@ image alone gives (detections_for_image), for every layout, on random outputs wi
 overlapping candidates, several classes, NaNs, boxes outside the frame and various letterboxes."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import Letterbox
@@ -47,6 +47,7 @@ def same(batch, one):
 @settings(max_examples=150, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.integers(0, 40), st.sampled_from([0.3, 0.45, 0.7]),
        st.integers(1, 100))
+@example(31619009, 6, 17, 0.7, 37)  # an IoU at the threshold: the one-image NMS once shifted classes in float32
 def test_a_batch_gives_each_images_own_detections_raw_heads(seed, batch, objects, iou, most):
     rng = np.random.default_rng(seed)
     outputs = np.stack([raw_heads(rng, 300, objects) for _ in range(batch)])
