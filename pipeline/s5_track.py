@@ -49,6 +49,7 @@ CameraTracker is a table of one camera, for tests and tools.
 from __future__ import annotations
 
 import threading
+from itertools import chain
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -257,7 +258,7 @@ class TrackTable:
         s = [c.settings for c in cams]
         pts = np.array([f.pts for f in frames], np.float64)
         counts = [len(c.rows) for c in cams]
-        rows = np.fromiter((r for c in cams for r in c.rows), np.int64, sum(counts))
+        rows = np.array(list(chain.from_iterable(c.rows for c in cams)), np.int64)
         state = self._state[rows]  # these cameras' tracks, camera by camera
         track_cam = np.repeat(np.arange(n), counts)
         at = pts[track_cam]
@@ -327,10 +328,12 @@ class TrackTable:
         results, start = [], 0
         cut = np.searchsorted(shown, np.searchsorted(owner, np.arange(n + 1))).tolist()
         shown = shown.tolist()
+        dying = gone | expired
+        losing = set(track_cam[dying].tolist()) if dying.any() else ()  # the cameras that lose tracks
         for b, (f, cam) in enumerate(zip(frames, cams)):
             end = start + counts[b]
-            drop_gone, drop_expired = np.flatnonzero(gone[start:end]).tolist(), np.flatnonzero(expired[start:end]).tolist()
-            if drop_gone or drop_expired:
+            if b in losing:
+                drop_gone, drop_expired = np.flatnonzero(gone[start:end]).tolist(), np.flatnonzero(expired[start:end]).tolist()
                 ended[b] += self._end(cam, drop_gone, "unseen", keep=True) + self._end(cam, drop_expired, "unseen",
                                                                                       keep=True)
                 dead = set(drop_gone + drop_expired)
@@ -371,24 +374,25 @@ class TrackTable:
                  ended: list[EndedTrack]) -> TrackedFrame:
         """One frame's share of the message: its detections `dets` with the ids of published
         tracks; the fresh ones start tracks. The loop per object of the finish stage: kept lean."""
-        max_tracks, labels, make = cam.settings.max_tracks, self._labels, Detection
+        max_tracks, labels = cam.settings.max_tracks, self._labels
         boxes, classes, scores, matched, track_id, track_class = x.boxes, x.classes, x.scores, x.matched, x.track_id, x.track_class
+        make, kind = tuple.__new__, Detection  # Detection(...) without its __new__'s Python frame
         untracked, out = 0, []
         for d in dets:
             cls, t = classes[d], matched[d]
             if t >= 0:  # a matched track is published
                 tc = track_class[t]
-                out.append(make(cls, labels[cls], scores[d], boxes[d], track_id[t], tc, labels[tc]))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], track_id[t], tc, labels[tc])))
             elif not x.fresh[d] or len(cam.rows) >= max_tracks:
                 untracked += x.fresh[d]
-                out.append(make(cls, labels[cls], scores[d], boxes[d]))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
             elif x.over_live[d]:  # a new box over a live track: its id goes out once it is seen again
                 self._start(cam, x.array[d], cls, scores[d], f, published=False)
-                out.append(make(cls, labels[cls], scores[d], boxes[d]))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
             else:
                 new_id = self._start(cam, x.array[d], cls, scores[d], f, published=True)
                 started.append(new_id)
-                out.append(make(cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls]))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls])))
         return TrackedFrame(tuple(out), started, ended, untracked)
 
     # ------------------------------------------------------------------ rows
@@ -509,14 +513,14 @@ class _Pairs:
         if not self.moving.any():
             self.moving = None
         self._dd = None
+        self._overlaps: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # buffer -> boxes, inter, IoU
 
     def cost(self, buffer: float = 0.0, seen_where: bool = False) -> np.ndarray:
         """[frames, tracks, detections]: 1 - IoU of the boxes grown by `buffer` of their size on
         each side (with `steady` and `lost`: a steady track at its predicted box, a lost one where
         it was last seen, one both at whichever fits better: `seen_where`), plus CLASS_MISMATCH for another
         class and DIRECTION_WEIGHT for a box behind a moving track."""
-        boxes = _grown(self.dboxes, buffer)
-        iou = _iou(_grown(self.tboxes, buffer), boxes)
+        boxes, _, iou = self._overlap(buffer)
         if seen_where and self.lost.any():
             seen = _iou(_grown(self.last, buffer), boxes)
             iou = np.maximum(np.where(self.steady[:, :, None], iou, 0.0), np.where(self.lost[:, :, None], seen, 0.0))
@@ -525,6 +529,16 @@ class _Pairs:
             b, t, d = np.nonzero((iou > 0) & self.moving[:, :, None])
             cost[b, t, d] = cost[b, t, d] + DIRECTION_WEIGHT * self._backwards(boxes[b, d], b, t)
         return cost
+
+    def _overlap(self, buffer: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detections' boxes grown by `buffer`, and their intersections and IoU with the
+        tracks' predicted boxes grown alike (worked out once a round: the passes share them)."""
+        found = self._overlaps.get(buffer)
+        if found is None:
+            boxes, tracks = _grown(self.dboxes, buffer), _grown(self.tboxes, buffer)
+            inter = _intersections(tracks, boxes)
+            found = self._overlaps[buffer] = (boxes, inter, _iou(tracks, boxes, inter))
+        return found
 
     def _backwards(self, boxes: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         """For pairs of a moving track (b, t) and a box: 0 where the box lies ahead of the track
@@ -595,7 +609,7 @@ class _Pairs:
             return np.zeros(self.n_tracks)
         t = self.tboxes
         area = np.maximum((t[..., 2] - t[..., 0]) * (t[..., 3] - t[..., 1]), 1e-9)
-        inter = np.where(self.valid[:, None, :], _intersections(t, self.dboxes), 0.0)
+        inter = np.where(self.valid[:, None, :], self._overlap(0.0)[1], 0.0)
         return _unpad(inter.max(axis=2) / area, self.tpad, self.n_tracks)
 
     def over_live(self, state: np.ndarray, live: np.ndarray, fresh: np.ndarray) -> np.ndarray:
@@ -636,9 +650,9 @@ def _boxes(state: np.ndarray) -> np.ndarray:
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[..., N, 4] x [..., M, 4] (xyxy, float64) -> IoU [..., N, M]."""
-    inter = _intersections(a, b)
+def _iou(a: np.ndarray, b: np.ndarray, inter: np.ndarray | None = None) -> np.ndarray:
+    """[..., N, 4] x [..., M, 4] (xyxy, float64) -> IoU [..., N, M] (`inter`: their intersections, if known)."""
+    inter = _intersections(a, b) if inter is None else inter
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     union = area_a[..., :, None] + area_b[..., None, :] - inter
