@@ -347,7 +347,15 @@ class TrackingConfig(_Strict):
     match_iou: float = Field(
         0.2, gt=0, lt=1, description="least IoU between a track's predicted box and a detection to match them")
     max_age_s: float = Field(
-        2.0, gt=0, le=600, description="a track unseen this long ends (at least 3 frame intervals at the camera's fps)")
+        2.0, gt=0, le=600, description="a track unseen this long is lost: no longer matched by where it is or was "
+        "(at least 3 frame intervals at the camera's fps); it ends then if it has no look (see appearance)")
+    lost_s: float = Field(
+        5.0, gt=0, le=3600, description="a lost track stays searchable by its look this long after it was last "
+        "seen, and ends then (found again, it comes back under its id, in `tracks.refound`); at most max_age_s: "
+        "lost is ended")
+    appearance: bool = Field(
+        True, description="keep a look per track (a colour histogram of its box) and use it where motion cannot "
+        "decide: two tracks wanting one box, and finding a lost track again")
     jump_s: float = Field(
         10, gt=0, le=3600, description="media time moving on by more than this, or backwards, ends every track")
     max_tracks: int = Field(256, ge=1, le=100_000, description="live tracks per camera at most")

@@ -246,6 +246,7 @@ class TrackEvents:
 
     started: tuple[int, ...] = ()
     ended: tuple[EndedTrack, ...] = ()
+    refound: tuple[int, ...] = ()  # lost tracks (unseen longer than max_age_s) seen again under their ids
 
 
 @dataclass(frozen=True, slots=True)

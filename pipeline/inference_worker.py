@@ -206,7 +206,8 @@ class InferenceWorker:
             tracked = None
             if found is not None and self._track_batch is not None and numbered:
                 began = time.monotonic()  # every frame of the batch tracked at once
-                tracked = self._track_batch([frames[i].meta for i in numbered], found, numbered)
+                tracked = self._track_batch([frames[i].meta for i in numbered], found, numbered,
+                                            [frames[i].image for i in numbered])
                 tracking = time.monotonic() - began
                 for _ in numbered:
                     self._seconds["track"].observe(tracking / len(numbered))
@@ -224,7 +225,7 @@ class InferenceWorker:
                                   else self._postprocess(output=job.outputs[i], letterbox=job.letterboxes[i]))
                     if self._track is not None:
                         began = time.monotonic()
-                        detections, tracks = self._track(frame.meta, detections)
+                        detections, tracks = self._track(frame.meta, detections, frame.image)
                         spent = time.monotonic() - began
                         tracking += spent
                         self._seconds["track"].observe(spent)

@@ -71,6 +71,8 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: s
                        "last_seen": rfc3339_ms(t.last_seen), "detections": t.detections, "reason": t.reason}
                       for t in result.tracks.ended],
         }
+        if result.tracks.refound:
+            body["tracks"]["refound"] = list(result.tracks.refound)
     return orjson.dumps(body)  # compact UTF-8 JSON, as json.dumps(separators=(",", ":")): ~4 x faster
 
 

@@ -94,8 +94,12 @@ class Metrics:
         self.tracks_active = Gauge(p + "tracks_active", "Objects being tracked", ["camera"], registry=r)
         self.tracks_started = Counter(p + "tracks_started", "Tracks started (new objects)", ["camera"], registry=r)
         self.tracks_ended = Counter(
-            p + "tracks_ended", "Tracks ended, by reason (unseen: gone for tracking.max_age_s; reconnect; "
-            "time_jump: the camera's media time ran backwards or jumped)", ["camera", "reason"], registry=r)
+            p + "tracks_ended", "Tracks ended, by reason (unseen: gone for tracking.lost_s, or max_age_s for a "
+            "track with no look; reconnect; time_jump: the camera's media time ran backwards or jumped)",
+            ["camera", "reason"], registry=r)
+        self.tracks_refound = Counter(
+            p + "tracks_refound", "Lost tracks (unseen longer than tracking.max_age_s) found again by their look, "
+            "under their ids", ["camera"], registry=r)
         self.detections_untracked = Counter(
             p + "detections_untracked", "Detections published without a track id: tracking.max_tracks reached",
             ["camera"], registry=r)

@@ -52,13 +52,15 @@ import threading
 from itertools import chain
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lap
 import numpy as np
 
 from pipeline.core import Detection, EndedTrack, FrameMeta, TrackEvents
 from pipeline.metrics import Metrics
+from pipeline.s5_looks import LOOK_BINS, similarity
+from pipeline.s5_looks import looks as box_looks
 from pipeline.s5_postprocess import BatchDetections
 
 # Kalman noise, relative to the box's size, per 1/25 s (ByteTrack's weights, made time-based)
@@ -76,6 +78,11 @@ NEAR = 0.5  # a box this many of the track's sizes from where it was last seen, 
 DUPLICATE_IOU = 0.5  # a new box this much over a box matched this frame is the same object again
 OVERLAP_IOU = 0.3  # a new box this much over a live track is published only once seen again
 MAX_CLASSES = 1024  # distinct class ids a lane's tracker votes over (COCO has 80, Open Images 601)
+TENTATIVE_MISSES = 1  # a tentative track survives this many frames in a row unseen (confirmed by a second hit)
+LOOK_WEIGHT = 0.5  # where two tracks want one box: the cost of looks with nothing in common (IoU units)
+LOOK_KEEP = 0.7  # a track's look: this much its old average, the rest the new sighting's
+REFIND_LOOK = 0.7  # least similarity of looks to find a lost track again (Bhattacharyya coefficient)
+REACH = 1.0  # a lost track is looked for this many of its sizes per second away (besides its speed)
 
 
 # ---------------------------------------------------------------------- association (pure)
@@ -118,7 +125,9 @@ class TrackSettings:
     low_confidence: float = 0.1  # weaker ones only keep existing tracks alive (second pass)
     match_iou: float = 0.2  # least IoU with a track's predicted box for a confident detection
     low_match_iou: float = 0.5  # ... for a low-confidence one
-    max_age_s: float = 2.0  # a track unseen this long ends
+    max_age_s: float = 2.0  # a track unseen this long is lost: no longer matched by motion
+    lost_s: float = 5.0  # ... and ends when unseen this long (found again by its look until then)
+    appearance: bool = True  # use the looks (pipeline.s5_looks) where motion cannot decide
     jump_s: float = 10.0  # media time moving on by more than this (or backwards) ends every track
     max_tracks: int = 256  # live tracks per camera at most
 
@@ -131,6 +140,7 @@ class TrackedFrame:
     started: list[int] = field(default_factory=list)
     ended: list[EndedTrack] = field(default_factory=list)
     untracked: int = 0  # detections left without an id (max_tracks reached)
+    refound: list[int] = field(default_factory=list)  # lost tracks (unseen over max_age_s) seen again
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +165,8 @@ _T = 20  # media time of the motion state
 _LAST = slice(21, 25)  # where it was last seen (xyxy)
 _SEEN_PTS, _FIRST, _LAST_SEEN, _HITS = 25, 26, 27, 28  # media time and capture times of its sightings; how many
 _CONFIRMED, _PUBLISHED, _OCCLUDED, _CLASS, _ID = 29, 30, 31, 32, 33
-_COLUMNS = 34
+_MISSED = 34  # frames in a row unseen
+_COLUMNS = 35
 
 
 class _Camera:
@@ -181,6 +192,7 @@ class TrackTable:
     def __init__(self) -> None:
         self._state = np.zeros((64, _COLUMNS))
         self._votes = np.zeros((64, 0))  # confidence seen as each class of `_classes`
+        self._looks = np.full((64, LOOK_BINS), np.nan)  # each track's average look (NaN: none yet)
         self._classes = np.zeros(0, np.int64)  # the class ids seen so far, sorted: the votes' columns
         self._labels: dict[int, str] = {}
         self._free = list(range(63, -1, -1))  # free rows, the lowest last
@@ -188,14 +200,16 @@ class TrackTable:
 
     # ------------------------------------------------------------------ public
     def update(self, frames: Sequence[FrameInfo], boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-               owner: np.ndarray, label_of: Callable[[int], str]) -> list[TrackedFrame]:
-        """Track the detections of `frames`: row k of boxes [M, 4] (xyxy), scores [M] and
-        classes [M] is of frames[owner[k]], `owner` ascending; bad boxes and boxes below the
-        camera's low confidence are left out here -> one TrackedFrame per frame, in order. Frames
-        of one camera are tracked one after the other, in the order given."""
+               owner: np.ndarray, label_of: Callable[[int], str], looks: np.ndarray | None = None) -> list[TrackedFrame]:
+        """Track the detections of `frames`: row k of boxes [M, 4] (xyxy), scores [M], classes
+        [M] and looks [M, LOOK_BINS] (pipeline.s5_looks; NaN or None: unknown) is of
+        frames[owner[k]], `owner` ascending; bad boxes and boxes below the camera's low
+        confidence are left out here -> one TrackedFrame per frame, in order. Frames of one
+        camera are tracked one after the other, in the order given."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores, classes = np.asarray(scores, np.float64), np.asarray(classes, np.int64)
         owner = np.asarray(owner, np.int64)
+        looks = np.full((len(boxes), LOOK_BINS), np.nan) if looks is None else np.asarray(looks, np.float64)
         self._learn(classes, label_of)
         turn: dict[str, int] = {}
         rounds = []
@@ -203,7 +217,7 @@ class TrackTable:
             turn[f.camera] = turn.get(f.camera, -1) + 1
             rounds.append(turn[f.camera])
         if not rounds or max(rounds) == 0:  # each camera once (the usual case): one round
-            return self._round(list(frames), boxes, scores, classes, owner)
+            return self._round(list(frames), boxes, scores, classes, owner, looks)
         out: list[TrackedFrame] = [TrackedFrame(())] * len(frames)
         for r in range(max(rounds) + 1):
             picked = [i for i, k in enumerate(rounds) if k == r]
@@ -211,7 +225,7 @@ class TrackTable:
             remap[picked] = np.arange(len(picked))
             rows = remap[owner] >= 0
             found = self._round([frames[i] for i in picked], boxes[rows], scores[rows], classes[rows],
-                                remap[owner[rows]])
+                                remap[owner[rows]], looks[rows])
             for i, result in zip(picked, found):
                 out[i] = result
         return out
@@ -239,7 +253,7 @@ class TrackTable:
 
     # ------------------------------------------------------------------ one round: each camera once
     def _round(self, frames: list[FrameInfo], boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-               owner: np.ndarray) -> list[TrackedFrame]:
+               owner: np.ndarray, looks: np.ndarray) -> list[TrackedFrame]:
         n = len(frames)
         ended: list[list[EndedTrack]] = [[] for _ in frames]
         cams, before = [], np.full(n, np.nan)  # media time of each camera's frame before this one
@@ -262,25 +276,34 @@ class TrackTable:
         state = self._state[rows]  # these cameras' tracks, camera by camera
         track_cam = np.repeat(np.arange(n), counts)
         at = pts[track_cam]
+        max_age = np.array([x.max_age_s for x in s])[track_cam]
+        unseen_for = at - state[:, _SEEN_PTS]
         _predict(state, at)
         with np.errstate(invalid="ignore"):  # boxes that are not finite and positive are never tracked
             x1, y1, x2, y2 = boxes.T
             valid = (np.isfinite(x1 + y1 + x2 + y2) & (x2 > x1) & (x1 >= 0) & (y2 > y1) & (y1 >= 0)
                      & (scores >= np.array([x.low_confidence for x in s])[owner]))
         high = valid & (scores >= np.array([x.high_confidence for x in s])[owner])
+        appearance = np.array([x.appearance for x in s])
+        track_looks = np.where(appearance[track_cam][:, None], self._looks[rows], np.nan)
+        det_looks = np.where(appearance[owner][:, None], looks, np.nan)
         pairs = _Pairs(state, track_cam, counts, np.where(valid[:, None], boxes, 0.0), classes, owner, n, high,
-                       valid & ~high, valid, before)
+                       valid & ~high, valid, before, unseen_for <= max_age, track_looks, det_looks, unseen_for)
         confirmed = state[:, _CONFIRMED] > 0
         order: list[np.ndarray] = []  # the matched tracks, pass by pass, each camera's in row order
+        refound: list[np.ndarray] = []
         if pairs.any:
             match_iou = np.array([x.match_iou for x in s])
+            # only tracks seen within max_age_s are matched by where they are or were (1-4); a lost
+            # track (unseen longer) is only found again by its look (5)
+            recent = pairs.confirmed & pairs.recent
             # 1: confirmed tracks (seen lately or not) against the confident detections
             plain = pairs.cost()
-            order += pairs.match(plain, pairs.confirmed, True, 1 - match_iou)
+            order += pairs.match(plain, recent, True, 1 - match_iou)
             # 2: the confirmed tracks still unmatched against the weak detections: a partly hidden
             # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
             # finds an object again as it comes out from behind another sooner)
-            order += pairs.match(plain, pairs.confirmed, False, 1 - np.array([x.low_match_iou for x in s]))
+            order += pairs.match(plain, recent, False, 1 - np.array([x.low_match_iou for x in s]))
             # a confident box left over an object matched so far is that object again (the
             # detector's other class for it): the passes with grown boxes below must not give it
             # to a neighbour
@@ -293,7 +316,7 @@ class TrackTable:
             # is noise. A lost track (unseen in the frame before this one too) is also looked for
             # where it was last seen (it stopped, or was missed for a few frames while its
             # prediction went on): whichever of the two places fits a box better
-            wanted = pairs.confirmed & (pairs.steady | pairs.lost)
+            wanted = recent & (pairs.steady | pairs.lost)
             if pairs.wants(wanted):
                 order += pairs.match(pairs.cost(BUFFER, seen_where=True), wanted, True, 1 - match_iou)
             # 4: tentative tracks against the confident detections left, with boxes grown by half
@@ -302,11 +325,25 @@ class TrackTable:
             if pairs.wants(~pairs.confirmed):
                 order += pairs.match(pairs.cost(BUFFER), ~pairs.confirmed, True, 1 - match_iou)
             pairs.drop_duplicates()
+            # 5: confirmed tracks unseen in the frame before too and still unmatched, against the
+            # confident detections left, by their looks, within the reach of their motion: an
+            # object that came out from behind a larger one far from where it went in, or stood
+            # hidden longer than max_age_s (issue 35)
+            wanted = pairs.confirmed & pairs.lost & pairs.has_look
+            if pairs.wants(wanted):
+                refound = pairs.match(pairs.refind_cost(), wanted, True, np.full(n, 1 - REFIND_LOOK), looks=False)
+                order += refound
+            pairs.drop_duplicates()
         hidden = self._sighted(state, rows, pairs.matched, boxes, scores, classes, pts[owner],
-                               np.array([f.captured_at for f in frames])[owner])
-        # a tentative track gets one frame to be seen again; a track unseen for max_age_s ends
-        gone = ~confirmed & pairs.unmatched_tracks()
-        expired = ~gone & (at - state[:, _SEEN_PTS] > np.array([x.max_age_s for x in s])[track_cam])
+                               np.array([f.captured_at for f in frames])[owner], high, det_looks)
+        # a tentative track survives TENTATIVE_MISSES frames unseen; a track unseen for max_age_s
+        # is lost, and ends at lost_s if it has a look to be found again by (else at max_age_s)
+        unmatched = pairs.unmatched_tracks()
+        state[:, _MISSED] = np.where(unmatched, state[:, _MISSED] + 1, 0)
+        gone = ~confirmed & unmatched & (state[:, _MISSED] > TENTATIVE_MISSES)
+        keep_for = np.where(~np.isnan(track_looks[:, 0]), np.array([max(x.lost_s, x.max_age_s) for x in s])[track_cam],
+                            max_age)
+        expired = ~gone & (at - state[:, _SEEN_PTS] > keep_for)
         live = ~gone & ~expired
         # an unseen track that a detection covers is behind it (its prediction goes on), not stopped
         unseen = live & (state[:, _SEEN_PTS] < at)
@@ -321,10 +358,15 @@ class TrackTable:
             for t in np.concatenate(order).tolist():
                 if hidden[t]:
                     newly[track_cam[t]].append(int(state[t, _ID]))
+        back = [[] for _ in frames]  # lost tracks (unseen over max_age_s) found again
+        if refound:
+            for t in np.concatenate(refound).tolist():
+                if unseen_for[t] > max_age[t] and not hidden[t]:
+                    back[track_cam[t]].append(int(state[t, _ID]))
         shown = np.flatnonzero(high & ~pairs.dropped)  # in the message: confident, not a duplicate
         lists = _Lists(list(map(tuple, boxes.tolist())), scores.tolist(), classes.tolist(), pairs.matched.tolist(),
                        state[:, _ID].astype(np.int64).tolist(), state[:, _CLASS].astype(np.int64).tolist(),
-                       fresh.tolist(), over_live.tolist(), boxes)
+                       fresh.tolist(), over_live.tolist(), boxes, det_looks)
         results, start = [], 0
         cut = np.searchsorted(shown, np.searchsorted(owner, np.arange(n + 1))).tolist()
         shown = shown.tolist()
@@ -339,15 +381,19 @@ class TrackTable:
                 dead = set(drop_gone + drop_expired)
                 self._free.extend(cam.rows[i] for i in dead)
                 cam.rows = [r for i, r in enumerate(cam.rows) if i not in dead]
-            results.append(self._publish(f, cam, shown[cut[b]:cut[b + 1]], lists, newly[b], ended[b]))
+            frame = self._publish(f, cam, shown[cut[b]:cut[b + 1]], lists, newly[b], ended[b])
+            frame.refound = back[b]
+            results.append(frame)
             start = end
         return results
 
     def _sighted(self, state: np.ndarray, rows: np.ndarray, matched: np.ndarray, boxes: np.ndarray,
-                 scores: np.ndarray, classes: np.ndarray, det_pts: np.ndarray, det_captured: np.ndarray) -> np.ndarray:
+                 scores: np.ndarray, classes: np.ndarray, det_pts: np.ndarray, det_captured: np.ndarray,
+                 high: np.ndarray, looks: np.ndarray) -> np.ndarray:
         """Update the matched tracks with their detections: the Kalman correction, when and where
         they were seen, their class by vote (confidence-weighted, the track's own class winning a
-        tie) -> which tracks (of `state`) were hidden until now (their ids go out from now on)."""
+        tie), their look (an average over confident sightings) -> which tracks (of `state`) were
+        hidden until now (their ids go out from now on)."""
         hidden = np.zeros(len(state), bool)
         dets = np.flatnonzero(matched >= 0)
         if not len(dets):
@@ -368,6 +414,11 @@ class TrackTable:
                                          self._classes[tally.argmax(axis=1)])
         hidden[tracks] = state[tracks, _PUBLISHED] == 0
         state[tracks, _PUBLISHED] = 1.0
+        seen = high[dets] & ~np.isnan(looks[dets, 0])  # a weak box is often a partly hidden object
+        if seen.any():
+            table_rows, new = table_rows[seen], looks[dets[seen]]
+            old = self._looks[table_rows]
+            self._looks[table_rows] = np.where(np.isnan(old[:, :1]), new, LOOK_KEEP * old + (1 - LOOK_KEEP) * new)
         return hidden
 
     def _publish(self, f: FrameInfo, cam: _Camera, dets: list[int], x: _Lists, started: list[int],
@@ -387,16 +438,17 @@ class TrackTable:
                 untracked += x.fresh[d]
                 out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
             elif x.over_live[d]:  # a new box over a live track: its id goes out once it is seen again
-                self._start(cam, x.array[d], cls, scores[d], f, published=False)
+                self._start(cam, x.array[d], cls, scores[d], f, x.looks[d], published=False)
                 out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
             else:
-                new_id = self._start(cam, x.array[d], cls, scores[d], f, published=True)
+                new_id = self._start(cam, x.array[d], cls, scores[d], f, x.looks[d], published=True)
                 started.append(new_id)
                 out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls])))
         return TrackedFrame(tuple(out), started, ended, untracked)
 
     # ------------------------------------------------------------------ rows
-    def _start(self, cam: _Camera, box: np.ndarray, cls: int, score: float, f: FrameInfo, published: bool) -> int:
+    def _start(self, cam: _Camera, box: np.ndarray, cls: int, score: float, f: FrameInfo, look: np.ndarray,
+               published: bool) -> int:
         if not self._free:
             self._grow()
         row = self._free.pop()
@@ -414,6 +466,7 @@ class TrackTable:
         state[_HITS], state[_PUBLISHED], state[_CLASS], state[_ID] = 1, published, cls, track_id
         self._votes[row] = 0.0
         self._votes[row, np.searchsorted(self._classes, cls)] = score
+        self._looks[row] = look
         cam.rows.append(row)
         return track_id
 
@@ -437,6 +490,7 @@ class TrackTable:
         size = len(self._state)
         self._state = np.concatenate([self._state, np.zeros_like(self._state)])
         self._votes = np.concatenate([self._votes, np.zeros_like(self._votes)])
+        self._looks = np.concatenate([self._looks, np.full_like(self._looks, np.nan)])
         self._free.extend(range(2 * size - 1, size - 1, -1))
 
     def _learn(self, classes: np.ndarray, label_of: Callable[[int], str]) -> None:
@@ -471,6 +525,7 @@ class _Lists(NamedTuple):
     fresh: list
     over_live: list
     array: np.ndarray  # the boxes
+    looks: np.ndarray
 
 
 class _Pairs:
@@ -480,7 +535,8 @@ class _Pairs:
 
     def __init__(self, state: np.ndarray, track_cam: np.ndarray, counts: list[int], boxes: np.ndarray,
                  classes: np.ndarray, owner: np.ndarray, frames: int, high: np.ndarray, low: np.ndarray,
-                 valid: np.ndarray, before: np.ndarray) -> None:
+                 valid: np.ndarray, before: np.ndarray, recent: np.ndarray, track_looks: np.ndarray,
+                 det_looks: np.ndarray, unseen_for: np.ndarray) -> None:
         self.n_tracks, self.n_dets = len(state), len(boxes)
         self.matched = np.full(len(boxes), -1)  # detection -> index into `state` of its track
         self.dropped = np.zeros(len(boxes), bool)  # duplicates: neither published nor tracked
@@ -506,6 +562,12 @@ class _Pairs:
         self.confirmed = tracks[..., _CONFIRMED] > 0
         self.steady = tracks[..., _HITS] >= STEADY_HITS
         self.lost = tracks[..., _SEEN_PTS] < before[:, None]  # unseen in the frame before this one too
+        self.recent = _pad(recent, self.tpad, False)  # seen within max_age_s
+        known_t, known_d = ~np.isnan(track_looks[:, 0]), ~np.isnan(det_looks[:, 0])
+        self.has_look = _pad(known_t, self.tpad, False)
+        self.tlooks, self.dlooks = track_looks, det_looks  # unpadded: read for few pairs
+        self.any_look = bool(known_t.any() and known_d.any())
+        self.unseen_for = _pad(unseen_for, self.tpad, 0.0)
         self.velocity = tracks[..., 4:6]
         self.speed = np.hypot(self.velocity[..., 0], self.velocity[..., 1])
         self.size = np.sqrt(np.maximum(tracks[..., 2] * tracks[..., 3], 1.0))
@@ -540,6 +602,28 @@ class _Pairs:
             found = self._overlaps[buffer] = (boxes, inter, _iou(tracks, boxes, inter))
         return found
 
+    def refind_cost(self) -> np.ndarray:
+        """[frames, tracks, detections]: 1 - the similarity of looks of each lost track and box, plus
+        CLASS_MISMATCH for another class; infinite for a box out of the track's reach (from where
+        it was last seen: REACH of its size per second unseen, plus 1.5 times its speed), of
+        another size (half or twice its size or more) or with no look."""
+        cost = np.full(self.tpad.shape + self.dpad.shape[1:], np.inf)
+        b, t, d = np.nonzero(self.lost[:, :, None] & self.has_look[:, :, None] & self.free_high[:, None, :]
+                             & self.free_track[:, :, None])
+        if not len(b):
+            return cost
+        last, box = self.last[b, t], self.dboxes[b, d]
+        size = self.size[b, t]
+        gap = self.unseen_for[b, t]
+        reach = size * (1 + REACH * gap) + 1.5 * self.speed[b, t] * gap
+        dist = np.hypot((box[:, 0] + box[:, 2] - last[:, 0] - last[:, 2]) / 2,
+                        (box[:, 1] + box[:, 3] - last[:, 1] - last[:, 3]) / 2)
+        ratio = np.sqrt(np.maximum((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), 1.0)) / size
+        alike = similarity(self.tlooks[self.tpad[b, t]], self.dlooks[self.dpad[b, d]])
+        ok = (dist <= reach) & (ratio > 0.5) & (ratio < 2) & ~np.isnan(alike)
+        cost[b[ok], t[ok], d[ok]] = 1 - alike[ok] + CLASS_MISMATCH * self.other[b[ok], t[ok], d[ok]]
+        return cost
+
     def _backwards(self, boxes: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         """For pairs of a moving track (b, t) and a box: 0 where the box lies ahead of the track
         (from where it was last seen, along its velocity) or near it, up to 1 straight behind
@@ -551,13 +635,15 @@ class _Pairs:
         cos = (dx * v[:, 0] + dy * v[:, 1]) / np.maximum(dist * speed, 1e-9)
         return (1 - cos) / 2 * np.minimum(1.0, dist / (NEAR * self.size[b, t]))
 
-    def match(self, cost: np.ndarray, tracks: np.ndarray, confident: bool, limit: np.ndarray) -> list[np.ndarray]:
+    def match(self, cost: np.ndarray, tracks: np.ndarray, confident: bool, limit: np.ndarray,
+              looks: bool = True) -> list[np.ndarray]:
         """Match the unmatched `tracks` (mask [frames, most tracks]) with the unmatched
         confident detections (`confident`) or the weak ones, per camera, by minimum total cost,
         pairs costing `limit` (per camera) or more excluded -> the tracks matched, camera by
         camera, in row order. Where no track nor detection of a camera has two pairs under its
         limit, those pairs are the matching; the other cameras go to lap.lapjv (its call costs
-        20-30 us even for a 3 x 3 problem, more than the rest of a pass)."""
+        20-30 us even for a 3 x 3 problem, more than the rest of a pass). There, where motion
+        alone cannot decide, unlike looks add up to LOOK_WEIGHT to a pair's cost (`looks`)."""
         rows = tracks & self.free_track
         cols = self.free_high if confident else self.low
         allowed = (cost < limit[:, None, None]) & rows[:, :, None] & cols[:, None, :]
@@ -566,7 +652,12 @@ class _Pairs:
         out = [self._matched(b, r, c, confident)] if len(b) else []
         for b in np.flatnonzero(~simple).tolist():
             r, c = np.flatnonzero(rows[b]), np.flatnonzero(cols[b])
-            pairs = np.array(assign(cost[b][np.ix_(r, c)], float(limit[b]))[0], np.int64).reshape(-1, 2)
+            sub, most = cost[b][np.ix_(r, c)], float(limit[b])
+            if looks and self.any_look:
+                unlike = 1 - similarity(self.tlooks[self.tpad[b, r]][:, None, :], self.dlooks[self.dpad[b, c]][None, :, :])
+                most += LOOK_WEIGHT
+                sub = np.where(allowed[b][np.ix_(r, c)], sub + LOOK_WEIGHT * np.nan_to_num(unlike, nan=0.0), most + 1)
+            pairs = np.array(assign(sub, most)[0], np.int64).reshape(-1, 2)
             out.append(self._matched(b, r[pairs[:, 0]], c[pairs[:, 1]], confident))
         return out
 
@@ -728,11 +819,13 @@ class CameraTracker:
         self.settings = settings
         self._table = TrackTable()
 
-    def update(self, detections: Sequence[Detection], pts: float, captured_at: float, epoch: int = 0) -> TrackedFrame:
-        """Associate one frame's detections; returns the confident ones with their track ids."""
+    def update(self, detections: Sequence[Detection], pts: float, captured_at: float, epoch: int = 0,
+               looks: np.ndarray | None = None) -> TrackedFrame:
+        """Associate one frame's detections (and their looks, pipeline.s5_looks, if known);
+        returns the confident ones with their track ids."""
         boxes, scores, classes, labels = detection_arrays(detections)
         return self._table.update([FrameInfo("", self.settings, pts, captured_at, epoch)], boxes, scores, classes,
-                                  np.zeros(len(boxes), np.int64), labels.__getitem__)[0]
+                                  np.zeros(len(boxes), np.int64), labels.__getitem__, looks)[0]
 
     @property
     def tracks(self) -> list[int]:
@@ -758,14 +851,18 @@ class Trackers:
         self._children: dict[str, tuple] = {}  # camera -> its metric children (looked up once)
         self._lock = threading.Lock()
 
-    def track(self, meta: FrameMeta, detections: Sequence[Detection]) -> tuple[tuple[Detection, ...], TrackEvents | None]:
-        """A frame's publishable detections (with track ids when its camera is tracked) and its track events."""
+    def track(self, meta: FrameMeta, detections: Sequence[Detection],
+              picture: Any = None) -> tuple[tuple[Detection, ...], TrackEvents | None]:
+        """A frame's publishable detections (with track ids when its camera is tracked) and its
+        track events; `picture`: the decoded frame, for the detections' looks."""
         boxes, scores, classes, labels = detection_arrays(detections)
-        return self.track_arrays([meta], boxes, scores, classes, np.zeros(len(boxes), np.int64), labels.__getitem__)[0]
+        return self.track_arrays([meta], boxes, scores, classes, np.zeros(len(boxes), np.int64), labels.__getitem__,
+                                 [picture])[0]
 
-    def track_batch(self, metas: Sequence[FrameMeta], found: BatchDetections,
-                    images: Sequence[int]) -> list[tuple[tuple[Detection, ...], TrackEvents | None]]:
-        """The frames of a batch at once: metas[k] is image images[k] of the batch's detections."""
+    def track_batch(self, metas: Sequence[FrameMeta], found: BatchDetections, images: Sequence[int],
+                    pictures: Sequence[Any] | None = None) -> list[tuple[tuple[Detection, ...], TrackEvents | None]]:
+        """The frames of a batch at once: metas[k] is image images[k] of the batch's detections,
+        pictures[k] its decoded picture (for the detections' looks; None: not known)."""
         place = np.full(int(max(images, default=-1)) + 1, -1)
         place[list(images)] = np.arange(len(images))
         image = found.image[found.image < len(place)]
@@ -774,12 +871,14 @@ class Trackers:
         labels, n = found.labels, len(found.labels)
         return self.track_arrays(metas, found.boxes[keep], found.scores[keep], found.classes[keep],
                                  place[found.image[keep]],
-                                 lambda c: labels[c] if 0 <= c < n else f"class_{c}")
+                                 lambda c: labels[c] if 0 <= c < n else f"class_{c}", pictures)
 
     def track_arrays(self, metas: Sequence[FrameMeta], boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                     owner: np.ndarray, label_of: Callable[[int], str]) -> list[tuple[tuple[Detection, ...], TrackEvents | None]]:
-        """Frames' detections as arrays (row k of frame owner[k], ascending) -> per frame its
-        publishable detections and its track events (None: the camera is not tracked)."""
+                     owner: np.ndarray, label_of: Callable[[int], str],
+                     pictures: Sequence[Any] | None = None) -> list[tuple[tuple[Detection, ...], TrackEvents | None]]:
+        """Frames' detections as arrays (row k of frame owner[k], ascending) and the frames'
+        pictures -> per frame its publishable detections and its track events (None: the camera
+        is not tracked)."""
         with self._lock:
             for cam in self._forgotten:
                 self._table.forget(cam)
@@ -793,6 +892,7 @@ class Trackers:
                 settings.append(s)
         out: list = [None] * len(metas)
         tracked = [i for i, s in enumerate(settings) if s.enabled]
+        pictures = list(pictures) if pictures is not None else [None] * len(metas)
         if len(tracked) < len(metas):  # not tracked: only the confidence threshold applies
             for i, s in enumerate(settings):
                 if not s.enabled:
@@ -803,12 +903,16 @@ class Trackers:
             place[tracked] = np.arange(len(tracked))
             rows = place[owner] >= 0
             boxes, scores, classes, owner = boxes[rows], scores[rows], classes[rows], place[owner[rows]]
+            pictures = [pictures[i] for i in tracked]
         if not tracked:
             return out
+        looks = None
+        if any(p is not None for p in pictures) and any(settings[i].appearance for i in tracked):
+            looks = box_looks(pictures, boxes, owner)  # the tracker reads them only for cameras that use them
         frames = [FrameInfo(metas[i].camera_id, settings[i], metas[i].pts, metas[i].captured_at, metas[i].epoch)
                   for i in tracked]
         m = self._metrics
-        for i, frame in zip(tracked, self._table.update(frames, boxes, scores, classes, owner, label_of)):
+        for i, frame in zip(tracked, self._table.update(frames, boxes, scores, classes, owner, label_of, looks)):
             cam = metas[i].camera_id
             children = self._children.get(cam)
             if children is None:
@@ -820,7 +924,9 @@ class Trackers:
             if frame.untracked:
                 m.detections_untracked.labels(cam).inc(frame.untracked)
             children[0].set(self._table.count(cam))
-            out[i] = (frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended)))
+            if frame.refound:
+                m.tracks_refound.labels(cam).inc(len(frame.refound))
+            out[i] = (frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended), tuple(frame.refound)))
         return out
 
     def forget(self, camera_id: str) -> None:

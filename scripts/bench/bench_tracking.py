@@ -26,6 +26,7 @@ from pipeline.config import ModelConfig, TrackingConfig
 from pipeline.core import Batch, Detection, Frame, FrameMeta, FrameResult, ModelRef, TrackEvents
 from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
+from pipeline.s5_looks import LOOK_BINS, looks
 from pipeline.s5_postprocess import detections_for_image
 from pipeline.s5_track import CameraTracker, TrackSettings
 from pipeline.messages import encode_detections
@@ -111,13 +112,15 @@ def inference_ms(runs: int = 50) -> float:
     return 1000 * (time.perf_counter() - began) / runs
 
 
-def detect_scene(clip: Path, low: float = 0.1) -> list[tuple[float, int, int, list[Detection]]]:
+def detect_scene(clip: Path, low: float = 0.1) -> list[tuple[float, int, int, list[Detection], np.ndarray]]:
     """The model's detections (down to `low`) on every frame of a clip, with the daemon's
-    preprocessing and postprocessing: (pts, width, height, detections); cached beside the clip."""
-    cache = clip.with_suffix(f".dets-{low:g}.json")
+    preprocessing and postprocessing, and their looks (pipeline.s5_looks, from the decoded
+    picture, as the daemon's tracker gets them): (pts, width, height, detections, looks); cached
+    beside the clip."""
+    cache = clip.with_suffix(f".dets-{low:g}.looks-1.json")
     if cache.exists():
-        return [(pts, w, h, [Detection(*d[:3], tuple(d[3])) for d in dets])
-                for pts, w, h, dets in json.loads(cache.read_text())]
+        return [(pts, w, h, [Detection(*d[:3], tuple(d[3])) for d in dets], np.array(looks, np.float64).reshape(-1, LOOK_BINS))
+                for pts, w, h, dets, looks in json.loads(cache.read_text())]
     engine = OnnxRuntimeEngine(ModelConfig(path=MODEL, input_size=320, confidence=low))
     post = functools.partial(detections_for_image, layout="yolov8", labels=engine.info.labels,
                              confidence=low, iou=0.45, max_detections=300)
@@ -127,25 +130,31 @@ def detect_scene(clip: Path, low: float = 0.1) -> list[tuple[float, int, int, li
         for i, picture in enumerate(container.decode(video=0)):
             meta = FrameMeta("cam", i / 25, 1e9 + i / 25, "receive", picture.width, picture.height)
             inputs, (box,) = pre(Batch((Frame(meta, picture, 0.0),)))
-            out.append((i / 25, picture.width, picture.height, post(output=engine.infer(inputs)[0], letterbox=box)))
-    cache.write_text(json.dumps([(pts, w, h, [(d.class_id, d.label, d.confidence, list(d.bbox)) for d in dets])
-                                 for pts, w, h, dets in out]))
+            dets = post(output=engine.infer(inputs)[0], letterbox=box)
+            boxes = np.array([d.bbox for d in dets], np.float64).reshape(-1, 4)
+            out.append((i / 25, picture.width, picture.height, dets, looks([picture], boxes, np.zeros(len(dets), np.int64))))
+    cache.write_text(json.dumps([(pts, w, h, [(d.class_id, d.label, d.confidence, list(d.bbox)) for d in dets],
+                                  np.round(found, 4).tolist()) for pts, w, h, dets, found in out]))
     return out
 
 
-def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1) -> tuple[list[dict], Truth]:
-    """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages."""
-    settings = TrackingConfig()  # the daemon's defaults, as pipeline.app applies them
+def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1, **tracking) -> tuple[list[dict], Truth]:
+    """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages;
+    `tracking`: settings other than the daemon's defaults (e.g. appearance=False)."""
+    settings = TrackingConfig(**tracking)  # the daemon's defaults, as pipeline.lanes applies them
+    max_age = max(settings.max_age_s, 3 / fps)
     tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
-                                          max_age_s=max(settings.max_age_s, 3 / fps), jump_s=settings.jump_s))
+                                          max_age_s=max_age, jump_s=settings.jump_s,
+                                          lost_s=max(settings.lost_s, max_age), appearance=settings.appearance))
     messages, due = [], 0.0
-    for pts, width, height, detections in detect_scene(clip, low):
+    for pts, width, height, detections, found in detect_scene(clip, low):
         if pts + 1e-6 < due:
             continue
         due += 1 / fps
         meta = FrameMeta("cam", pts, 1e9 + pts, "receive", width, height)
-        frame = tracker.update(detections, pts, meta.captured_at)
-        result = FrameResult(meta, len(messages), frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended)))
+        frame = tracker.update(detections, pts, meta.captured_at, looks=found)
+        result = FrameResult(meta, len(messages), frame.detections,
+                             TrackEvents(tuple(frame.started), tuple(frame.ended), tuple(frame.refound)))
         messages.append(json.loads(encode_detections(result, ModelRef("m", "0" * 64, "onnxruntime"), "r" * 32)))
     return messages, Truth.load(truth_path(clip))
 
@@ -161,8 +170,11 @@ def main() -> int:
     sc = sub.add_parser("score")
     sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
     sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
-    sc.add_argument("--scenes", choices=("tracking", "breakers"), default="tracking",
-                    help="the tracking scenes (tuned on) or the breaker scenes (scripts/lab/breaker_scenes.py)")
+    sc.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
+    sc.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
+    sc.add_argument("--scenes", choices=("tracking", "breakers", "occluders", "occluders-held-out"), default="tracking",
+                    help="the tracking scenes (tuned on), the breaker scenes (scripts/lab/breaker_scenes.py), or the "
+                         "occlusion scenes (scripts/lab/occluder_scenes.py): their tuning seeds or their held-out ones")
     args = parser.parse_args()
     if args.what == "cost":
         frame = inference_ms()
@@ -178,16 +190,22 @@ def main() -> int:
                   f"a batch at a time {batched:.0f} us a frame")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
+    mutations = {**({"appearance": False} if args.no_appearance else {}),
+                 **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
     print(HEADER)
     from scripts.lab.breaker_scenes import breaker_clip
     from scripts.lab.scenes import CLASSES
 
     crossings = {(fps, label): {"counted": 0, "truth": 0} for fps in args.fps for label in CLASSES}
-    cameras, make = ((TRACKING_CAMERAS, tracking_clip) if args.scenes == "tracking" else (BREAKER_CAMERAS, breaker_clip))
+    from scripts.lab.occluder_scenes import HELD_OUT_SEEDS, TUNING_SEEDS, occluder_clip
+
+    cameras, make = {"tracking": (TRACKING_CAMERAS, tracking_clip), "breakers": (BREAKER_CAMERAS, breaker_clip),
+                     "occluders": (TUNING_SEEDS, occluder_clip),
+                     "occluders-held-out": (HELD_OUT_SEEDS, occluder_clip)}[args.scenes]
     for cam, (seed, w, h) in cameras.items():
         clip = make(args.work, seed, w, h)
         for fps in args.fps:
-            messages, truth = score_scene(clip, fps)
+            messages, truth = score_scene(clip, fps, **mutations)
             print(score(messages, truth).row(f"{cam} @ {fps:g} fps"), flush=True)
             for line in middle_lines(w, h):
                 for label in CLASSES:

@@ -169,10 +169,20 @@ def test_live_tracks_are_capped_and_detections_beyond_the_cap_get_no_id():
     assert sum(d.track_id is not None for d in frame.detections) == 10 and len(frame.detections) == 30
 
 
-def test_a_one_frame_false_positive_ends_at_once():
+def test_a_one_frame_false_positive_ends_at_its_second_frame_unseen():
     frames = [[det(300, 300)], [], [], [det(600, 600)]]
     ids, events = run(tracker(), frames)
-    assert [(t.track_id, t.reason) for t in events[1].ended] == [(1, "unseen")]
+    assert not events[1].ended  # a young track survives one missed frame
+    assert [(t.track_id, t.reason) for t in events[2].ended] == [(1, "unseen")]
+
+
+def test_a_young_track_keeps_its_id_through_one_missed_frame_and_is_confirmed_by_its_second_hit():
+    """Confirmation by hits over a window: seen, missed, seen again -> one id (issue 35: ids went
+    5 -> 6 -> 7 across single misses in an object's first second)."""
+    frames = [[det(300, 300)], [], [det(320, 300)], [], [det(360, 300)], [det(380, 300)]]
+    ids, events = run(tracker(), frames)
+    assert {i for frame in ids for i in frame} == {1}
+    assert not any(e.ended for e in events)
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,122 @@
+"""Looks: a cheap appearance cue per detection, for the tracker (pipeline.s5_track).
+
+A detection's look is a colour histogram of its box: the picture is sampled on a GRID x GRID
+grid over the middle INNER of the box (the object more than the background around it), each
+sample's colour taken as luma and chroma (YUV, the decoder's own planes: no full-frame conversion
+and no copy), and counted into LOOK_BINS bins: 8 hues x dark/light for coloured samples, 4 greys
+for the rest. Two looks compare by their Bhattacharyya coefficient (1: alike, 0: nothing in
+common). The tracker keeps an average look per track and uses it where motion cannot decide: two
+tracks wanting one box (crossings), and finding a lost track again.
+
+Written here rather than taken from a re-identification model: those need a network per box (a
+second model and its batches); a histogram of 36 samples costs a few microseconds a box and is
+what the occlusion scenes need (issue 35). The pictures it reads:
+- an `av.VideoFrame` (the CPU path): yuv420p, yuvj420p and nv12 read in place, other formats
+  converted once to yuv420p;
+- a numpy RGB picture [H, W, 3] uint8 (images given to the HTTP API, tests);
+- anything else (the GPU path's DeviceFrame: its samples would come from the device) -> no look
+  (NaN), and the tracker does without: motion only, as before.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+GRID = 6  # samples per side of a box's grid
+INNER = 0.6  # the middle share of the box's width and height sampled
+HUES = 8
+GREYS = 4
+LOOK_BINS = 2 * HUES + GREYS
+COLOURED = 12.0  # chroma (distance of U, V from grey, 0-128) from which a sample is coloured
+
+_STEPS = (np.arange(GRID) + 0.5) / GRID * INNER + (1 - INNER) / 2  # where on the box, 0-1
+
+
+def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The look of each box: boxes [M, 4] (xyxy, source pixels) of pictures[owner[k]] -> [M,
+    LOOK_BINS] float64 histograms summing to 1, NaN rows where the picture cannot be read."""
+    out = np.full((len(boxes), LOOK_BINS), np.nan)
+    if not len(boxes):
+        return out
+    samples = np.zeros((len(boxes), GRID * GRID, 3))
+    known = np.zeros(len(boxes), bool)
+    starts = np.searchsorted(owner, np.arange(len(pictures) + 1))
+    for i, picture in enumerate(pictures):
+        a, b = starts[i], starts[i + 1]
+        if a == b:
+            continue
+        planes = _planes(picture)
+        if planes is None:
+            continue
+        samples[a:b] = _sample(planes, boxes[a:b])
+        known[a:b] = True
+    if known.any():
+        out[known] = _histograms(samples[known])
+    return out
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bhattacharyya coefficient of looks a [..., BINS] and b [..., BINS] (broadcast) -> [...]:
+    1 for the same colours in the same shares, 0 for none in common, NaN where either is unknown."""
+    return np.sqrt(a * b).sum(axis=-1) if a.size and b.size else np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-1])
+
+
+def _planes(picture: Any):
+    """(kind, arrays) to sample from: ("yuv", (Y, U, V)) with chroma at half resolution, ("nv12",
+    (Y, UV)), ("rgb", (RGB,)); None when the picture cannot be read on the host."""
+    if isinstance(picture, np.ndarray):
+        return ("rgb", (picture,)) if picture.ndim == 3 and picture.shape[2] == 3 else None
+    fmt = getattr(getattr(picture, "format", None), "name", None)
+    if fmt is None or not hasattr(picture, "planes"):
+        return None
+    if fmt not in ("yuv420p", "yuvj420p", "nv12"):
+        picture, fmt = picture.reformat(format="yuv420p"), "yuv420p"
+    w, h = picture.width, picture.height
+    planes = []
+    for k, plane in enumerate(picture.planes):
+        rows = h if k == 0 else (h + 1) // 2
+        cols = w if k == 0 else (w if fmt == "nv12" else (w + 1) // 2)
+        planes.append(np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
+    return ("nv12", tuple(planes[:2])) if fmt == "nv12" else ("yuv", tuple(planes[:3]))
+
+
+def _sample(planes, boxes: np.ndarray) -> np.ndarray:
+    """[n, GRID*GRID, 3] samples (Y, U, V, 0-255) of each box's grid."""
+    kind, arrays = planes
+    height, width = arrays[0].shape[:2]
+    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * _STEPS  # [n, GRID]
+    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * _STEPS
+    xs = np.clip(np.repeat(x, GRID, axis=1), 0, width - 1).astype(np.intp)  # [n, GRID*GRID]: row by row
+    ys = np.clip(np.tile(y, GRID), 0, height - 1).astype(np.intp)
+    if kind == "rgb":
+        rgb = arrays[0][ys, xs].astype(np.float64)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # BT.601, as the decoders' YUV
+        return np.stack([0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                         128 + 0.5 * r - 0.418688 * g - 0.081312 * b], axis=-1)
+    luma = arrays[0][ys, xs]
+    cy, cx = ys // 2, xs // 2
+    if kind == "nv12":
+        uv = arrays[1]
+        cx = np.minimum(cx, uv.shape[1] // 2 - 1)
+        cy = np.minimum(cy, uv.shape[0] - 1)
+        u, v = uv[cy, 2 * cx], uv[cy, 2 * cx + 1]
+    else:
+        cu, cv = arrays[1], arrays[2]
+        cy, cx = np.minimum(cy, cu.shape[0] - 1), np.minimum(cx, cu.shape[1] - 1)
+        u, v = cu[cy, cx], cv[cy, cx]
+    return np.stack([luma, u, v], axis=-1).astype(np.float64)
+
+
+def _histograms(samples: np.ndarray) -> np.ndarray:
+    """[n, S, 3] YUV samples -> [n, LOOK_BINS] histograms summing to 1."""
+    luma, u, v = samples[..., 0], samples[..., 1] - 128, samples[..., 2] - 128
+    chroma = np.hypot(u, v)
+    hue = np.floor((np.arctan2(v, u) / (2 * np.pi) + 0.5) * HUES).astype(np.intp) % HUES
+    light = (luma >= 128).astype(np.intp)
+    grey = np.minimum((luma * GREYS / 256).astype(np.intp), GREYS - 1)
+    bins = np.where(chroma >= COLOURED, hue * 2 + light, 2 * HUES + grey)
+    n, s = bins.shape
+    counts = np.bincount((bins + np.arange(n)[:, None] * LOOK_BINS).ravel(), minlength=n * LOOK_BINS)
+    return counts.reshape(n, LOOK_BINS) / s
