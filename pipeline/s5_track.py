@@ -350,7 +350,8 @@ class TrackTable:
         if unseen.any():
             state[unseen, _OCCLUDED] = pairs.covered()[unseen] >= OCCLUDED
         fresh = pairs.fresh()
-        over_live = pairs.over_live(state, live, fresh)
+        # (a lost track is no object in view: a box over it is not over a live one)
+        over_live = pairs.over_live(state, live & ((unseen_for <= max_age) | ~unmatched), fresh)
         self._state[rows] = state
         # what each camera saw: ends, starts, and the message's detections
         newly = [[] for _ in frames]  # hidden tracks seen again: their start is announced now

@@ -159,6 +159,34 @@ def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0
     return messages, Truth.load(truth_path(clip))
 
 
+def scene_set(name: str) -> tuple[dict, object]:
+    """(cameras: name -> (seed, width, height), the clip maker) of a set of scenes."""
+    from scripts.lab.breaker_scenes import breaker_clip
+    from scripts.lab.occluder_scenes import HELD_OUT_SEEDS, TUNING_SEEDS, occluder_clip
+
+    return {"tracking": (TRACKING_CAMERAS, tracking_clip), "breakers": (BREAKER_CAMERAS, breaker_clip),
+            "occluders": (TUNING_SEEDS, occluder_clip), "occluders-held-out": (HELD_OUT_SEEDS, occluder_clip)}[name]
+
+
+def end_to_end(args) -> int:
+    """The scenes over RTSP through the daemon (its tracking defaults, or a mutation) and Kafka."""
+    import tempfile
+
+    from scripts.lab.broker import Broker
+    from scripts.lab.track_e2e import scenes_by_class
+
+    cameras, make = scene_set(args.scenes)
+    tracking = {**({"appearance": False} if args.no_appearance else {}),
+                **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
+    args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp, Broker() as broker:
+        clips = Path(args.work)  # clips are kept between runs; each run's daemons and messages in its own folder
+        scenes_by_class(Path(tmp), broker, cameras, lambda _, *scene: make(clips, *scene), tuple(args.fps),
+                        tracking=tracking or None, prefix=args.scenes)
+    print(f"tracking settings: {tracking or 'the defaults'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -167,6 +195,13 @@ def main() -> int:
     bt.add_argument("--cameras", type=int, default=150)
     bt.add_argument("--objects", type=int, nargs="+", default=[20, 50])
     bt.add_argument("--batch", type=int, default=8)
+    e2e = sub.add_parser("e2e", help="end to end: RTSP -> daemon -> Kafka -> scores and the alerting consumer's counts")
+    e2e.add_argument("--fps", type=int, nargs="+", default=[10, 5])
+    e2e.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking-e2e")
+    e2e.add_argument("--scenes", choices=("tracking", "breakers", "occluders", "occluders-held-out"),
+                     default="occluders-held-out")
+    e2e.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
+    e2e.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
     sc = sub.add_parser("score")
     sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
     sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
@@ -189,19 +224,16 @@ def main() -> int:
             print(f"{k} objects, {args.cameras} cameras, batch {args.batch}: frame by frame {alone:.0f} us a frame, "
                   f"a batch at a time {batched:.0f} us a frame")
         return 0
+    if args.what == "e2e":
+        return end_to_end(args)
     args.work.mkdir(parents=True, exist_ok=True)
     mutations = {**({"appearance": False} if args.no_appearance else {}),
                  **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
     print(HEADER)
-    from scripts.lab.breaker_scenes import breaker_clip
     from scripts.lab.scenes import CLASSES
 
     crossings = {(fps, label): {"counted": 0, "truth": 0} for fps in args.fps for label in CLASSES}
-    from scripts.lab.occluder_scenes import HELD_OUT_SEEDS, TUNING_SEEDS, occluder_clip
-
-    cameras, make = {"tracking": (TRACKING_CAMERAS, tracking_clip), "breakers": (BREAKER_CAMERAS, breaker_clip),
-                     "occluders": (TUNING_SEEDS, occluder_clip),
-                     "occluders-held-out": (HELD_OUT_SEEDS, occluder_clip)}[args.scenes]
+    cameras, make = scene_set(args.scenes)
     for cam, (seed, w, h) in cameras.items():
         clip = make(args.work, seed, w, h)
         for fps in args.fps:

@@ -11,36 +11,20 @@ The breaker scenes (scripts/lab/breaker_scenes.py: a generator of their own, obj
 look-alike pairs that cross, injected class flicker and misses) go through the same path at 10
 and 5 fps, scored over the three scenes together, with line rules per class."""
 import json
-import subprocess
-import sys
 import uuid
-from collections import defaultdict
 
 import pytest
-import yaml
 
 from pipeline.alerting.rules import Line
 from scripts.bench.bench_tracking import BREAKER_CAMERAS, TRACKING_CAMERAS, tracking_clip
-from scripts.lab.audit import transcribe
 from scripts.lab.breaker_scenes import breaker_clip
-from scripts.lab.broker import consume, produce
 from scripts.lab.cameras import RtspServer
-from scripts.lab.common import REPO, free_port, wait_for
-from scripts.lab.daemons import Daemon, daemon_config, http_get, metric_values
 from scripts.lab.scenes import CLASSES, Truth, truth_path
+from scripts.lab.track_e2e import MESSAGES_AT_5FPS, AlertingConsumer, lines_of, run_daemon, scenes_by_class
 from scripts.lab.track_score import HEADER, by_camera, pooled, score, truth_crossings
 
-MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
-CONFIDENCE = 0.35  # the model card's operating point
 SAMPLING = {"": None, "-5fps": 5}  # camera-name suffix -> fps (None: every frame the daemon can take)
-MESSAGES_AT_5FPS = 100  # 20 s: more than one loop of the 15 s clips
 BREAKER_RATES = (10, 5)
-
-
-def lines_of(camera: str, width: int, height: int) -> dict[str, dict]:
-    """Lines through the middle of the picture, across (`in` is downwards) and along (`in` is rightwards)."""
-    return {f"across-{camera}": {"camera": camera, "points": [[0, height / 2], [width, height / 2]], "in_side": "right"},
-            f"along-{camera}": {"camera": camera, "points": [[width / 2, 0], [width / 2, height]], "in_side": "left"}}
 
 
 @pytest.fixture(scope="module")
@@ -77,105 +61,9 @@ def tracked(tmp_path_factory, broker):
 def breakers(tmp_path_factory, broker):
     """The breaker scenes at 10 and 5 fps (three cameras per daemon, one rate after the other), line rules per class ->
     ({fps: pooled score}, {fps: {label: (consumer's count, truth's)}})."""
-    work = tmp_path_factory.mktemp("breakers")
-    clips = {name: breaker_clip(work, *scene) for name, scene in BREAKER_CAMERAS.items()}
-    cameras = {f"{name}-{fps}fps": (name, fps) for name in BREAKER_CAMERAS for fps in BREAKER_RATES}
-    topic = f"brk-{uuid.uuid4().hex[:8]}"
-    lines = {name: line for cam, (scene, _) in cameras.items() for name, line in lines_of(cam, *BREAKER_CAMERAS[scene][1:]).items()}
-    rules = [{"id": f"count-{name}-{label}", "kind": "line", "line": name, "classes": [label]}
-             for name in lines for label in CLASSES]
-    with AlertingConsumer(work, broker, topic, lines, rules) as alerts:
-        with RtspServer(clips) as rtsp:
-            for fps in BREAKER_RATES:  # one rate at a time: all six cameras at once overload 2 cores (10 fps ones got 6)
-                run_daemon(work / f"daemon-{fps}fps", rtsp, broker, topic,
-                           [(cam, rtsp.url(scene), rate) for cam, (scene, rate) in cameras.items() if rate == fps],
-                           least=int(0.8 * 15 * fps))
-        messages, crossings = alerts.results()
-    (work / "messages.json").write_text(json.dumps(messages))
-    truths = {scene: Truth.load(truth_path(clip)) for scene, clip in clips.items()}
-    per_camera = by_camera(messages)
-    scores, counts = {}, {}
-    for fps in BREAKER_RATES:
-        mine = [cam for cam, (_, rate) in cameras.items() if rate == fps]
-        scores[fps] = pooled([(per_camera[cam], truths[cameras[cam][0]]) for cam in mine])
-        for cam in mine:
-            print(score(per_camera[cam], truths[cameras[cam][0]]).row(cam))
-        counts[fps] = {label: (sum(sum(crossings[f"{name}-{label}"].values()) for name, line in lines.items() if line["camera"] in mine),
-                               sum(sum(truth_crossings(per_camera[line["camera"]], truths[cameras[line["camera"]][0]],
-                                                       Line.model_validate(line), [label]).values())
-                                   for name, line in lines.items() if line["camera"] in mine))
-                       for label in CLASSES}
-    print("\n" + HEADER + "\n" + "\n".join(scores[fps].row(f"breakers @ {fps} fps") for fps in BREAKER_RATES))
-    print("crossings by class (consumer, truth): " + str(counts))
+    scores, counts, _ = scenes_by_class(tmp_path_factory.mktemp("breakers"), broker, BREAKER_CAMERAS, breaker_clip,
+                                        BREAKER_RATES, prefix="brk")
     return scores, counts
-
-
-class AlertingConsumer:
-    """`rtsp-pipeline alerts` on `topic` with `lines` and `rules`, for the length of a `with`."""
-
-    def __init__(self, work, broker, topic: str, lines: dict, rules: list) -> None:
-        self.broker, self.topic, self.port = broker, topic, free_port()
-        self.rules = work / "rules.yaml"
-        self.rules.write_text(yaml.safe_dump({
-            "kafka": {"bootstrap_servers": broker.bootstrap, "detections_topic": topic, "alerts_topic": f"{topic}-alerts",
-                      "group_id": f"{topic}-alerts", "start_from": "earliest"},
-            "metrics": {"listen": f"127.0.0.1:{self.port}"}, "lines": lines, "rules": rules}))
-        self.log = work / "alerts.log"
-
-    def __enter__(self):
-        produce(self.broker.bootstrap, self.topic, [("setup", b"{}")])  # the topic exists before the consumer subscribes
-        transcribe("daemon-logs", str(self.log.resolve()))
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "pipeline", "alerts", "--rules", str(self.rules)],
-                                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        return self
-
-    def results(self) -> tuple[list[dict], dict[str, dict[str, int]]]:
-        """Every message on the topic (now that it is complete) and the consumer's line counts per rule."""
-        records = consume(self.broker.bootstrap, [self.topic], lambda rs: False, 15)
-        return [r.value for r in records if r.key != "setup"], _counts_after(self.port, len(records))
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        self.process.wait(30)
-
-
-def run_daemon(path, rtsp, broker, topic: str, cameras: list, least: int = MESSAGES_AT_5FPS) -> None:
-    """The daemon on `cameras` (id, url, fps), until each has sent `least` messages and looped its clip."""
-    names = {cam for cam, _, _ in cameras}
-    config = daemon_config(path.with_suffix(".yaml"), {"path": MODEL, "input_size": 320, "confidence": CONFIDENCE},
-                           broker.bootstrap, cameras, topic=topic, status_topic=f"{topic}-status",
-                           metrics_port=free_port())
-    daemon = Daemon(config, path.with_suffix(".log"))
-    daemon.start()
-    try:
-        def enough(records) -> bool:  # every camera past a loop of its clip, with enough frames
-            mine = [r for r in records if r.key in names]
-            counts, looped, last = defaultdict(int), set(), {}
-            for r in mine:
-                counts[r.key] += 1
-                if r.value["frame"]["pts"] < last.get(r.key, -1):
-                    looped.add(r.key)
-                last[r.key] = r.value["frame"]["pts"]
-            return all(counts[cam] >= least and cam in looped for cam in names)
-
-        consume(broker.bootstrap, [topic], enough, 180)
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()[-3000:]
-
-
-def _counts_after(port: int, messages: int) -> dict[str, dict[str, int]]:
-    """The consumer's line-crossing counters once it has read `messages` messages."""
-    def metrics() -> str:
-        return http_get(f"http://127.0.0.1:{port}/metrics")[1]
-
-    wait_for(lambda: metric_values(metrics(), "rtsp_alerts_messages_read_total").get("", 0) >= messages, 90,
-             f"the alerting consumer to read all {messages} messages")
-    counts = defaultdict(lambda: {"in": 0, "out": 0})
-    for labels, value in metric_values(metrics(), "rtsp_alerts_line_crossings_total").items():
-        fields = dict(part.split("=") for part in labels.strip("{}").replace('"', "").split(","))
-        counts[fields["rule"].removeprefix("count-")][fields["direction"]] = int(value)
-    return counts
 
 
 @pytest.mark.parametrize("camera", sorted(f"{n}{s}" for n in TRACKING_CAMERAS for s in SAMPLING))

@@ -123,3 +123,15 @@ def test_message_times_are_what_datetime_writes(ts):
 
     assert rfc3339_ms(ts) == datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def test_a_lost_track_seen_again_is_listed_in_refound_only_when_there_is_one():
+    dets = (Detection(0, "car", 0.9, (10.0, 20.0, 110.0, 90.0), track_id=4),)
+    again = json.loads(encode_detections(FrameResult(result().meta, 9, dets, TrackEvents(refound=(4,))), MODEL, RUN))
+    jsonschema.validate(again, schema("detections-v1.schema.json"))
+    assert again["tracks"] == {"started": [], "ended": [], "refound": [4]}
+    plain = json.loads(encode_detections(FrameResult(result().meta, 10, dets, TrackEvents()), MODEL, RUN))
+    assert plain["tracks"] == {"started": [], "ended": []}  # additive: absent when empty
+    bad = dict(again, tracks={"started": [], "ended": [], "refound": [0]})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema("detections-v1.schema.json"))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import Detection
+from pipeline.s5_looks import LOOK_BINS
 from pipeline.s5_track import CameraTracker, TrackSettings, assign, iou_matrix
 
 T0 = 1_795_000_000.0
@@ -342,3 +343,69 @@ def test_a_forgotten_camera_starts_again_from_id_one_and_the_others_keep_their_t
             ids.setdefault(cam, []).append(([d.track_id for d in tracked], list(events.started)))
     assert ids["a"] == [([1, 2], [1, 2])] + [([1, 2], [])] * 2 + [([1, 2], [1, 2])] + [([1, 2], [])] * 2
     assert ids["b"] == [([1, 2], [1, 2])] + [([1, 2], [])] * 5
+
+
+# ---------------------------------------------------------------------- looks (issue 35)
+def look(*bins):
+    """A look with its samples in `bins` in equal shares."""
+    v = np.zeros(LOOK_BINS)
+    v[list(bins)] = 1 / len(bins)
+    return v
+
+
+RED, BLUE = look(0, 1), look(8, 9)
+
+
+def run_looks(tracker, frames, fps=25.0):
+    """frames: lists of (detection, look) -> ids per frame, TrackedFrames."""
+    out, events = [], []
+    for i, dets in enumerate(frames):
+        t = i / fps
+        frame = tracker.update([d for d, _ in dets], t, T0 + t, looks=np.array([v for _, v in dets]).reshape(-1, LOOK_BINS))
+        out.append([d.track_id for d in frame.detections])
+        events.append(frame)
+    return out, events
+
+
+def hidden_for(seconds, then, fps=25.0):
+    """An object seen for 10 frames, then hidden `seconds`, then `then` (detection, look) pairs."""
+    return [[(det(300 + 2 * i, 300), RED)] for i in range(10)] + [[] for _ in range(round(seconds * fps))] + [then]
+
+
+def test_a_track_lost_longer_than_max_age_is_found_again_by_its_look_under_its_id():
+    ids, events = run_looks(tracker(max_age_s=2.0, lost_s=5.0), hidden_for(3.0, [(det(360, 300), RED)]))
+    assert ids[-1] == [1] and events[-1].refound == [1]
+    assert not any(e.ended for e in events)  # lost is not ended: started once, never ended in between
+    assert [e.started for e in events if e.started] == [[1]]
+
+
+def test_without_looks_or_with_lost_as_ended_the_same_object_gets_a_new_id():
+    for kw in ({"appearance": False}, {"lost_s": 2.0}):
+        ids, events = run_looks(tracker(max_age_s=2.0, **kw), hidden_for(3.0, [(det(360, 300), RED)]))
+        assert ids[-1] == [2] and not events[-1].refound, kw
+        assert [(t.track_id, t.reason) for e in events for t in e.ended] == [(1, "unseen")]
+
+
+def test_a_lost_track_is_not_given_another_looking_object_nor_one_out_of_its_reach_and_ends_at_lost_s():
+    for then in ([(det(360, 300), BLUE)], [(det(1500, 900), RED)]):
+        frames = hidden_for(3.0, then) + [[] for _ in range(75)]
+        ids, events = run_looks(tracker(max_age_s=2.0, lost_s=5.0), frames)
+        assert ids[85] == [2] and not events[85].refound
+        ends = [(i, t.track_id, t.reason) for i, e in enumerate(events) for t in e.ended if t.track_id == 1]
+        assert len(ends) == 1 and ends[0][2] == "unseen" and 5.0 < (ends[0][0] - 9) / 25 <= 5.1, ends
+
+
+def test_past_lost_s_the_object_is_a_new_track():
+    ids, events = run_looks(tracker(max_age_s=2.0, lost_s=5.0), hidden_for(5.5, [(det(360, 300), RED)]))
+    assert ids[-1] == [2] and not events[-1].refound
+
+
+def test_where_two_tracks_want_the_same_boxes_their_looks_decide_and_without_looks_their_positions():
+    """Two objects side by side (IoU 0.68) swap places in a frame: by motion each box fits the
+    other track better; their looks say which is which."""
+    steady = [[(det(300, 300), RED), (det(315, 300), BLUE)] for _ in range(10)]
+    swapped = [[(det(300, 300), BLUE), (det(315, 300), RED)]]
+    ids, _ = run_looks(tracker(), steady + swapped)
+    assert ids[9] == [1, 2] and ids[10] == [2, 1]  # red is still track 1, now on the right
+    ids, _ = run_looks(tracker(appearance=False), steady + swapped)
+    assert ids[10] == [1, 2]
