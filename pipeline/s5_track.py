@@ -677,7 +677,7 @@ class _Pairs:
 
     def drop_duplicates(self) -> None:
         """Confident detections left over a confident one matched by DUPLICATE_IOU or more: dropped."""
-        taken = self.high & ~self.free_high
+        taken = self.high & ~self.free_high & ~self.dup  # matched (a duplicate drops nothing more)
         if not (taken.any() and self.free_high.any()):
             return
         if self._dd is None:

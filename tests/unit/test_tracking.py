@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import Detection
@@ -189,6 +189,8 @@ def test_a_young_track_keeps_its_id_through_one_missed_frame_and_is_confirmed_by
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.tuples(st.floats(0, 1900), st.floats(0, 1000), st.floats(4, 300), st.floats(0.05, 1),
                                     st.integers(0, 2)), max_size=25), min_size=1, max_size=12))
+@example([[(0.0, 0.0, 4.0, 1.0, 0)] * 4 + [(0.0, 0.0, 5.0, 1.0, 0)],  # found by hypothesis: a box dropped as a
+          [(0.0, 0.0, 4.0, 1.0, 0)] * 7 + [(0.0, 0.0, s, 1.0, 0) for s in (5.0, 6.0, 8.0)]])  # duplicate dropped another
 def test_ids_are_unique_per_frame_every_confident_detection_is_published_or_a_duplicate_ends_follow_starts(frames):
     t, started, ended = tracker(), [], []
     for i, dets in enumerate(frames):
