@@ -19,7 +19,6 @@ The ground truth is scripts/lab/scenes.py's format (`Truth.load`), with each obj
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import replace
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.lab.scenes import CLASSES, Scene, Thing, truth_path
+from scripts.lab.scenes import CLASSES, Scene, Thing, cached_clip, scene_cli
 
 GENERATOR = "breaker-2"  # bump when a seed's pictures change
 
@@ -132,25 +131,12 @@ def _things(rng: np.random.Generator, width: int, height: int, frames: int) -> l
 
 def breaker_clip(folder: Path, seed: int, width: int, height: int, frames: int = 375) -> Path:
     """A breaker scene's clip and truth (cached in `folder`)."""
-    clip = Path(folder) / f"{GENERATOR}-{seed}-{width}x{height}-{frames}.mp4"
-    if not clip.exists() or not truth_path(clip).exists():
-        BreakerScene(seed, width, height, frames=frames).write(clip)
-    return clip
+    return cached_clip(folder, GENERATOR, BreakerScene, seed, width, height, frames)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--size", default="960x540", help="WIDTHxHEIGHT")
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    scene = BreakerScene(args.seed, width, height, frames=int(args.seconds * 25))
-    clip = scene.write(args.out)
-    print(f"wrote {clip} and {truth_path(clip)}: {len(scene.things)} objects, {len(scene.flickers)} flickers, "
-          f"{len(scene.misses)} misses")
-    return 0
+    return scene_cli(__doc__.splitlines()[0], BreakerScene,
+                     lambda s: f"{len(s.things)} objects, {len(s.flickers)} flickers, {len(s.misses)} misses")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ neither count as a miss nor as a hit).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from scripts.lab.scenes import CLASSES, Scene, Thing, _shape_mask, truth_path
+from scripts.lab.scenes import CLASSES, Scene, Thing, _shape_mask, cached_clip, scene_cli
 
 GENERATOR = "occluder-1"  # bump when a seed's pictures change
 TUNING_SEEDS = {"occ-540p": (41, 960, 540), "occ-720p": (42, 1280, 720), "occ-4x3": (43, 800, 600)}
@@ -190,24 +189,11 @@ def _things(rng: np.random.Generator, width: int, height: int, frames: int) -> t
 
 def occluder_clip(folder: Path, seed: int, width: int, height: int, frames: int = 375) -> Path:
     """An occlusion scene's clip and truth (cached in `folder`)."""
-    clip = Path(folder) / f"{GENERATOR}-{seed}-{width}x{height}-{frames}.mp4"
-    if not clip.exists() or not truth_path(clip).exists():
-        OccluderScene(seed, width, height, frames=frames).write(clip)
-    return clip
+    return cached_clip(folder, GENERATOR, OccluderScene, seed, width, height, frames)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--size", default="960x540", help="WIDTHxHEIGHT")
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    scene = OccluderScene(args.seed, width, height, frames=int(args.seconds * 25))
-    clip = scene.write(args.out)
-    print(f"wrote {clip} and {truth_path(clip)}: {len(scene.things)} objects, {len(scene.misses)} misses")
-    return 0
+    return scene_cli(__doc__.splitlines()[0], OccluderScene, lambda s: f"{len(s.things)} objects, {len(s.misses)} misses")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,31 @@ class Scene:
         return clip
 
 
+def cached_clip(folder: Path, generator: str, make_scene, seed: int, width: int, height: int, frames: int) -> Path:
+    """A scene's clip and truth, made by make_scene(seed, width, height, frames=frames) once and
+    kept in `folder` under the generator's name (bump the name when a seed's pictures change)."""
+    clip = Path(folder) / f"{generator}-{seed}-{width}x{height}-{frames}.mp4"
+    if not clip.exists() or not truth_path(clip).exists():
+        make_scene(seed, width, height, frames=frames).write(clip)
+    return clip
+
+
+def scene_cli(description: str, make_scene, summary) -> int:
+    """The command line of a scene generator: --seed, --size, --seconds, --out; prints
+    summary(scene) after the clip and its truth are written."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--size", default="960x540", help="WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    scene = make_scene(args.seed, width, height, frames=int(args.seconds * 25))
+    clip = scene.write(args.out)
+    print(f"wrote {clip} and {truth_path(clip)}: {summary(scene)}")
+    return 0
+
+
 def truth_path(clip: Path) -> Path:
     """Where a clip's ground truth lives."""
     return Path(clip).with_suffix(".truth.json")
