@@ -29,6 +29,7 @@ from pipeline.s3_batch import DeadlineBatcher
 from pipeline.s4_infer import Engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_batch, detections_for_image
+from pipeline.s5_looks import DeviceSampler
 from pipeline.s5_track import Trackers, TrackSettings
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Lanes:
         for lane in self.all:
             lane.engine.close()
             lane.inference.close()
+            lane.trackers.close()
         for gpu in self.gpus.values():  # after everything that holds GPU memory
             gpu.close()
 
@@ -195,7 +197,8 @@ class Lanes:
             on_drop=lambda cam, reason: self._metrics.frames_dropped.labels(cam, reason).inc(),
             request_queue=cfg.api.detect.queue,
         )
-        trackers = Trackers(functools.partial(self._track_settings, model), self._metrics)
+        trackers = Trackers(functools.partial(self._track_settings, model), self._metrics,
+                            DeviceSampler(gpu) if path.decoder == "nvdec" else None)  # looks read on the GPU
         settings = dict(layout=layout, labels=info.labels, confidence=lowest, iou=model.iou,
                         max_detections=model.max_detections)  # weak boxes too, for tracking: Trackers publishes the confident
         postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's

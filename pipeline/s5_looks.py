@@ -14,8 +14,11 @@ what the occlusion scenes need (issue 35). The pictures it reads:
 - an `av.VideoFrame` (the CPU path): yuv420p, yuvj420p and nv12 read in place, other formats
   converted once to yuv420p;
 - a numpy RGB picture [H, W, 3] uint8 (images given to the HTTP API, tests);
-- anything else (the GPU path's DeviceFrame: its samples would come from the device) -> no look
-  (NaN), and the tracker does without: motion only, as before.
+- a DeviceFrame (the GPU path: NV12 in GPU memory), given a DeviceSampler: the prebuilt kernel
+  `sample_nv12_boxes` (pipeline/s4_infer/letterbox_nv12.cu) reads the samples on the device and
+  only they come to the host ([boxes, 36, 3] bytes: one copy of the boxes in and one of the
+  samples out per batch), never the picture;
+- anything else -> no look (NaN), and the tracker does without: motion only, as before.
 """
 from __future__ import annotations
 
@@ -34,18 +37,26 @@ COLOURED = 12.0  # chroma (distance of U, V from grey, 0-128) from which a sampl
 _STEPS = (np.arange(GRID) + 0.5) / GRID * INNER + (1 - INNER) / 2  # where on the box, 0-1
 
 
-def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """The look of each box: boxes [M, 4] (xyxy, source pixels) of pictures[owner[k]] -> [M,
-    LOOK_BINS] float64 histograms summing to 1, NaN rows where the picture cannot be read."""
+def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray,
+          device: DeviceSampler | None = None) -> np.ndarray:
+    """The look of each box: boxes [M, 4] (xyxy, source pixels) of pictures[owner[k]] (owner
+    ascending) -> [M, LOOK_BINS] float64 histograms summing to 1, NaN rows where the picture
+    cannot be read (a DeviceFrame without `device`)."""
     out = np.full((len(boxes), LOOK_BINS), np.nan)
     if not len(boxes):
         return out
     samples = np.zeros((len(boxes), GRID * GRID, 3))
     known = np.zeros(len(boxes), bool)
     starts = np.searchsorted(owner, np.arange(len(pictures) + 1))
+    on_device = [i for i, p in enumerate(pictures) if hasattr(p, "luma_ptr") and starts[i] < starts[i + 1]]
+    if on_device and device is not None:
+        spans = [(starts[i], starts[i + 1]) for i in on_device]
+        found = device.sample([pictures[i] for i in on_device], [boxes[a:b] for a, b in spans])
+        for (a, b), got in zip(spans, found):
+            samples[a:b], known[a:b] = got, True
     for i, picture in enumerate(pictures):
         a, b = starts[i], starts[i + 1]
-        if a == b:
+        if a == b or hasattr(picture, "luma_ptr"):
             continue
         planes = _planes(picture)
         if planes is None:
@@ -55,6 +66,64 @@ def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray) -> np.n
     if known.any():
         out[known] = _histograms(samples[known])
     return out
+
+
+class DeviceSampler:
+    """The samples of boxes of NV12 pictures in one GPU's memory (DeviceFrames), by the prebuilt
+    kernel `sample_nv12_boxes`: per batch the boxes go in with one host->device copy, one launch
+    per picture, and the samples come out with one device->host copy. Its buffers grow to the
+    most boxes a batch had (at most max_batch x model.max_detections). Used by one thread (the
+    lane's finish stage)."""
+
+    def __init__(self, gpu) -> None:
+        from pipeline.s4_infer.gpu_preprocess import KERNEL_FATBIN
+
+        self._gpu = gpu
+        self._kernel = gpu.kernel(KERNEL_FATBIN, "sample_nv12_boxes")
+        self._stream = gpu.stream()
+        self._capacity = 0
+        self._boxes = self._out = self._host = None
+
+    def sample(self, pictures: Sequence[Any], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """[n, GRID*GRID, 3] YUV samples (as s5_looks._sample gives) of boxes[i] of pictures[i]."""
+        counts = [len(b) for b in boxes]
+        total = sum(counts)
+        per = GRID * GRID
+        with self._gpu.current():
+            if total > self._capacity:
+                self._grow(max(total, 2 * self._capacity, 256))
+            flat = np.ascontiguousarray(np.concatenate(boxes), np.float32)
+            self._gpu.copy_h2d(self._boxes.ptr, flat)
+            first = 0
+            for picture, n in zip(pictures, counts):
+                self._kernel(np.uintp(picture.luma_ptr), np.int32(picture.luma_pitch), np.uintp(picture.chroma_ptr),
+                             np.int32(picture.chroma_pitch), np.int32(picture.width), np.int32(picture.height),
+                             np.uintp(self._boxes.ptr + 16 * first), np.int32(n), np.int32(GRID), np.float32(INNER),
+                             np.uintp(self._out.ptr + 3 * per * first),
+                             block=(128, 1, 1), grid=((n * per + 127) // 128, 1, 1), stream=self._stream.raw)
+                first += n
+            host = self._host.array[:3 * per * total]
+            self._gpu.copy_d2h(host, self._out.ptr, host.nbytes, self._stream)
+            self._stream.synchronize()
+        samples = host.reshape(total, per, 3).astype(np.float64)
+        return np.split(samples, np.cumsum(counts)[:-1])
+
+    def _grow(self, capacity: int) -> None:
+        for buffer in (self._boxes, self._out, self._host):
+            if buffer is not None:
+                buffer.close()
+        self._boxes = self._gpu.alloc(16 * capacity)
+        self._out = self._gpu.alloc(3 * GRID * GRID * capacity)
+        self._host = self._gpu.pinned((3 * GRID * GRID * capacity,), np.uint8)
+        self._capacity = capacity
+
+    def close(self) -> None:
+        """Free its buffers and stream (inside the GPU's context)."""
+        with self._gpu.current():
+            for obj in (self._boxes, self._out, self._host, self._stream):
+                if obj is not None:
+                    obj.close()
+        self._kernel = None
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,7 +146,7 @@ def _planes(picture: Any):
     planes = []
     for k, plane in enumerate(picture.planes):
         rows = h if k == 0 else (h + 1) // 2
-        cols = w if k == 0 else (w if fmt == "nv12" else (w + 1) // 2)
+        cols = w if k == 0 else (2 * ((w + 1) // 2) if fmt == "nv12" else (w + 1) // 2)
         planes.append(np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
     return ("nv12", tuple(planes[:2])) if fmt == "nv12" else ("yuv", tuple(planes[:3]))
 

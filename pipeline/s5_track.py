@@ -843,7 +843,9 @@ class Trackers:
     its first frame. Used by the finish stage only; forget() may come from another thread (the
     camera's rows are dropped at the next batch, by the finish stage)."""
 
-    def __init__(self, settings_for: Callable[[str], TrackSettings], metrics: Metrics) -> None:
+    def __init__(self, settings_for: Callable[[str], TrackSettings], metrics: Metrics, looks_on_gpu=None) -> None:
+        """`looks_on_gpu`: a pipeline.s5_looks.DeviceSampler, where frames are DeviceFrames."""
+        self._looks_on_gpu = looks_on_gpu
         self._settings_for = settings_for
         self._metrics = metrics
         self._settings: dict[str, TrackSettings] = {}
@@ -909,7 +911,7 @@ class Trackers:
             return out
         looks = None
         if any(p is not None for p in pictures) and any(settings[i].appearance for i in tracked):
-            looks = box_looks(pictures, boxes, owner)  # the tracker reads them only for cameras that use them
+            looks = box_looks(pictures, boxes, owner, self._looks_on_gpu)  # read only for cameras that use them
         frames = [FrameInfo(metas[i].camera_id, settings[i], metas[i].pts, metas[i].captured_at, metas[i].epoch)
                   for i in tracked]
         m = self._metrics
@@ -929,6 +931,12 @@ class Trackers:
                 m.tracks_refound.labels(cam).inc(len(frame.refound))
             out[i] = (frame.detections, TrackEvents(tuple(frame.started), tuple(frame.ended), tuple(frame.refound)))
         return out
+
+    def close(self) -> None:
+        """Free what the looks hold on the GPU (after the finish stage stopped)."""
+        if self._looks_on_gpu is not None:
+            self._looks_on_gpu.close()
+            self._looks_on_gpu = None
 
     def forget(self, camera_id: str) -> None:
         """A camera was removed: drop its tracks."""

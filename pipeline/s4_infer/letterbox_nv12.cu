@@ -1,4 +1,5 @@
-// NV12 surface -> RGB, letterboxed into slot `slot` of a [B, 3, H, W] engine input (FP32 or FP16).
+// NV12 surface -> RGB, letterboxed into slot `slot` of a [B, 3, H, W] engine input (FP32 or FP16);
+// and, at the end, the samples of boxes that the tracker's looks are made of.
 //
 // One thread per output pixel of the slot: pixels outside the scaled picture get the pad value,
 // pixels inside are sampled bilinearly from the source (luma at pixel centres, chroma at the
@@ -78,4 +79,29 @@ extern "C" __global__ void letterbox_nv12_f16(
     YuvToRgb k = {y_offset, y_scale, c_scale, r_v, g_u, g_v, b_u};
     letterbox_nv12<__half>(luma, luma_pitch, chroma, chroma_pitch, src_w, src_h, input, slot,
                            dst_w, dst_h, pad_x, pad_y, scaled_w, scaled_h, k, pad);
+}
+
+// Looks (pipeline/s5_looks.py): a grid x grid grid of samples over the middle `inner` share of
+// each of `n` boxes (x1, y1, x2, y2 in source pixels, float32) of one NV12 picture: luma, U, V as
+// bytes into out[box][sample][3], samples in s5_looks' order (sample k: column k / grid, row
+// k % grid); one thread per sample. s5_looks._sample is the numpy reference of this arithmetic,
+// so only these bytes, never the picture, come to the host.
+extern "C" __global__ void sample_nv12_boxes(
+        const unsigned char* luma, int luma_pitch, const unsigned char* chroma, int chroma_pitch,
+        int src_w, int src_h, const float* boxes, int n, int grid, float inner, unsigned char* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int per = grid * grid;
+    if (i >= n * per) return;
+    int b = i / per, k = i % per;
+    const float* box = boxes + 4 * b;
+    float at_x = ((k / grid) + 0.5f) / grid * inner + (1.0f - inner) / 2;
+    float at_y = ((k % grid) + 0.5f) / grid * inner + (1.0f - inner) / 2;
+    float x = box[0] + (box[2] - box[0]) * at_x, y = box[1] + (box[3] - box[1]) * at_y;
+    int xi = (int)fminf(fmaxf(x, 0.0f), (float)(src_w - 1));
+    int yi = (int)fminf(fmaxf(y, 0.0f), (float)(src_h - 1));
+    int cx = min(xi / 2, (src_w + 1) / 2 - 1), cy = min(yi / 2, (src_h + 1) / 2 - 1);
+    unsigned char* o = out + 3 * (size_t)i;
+    o[0] = luma[(size_t)yi * luma_pitch + xi];
+    o[1] = chroma[(size_t)cy * chroma_pitch + 2 * cx];
+    o[2] = chroma[(size_t)cy * chroma_pitch + 2 * cx + 1];
 }

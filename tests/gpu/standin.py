@@ -38,9 +38,10 @@ import av
 import numpy as np
 
 from pipeline.s4_infer.gpu_preprocess import PAD_VALUE, letterbox_nv12_reference
+from pipeline.s5_looks import GRID, INNER, _sample
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
-KERNELS = ("letterbox_nv12_f32", "letterbox_nv12_f16")
+KERNELS = ("letterbox_nv12_f32", "letterbox_nv12_f16", "sample_nv12_boxes")
 
 
 class StandInError(Exception):
@@ -263,7 +264,10 @@ class StandInGpu:
                 if not isinstance(stream, Stream):
                     raise StandInError(f"launch {self._name}: stream must be a pycuda Stream, got {stream!r}")
                 gpu.launches += 1
-                gpu._letterbox(self._name, args, block, grid)
+                if self._name == "sample_nv12_boxes":
+                    gpu._sample_boxes(args, block, grid)
+                else:
+                    gpu._letterbox(self._name, args, block, grid)
 
         class Module(_Destroyed):
             kind = "module"
@@ -375,6 +379,21 @@ class StandInGpu:
         target = slot_view.view(dtype).reshape(3, dst_h, dst_w)
         covered_w, covered_h = min(dst_w, grid[0] * block[0]), min(dst_h, grid[1] * block[1])
         target[:, :covered_h, :covered_w] = image[:, :covered_h, :covered_w]
+
+    def _sample_boxes(self, args, block, grid) -> None:
+        """The looks' kernel: pipeline.s5_looks._sample (its numpy reference) on the NV12 planes and
+        float32 boxes read through the pointers and pitches given; samples written only for the
+        threads the launch grid covers."""
+        (luma, luma_pitch, chroma, chroma_pitch, src_w, src_h, boxes, n, side, inner, out) = (
+            a.item() if hasattr(a, "item") else a for a in args)
+        if side != GRID or abs(inner - INNER) > 1e-6:
+            raise StandInError(f"sample_nv12_boxes: grid {side} x {inner}, expected {GRID} x {INNER}")
+        cw, ch = (src_w + 1) // 2, (src_h + 1) // 2
+        planes = ("nv12", (self.plane(luma, luma_pitch, src_w, src_h), self.plane(chroma, chroma_pitch, 2 * cw, ch)))
+        xyxy = self.memory.view(boxes, 16 * n).view(np.float32).reshape(n, 4).astype(np.float64)
+        samples = _sample(planes, xyxy).astype(np.uint8).reshape(-1)
+        covered = min(n * GRID * GRID, grid[0] * block[0])
+        self.memory.view(out, samples.size)[:3 * covered] = samples[:3 * covered]
 
     # ------------------------------------------------------------------ PyNvVideoCodec
     def _make_video_codec(self) -> types.ModuleType:

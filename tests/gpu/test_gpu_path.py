@@ -504,3 +504,43 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     assert status == 200, body
     uploaded = sum(v for k, v in metric_values(after, "rtsp_pipeline_gpu_copy_bytes_total").items() if 'direction="h2d"' in k)
     assert uploaded == 640 * 480 * 3 // 2
+
+
+# ---------------------------------------------------------------------- the tracker's looks
+def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_samples_come_back(gpu, tmp_path):
+    """The tracker's looks (pipeline.s5_looks) of DeviceFrames: the kernel's samples give the
+    looks the CPU path gets from PyAV's decode of the same clip; per batch one copy of the boxes
+    in and one of the samples out, no picture; without the sampler a DeviceFrame has no look."""
+    from pipeline.s5_looks import GRID, DeviceSampler, looks, similarity
+    from scripts.lab.occluder_scenes import OccluderScene
+
+    scene = OccluderScene(41, 640, 360, miss=0.0)
+    rendered = [scene.render(150 + i) for i in range(6)]  # most of the scene's objects in view
+    clip = tmp_path / "occ.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"bf": "0"}
+        for img, _ in rendered:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
+    with av.open(str(clip)) as container:
+        on_cpu_pictures = list(container.decode(video=0))
+    boxes = np.array([t.bbox for _, truth in rendered for t in truth], np.float64)
+    owner = np.repeat(np.arange(len(rendered)), [len(truth) for _, truth in rendered])
+    assert len(kept) == 6 and len(boxes) >= 30
+    sampler = DeviceSampler(gpu)
+    try:
+        before = gpu.transfers.snapshot()
+        on_gpu = looks(kept, boxes, owner, sampler)
+        after = gpu.transfers.snapshot()
+    finally:
+        sampler.close()
+    on_cpu = looks(on_cpu_pictures, boxes, owner)
+    assert not np.isnan(on_gpu).any() and not np.isnan(on_cpu).any()
+    alike = similarity(on_gpu, on_cpu)
+    assert (alike >= (0.99 if gpu.standin else 0.95)).all(), alike.min()  # NVDEC's pixels may differ by rounding
+    assert after["h2d"][0] - before["h2d"][0] == 1 and after["d2h"][0] - before["d2h"][0] == 1
+    assert after["d2h"][1] - before["d2h"][1] == len(boxes) * GRID * GRID * 3  # the samples, not a picture
+    assert np.isnan(looks(kept, boxes, owner)).all()  # no sampler: the tracker goes by motion alone
