@@ -198,7 +198,7 @@ class Lanes:
             request_queue=cfg.api.detect.queue,
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self._metrics,
-                            DeviceSampler(gpu) if path.decoder == "nvdec" else None)  # looks read on the GPU
+                            functools.partial(DeviceSampler, gpu) if path.decoder == "nvdec" else None)  # looks on the GPU
         settings = dict(layout=layout, labels=info.labels, confidence=lowest, iou=model.iou,
                         max_detections=model.max_detections)  # weak boxes too, for tracking: Trackers publishes the confident
         postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's

@@ -843,9 +843,12 @@ class Trackers:
     its first frame. Used by the finish stage only; forget() may come from another thread (the
     camera's rows are dropped at the next batch, by the finish stage)."""
 
-    def __init__(self, settings_for: Callable[[str], TrackSettings], metrics: Metrics, looks_on_gpu=None) -> None:
-        """`looks_on_gpu`: a pipeline.s5_looks.DeviceSampler, where frames are DeviceFrames."""
-        self._looks_on_gpu = looks_on_gpu
+    def __init__(self, settings_for: Callable[[str], TrackSettings], metrics: Metrics,
+                 looks_on_gpu: Callable[[], Any] | None = None) -> None:
+        """`looks_on_gpu`: makes a pipeline.s5_looks.DeviceSampler, where frames are DeviceFrames
+        (made at the first batch that has boxes on one: nothing is held on the GPU before)."""
+        self._make_sampler = looks_on_gpu
+        self._looks_on_gpu = None
         self._settings_for = settings_for
         self._metrics = metrics
         self._settings: dict[str, TrackSettings] = {}
@@ -911,6 +914,9 @@ class Trackers:
             return out
         looks = None
         if any(p is not None for p in pictures) and any(settings[i].appearance for i in tracked):
+            if self._looks_on_gpu is None and self._make_sampler is not None and len(boxes) and any(
+                    hasattr(p, "luma_ptr") for p in pictures):
+                self._looks_on_gpu = self._make_sampler()
             looks = box_looks(pictures, boxes, owner, self._looks_on_gpu)  # read only for cameras that use them
         frames = [FrameInfo(metas[i].camera_id, settings[i], metas[i].pts, metas[i].captured_at, metas[i].epoch)
                   for i in tracked]

@@ -544,3 +544,47 @@ def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_
     assert after["h2d"][0] - before["h2d"][0] == 1 and after["d2h"][0] - before["d2h"][0] == 1
     assert after["d2h"][1] - before["d2h"][1] == len(boxes) * GRID * GRID * 3  # the samples, not a picture
     assert np.isnan(looks(kept, boxes, owner)).all()  # no sampler: the tracker goes by motion alone
+
+
+def test_a_lanes_tracker_reads_looks_of_device_frames_and_frees_them_from_another_thread(gpu, tmp_path):
+    """As a lane on NVDEC uses it: the tracker makes its sampler at the first batch with boxes on
+    DeviceFrames (the finish thread), its tracks get looks, and close() on another thread (the
+    loop's, at shutdown) frees the sampler's memory inside the GPU's context."""
+    from pipeline.core import FrameMeta as Meta
+    from pipeline.metrics import Metrics
+    from pipeline.s5_looks import DeviceSampler
+    from pipeline.s5_postprocess import BatchDetections
+    from pipeline.s5_track import Trackers, TrackSettings
+    from scripts.lab.occluder_scenes import OccluderScene
+
+    scene = OccluderScene(41, 640, 360, miss=0.0)
+    rendered = [scene.render(150 + i) for i in range(3)]
+    clip = tmp_path / "occ.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"bf": "0"}
+        for img, _ in rendered:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=6)]
+    made = []
+
+    def sampler():
+        made.append(DeviceSampler(gpu))
+        return made[-1]
+
+    trackers = Trackers(lambda cam: TrackSettings(0.3), Metrics(), sampler)
+    used_before = gpu.owned()
+    for i, (frame, (_, truth)) in enumerate(zip(kept, rendered)):
+        found = BatchDetections(np.zeros(len(truth), np.int64), np.array([t.bbox for t in truth]),
+                                np.full(len(truth), 0.9), np.array([t.class_id for t in truth]), ("a", "b", "c", "d"))
+        trackers.track_batch([Meta("cam", i / 25, 1e9 + i / 25, "receive", 640, 360)], found, [0], [frame])
+    assert len(made) == 1  # made once, at the first batch, and kept
+    assert not np.isnan(trackers._table._looks[trackers._table._cameras["cam"].rows]).any()
+    closer = threading.Thread(target=trackers.close)
+    closer.start()
+    closer.join()
+    assert gpu.owned()[1] == used_before[1]  # the sampler's buffers given back
+    if gpu.standin is not None:
+        assert gpu.standin.violations == []
