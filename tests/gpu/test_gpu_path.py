@@ -507,16 +507,14 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
 
 
 # ---------------------------------------------------------------------- the tracker's looks
-def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_samples_come_back(gpu, tmp_path):
-    """The tracker's looks (pipeline.s5_looks) of DeviceFrames: the kernel's samples give the
-    looks the CPU path gets from PyAV's decode of the same clip; per batch one copy of the boxes
-    in and one of the samples out, no picture; without the sampler a DeviceFrame has no look."""
-    from pipeline.s5_looks import GRID, DeviceSampler, looks, similarity
+def occluder_frames(folder: Path, count: int):
+    """(an H.264 clip of `count` frames of an occlusion scene, from frame 150: most of its objects
+    in view; each frame's (picture, truth))."""
     from scripts.lab.occluder_scenes import OccluderScene
 
     scene = OccluderScene(41, 640, 360, miss=0.0)
-    rendered = [scene.render(150 + i) for i in range(6)]  # most of the scene's objects in view
-    clip = tmp_path / "occ.mp4"
+    rendered = [scene.render(150 + i) for i in range(count)]
+    clip = folder / "occ.mp4"
     with av.open(str(clip), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
@@ -524,6 +522,16 @@ def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_
         for img, _ in rendered:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         out.mux(stream.encode(None))
+    return clip, rendered
+
+
+def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_samples_come_back(gpu, tmp_path):
+    """The tracker's looks (pipeline.s5_looks) of DeviceFrames: the kernel's samples give the
+    looks the CPU path gets from PyAV's decode of the same clip; per batch one copy of the boxes
+    in and one of the samples out, no picture; without the sampler a DeviceFrame has no look."""
+    from pipeline.s5_looks import GRID, DeviceSampler, looks, similarity
+
+    clip, rendered = occluder_frames(tmp_path, 6)
     kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
     with av.open(str(clip)) as container:
         on_cpu_pictures = list(container.decode(video=0))
@@ -555,18 +563,8 @@ def test_a_lanes_tracker_reads_looks_of_device_frames_and_frees_them_from_anothe
     from pipeline.s5_looks import DeviceSampler
     from pipeline.s5_postprocess import BatchDetections
     from pipeline.s5_track import Trackers, TrackSettings
-    from scripts.lab.occluder_scenes import OccluderScene
 
-    scene = OccluderScene(41, 640, 360, miss=0.0)
-    rendered = [scene.render(150 + i) for i in range(3)]
-    clip = tmp_path / "occ.mp4"
-    with av.open(str(clip), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
-        stream.options = {"bf": "0"}
-        for img, _ in rendered:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(stream.encode(None))
+    clip, rendered = occluder_frames(tmp_path, 3)
     kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=6)]
     made = []
 
