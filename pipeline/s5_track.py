@@ -126,7 +126,7 @@ class TrackSettings:
     match_iou: float = 0.2  # least IoU with a track's predicted box for a confident detection
     low_match_iou: float = 0.5  # ... for a low-confidence one
     max_age_s: float = 2.0  # a track unseen this long is lost: no longer matched by motion
-    lost_s: float = 5.0  # ... and ends when unseen this long (found again by its look until then)
+    lost_s: float = 5.0  # ... and ends when unseen this long (found again by its look until then; at least max_age_s)
     appearance: bool = True  # use the looks (pipeline.s5_looks) where motion cannot decide
     jump_s: float = 10.0  # media time moving on by more than this (or backwards) ends every track
     max_tracks: int = 256  # live tracks per camera at most

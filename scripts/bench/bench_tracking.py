@@ -145,7 +145,7 @@ def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0
     max_age = max(settings.max_age_s, 3 / fps)
     tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
                                           max_age_s=max_age, jump_s=settings.jump_s,
-                                          lost_s=max(settings.lost_s, max_age), appearance=settings.appearance))
+                                          lost_s=settings.lost_s, appearance=settings.appearance))
     messages, due = [], 0.0
     for pts, width, height, detections, found in detect_scene(clip, low):
         if pts + 1e-6 < due:
@@ -168,6 +168,12 @@ def scene_set(name: str) -> tuple[dict, object]:
             "occluders": (TUNING_SEEDS, occluder_clip), "occluders-held-out": (HELD_OUT_SEEDS, occluder_clip)}[name]
 
 
+def mutations(args) -> dict:
+    """The tracking settings --no-appearance and --lost-is-ended change (the issue 35 mutations)."""
+    return {**({"appearance": False} if args.no_appearance else {}),
+            **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
+
+
 def end_to_end(args) -> int:
     """The scenes over RTSP through the daemon (its tracking defaults, or a mutation) and Kafka."""
     import tempfile
@@ -176,8 +182,7 @@ def end_to_end(args) -> int:
     from scripts.lab.track_e2e import scenes_by_class
 
     cameras, make = scene_set(args.scenes)
-    tracking = {**({"appearance": False} if args.no_appearance else {}),
-                **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
+    tracking = mutations(args)
     args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, Broker() as broker:
         clips = Path(args.work)  # clips are kept between runs; each run's daemons and messages in its own folder
@@ -227,8 +232,7 @@ def main() -> int:
     if args.what == "e2e":
         return end_to_end(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    mutations = {**({"appearance": False} if args.no_appearance else {}),
-                 **({"lost_s": TrackingConfig().max_age_s} if args.lost_is_ended else {})}
+    changed = mutations(args)
     print(HEADER)
     from scripts.lab.scenes import CLASSES
 
@@ -237,7 +241,7 @@ def main() -> int:
     for cam, (seed, w, h) in cameras.items():
         clip = make(args.work, seed, w, h)
         for fps in args.fps:
-            messages, truth = score_scene(clip, fps, **mutations)
+            messages, truth = score_scene(clip, fps, **changed)
             print(score(messages, truth).row(f"{cam} @ {fps:g} fps"), flush=True)
             for line in middle_lines(w, h):
                 for label in CLASSES:
