@@ -33,18 +33,19 @@ reconnects (the source's `epoch` changes) and when its media time runs backwards
 (`max_tracks`): a detection that would start one more gets no id and is counted.
 
 Written here rather than taken from Roboflow's `trackers` (it requires opencv-python's GUI build,
-supervision, rich and requests: too heavy for an edge daemon); the assignment is `lap.lapjv`,
-the linear-assignment solver ByteTrack itself and Ultralytics use, called only for a camera
-where a track or a detection has two candidates under the limit (elsewhere the pairs under it are
-the matching; a call costs 20-30 us even for a 3 x 3 problem).
+supervision, rich and requests: too heavy for an edge daemon). Where a track or a detection of a
+camera has two candidates under the limit, the pass is a minimum-cost assignment (the problem
+ByteTrack and Ultralytics give `lap.lapjv`); elsewhere the pairs under it are the matching.
 
 The state of a lane's cameras is one TrackTable: every track a row of float64 columns. The finish
-stage hands it a whole batch at once (`Trackers.track_batch`, the postprocessed batch's arrays):
-prediction, the cost of every track-detection pair of each camera (padded to [frames, tracks,
-detections]), the Kalman corrections and the class votes are array operations over the batch's
-cameras, not per object, and make the same decisions as the per-camera tracker they replaced
-(the messages on the tracking and breaker scenes at 25, 10 and 5 fps are byte-identical).
-CameraTracker is a table of one camera, for tests and tools.
+stage hands it a whole batch at once (`Trackers.track_batch`, the postprocessed batch's arrays).
+A round (each camera's frame once) is one call of the compiled association (pipeline.s5_match:
+prediction, the five passes, the assignments) and one of the compiled sighting update (Kalman
+corrections, class votes, looks), each a loop over the batch's cameras in numba, with no Python
+per object or per pass; they make the same decisions as the array tracker they replaced (its
+messages on the tracking, breaker and occluder scenes at 25, 10 and 5 fps are byte-identical).
+Per-object Python is left where tracks start or end and where the messages' Detection objects are
+made. CameraTracker is a table of one camera, for tests and tools.
 """
 from __future__ import annotations
 
@@ -54,35 +55,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import lap
 import numpy as np
 
 from pipeline.core import Detection, EndedTrack, FrameMeta, TrackEvents
 from pipeline.metrics import Metrics
-from pipeline.s5_looks import LOOK_BINS, similarity
+from pipeline.s5_looks import LOOK_BINS
 from pipeline.s5_looks import looks as box_looks
+from pipeline.s5_match import (  # the track state's columns and the motion's noise
+    CLASS as _CLASS, COLUMNS as _COLUMNS, CONFIRMED as _CONFIRMED, FIRST as _FIRST, HITS as _HITS, ID as _ID,
+    LAST as _LAST, LAST_SEEN as _LAST_SEEN, MISSED as _MISSED, OCCLUDED as _OCCLUDED, P00 as _P00,
+    P11 as _P11, PUBLISHED as _PUBLISHED, SEEN_PTS as _SEEN_PTS, STD_POSITION as _STD_POSITION,
+    STD_VELOCITY as _STD_VELOCITY, STEP_S as _STEP_S, T as _T, X as _X)
+from pipeline.s5_match import assign as match_assign
+from pipeline.s5_match import associate, over_live, sighted, warm
 from pipeline.s5_postprocess import BatchDetections
 
-# Kalman noise, relative to the box's size, per 1/25 s (ByteTrack's weights, made time-based)
-_STD_POSITION = 1 / 20
-_STD_VELOCITY = 1 / 160
-_STEP_S = 1 / 25
-BUFFER = 0.5  # boxes grown by this much of their size on each side, for the passes that need slack
-STEADY_HITS = 3  # sightings that make a track trusted to be looked for with grown boxes
-CLASS_MISMATCH = 0.3  # association cost of a detection of another class than the track's (IoU units)
-DECAY_S = 0.4  # an unseen track's speed falls by e every this long: a stopped object's prediction stops
 OCCLUDED = 0.3  # an unseen track this much covered by a detection is behind it, not stopped
-DIRECTION_WEIGHT = 0.2  # association cost of a box straight behind a moving track (OC-SORT's momentum)
-MOVING = 0.5  # a track is moving at this many of its sizes per second or faster
-NEAR = 0.5  # a box this many of the track's sizes from where it was last seen, or more, counts fully
-DUPLICATE_IOU = 0.5  # a new box this much over a box matched this frame is the same object again
-OVERLAP_IOU = 0.3  # a new box this much over a live track is published only once seen again
 MAX_CLASSES = 1024  # distinct class ids a lane's tracker votes over (COCO has 80, Open Images 601)
 TENTATIVE_MISSES = 1  # a tentative track survives this many frames in a row unseen (confirmed by a second hit)
-LOOK_WEIGHT = 0.5  # where two tracks want one box: the cost of looks with nothing in common (IoU units)
-LOOK_KEEP = 0.7  # a track's look: this much its old average, the rest the new sighting's
-REFIND_LOOK = 0.7  # least similarity of looks to find a lost track again (Bhattacharyya coefficient)
-REACH = 1.0  # a lost track is looked for this many of its sizes per second away (besides its speed)
 
 
 # ---------------------------------------------------------------------- association (pure)
@@ -103,16 +93,15 @@ def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def assign(cost: np.ndarray, limit: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Minimum-cost one-to-one matching of rows to columns, pairs costing more than `limit`
+    """Minimum-cost one-to-one matching of rows to columns, pairs costing `limit` or more
     excluded -> (matches, unmatched rows, unmatched columns)."""
     rows, cols = cost.shape
     if rows == 0 or cols == 0:
         return [], list(range(rows)), list(range(cols))
-    _, row_to_col, col_to_row = lap.lapjv(np.ascontiguousarray(cost, np.float64), extend_cost=True,
-                                          cost_limit=limit)
-    matches = [(r, int(c)) for r, c in enumerate(row_to_col) if c >= 0]
-    return (matches, [r for r, c in enumerate(row_to_col) if c < 0],
-            [c for c, r in enumerate(col_to_row) if r < 0])
+    col_of = match_assign(cost, limit).tolist()
+    matches = [(r, c) for r, c in enumerate(col_of) if c >= 0]
+    taken = {c for _, c in matches}
+    return matches, [r for r, c in enumerate(col_of) if c < 0], [c for c in range(cols) if c not in taken]
 
 
 # ---------------------------------------------------------------------- settings and results
@@ -155,18 +144,8 @@ class FrameInfo:
 
 
 # ---------------------------------------------------------------------- the state, in arrays
-# One row per track of every camera of a lane, float64 columns (counts and ids are exact in them).
-# The motion is a constant-velocity Kalman filter of the box as (cx, cy, w, h), each with its rate
-# per second; with diagonal noise the four coordinates are independent filters of (value, rate),
-# so each keeps its 2x2 covariance as three numbers.
-_X, _V = slice(0, 4), slice(4, 8)  # cx, cy, w, h and their rates
-_P00, _P01, _P11 = slice(8, 12), slice(12, 16), slice(16, 20)
-_T = 20  # media time of the motion state
-_LAST = slice(21, 25)  # where it was last seen (xyxy)
-_SEEN_PTS, _FIRST, _LAST_SEEN, _HITS = 25, 26, 27, 28  # media time and capture times of its sightings; how many
-_CONFIRMED, _PUBLISHED, _OCCLUDED, _CLASS, _ID = 29, 30, 31, 32, 33
-_MISSED = 34  # frames in a row unseen
-_COLUMNS = 35
+# One row per track of every camera of a lane, float64 columns (counts and ids are exact in them),
+# laid out by pipeline.s5_match (the compiled round reads them).
 
 
 class _Camera:
@@ -197,6 +176,7 @@ class TrackTable:
         self._labels: dict[int, str] = {}
         self._free = list(range(63, -1, -1))  # free rows, the lowest last
         self._cameras: dict[str, _Camera] = {}
+        warm()  # the compiled round, now rather than in the first batch
 
     # ------------------------------------------------------------------ public
     def update(self, frames: Sequence[FrameInfo], boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -206,10 +186,10 @@ class TrackTable:
         frames[owner[k]], `owner` ascending; bad boxes and boxes below the camera's low
         confidence are left out here -> one TrackedFrame per frame, in order. Frames of one
         camera are tracked one after the other, in the order given."""
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        scores, classes = np.asarray(scores, np.float64), np.asarray(classes, np.int64)
+        boxes = np.array(boxes, np.float64).reshape(-1, 4)  # (copies: the compiled round takes writable arrays)
+        scores, classes = np.asarray(scores, np.float64), np.array(classes, np.int64)
         owner = np.asarray(owner, np.int64)
-        looks = np.full((len(boxes), LOOK_BINS), np.nan) if looks is None else np.asarray(looks, np.float64)
+        looks = np.full((len(boxes), LOOK_BINS), np.nan) if looks is None else np.array(looks, np.float64)
         self._learn(classes, label_of)
         turn: dict[str, int] = {}
         rounds = []
@@ -278,7 +258,6 @@ class TrackTable:
         at = pts[track_cam]
         max_age = np.array([x.max_age_s for x in s])[track_cam]
         unseen_for = at - state[:, _SEEN_PTS]
-        _predict(state, at)
         with np.errstate(invalid="ignore"):  # boxes that are not finite and positive are never tracked
             x1, y1, x2, y2 = boxes.T
             valid = (np.isfinite(x1 + y1 + x2 + y2) & (x2 > x1) & (x1 >= 0) & (y2 > y1) & (y1 >= 0)
@@ -287,58 +266,24 @@ class TrackTable:
         appearance = np.array([x.appearance for x in s])
         track_looks = np.where(appearance[track_cam][:, None], self._looks[rows], np.nan)
         det_looks = np.where(appearance[owner][:, None], looks, np.nan)
-        pairs = _Pairs(state, track_cam, counts, np.where(valid[:, None], boxes, 0.0), classes, owner, n, high,
-                       valid & ~high, valid, before, unseen_for <= max_age, track_looks, det_looks, unseen_for)
         confirmed = state[:, _CONFIRMED] > 0
-        order: list[np.ndarray] = []  # the matched tracks, pass by pass, each camera's in row order
-        refound: list[np.ndarray] = []
-        if pairs.any:
-            match_iou = np.array([x.match_iou for x in s])
-            # only tracks seen within max_age_s are matched by where they are or were (1-4); a lost
-            # track (unseen longer) is only found again by its look (5)
-            recent = pairs.confirmed & pairs.recent
-            # 1: confirmed tracks (seen lately or not) against the confident detections
-            plain = pairs.cost()
-            order += pairs.match(plain, recent, True, 1 - match_iou)
-            # 2: the confirmed tracks still unmatched against the weak detections: a partly hidden
-            # object is often seen only weakly (ByteTrack's second pass; lost tracks too, which
-            # finds an object again as it comes out from behind another sooner)
-            order += pairs.match(plain, recent, False, 1 - np.array([x.low_match_iou for x in s]))
-            # a confident box left over an object matched so far is that object again (the
-            # detector's other class for it): the passes with grown boxes below must not give it
-            # to a neighbour
-            pairs.drop_duplicates()
-            # 3: steady tracks still unmatched against the confident detections left, with boxes
-            # grown by half their size (C-BIoU, Yang et al. 2023): an object hidden behind another
-            # is seen shrinking before it goes, so its prediction lags or turns back, and it comes
-            # out ahead of it (tracking scenes: IDF1 0.92 -> 0.96 on average over 25/10/7/5 fps,
-            # line-crossing errors 22 -> 10 of 376); only tracks seen 3+ times, a young one's speed
-            # is noise. A lost track (unseen in the frame before this one too) is also looked for
-            # where it was last seen (it stopped, or was missed for a few frames while its
-            # prediction went on): whichever of the two places fits a box better
-            wanted = recent & (pairs.steady | pairs.lost)
-            if pairs.wants(wanted):
-                order += pairs.match(pairs.cost(BUFFER, seen_where=True), wanted, True, 1 - match_iou)
-            # 4: tentative tracks against the confident detections left, with boxes grown by half
-            # their size: a new track has no speed yet, and a small fast object sampled at a few
-            # fps moves further than its own size between frames (C-BIoU)
-            if pairs.wants(~pairs.confirmed):
-                order += pairs.match(pairs.cost(BUFFER), ~pairs.confirmed, True, 1 - match_iou)
-            pairs.drop_duplicates()
-            # 5: confirmed tracks unseen in the frame before too and still unmatched, against the
-            # confident detections left, by their looks, within the reach of their motion: an
-            # object that came out from behind a larger one far from where it went in, or stood
-            # hidden longer than max_age_s (issue 35)
-            wanted = pairs.confirmed & pairs.lost & pairs.has_look
-            if pairs.wants(wanted):
-                refound = pairs.match(pairs.refind_cost(), wanted, True, np.full(n, 1 - REFIND_LOOK), looks=False)
-                order += refound
-            pairs.drop_duplicates()
-        hidden = self._sighted(state, rows, pairs.matched, boxes, scores, classes, pts[owner],
-                               np.array([f.captured_at for f in frames])[owner], high, det_looks)
+        tstart = np.zeros(n + 1, np.int64)
+        tstart[1:] = np.cumsum(counts)
+        dstart = np.searchsorted(owner, np.arange(n + 1))
+        any_look = bool((~np.isnan(track_looks[:, 0])).any() and (~np.isnan(det_looks[:, 0])).any())
+        # prediction and the five passes (pipeline.s5_match, compiled): 1, confirmed tracks seen
+        # within max_age_s against the confident detections, 2, against the weak ones, 3, steady
+        # and lost tracks, boxes grown (where they were last seen too), 4, tentative tracks, boxes
+        # grown, 5, lost tracks by their looks; duplicates dropped after 2, 4 and 5
+        matched, fresh, dropped, unmatched, step, covered = associate(
+            state, tstart, at, unseen_for <= max_age, unseen_for, track_looks, boxes, classes, high, valid & ~high,
+            valid, dstart, det_looks, 1 - np.array([x.match_iou for x in s]),
+            1 - np.array([x.low_match_iou for x in s]), before, any_look)
+        hidden = sighted(state, rows, matched, boxes, scores, classes, owner, pts,
+                         np.array([f.captured_at for f in frames], np.float64), high, det_looks, self._votes,
+                         self._classes, self._looks)
         # a tentative track survives TENTATIVE_MISSES frames unseen; a track unseen for max_age_s
         # is lost, and ends at lost_s if it has a look to be found again by (else at max_age_s)
-        unmatched = pairs.unmatched_tracks()
         state[:, _MISSED] = np.where(unmatched, state[:, _MISSED] + 1, 0)
         gone = ~confirmed & unmatched & (state[:, _MISSED] > TENTATIVE_MISSES)
         keep_for = np.where(~np.isnan(track_looks[:, 0]), np.array([max(x.lost_s, x.max_age_s) for x in s])[track_cam],
@@ -347,27 +292,22 @@ class TrackTable:
         live = ~gone & ~expired
         # an unseen track that a detection covers is behind it (its prediction goes on), not stopped
         unseen = live & (state[:, _SEEN_PTS] < at)
-        if unseen.any():
-            state[unseen, _OCCLUDED] = pairs.covered()[unseen] >= OCCLUDED
-        fresh = pairs.fresh()
+        state[unseen, _OCCLUDED] = covered[unseen] >= OCCLUDED
         # (a lost track is no object in view: a box over it is not over a live one)
-        over_live = pairs.over_live(state, live & ((unseen_for <= max_age) | ~unmatched), fresh)
+        over = over_live(state, tstart, live & ((unseen_for <= max_age) | ~unmatched), boxes, valid, dstart, fresh)
         self._state[rows] = state
         # what each camera saw: ends, starts, and the message's detections
-        newly = [[] for _ in frames]  # hidden tracks seen again: their start is announced now
+        newly = [[] for _ in frames]  # hidden tracks seen again: their start is announced now, pass by pass
         if hidden.any():
-            for t in np.concatenate(order).tolist():
-                if hidden[t]:
-                    newly[track_cam[t]].append(int(state[t, _ID]))
+            for t in sorted(np.flatnonzero(hidden & (step > 0)).tolist(), key=lambda t: (track_cam[t], step[t], t)):
+                newly[track_cam[t]].append(int(state[t, _ID]))
         back = [[] for _ in frames]  # lost tracks (unseen over max_age_s) found again
-        if refound:
-            for t in np.concatenate(refound).tolist():
-                if unseen_for[t] > max_age[t] and not hidden[t]:
-                    back[track_cam[t]].append(int(state[t, _ID]))
-        shown = np.flatnonzero(high & ~pairs.dropped)  # in the message: confident, not a duplicate
-        lists = _Lists(list(map(tuple, boxes.tolist())), scores.tolist(), classes.tolist(), pairs.matched.tolist(),
+        for t in np.flatnonzero((step == 5) & (unseen_for > max_age) & ~hidden).tolist():
+            back[track_cam[t]].append(int(state[t, _ID]))
+        shown = np.flatnonzero(high & ~dropped)  # in the message: confident, not a duplicate
+        lists = _Lists(list(map(tuple, boxes.tolist())), scores.tolist(), classes.tolist(), matched.tolist(),
                        state[:, _ID].astype(np.int64).tolist(), state[:, _CLASS].astype(np.int64).tolist(),
-                       fresh.tolist(), over_live.tolist(), boxes, det_looks)
+                       fresh.tolist(), over.tolist(), boxes, det_looks)
         results, start = [], 0
         cut = np.searchsorted(shown, np.searchsorted(owner, np.arange(n + 1))).tolist()
         shown = shown.tolist()
@@ -387,40 +327,6 @@ class TrackTable:
             results.append(frame)
             start = end
         return results
-
-    def _sighted(self, state: np.ndarray, rows: np.ndarray, matched: np.ndarray, boxes: np.ndarray,
-                 scores: np.ndarray, classes: np.ndarray, det_pts: np.ndarray, det_captured: np.ndarray,
-                 high: np.ndarray, looks: np.ndarray) -> np.ndarray:
-        """Update the matched tracks with their detections: the Kalman correction, when and where
-        they were seen, their class by vote (confidence-weighted, the track's own class winning a
-        tie), their look (an average over confident sightings) -> which tracks (of `state`) were
-        hidden until now (their ids go out from now on)."""
-        hidden = np.zeros(len(state), bool)
-        dets = np.flatnonzero(matched >= 0)
-        if not len(dets):
-            return hidden
-        tracks = matched[dets]
-        _correct(state, tracks, boxes[dets])
-        state[tracks, _SEEN_PTS] = det_pts[dets]
-        state[tracks, _LAST_SEEN] = det_captured[dets]
-        state[tracks, _HITS] += 1
-        state[tracks, _CONFIRMED] = 1.0
-        state[tracks, _LAST] = boxes[dets]
-        votes = self._votes
-        table_rows = rows[tracks]
-        votes[table_rows, np.searchsorted(self._classes, classes[dets])] += scores[dets]
-        mine = votes[table_rows, np.searchsorted(self._classes, state[tracks, _CLASS].astype(np.int64))]
-        tally = votes[table_rows]
-        state[tracks, _CLASS] = np.where(mine >= tally.max(axis=1), state[tracks, _CLASS],
-                                         self._classes[tally.argmax(axis=1)])
-        hidden[tracks] = state[tracks, _PUBLISHED] == 0
-        state[tracks, _PUBLISHED] = 1.0
-        seen = high[dets] & ~np.isnan(looks[dets, 0])  # a weak box is often a partly hidden object
-        if seen.any():
-            table_rows, new = table_rows[seen], looks[dets[seen]]
-            old = self._looks[table_rows]
-            self._looks[table_rows] = np.where(np.isnan(old[:, :1]), new, LOOK_KEEP * old + (1 - LOOK_KEEP) * new)
-        return hidden
 
     def _publish(self, f: FrameInfo, cam: _Camera, dets: list[int], x: _Lists, started: list[int],
                  ended: list[EndedTrack]) -> TrackedFrame:
@@ -529,219 +435,7 @@ class _Lists(NamedTuple):
     looks: np.ndarray
 
 
-class _Pairs:
-    """The track-detection pairs of one round, camera by camera: arrays [frames, most tracks,
-    most detections] (a camera's tracks and detections side by side, the rest padding), which
-    tracks and confident detections are still unmatched, and the matches so far."""
-
-    def __init__(self, state: np.ndarray, track_cam: np.ndarray, counts: list[int], boxes: np.ndarray,
-                 classes: np.ndarray, owner: np.ndarray, frames: int, high: np.ndarray, low: np.ndarray,
-                 valid: np.ndarray, before: np.ndarray, recent: np.ndarray, track_looks: np.ndarray,
-                 det_looks: np.ndarray, unseen_for: np.ndarray) -> None:
-        self.n_tracks, self.n_dets = len(state), len(boxes)
-        self.matched = np.full(len(boxes), -1)  # detection -> index into `state` of its track
-        self.dropped = np.zeros(len(boxes), bool)  # duplicates: neither published nor tracked
-        self.any = bool(self.n_tracks and self.n_dets)
-        if not self.any:
-            self._high = high
-            return
-        self.tpad = _padded(track_cam, counts, frames, self.n_tracks)
-        self.dpad = _padded(owner, np.bincount(owner, minlength=frames).tolist(), frames, self.n_dets)
-        self.track_ok = self.tpad < self.n_tracks
-        self.free_track = self.track_ok.copy()
-        filler = np.zeros((1, _COLUMNS))
-        filler[0, _CLASS] = -1
-        tracks = np.concatenate([state, filler])[self.tpad]  # every column at once: [frames, most tracks, columns]
-        flags = _pad(np.stack([high, low, valid], axis=1), self.dpad, False)
-        self.high, self.low, self.valid = flags[..., 0], flags[..., 1], flags[..., 2]
-        self.free_high = self.high.copy()
-        self.dup = np.zeros_like(self.high)
-        self.tboxes = _boxes(tracks)  # predicted
-        self.last = tracks[..., _LAST]
-        self.dboxes = _pad(boxes, self.dpad, 0.0)
-        self.other = tracks[..., _CLASS][:, :, None] != _pad(classes, self.dpad, -1)[:, None, :]
-        self.confirmed = tracks[..., _CONFIRMED] > 0
-        self.steady = tracks[..., _HITS] >= STEADY_HITS
-        self.lost = tracks[..., _SEEN_PTS] < before[:, None]  # unseen in the frame before this one too
-        self.recent = _pad(recent, self.tpad, False)  # seen within max_age_s
-        known_t, known_d = ~np.isnan(track_looks[:, 0]), ~np.isnan(det_looks[:, 0])
-        self.has_look = _pad(known_t, self.tpad, False)
-        self.tlooks, self.dlooks = track_looks, det_looks  # unpadded: read for few pairs
-        self.any_look = bool(known_t.any() and known_d.any())
-        self.unseen_for = _pad(unseen_for, self.tpad, 0.0)
-        self.velocity = tracks[..., 4:6]
-        self.speed = np.hypot(self.velocity[..., 0], self.velocity[..., 1])
-        self.size = np.sqrt(np.maximum(tracks[..., 2] * tracks[..., 3], 1.0))
-        self.moving = self.steady & (self.speed >= MOVING * self.size)
-        if not self.moving.any():
-            self.moving = None
-        self._dd = None
-        self._overlaps: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # buffer -> boxes, inter, IoU
-
-    def cost(self, buffer: float = 0.0, seen_where: bool = False) -> np.ndarray:
-        """[frames, tracks, detections]: 1 - IoU of the boxes grown by `buffer` of their size on
-        each side (with `steady` and `lost`: a steady track at its predicted box, a lost one where
-        it was last seen, one both at whichever fits better: `seen_where`), plus CLASS_MISMATCH for another
-        class and DIRECTION_WEIGHT for a box behind a moving track."""
-        boxes, _, iou = self._overlap(buffer)
-        if seen_where and self.lost.any():
-            seen = _iou(_grown(self.last, buffer), boxes)
-            iou = np.maximum(np.where(self.steady[:, :, None], iou, 0.0), np.where(self.lost[:, :, None], seen, 0.0))
-        cost = 1 - iou + CLASS_MISMATCH * self.other
-        if self.moving is not None:  # only pairs that overlap can match (any other costs 1 or more)
-            b, t, d = np.nonzero((iou > 0) & self.moving[:, :, None])
-            cost[b, t, d] = cost[b, t, d] + DIRECTION_WEIGHT * self._backwards(boxes[b, d], b, t)
-        return cost
-
-    def _overlap(self, buffer: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The detections' boxes grown by `buffer`, and their intersections and IoU with the
-        tracks' predicted boxes grown alike (worked out once a round: the passes share them)."""
-        found = self._overlaps.get(buffer)
-        if found is None:
-            boxes, tracks = _grown(self.dboxes, buffer), _grown(self.tboxes, buffer)
-            inter = _intersections(tracks, boxes)
-            found = self._overlaps[buffer] = (boxes, inter, _iou(tracks, boxes, inter))
-        return found
-
-    def refind_cost(self) -> np.ndarray:
-        """[frames, tracks, detections]: 1 - the similarity of looks of each lost track and box, plus
-        CLASS_MISMATCH for another class; infinite for a box out of the track's reach (from where
-        it was last seen: REACH of its size per second unseen, plus 1.5 times its speed), of
-        another size (half or twice its size or more) or with no look."""
-        cost = np.full(self.tpad.shape + self.dpad.shape[1:], np.inf)
-        b, t, d = np.nonzero(self.lost[:, :, None] & self.has_look[:, :, None] & self.free_high[:, None, :]
-                             & self.free_track[:, :, None])
-        if not len(b):
-            return cost
-        last, box = self.last[b, t], self.dboxes[b, d]
-        size = self.size[b, t]
-        gap = self.unseen_for[b, t]
-        reach = size * (1 + REACH * gap) + 1.5 * self.speed[b, t] * gap
-        dist = np.hypot((box[:, 0] + box[:, 2] - last[:, 0] - last[:, 2]) / 2,
-                        (box[:, 1] + box[:, 3] - last[:, 1] - last[:, 3]) / 2)
-        ratio = np.sqrt(np.maximum((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), 1.0)) / size
-        alike = similarity(self.tlooks[self.tpad[b, t]], self.dlooks[self.dpad[b, d]])
-        ok = (dist <= reach) & (ratio > 0.5) & (ratio < 2) & ~np.isnan(alike)
-        cost[b[ok], t[ok], d[ok]] = 1 - alike[ok] + CLASS_MISMATCH * self.other[b[ok], t[ok], d[ok]]
-        return cost
-
-    def _backwards(self, boxes: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """For pairs of a moving track (b, t) and a box: 0 where the box lies ahead of the track
-        (from where it was last seen, along its velocity) or near it, up to 1 straight behind
-        (OC-SORT's momentum, Cao et al. 2023)."""
-        last, v, speed = self.last[b, t], self.velocity[b, t], self.speed[b, t]
-        dx = (boxes[:, 0] + boxes[:, 2]) / 2 - (last[:, 0] + last[:, 2]) / 2
-        dy = (boxes[:, 1] + boxes[:, 3]) / 2 - (last[:, 1] + last[:, 3]) / 2
-        dist = np.hypot(dx, dy)
-        cos = (dx * v[:, 0] + dy * v[:, 1]) / np.maximum(dist * speed, 1e-9)
-        return (1 - cos) / 2 * np.minimum(1.0, dist / (NEAR * self.size[b, t]))
-
-    def match(self, cost: np.ndarray, tracks: np.ndarray, confident: bool, limit: np.ndarray,
-              looks: bool = True) -> list[np.ndarray]:
-        """Match the unmatched `tracks` (mask [frames, most tracks]) with the unmatched
-        confident detections (`confident`) or the weak ones, per camera, by minimum total cost,
-        pairs costing `limit` (per camera) or more excluded -> the tracks matched, camera by
-        camera, in row order. Where no track nor detection of a camera has two pairs under its
-        limit, those pairs are the matching; the other cameras go to lap.lapjv (its call costs
-        20-30 us even for a 3 x 3 problem, more than the rest of a pass). There, where motion
-        alone cannot decide, unlike looks add up to LOOK_WEIGHT to a pair's cost (`looks`)."""
-        rows = tracks & self.free_track
-        cols = self.free_high if confident else self.low
-        allowed = (cost < limit[:, None, None]) & rows[:, :, None] & cols[:, None, :]
-        simple = (allowed.sum(axis=2) <= 1).all(axis=1) & (allowed.sum(axis=1) <= 1).all(axis=1)
-        b, r, c = np.nonzero(allowed & simple[:, None, None])
-        out = [self._matched(b, r, c, confident)] if len(b) else []
-        for b in np.flatnonzero(~simple).tolist():
-            r, c = np.flatnonzero(rows[b]), np.flatnonzero(cols[b])
-            sub, most = cost[b][np.ix_(r, c)], float(limit[b])
-            if looks and self.any_look:
-                unlike = 1 - similarity(self.tlooks[self.tpad[b, r]][:, None, :], self.dlooks[self.dpad[b, c]][None, :, :])
-                most += LOOK_WEIGHT
-                sub = np.where(allowed[b][np.ix_(r, c)], sub + LOOK_WEIGHT * np.nan_to_num(unlike, nan=0.0), most + 1)
-            pairs = np.array(assign(sub, most)[0], np.int64).reshape(-1, 2)
-            out.append(self._matched(b, r[pairs[:, 0]], c[pairs[:, 1]], confident))
-        return out
-
-    def _matched(self, b, r: np.ndarray, c: np.ndarray, confident: bool) -> np.ndarray:
-        self.free_track[b, r] = False
-        if confident:
-            self.free_high[b, c] = False
-        tracks = self.tpad[b, r]
-        self.matched[self.dpad[b, c]] = tracks
-        return tracks
-
-    def wants(self, tracks: np.ndarray) -> bool:
-        """Whether a camera has unmatched `tracks` and unmatched confident detections."""
-        rows = tracks & self.free_track
-        return bool((rows.any(axis=1) & self.free_high.any(axis=1)).any())
-
-    def drop_duplicates(self) -> None:
-        """Confident detections left over a confident one matched by DUPLICATE_IOU or more: dropped."""
-        taken = self.high & ~self.free_high & ~self.dup  # matched (a duplicate drops nothing more)
-        if not (taken.any() and self.free_high.any()):
-            return
-        if self._dd is None:
-            self._dd = _iou(self.dboxes, self.dboxes)
-        dup = self.free_high & (np.where(taken[:, None, :], self._dd, 0.0).max(axis=2) >= DUPLICATE_IOU)
-        self.free_high &= ~dup
-        self.dup |= dup
-        self.dropped = _unpad(self.dup, self.dpad, self.n_dets)
-
-    def unmatched_tracks(self) -> np.ndarray:
-        """[tracks]: not matched this round."""
-        return _unpad(self.free_track, self.tpad, self.n_tracks) if self.any else np.ones(self.n_tracks, bool)
-
-    def fresh(self) -> np.ndarray:
-        """[detections]: confident, unmatched and not a duplicate: each starts a track."""
-        return _unpad(self.free_high, self.dpad, self.n_dets) if self.any else self._high
-
-    def covered(self) -> np.ndarray:
-        """[tracks]: the largest share of each track's predicted box one valid detection covers."""
-        if not self.any:
-            return np.zeros(self.n_tracks)
-        t = self.tboxes
-        area = np.maximum((t[..., 2] - t[..., 0]) * (t[..., 3] - t[..., 1]), 1e-9)
-        inter = np.where(self.valid[:, None, :], self._overlap(0.0)[1], 0.0)
-        return _unpad(inter.max(axis=2) / area, self.tpad, self.n_tracks)
-
-    def over_live(self, state: np.ndarray, live: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-        """[detections]: the fresh ones over a live track (as it is now) by OVERLAP_IOU or more."""
-        if not self.any or not fresh.any():
-            return np.zeros(self.n_dets, bool)
-        iou = np.where(_pad(live, self.tpad, False)[:, :, None], _iou(_boxes(_pad(state[:, :4], self.tpad, 0.0)),
-                                                                      self.dboxes), 0.0)
-        return _unpad(iou.max(axis=1) >= OVERLAP_IOU, self.dpad, self.n_dets)
-
-
 # ---------------------------------------------------------------------- array helpers
-def _padded(group: np.ndarray, counts: list[int], groups: int, n: int | None = None) -> np.ndarray:
-    """[groups, most]: the indices of each group's items (items sorted by group), `n` = padding."""
-    n = len(group) if n is None else n
-    out = np.full((groups, max(counts, default=0)), n)
-    starts = np.cumsum([0, *counts[:-1]])
-    out[group, np.arange(len(group)) - np.repeat(starts, counts)] = np.arange(len(group))
-    return out
-
-
-def _pad(values: np.ndarray, index: np.ndarray, fill) -> np.ndarray:
-    """values[index], the padding index given `fill`."""
-    values = np.asarray(values)
-    filler = np.full((1, *values.shape[1:]), fill, values.dtype)
-    return np.concatenate([values, filler])[index]
-
-
-def _unpad(padded: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n + 1, padded.dtype)
-    out[index] = padded
-    return out[:n]
-
-
-def _boxes(state: np.ndarray) -> np.ndarray:
-    """The motion states as xyxy boxes."""
-    cx, cy, w, h = state[..., 0], state[..., 1], state[..., 2], state[..., 3]
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
-
-
 def _iou(a: np.ndarray, b: np.ndarray, inter: np.ndarray | None = None) -> np.ndarray:
     """[..., N, 4] x [..., M, 4] (xyxy, float64) -> IoU [..., N, M] (`inter`: their intersections, if known)."""
     inter = _intersections(a, b) if inter is None else inter
@@ -749,60 +443,6 @@ def _iou(a: np.ndarray, b: np.ndarray, inter: np.ndarray | None = None) -> np.nd
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     union = area_a[..., :, None] + area_b[..., None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _predict(state: np.ndarray, t: np.ndarray) -> None:
-    """Move each track's motion on to media time t[i]. An unseen track (not seen at its state's
-    time) keeps its size (as ByteTrack: a box shrinking behind another would vanish), and, unless
-    a detection covered it (it is behind another object and goes on), its speed falls by e every
-    DECAY_S: an object no longer seen is more likely stopped than going on."""
-    unseen = state[:, _SEEN_PTS] < state[:, _T]
-    state[unseen, 6:8] = 0.0
-    dt = t - state[:, _T]
-    state[:, _T] = np.maximum(t, state[:, _T])
-    go = dt > 0
-    if not go.any():
-        return
-    g, dt = state[go], dt[go][:, None]
-    decay = (unseen & (state[:, _OCCLUDED] == 0))[go]
-    if decay.any():
-        g[decay, 4:6] *= np.exp(-dt[decay] / DECAY_S)
-    steps = dt / _STEP_S
-    w, h = np.maximum(g[:, 2:3], 1.0), np.maximum(g[:, 3:4], 1.0)
-    qw, qh = (_STD_POSITION * w) ** 2 * steps, (_STD_POSITION * h) ** 2 * steps  # process noise per scale
-    rw, rh = (_STD_VELOCITY * w / _STEP_S) ** 2 * steps, (_STD_VELOCITY * h / _STEP_S) ** 2 * steps
-    q, r = np.concatenate([qw, qh, qw, qh], axis=1), np.concatenate([rw, rh, rw, rh], axis=1)
-    a, b, c = g[:, _P00], g[:, _P01], g[:, _P11]
-    g[:, _X] += g[:, _V] * dt
-    g[:, _P00], g[:, _P01], g[:, _P11] = a + 2 * dt * b + dt * dt * c + q, b + dt * c, c + r
-    g[:, 2:4] = np.maximum(g[:, 2:4], 1.0)
-    state[go] = g
-
-
-def _correct(state: np.ndarray, tracks: np.ndarray, boxes: np.ndarray) -> None:
-    """Correct the motion of state[tracks] with measured boxes."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    w, h = np.maximum(x2 - x1, 1.0), np.maximum(y2 - y1, 1.0)
-    rw, rh = (_STD_POSITION * w) ** 2, (_STD_POSITION * h) ** 2  # measurement noise per scale
-    z = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, w, h], axis=1)
-    r = np.stack([rw, rh, rw, rh], axis=1)
-    g = state[tracks]
-    a, b, c = g[:, _P00], g[:, _P01], g[:, _P11]
-    gain = 1 / (a + r)
-    k0, k1 = a * gain, b * gain
-    innovation = z - g[:, _X]
-    g[:, _X] += k0 * innovation
-    g[:, _V] += k1 * innovation
-    g[:, _P00], g[:, _P01], g[:, _P11] = (1 - k0) * a, (1 - k0) * b, c - k1 * b
-    state[tracks] = g
-
-
-def _grown(boxes: np.ndarray, buffer: float) -> np.ndarray:
-    """xyxy boxes grown by `buffer` of their width and height on each side."""
-    if not buffer or boxes.size == 0:
-        return boxes
-    pad = np.stack([boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], axis=-1) * buffer
-    return boxes + np.concatenate([-pad, pad], axis=-1)
 
 
 # ---------------------------------------------------------------------- one camera, and a lane's cameras
