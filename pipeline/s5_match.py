@@ -123,36 +123,34 @@ def _bhattacharyya(a, b):
 @_jit
 def _assign(cost, limit):
     """Minimum-cost matching of the rows of `cost` [R, C] to its columns, a pair costing `limit`
-    or more never matched (lap.lapjv's extended problem: each row and column may instead stay
-    unmatched at limit / 2) -> each row's column, -1 for none. The Hungarian method with
-    potentials (Kuhn-Munkres; O((R + C)^3), for the few tracks of one camera in conflict)."""
+    or more never matched -> each row's column, -1 for none. The problem lap.lapjv solves when
+    it extends the matrix (a row or column left out costs limit / 2), as its equivalent: each
+    row takes a column at cost - limit, or one of R free columns at 0 (left out); the Hungarian
+    method with potentials on that R x (C + R) matrix (Kuhn-Munkres, O(R^2 (C + R)))."""
     rows, cols = cost.shape
-    n = rows + cols
-    big = limit + 1.0
-    a = np.zeros((n + 1, n + 1))
+    n, m = rows, cols + rows
+    a = np.zeros((n + 1, m + 1))  # 1-based; the columns after `cols` are the free ones
     for i in range(1, n + 1):
-        for j in range(1, n + 1):
-            if i <= rows and j <= cols:
-                c = cost[i - 1, j - 1]
-                a[i, j] = c if c < big else big  # (an infinite cost too: never matched)
-            elif i <= rows or j <= cols:
-                a[i, j] = limit / 2
-    u, v = np.zeros(n + 1), np.zeros(n + 1)
-    p, way = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
+        for j in range(1, cols + 1):
+            c = cost[i - 1, j - 1]
+            a[i, j] = c - limit if c < limit else 1.0  # (an infinite cost too: never matched)
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    p, way = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)
+    minv, used = np.empty(m + 1), np.empty(m + 1, np.bool_)
     for i in range(1, n + 1):
         p[0], j0 = i, 0
-        minv, used = np.full(n + 1, np.inf), np.zeros(n + 1, np.bool_)
+        minv[:], used[:] = np.inf, False
         while True:
             used[j0] = True
             i0, delta, j1 = p[j0], np.inf, 0
-            for j in range(1, n + 1):
+            for j in range(1, m + 1):
                 if not used[j]:
                     cur = a[i0, j] - u[i0] - v[j]
                     if cur < minv[j]:
                         minv[j], way[j] = cur, j0
                     if minv[j] < delta:
                         delta, j1 = minv[j], j
-            for j in range(n + 1):
+            for j in range(m + 1):
                 if used[j]:
                     u[p[j]] += delta
                     v[j] -= delta
@@ -168,7 +166,7 @@ def _assign(cost, limit):
     col_of = np.full(rows, -1, np.int64)
     for j in range(1, cols + 1):
         i = p[j]
-        if 1 <= i <= rows and cost[i - 1, j - 1] < limit:
+        if i >= 1 and cost[i - 1, j - 1] < limit:
             col_of[i - 1] = j - 1
     return col_of
 
@@ -278,7 +276,7 @@ def _match(cost, rows, cols, limit, confident, looks, step, ts, ds, tlooks, dloo
                 if allowed[i, j]:
                     pairs_r[i], pairs_c[i] = i, j
     else:
-        r, c = np.flatnonzero(rows), np.flatnonzero(cols)
+        r, c = np.flatnonzero(per_row), np.flatnonzero(per_col)  # (a track or box with no pair under the limit stays out)
         sub, most = np.empty((len(r), len(c))), limit
         if looks:
             most = limit + LOOK_WEIGHT
