@@ -77,12 +77,15 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: s
 
 
 def _detection(d: Detection, tracked: bool) -> dict:
-    out = {"class_id": d.class_id, "label": d.label, "confidence": d.confidence, "bbox": list(d.bbox)}
-    if tracked:
-        out["track_id"] = d.track_id
-        if d.track_id is not None and d.track_class_id is not None:
-            out["track_class_id"], out["track_label"] = d.track_class_id, d.track_label
-    return out
+    # one per object and message: the tuple unpacked once (a NamedTuple's fields are descriptors),
+    # the box as the tuple it is (orjson writes a tuple as an array)
+    class_id, label, confidence, bbox, track_id, track_class_id, track_label = d
+    if not tracked:
+        return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox}
+    if track_id is None or track_class_id is None:
+        return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id}
+    return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id,
+            "track_class_id": track_class_id, "track_label": track_label}
 
 
 def camera_status(state: CameraState, previous: CameraState | None) -> str:

@@ -172,6 +172,9 @@ step_tests() {  # one claim per test, written as it ends; no line for an expecte
   timeout "$(limit 40)" "$PY" -m pytest -q -p no:cacheprovider --collect-only "${select[@]}" "$GPU_TESTS" \
     > "$WORK/expected.txt" 2>> "$LOG"
   cat "$WORK/expected.txt" >> "$LOG"
+  # the tracker's compiled round (numba), built once into the tree's cache before any test's clock runs
+  timeout "$(limit 120)" "$PY" -c "import time; t = time.time(); from pipeline.s5_match import warm; warm(); \
+print(f'tracker round compiled in {time.time() - t:.1f} s')" >> "$LOG" 2>&1
   GPU_CHECK_REQUIRE=$required timeout --kill-after=10 "$(limit 200)" "$PY" -m pytest -q -p no:cacheprovider \
     -W ignore::DeprecationWarning --timeout "$TEST_TIMEOUT" --timeout-method=thread -rs "${select[@]}" "$GPU_TESTS" >> "$LOG" 2>&1
   rc=$?

@@ -484,6 +484,9 @@ def main() -> int:
 
 def one_process(args, bootstrap: str) -> dict:
     from pipeline.config import ModelConfig
+    from pipeline.s5_match import warm
+
+    warm()  # the tracker's compiled round, read or built before the clock runs (the daemon does it at start)
 
     work = Path(tempfile.mkdtemp(prefix="bench-host-"))
     scene = Scene(args.objects, len(describe_onnx(ModelConfig(path=MODELS[args.model])).labels))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where pip can reach the package registry: gather what the GPU checks need on the GPU test
 # machine, which has no internet (Python 3.12 x86-64 with numpy, onnxruntime, Pillow, PyYAML,
-# aiohttp, prometheus-client and the CUDA toolkit, but no PyAV, pydantic, aiokafka, lap, orjson,
+# aiohttp, prometheus-client, numba and the CUDA toolkit, but no PyAV, pydantic, aiokafka, lap, orjson,
 # PyNvVideoCodec or pycuda), into .whl/ for scripts/gpu_check.sh:
 #   .whl/gpu-site.tar.xz    the packages, installed for cp312, with MANIFEST.txt (name==version)
 #   .whl/pycuda-*.tar.gz    pycuda's sdist: it has no Linux wheels; built there when the wheel
