@@ -66,7 +66,6 @@ from pipeline.s5_match import (  # the track state's columns and the motion's no
     LAST as _LAST, LAST_SEEN as _LAST_SEEN, MISSED as _MISSED, OCCLUDED as _OCCLUDED, P00 as _P00,
     P11 as _P11, PUBLISHED as _PUBLISHED, SEEN_PTS as _SEEN_PTS, STD_POSITION as _STD_POSITION,
     STD_VELOCITY as _STD_VELOCITY, STEP_S as _STEP_S, T as _T, X as _X)
-from pipeline.s5_match import assign as match_assign
 from pipeline.s5_match import associate, over_live, sighted, warm
 from pipeline.s5_postprocess import BatchDetections
 
@@ -90,18 +89,6 @@ def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     return np.maximum(w, 0.0, out=w) * np.maximum(h, 0.0, out=h)
-
-
-def assign(cost: np.ndarray, limit: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Minimum-cost one-to-one matching of rows to columns, pairs costing `limit` or more
-    excluded -> (matches, unmatched rows, unmatched columns)."""
-    rows, cols = cost.shape
-    if rows == 0 or cols == 0:
-        return [], list(range(rows)), list(range(cols))
-    col_of = match_assign(cost, limit).tolist()
-    matches = [(r, c) for r, c in enumerate(col_of) if c >= 0]
-    taken = {c for _, c in matches}
-    return matches, [r for r, c in enumerate(col_of) if c < 0], [c for c in range(cols) if c not in taken]
 
 
 # ---------------------------------------------------------------------- settings and results
