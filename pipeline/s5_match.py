@@ -382,26 +382,37 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
             other[i, j] = 1.0 if state[ts + i, CLASS] != classes[ds + j] else 0.0
         covered[ts + i] = most / area
     wanted = np.empty(nt, np.bool_)
+    # only tracks seen within max_age_s are matched by where they are or were (1-4); a lost track
+    # (unseen longer) is only found again by its look (5)
     # 1: confirmed tracks seen within max_age_s against the confident detections
     plain = _cost(iou, other, moving, dets, last, velocity, speed, size)
     for i in range(nt):
         wanted[i] = confirmed[i] and recent[ts + i] and free_track[ts + i]
     _match(plain, wanted, free_high[ds:ds + nd], match_lim[b], True, any_look, 1, ts, ds, tlooks, dlooks,
            free_track, free_high, matched, pass_of)
-    # 2: those still unmatched against the weak detections
+    # 2: those still unmatched against the weak detections: a partly hidden object is often seen
+    # only weakly (ByteTrack's second pass)
     for i in range(nt):
         wanted[i] = confirmed[i] and recent[ts + i] and free_track[ts + i]
     _match(plain, wanted, low[ds:ds + nd], low_lim[b], False, any_look, 2, ts, ds, tlooks, dlooks,
            free_track, free_high, matched, pass_of)
+    # a confident box left over an object matched so far is that object again (the detector's
+    # other class for it): the passes with grown boxes below must not give it to a neighbour
     _drop_duplicates(ds, nd, dets, high, free_high, dup)
-    # 3: steady and lost tracks against the confident detections left, boxes grown (C-BIoU)
+    # 3: steady and lost tracks against the confident detections left, boxes grown by half their
+    # size (C-BIoU, Yang et al. 2023): an object hidden behind another is seen shrinking before it
+    # goes, so its prediction lags or turns back, and it comes out ahead of it (tracking scenes:
+    # IDF1 0.92 -> 0.96 on average over 25/10/7/5 fps, line-crossing errors 22 -> 10 of 376); only
+    # tracks seen 3+ times, a young one's speed is noise. A lost track (unseen in the frame before
+    # this one too) is also looked for where it was last seen: whichever place fits a box better
     for i in range(nt):
         wanted[i] = confirmed[i] and recent[ts + i] and (steady[i] or lost[i]) and free_track[ts + i]
     if wanted.any():
         _match(_cost(iou_where, other, moving, grown_dets, last, velocity, speed, size), wanted,
                free_high[ds:ds + nd], match_lim[b], True, any_look, 3, ts, ds, tlooks, dlooks, free_track, free_high,
                matched, pass_of)
-    # 4: tentative tracks against the confident detections left, boxes grown
+    # 4: tentative tracks against the confident detections left, boxes grown: a new track has no
+    # speed yet, and a small fast object sampled at a few fps moves further than its own size
     for i in range(nt):
         wanted[i] = not confirmed[i] and free_track[ts + i]
     if wanted.any():
@@ -409,7 +420,9 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
                free_high[ds:ds + nd], match_lim[b], True, any_look, 4, ts, ds, tlooks, dlooks, free_track, free_high,
                matched, pass_of)
     _drop_duplicates(ds, nd, dets, high, free_high, dup)
-    # 5: lost confirmed tracks with a look against the confident detections left, by their looks
+    # 5: lost confirmed tracks with a look against the confident detections left, by their looks,
+    # within the reach of their motion: an object that came out from behind a larger one far from
+    # where it went in, or stood hidden longer than max_age_s (issue 35)
     for i in range(nt):
         wanted[i] = confirmed[i] and lost[i] and has_look[i] and free_track[ts + i]
     if wanted.any():
