@@ -30,7 +30,7 @@ from pipeline.config import CameraConfig, Config, ConfigError, load_config
 from pipeline.core import CameraState, EngineError, FrameResult, ModelRef
 from pipeline.fleet import CAMERA_JOIN_S, Fleet
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, choose_path, nvdec_problem, probe
-from pipeline.lanes import Lane, Lanes
+from pipeline.lanes import Lanes, Route
 from pipeline.logs import add_secrets, log_event
 from pipeline.messages import encode_detections, encode_status, rfc3339_ms
 from pipeline.metrics import Metrics
@@ -86,7 +86,7 @@ class Runtime:
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics, producer_factory)
         self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
-        self._fleet = Fleet(lambda camera: self._lanes.lane_for(camera), self._make_worker,
+        self._fleet = Fleet(lambda camera: self._lanes.lanes_for(camera), self._make_worker,
                             self.preview.forget if self.preview is not None else lambda camera_id: None)
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
@@ -193,7 +193,7 @@ class Runtime:
         library is one line at start, not an error loop in every camera). With gpu.decoder auto
         the cameras are then decoded on the CPU; with nvdec the start fails."""
         cfg = self.config
-        path = choose_path(cfg.model.backend, cfg.gpu.decoder, self._gpu_probe())
+        path = choose_path(cfg.backend, cfg.gpu.decoder, self._gpu_probe())
         if path.decoder != "nvdec":
             return path
         problem = await asyncio.to_thread(self._nvdec_check)
@@ -207,10 +207,10 @@ class Runtime:
         log_event(log, logging.WARNING, "NVDEC unusable; decoding on the CPU (PyAV) instead", why=problem)
         return PathChoice(path.backend, "pyav", f"{path.why}; {problem}")
 
-    def _make_worker(self, camera: CameraConfig, lane: Lane) -> CameraWorker:
-        """A camera's (unstarted) worker, feeding its lane's batcher."""
-        return self._worker_factory(camera, self.config.source, self._lanes.decoder_for(camera, lane),
-                                    lane.batcher.put, self.metrics, self._on_camera_state)
+    def _make_worker(self, camera: CameraConfig, route: Route) -> CameraWorker:
+        """A camera's (unstarted) worker, feeding its models' batchers (decoded once for all)."""
+        return self._worker_factory(camera, self.config.source, self._lanes.decoder_for(camera, list(route.lanes)),
+                                    route.put, self.metrics, self._on_camera_state)
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
@@ -254,18 +254,30 @@ class Runtime:
             log_event(log, logging.WARNING, "config changes outside cameras take effect at the next start",
                       sections=list(plan.needs_restart))
         add_secrets(new.secrets())
+        old = self.config
         self.config = self.config.model_copy(update={"cameras": new.cameras})
-        changed = [c.id for c in plan.changed]
+        reroute = [c.id for c in plan.changed if self._reroutable(old, c)]
+        changed = [c.id for c in plan.changed if c.id not in reroute]
         if self._grouped:  # the group places added cameras; a changed one restarts where it ran
-            await self._fleet.converge(lambda running: [c for c in new.cameras if c.id in running], restart=changed)
+            change = await self._fleet.converge(lambda running: [c for c in new.cameras if c.id in running],
+                                                restart=changed, reroute=reroute)
             self._placement.request_rejoin()  # the leader plans with the new list
         else:
-            await self._fleet.converge(new.cameras, restart=changed)
+            change = await self._fleet.converge(new.cameras, restart=changed, reroute=reroute)
         self.metrics.config_reloads.labels("applied").inc()
         log_event(log, logging.INFO, "config reloaded", added=[c.id for c in plan.added],
-                  removed=list(plan.removed), changed=changed,
+                  removed=list(plan.removed), changed=changed, models_changed=change.rerouted,
                   unchanged=len(new.cameras) - len(plan.added) - len(plan.changed))
         return True
+
+    def _reroutable(self, old: Config, camera: CameraConfig) -> bool:
+        """Whether a camera changed by a reload keeps its decode: only its models changed, and on
+        the GPU path its decoder's frame pool (sized by its models' lanes) is deep enough."""
+        before = next(c for c in old.cameras if c.id == camera.id)
+        if before.model_copy(update={"models": camera.models}) != camera:
+            return False
+        grows = len(self.config.models_of(camera)) > len(old.models_of(before))
+        return not (grows and self._path is not None and self._path.decoder == "nvdec")
 
     def _capture_signals(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
@@ -300,7 +312,7 @@ class Runtime:
         self._stop.set()
 
     # ------------------------------------------------------------------ thread -> loop hand-offs
-    def _emit_results(self, model: ModelRef, label: str, results: list[FrameResult]) -> None:
+    def _emit_results(self, model: ModelRef, label: str, topic: str, results: list[FrameResult]) -> None:
         """Called on a lane's inference thread, once a batch: counts each frame (`label` names its
         model in the per-model metrics), encodes the batch's messages here, off the loop, and
         hands them to the publisher in one call."""
@@ -309,10 +321,10 @@ class Runtime:
             frames, detections = self._model_counters(cam, label)
             frames.inc()
             detections.inc(len(result.detections))
-        self._call_in_loop(self._encode_and_offer, results, model)
+        self._call_in_loop(self._encode_and_offer, results, model, topic)
 
-    def _encode_and_offer(self, results, model):
-        topic, empty = self.config.kafka.topic, self.config.kafka.publish_empty
+    def _encode_and_offer(self, results, model, topic):
+        empty = self.config.kafka.publish_empty
         messages = []
         for result in results:
             cam = result.meta.camera_id

@@ -225,9 +225,10 @@ def _build_engines(config: Config, force: bool) -> int:
         found = probe()
         choose_path("tensorrt", "pyav", found)  # says what is missing on this machine
         for index in config.gpu.devices or range(found.devices):
-            plan = engine_cache.plan_for(config.model, Gpu(index), config.batching.max_batch, force=force,
-                                         confidence=config.lowest_confidence(config.model))
-            print(f"GPU {index}: {plan}")
+            for name, model in config.detectors().items():
+                plan = engine_cache.plan_for(model, Gpu(index), config.batching.max_batch, force=force,
+                                             confidence=config.lowest_confidence(model))
+                print(f"GPU {index}, model {name}: {plan}")
     except (PipelineError, OSError, RuntimeError) as exc:
         log_event(log, logging.ERROR, "cannot build the engine", error=str(exc))
         return EXIT_FAILURE

@@ -78,7 +78,8 @@ class ModelConfig(_Strict):
     confidence: float = Field(0.25, gt=0, le=1, description="minimum detection confidence")
     iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS merges boxes")
     input_size: int = Field(
-        640, ge=64, le=2048, multiple_of=32, description="long side of the model input (dynamic models)"
+        640, ge=64, le=2048, multiple_of=32, description="long side of the model input (dynamic models); "
+        "default: the size the model was exported at (ultralytics' `imgsz` metadata), else 640"
     )
     max_detections: int = Field(300, ge=1, le=10000, description="most detections kept per frame")
     layout: Literal["auto", "yolov8", "yolov5", "end2end"] = Field(
@@ -95,6 +96,19 @@ class ModelConfig(_Strict):
     )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
+
+
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEFAULT_MODEL = "default"  # how cameras name the top-level `model`
+CANARY_MODEL = "canary"  # the lane name of `canary.model`, which replaces `model` on its cameras
+
+
+class NamedModelConfig(ModelConfig):
+    """One of several models a node runs (`models:`): a model's settings, and where its messages go."""
+
+    topic: str | None = Field(
+        None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Kafka topic of this model's detections (default: kafka.topic)")
 
 
 class BatchingConfig(_Strict):
@@ -382,6 +396,9 @@ class CameraConfig(_Strict):
         None, gt=0, le=10000, description="placement: what the camera costs a node, in 1080p-frames/s "
         "(default: its fps, or 25 when every frame is inferred, as if 1080p: a 720p camera at 10 fps "
         "costs about 4.4)")
+    models: list[Annotated[str, Field(pattern=MODEL_NAME)]] | None = Field(
+        None, min_length=1, description="the models this camera's frames go to (each decoded frame is "
+        "inferred by each): names of `models`, and `default` for the top-level `model`; default: [default]")
 
     @field_validator("url")
     @classmethod
@@ -454,7 +471,13 @@ class PlacementConfig(_Strict):
 class Config(_Strict):
     """The whole daemon configuration."""
 
-    model: ModelConfig
+    model: ModelConfig | None = Field(
+        None, description="the detector of the cameras that name no `models` (cameras name it `default`); "
+        "required unless every camera names its models")
+    models: dict[Annotated[str, Field(pattern=MODEL_NAME)], NamedModelConfig] = Field(
+        default_factory=dict, description="more models, by name: a camera lists the ones its frames go to "
+        "(`cameras[].models`); each decoded frame is inferred by each of its camera's models, each model "
+        "batches across its cameras and publishes its own messages (`model.name`: its name here)")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     kafka: KafkaConfig
@@ -481,19 +504,67 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _decoder_needs_gpu_backend(self) -> Config:
-        if self.gpu.decoder == "nvdec" and self.model.backend == "onnxruntime":
+        if self.gpu.decoder == "nvdec" and self.backend == "onnxruntime":
             raise ValueError("gpu.decoder: nvdec keeps frames on the GPU, where ONNX Runtime (CPU) "
                              "cannot read them; use model.backend tensorrt, stub or auto, or gpu.decoder pyav")
         return self
 
     @model_validator(mode="after")
+    def _models_known(self) -> Config:
+        reserved = [name for name in self.models if name in (DEFAULT_MODEL, CANARY_MODEL)]
+        if reserved:
+            raise ValueError(f"models.{reserved[0]}: the name {reserved[0]!r} is taken (`default` names the "
+                             "top-level model, `canary` the canary's); name the model otherwise")
+        known = ([DEFAULT_MODEL] if self.model is not None else []) + list(self.models)
+        for index, camera in enumerate(self.cameras):
+            if camera.models is None and self.model is None:
+                raise ValueError(f"cameras[{index}].models: camera {camera.id} names no models and there is no "
+                                 f"top-level `model`; list the ones it needs ({', '.join(known)}) or add `model`")
+            unknown = [name for name in camera.models or () if name not in known]
+            if unknown:
+                raise ValueError(f"cameras[{index}].models: camera {camera.id} names {', '.join(map(repr, unknown))}, "
+                                 f"not a model here; known: {', '.join(known) or '(none)'}")
+            if len(set(camera.models or ())) != len(camera.models or ()):
+                raise ValueError(f"cameras[{index}].models: camera {camera.id} names a model twice; name each once")
+        backends = {name: m.backend for name, m in self.detectors().items()}
+        if len(set(backends.values())) > 1:
+            listed = ", ".join(f"{name}: {backend}" for name, backend in backends.items())
+            raise ValueError(f"models: one node runs its models on one backend, these differ ({listed}); "
+                             "give them all the same `backend` (auto picks TensorRT where a GPU is usable)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_seq_space_per_topic(self) -> Config:
+        """Consumers check `frame.seq` per (run, camera, model.name) within a topic: two models that
+        publish under one name to one topic would interleave their numbers."""
+        by_key: dict[tuple[str, str], str] = {}
+        for name in self.detectors():
+            if name == CANARY_MODEL:  # serves only cameras the top-level model does not: no camera gets both
+                continue
+            key = (self.topic_of(name), self.message_name(name))
+            if key in by_key:
+                raise ValueError(
+                    f"models.{name}: it and {by_key[key]!r} both publish to topic {key[0]!r} as model {key[1]!r}, "
+                    "so consumers could not tell their frame.seq apart; give one of them its own `topic`, or "
+                    "rename it")
+            by_key[key] = name
+        return self
+
+    @model_validator(mode="after")
     def _canary_cameras_exist(self) -> Config:
         if self.canary is not None:
-            known = {c.id for c in self.cameras}
+            known = {c.id: c for c in self.cameras}
             unknown = [cam for cam in self.canary.cameras if cam not in known]
             if unknown:
                 raise ValueError(f"canary.cameras names cameras that are not in `cameras`: {', '.join(unknown)}; "
                                  "list ids of configured cameras")
+            if self.model is None:
+                raise ValueError("canary: a canary replaces the top-level `model` on its cameras, and there is "
+                                 "none; add `model`, or run the new version as one of `models`")
+            without = [cam for cam in self.canary.cameras if DEFAULT_MODEL not in (known[cam].models or [DEFAULT_MODEL])]
+            if without:
+                raise ValueError(f"canary.cameras: {', '.join(without)} do not use the top-level model (`default`), "
+                                 "which the canary replaces; list cameras that do")
         return self
 
     def tracking_for(self, camera: CameraConfig) -> TrackingConfig:
@@ -511,11 +582,39 @@ class Config(_Strict):
             low.append(self.tracking.low_confidence)
         return min([model.confidence, *low])
 
-    def model_for(self, camera_id: str) -> ModelConfig:
-        """The model a camera is served by: the canary's for its cameras, else the main one."""
-        if self.canary is not None and camera_id in self.canary.cameras:
-            return self.canary.model
-        return self.model
+    @property
+    def backend(self) -> str:
+        """The backend every model runs on (validated to be one)."""
+        return next(iter(self.detectors().values())).backend
+
+    def detectors(self) -> dict[str, ModelConfig]:
+        """Every model this config may load, by lane name: `default` (the top-level model), each of
+        `models`, and `canary` (the canary's)."""
+        found: dict[str, ModelConfig] = {}
+        if self.model is not None:
+            found[DEFAULT_MODEL] = self.model
+        found.update(self.models)
+        if self.canary is not None:
+            found[CANARY_MODEL] = self.canary.model
+        return found
+
+    def models_of(self, camera: CameraConfig) -> list[str]:
+        """The lane names of the models a camera's frames go to, in its order: its `models` (or
+        `default`), with `canary` in place of `default` for the canary's cameras."""
+        names = camera.models or [DEFAULT_MODEL]
+        if self.canary is not None and camera.id in self.canary.cameras:
+            names = [CANARY_MODEL if name == DEFAULT_MODEL else name for name in names]
+        return names
+
+    def topic_of(self, name: str) -> str:
+        """The Kafka topic of one model's detections."""
+        model = self.models.get(name)
+        return (model.topic if model is not None else None) or self.kafka.topic
+
+    def message_name(self, name: str) -> str:
+        """How messages name a model (`model.name`): one of `models` by its name; the top-level
+        model and the canary by their file's name without its suffix, as before `models` existed."""
+        return name if name in self.models else self.detectors()[name].path.stem
 
     def secrets(self) -> set[str]:
         """Strings that must never appear in logs, metrics or messages."""
@@ -711,8 +810,9 @@ def _duplicate_ids(cameras: Any, path: Path, marks: dict) -> list[str]:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    canary = data.get("canary")
-    for model in (data.get("model"), canary.get("model") if isinstance(canary, dict) else None):
+    canary, named = data.get("canary"), data.get("models")
+    for model in (data.get("model"), canary.get("model") if isinstance(canary, dict) else None,
+                  *(named.values() if isinstance(named, dict) else ())):
         if not isinstance(model, dict):
             continue
         for key in ("path", "labels"):
@@ -731,7 +831,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 
 def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
-    files = [(("model", key), getattr(config.model, key)) for key in ("path", "labels")]
+    files = [(("model", key), getattr(config.model, key)) for key in ("path", "labels") if config.model is not None]
+    files += [(("models", name, key), getattr(model, key)) for name, model in config.models.items()
+              for key in ("path", "labels")]
     if config.canary is not None:
         files += [(("canary", "model", key), getattr(config.canary.model, key)) for key in ("path", "labels")]
     if config.kafka.tls is not None:
@@ -754,8 +856,18 @@ def _describe(err: dict, path: Path, marks: dict, root: type[BaseModel]) -> str:
         message = f"unknown key {loc[-1]!r}; allowed keys here: {', '.join(allowed)}"
     elif err["type"] == "missing":
         message = f"required key {loc[-1]!r} is missing; add it"
+    if not loc and (named := _named_location(message)) is not None:  # a check across sections names its key
+        return f"{path}:{_line(marks, named)}: {message}"
     hint = _field_description(loc, root)
     return f"{path}:{line}: {_dotted(loc) or '(top level)'}: {message}" + (f" ({hint})" if hint else "")
+
+
+def _named_location(message: str) -> tuple | None:
+    """The key a message starts with (`cameras[2].models: ...`) as a location, or None."""
+    match = re.match(r"([A-Za-z_][\w-]*(?:\[\d+\]|\.[\w-]+)*): ", message)
+    if match is None:
+        return None
+    return tuple(int(part) if part.isdigit() else part for part in re.findall(r"[\w-]+", match.group(1)))
 
 
 def _line(marks: dict, loc: tuple) -> int:

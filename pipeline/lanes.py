@@ -1,15 +1,24 @@
 """Lanes: one engine with its batcher, trackers and inference pipeline, and the cameras it serves.
 
-One lane per GPU (cameras put on GPUs by their `gpu:` or evenly) and model: the main model's, and
-a canary's beside it for the cameras `canary:` sends to the canary model; a single lane on the
-CPU path. Lanes are built here from the config, once, at start; the fleet puts cameras on them
-(`lane_for`), and the Runtime starts and stops them.
+One lane per GPU (cameras put on GPUs by their `gpu:` or evenly; the CPU is one "GPU") and model:
+the top-level model's (`default`), each of `models:` that a camera names, and a canary's for the
+cameras `canary:` sends to it instead of the default. A camera is decoded once, on one GPU, and
+each decoded frame goes to the lane of each of its models there (`Route`): each model batches
+across its cameras with its own deadline, tracks on its own and numbers its own messages. Lanes
+are built here from the config, once, at start; the fleet puts cameras on them (`lanes_for`),
+and the Runtime starts and stops them.
+
+Between the models of one GPU (or the CPU) there is no priority: each lane has its own batcher,
+threads and engine, and they share the device as its scheduler (the OS's on the CPU, CUDA's
+streams on a GPU) shares it. A model that cannot keep up drops its own stale or superseded
+frames, counted per camera, and the other models' batchers do not wait for it.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.api.detect import DetectTarget
-from pipeline.config import CameraConfig, Config, ModelConfig
+from pipeline.config import CANARY_MODEL, DEFAULT_MODEL, CameraConfig, Config, ModelConfig
 from pipeline.core import FrameResult, ModelRef
 from pipeline.gpu import PathChoice, TransferCounter, assign_gpus
 from pipeline.inference_worker import InferenceWorker
@@ -35,8 +44,8 @@ from pipeline.s5_track import Trackers, TrackSettings
 log = logging.getLogger(__name__)
 INFERENCE_JOIN_S = 5.0
 
-# Called on a lane's inference thread with its model, a label naming it in metrics, and the results.
-Emit = Callable[[ModelRef, str, list[FrameResult]], None]
+# Called on a lane's inference thread with its model, a label naming it in metrics, its topic and the results.
+Emit = Callable[[ModelRef, str, str, list[FrameResult]], None]
 
 
 @dataclass
@@ -50,12 +59,32 @@ class Lane:
     inference: InferenceWorker
     trackers: Trackers
     detect: DetectTarget  # what /v1/detect sends this lane's images through
-    canary: bool = False  # serves `canary.cameras` with `canary.model`
+    model: str = DEFAULT_MODEL  # which model: `default`, a name of `models`, or `canary`
 
     @property
     def name(self) -> str:
-        """"cpu" or the GPU index, with "-canary" for the canary model's lane."""
-        return f"{'cpu' if self.gpu is None else self.gpu.index}{'-canary' if self.canary else ''}"
+        """"cpu" or the GPU index, with "-" and the model's name for any but the top-level model."""
+        return f"{'cpu' if self.gpu is None else self.gpu.index}{'' if self.model == DEFAULT_MODEL else '-' + self.model}"
+
+
+class Route:
+    """Where one camera's decoded frames go: the batcher of each of its models' lanes. A reload
+    that changes only the camera's models swaps the lanes (its decode goes on)."""
+
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.lanes = tuple(lanes)
+        self._lock = threading.Lock()  # a frame is offered to the old lanes or the new, never after a swap
+
+    def put(self, frame) -> None:
+        """On the camera's thread: offer the frame to each model (each keeps its latest only)."""
+        with self._lock:
+            for lane in self.lanes:
+                lane.batcher.put(frame)
+
+    def swap(self, lanes: list[Lane] | tuple) -> None:
+        """Send frames to `lanes` from now on; once this returns no frame goes to a lane left."""
+        with self._lock:
+            self.lanes = tuple(lanes)
 
 
 class Lanes:
@@ -75,9 +104,9 @@ class Lanes:
     async def build(self, empty: bool) -> None:
         """Load every lane's engine (off the loop); `empty`: each starts with no cameras (with
         placement every lane is made, so that any camera can be taken, and the group fills them)."""
-        for (gpu_index, canary), cameras in self._camera_lanes().items():
+        for (gpu_index, model), cameras in self._camera_lanes().items():
             gpu = None if gpu_index is None else self._gpu(gpu_index)
-            self.all.append(await asyncio.to_thread(self._build_lane, gpu, [] if empty else cameras, canary))
+            self.all.append(await asyncio.to_thread(self._build_lane, gpu, [] if empty else cameras, model))
 
     def start(self) -> None:
         """Start every lane's inference threads."""
@@ -105,8 +134,10 @@ class Lanes:
             gpu.close()
 
     def detect_targets(self) -> list[DetectTarget]:
-        """The main model's lanes, for /v1/detect (a canary's lane serves only its cameras)."""
-        return [lane.detect for lane in self.all if not lane.canary]
+        """The lanes of the top-level model (else of the first of `models`), for /v1/detect (a
+        canary's lane serves only its cameras)."""
+        models = [name for name in self._config().detectors() if name != CANARY_MODEL]
+        return [lane.detect for lane in self.all if models and lane.model == models[0]]
 
     def health(self) -> tuple[bool, dict]:
         """Alive: every lane's inference threads run and its engine freed a buffer in the last 30 s."""
@@ -116,50 +147,53 @@ class Lanes:
         return all(h["healthy"] for h in lanes.values()), {"inference": lanes}
 
     # ------------------------------------------------------------------ cameras on lanes
-    def lane_for(self, camera: CameraConfig) -> Lane | None:
-        """The lane a camera goes to: the one that lists it (put there at start), else of its
-        model (main or canary), its GPU's or the least loaded."""
-        canary = self._is_canary(camera)
-        lanes = [lane for lane in self.all if lane.canary == canary]
-        listed = [lane for lane in lanes if any(c.id == camera.id for c in lane.cameras)]
+    def lanes_for(self, camera: CameraConfig) -> list[Lane] | None:
+        """The lanes a camera's frames go to, one per model it names, all on one GPU: the GPU of
+        a lane that lists it (put there at start), else its `gpu:`, else the least loaded. None
+        (logged) when a model has no lane there: it was added by a reload (needs a restart)."""
+        names = self._config().models_of(camera)
+        listed = [lane for lane in self.all if any(c.id == camera.id for c in lane.cameras)]
         if listed:
-            return listed[0]
-        if camera.gpu is not None and self.path.on_gpu:
-            lanes = [lane for lane in lanes if lane.gpu.index == camera.gpu]
-        if not lanes:
-            log_event(log, logging.ERROR, "camera not started: no lane for its GPU and model; restart to use it",
-                      camera=camera.id, gpu=camera.gpu, canary=canary)
+            gpu = listed[0].gpu
+        elif camera.gpu is not None and self.path.on_gpu:
+            gpu = next((lane.gpu for lane in self.all if lane.gpu.index == camera.gpu), None)
+        else:  # the least loaded by the lanes of its first model
+            first = [lane for lane in self.all if lane.model == names[0]]
+            gpu = min(first, key=lambda lane: len(lane.cameras)).gpu if first else None
+        lanes = [next((lane for lane in self.all if lane.model == name and lane.gpu is gpu), None) for name in names]
+        missing = [name for name, lane in zip(names, lanes) if lane is None]
+        if missing or (gpu is None and self.path.on_gpu):
+            log_event(log, logging.ERROR, "camera not started: no lane for its GPU and models; restart to use it",
+                      camera=camera.id, gpu=camera.gpu, models=missing or names)
             return None
-        return min(lanes, key=lambda lane: len(lane.cameras))
+        return lanes  # type: ignore[return-value]
 
-    def decoder_for(self, camera: CameraConfig, lane: Lane) -> Callable:
-        """The decoder factory of one camera: NVDEC on its lane's GPU, or the CPU decoder."""
+    def decoder_for(self, camera: CameraConfig, lanes: list[Lane]) -> Callable:
+        """The decoder factory of one camera: NVDEC on its lanes' GPU (its frame pool deep enough
+        for every lane to hold its share), or the CPU decoder."""
         if self.path.decoder != "nvdec":
             return self._decoder_factory
         count = functools.partial(lambda cam, kind: self._metrics.source_errors.labels(cam, kind).inc(), camera.id)
-        return functools.partial(nvdec_decoder, gpu=lane.gpu, on_event=count,
-                                 pool_frames=InferenceWorker.frames_in_flight(lane.engine.concurrency))
+        depth = sum(InferenceWorker.frames_in_flight(lane.engine.concurrency) for lane in lanes)
+        return functools.partial(nvdec_decoder, gpu=lanes[0].gpu, on_event=count, pool_frames=depth)
 
-    def _is_canary(self, camera: CameraConfig) -> bool:
-        canary = self._config().canary
-        return canary is not None and camera.id in canary.cameras
-
-    def _camera_lanes(self) -> dict[tuple[int | None, bool], list[CameraConfig]]:
-        """(GPU index or None for the CPU, canary?) -> its cameras, in config order; only pairs
-        with cameras get a lane."""
+    def _camera_lanes(self) -> dict[tuple[int | None, str], list[CameraConfig]]:
+        """(GPU index or None for the CPU, model) -> its cameras, in config order; only pairs with
+        cameras get a lane (with none, the top-level model's, or the first of `models`)."""
         cfg = self._config()
         placed: dict[str, int | None] = {c.id: None for c in cfg.cameras}
         gpus: list[int | None] = [None]
         if self.path.on_gpu:
             gpus = cfg.gpu.devices or list(range(self._gpu_devices()))
             placed = assign_gpus({c.id: c.gpu for c in cfg.cameras}, gpus)
-        lanes: dict[tuple[int | None, bool], list[CameraConfig]] = {}
+        lanes: dict[tuple[int | None, str], list[CameraConfig]] = {}
         for camera in cfg.cameras:
-            lanes.setdefault((placed[camera.id], self._is_canary(camera)), []).append(camera)
+            for model in cfg.models_of(camera):
+                lanes.setdefault((placed[camera.id], model), []).append(camera)
             if placed[camera.id] is not None:
                 self._metrics.camera_gpu.labels(camera.id).set(placed[camera.id])
         # a replica whose share is empty still loads the model: ready, and able to take cameras a reload adds
-        return lanes or {(gpus[0], False): []}
+        return lanes or {(gpus[0], next(iter(cfg.detectors()))): []}
 
     def _gpu(self, index: int):
         """The Gpu of `index`, made once, on the loop's thread: the thread that closes it at
@@ -171,22 +205,23 @@ class Lanes:
         return self.gpus[index]
 
     # ------------------------------------------------------------------ one lane
-    def _build_lane(self, gpu, cameras: list[CameraConfig], canary: bool = False) -> Lane:
-        """Load the engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
+    def _build_lane(self, gpu, cameras: list[CameraConfig], name: str = DEFAULT_MODEL) -> Lane:
+        """Load one model's engine for one GPU (or the CPU) and build its batcher and inference pipeline."""
         cfg, path = self._config(), self.path
-        model = cfg.canary.model if canary else cfg.model
+        model = cfg.detectors()[name]
         gpu_index = None if gpu is None else gpu.index
         lowest = cfg.lowest_confidence(model)
         engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch,
                                      confidence=lowest)
         info = engine.info
-        model_ref = info.ref(engine.backend)
+        model_ref = ModelRef(cfg.message_name(name), info.sha256, engine.backend)
         self._metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
         layout = model.layout if model.layout != "auto" else detect_layout(
             info.output_shape, len(info.labels) or None, info.metadata
         )
         log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
-                  model=info.name, backend=engine.backend, canary=canary)
+                  model=name, file=info.name, backend=engine.backend, topic=cfg.topic_of(name),
+                  input_size=info.input_spec.size)
         max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
                         engine.max_useful_batch or cfg.batching.max_batch)
         if max_batch != cfg.batching.max_batch:
@@ -208,16 +243,27 @@ class Lanes:
             preprocessors = engine.preprocessors(runs + 1, max_batch)
         else:
             preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
-        emit = functools.partial(self._emit, model_ref, f"{info.name}@{info.sha256[:12]}")
-        name = ("" if gpu_index is None else f"gpu{gpu_index}") + ("canary" if canary else "")
+        emit = functools.partial(self._emit, model_ref, f"{model_ref.name}@{info.sha256[:12]}", cfg.topic_of(name))
+        thread = ("" if gpu_index is None else f"gpu{gpu_index}") + ("" if name == DEFAULT_MODEL else name)
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
-                                    emit, self._metrics, name=name,
-                                    keep_pictures=self._preview.offer if self._preview else None,
+                                    emit, self._metrics, name=thread,
+                                    keep_pictures=functools.partial(self._offer_preview, name) if self._preview else None,
                                     track=trackers.track, postprocess_batch=postprocess_batch,
                                     track_batch=trackers.track_batch)
         detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
                               gpu if path.decoder == "nvdec" else None, floor=getattr(engine, "nms_floor", None))
-        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, canary)
+        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, name)
+
+    def _offer_preview(self, model: str, frames, results) -> None:
+        """The live preview shows each camera's first model's boxes (the others' lanes offer nothing)."""
+        if not self._preview.watching:
+            self._preview.offer((), ())  # lets it release what it kept
+            return
+        cfg = self._config()
+        first = {c.id: cfg.models_of(c)[0] for c in cfg.cameras}
+        kept = [(f, r) for f, r in zip(frames, results) if first.get(r.meta.camera_id) == model]
+        if kept:
+            self._preview.offer([f for f, _ in kept], [r for _, r in kept])
 
     def _track_settings(self, model: ModelConfig, camera_id: str) -> TrackSettings:
         """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""

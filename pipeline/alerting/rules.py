@@ -122,6 +122,9 @@ class Rule(_Strict):
     for_s: float = Field(0, ge=0, le=86400, description="seconds the condition must hold before the alert fires")
     clear_s: float = Field(2, ge=0, le=3600, description="seconds without the condition that resolve the alert")
     min_confidence: float = Field(0.0, ge=0, le=1, description="detections below this confidence are ignored")
+    models: list[str] | None = Field(None, min_length=1, description="the models whose detections the rule reads "
+                                     "(their messages' `model.name`); default: every model's, each on its own "
+                                     "(track ids are per camera and model)")
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Rule:
@@ -299,24 +302,27 @@ class AlertEngine:
     rules: AlertRules
     on_event: object = None  # (event) -> None, e.g. metrics
     _episodes: dict[tuple, _Episode] = field(default_factory=dict)
-    _zone_tracks: dict[tuple[str, str], dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
-    _lines: dict[tuple[str, str], LineCounter] = field(default_factory=dict)
+    # state is kept per (camera, model): a "scope"; each model tracks on its own, so its track ids are its own
+    _zone_tracks: dict[tuple[str, tuple], dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    _lines: dict[tuple[str, tuple], LineCounter] = field(default_factory=dict)
     _runs: dict[str, str | None] = field(default_factory=dict)
 
     def _new_run(self, camera: str) -> None:
         """Forget a camera's tracks: its daemon restarted and numbers tracks from 1 again."""
-        for key in [k for k in self._episodes if len(k) == 3 and k[1] == camera]:
+        for key in [k for k in self._episodes if len(k) == 3 and k[1][0] == camera]:
             del self._episodes[key]
         for key, present in self._zone_tracks.items():
-            if key[1] == camera:
+            if key[1][0] == camera:
                 present.clear()
         for key, counter in self._lines.items():
-            if key[1] == camera:
+            if key[1][0] == camera:
                 counter.forget(before=float("inf"))
 
     def feed(self, message: dict) -> list[dict]:
         """One detections/v1 message -> zero or more alerts/v2 events."""
         camera = message["camera_id"]
+        model = (message.get("model") or {}).get("name", "")
+        scope = (camera, model)
         at = _seconds(message["frame"]["captured_at"])
         tracked = "tracks" in message
         ended = {t["track_id"] for t in message.get("tracks", {}).get("ended", ())}
@@ -325,23 +331,28 @@ class AlertEngine:
         self._runs[camera] = message.get("run_id")
         events: list[dict] = []
         for rule in self.rules.rules:
-            if not self._watches(rule, camera):
+            if not self._watches(rule, camera) or (rule.models is not None and model not in rule.models):
                 continue
             matched = self._matching(rule, message["detections"])
             if rule.kind == "line":
-                events += self._line(rule, camera, at, message, matched, ended)
+                events += self._line(rule, scope, at, message, matched, ended)
             elif rule.kind == "dwell" and tracked:
-                events += self._dwell_per_track(rule, camera, at, message, matched, ended)
+                events += self._dwell_per_track(rule, scope, at, message, matched, ended)
             else:
-                events += self._episode_events(rule, camera, at, message, matched, tracked, ended)
+                events += self._episode_events(rule, scope, at, message, matched, tracked, ended)
         for event in events:
             if self.on_event is not None:
                 self.on_event(event)
         return events
 
     def line_counts(self) -> dict[tuple[str, str], dict[str, int]]:
-        """(rule, camera) -> crossings so far, per direction."""
-        return {key: dict(counter.counts) for key, counter in list(self._lines.items())}
+        """(rule, camera) -> crossings so far, per direction (the models' summed)."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for (rule, (camera, _model)), counter in list(self._lines.items()):
+            total = out.setdefault((rule, camera), {})
+            for direction, n in counter.counts.items():
+                total[direction] = total.get(direction, 0) + n
+        return out
 
     def _watches(self, rule: Rule, camera: str) -> bool:
         if rule.cameras is not None:
@@ -359,51 +370,52 @@ class AlertEngine:
                 and (polygon is None or inside(anchor(det), polygon))]
 
     # ---------------------------------------------------------------- line
-    def _line(self, rule: Rule, camera: str, at: float, message: dict, matched: list[dict], ended: set) -> list[dict]:
-        counter = self._lines.get((rule.id, camera))
+    def _line(self, rule: Rule, scope: tuple, at: float, message: dict, matched: list[dict], ended: set) -> list[dict]:
+        counter = self._lines.get((rule.id, scope))
         if counter is None:
-            counter = self._lines[(rule.id, camera)] = LineCounter(self.rules.lines[rule.line])
+            counter = self._lines[(rule.id, scope)] = LineCounter(self.rules.lines[rule.line])
         events = []
         for det in matched:
             if det.get("track_id") is None:
                 continue  # untracked: no identity to count once
             direction = counter.observe(det["track_id"], det["bbox"], at)
             if direction is not None:
-                events.append(self._crossing(rule, camera, at, message, det, direction, counter))
+                events.append(self._crossing(rule, scope, at, message, det, direction, counter))
         counter.forget(ended, at - TRACK_MEMORY_S)
         return events
 
-    def _crossing(self, rule, camera, at, message, det, direction, counter: LineCounter) -> dict:
-        return {"schema": ALERTS_SCHEMA, "alert_id": f"{rule.id}:{camera}:{det['track_id']}:{round(at * 1000)}",
-                "rule": rule.id, "kind": "line", "state": "crossed", "camera_id": camera, "zone": None,
+    def _crossing(self, rule, scope, at, message, det, direction, counter: LineCounter) -> dict:
+        return {"schema": ALERTS_SCHEMA, "alert_id": f"{rule.id}:{_scope_id(scope)}:{det['track_id']}:{round(at * 1000)}",
+                "rule": rule.id, "kind": "line", "state": "crossed", "camera_id": scope[0], "model": scope[1],
+                "zone": None,
                 "line": rule.line, "direction": direction, "counts": dict(counter.counts),
                 "track_ids": [det["track_id"]], "started_at": _iso(at), "at": _iso(at), "duration_s": 0.0,
                 "value": 1.0, "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
                 "detections": [det]}
 
     # ---------------------------------------------------------------- dwell per track
-    def _dwell_per_track(self, rule, camera, at, message, matched, ended) -> list[dict]:
+    def _dwell_per_track(self, rule, scope, at, message, matched, ended) -> list[dict]:
         events, seen = [], set()
         for det in matched:
             track = det.get("track_id")
             if track is None:
                 continue
             seen.add(track)
-            key = (rule.id, camera, track)
-            event = self._step(rule, camera, key, at, True, 1.0, message, [det], [track])
+            key = (rule.id, scope, track)
+            event = self._step(rule, scope, key, at, True, 1.0, message, [det], [track])
             if event is not None:
                 events.append(event)
-        for key in [k for k in self._episodes if k[:2] == (rule.id, camera) and len(k) == 3 and k[2] not in seen]:
+        for key in [k for k in self._episodes if k[:2] == (rule.id, scope) and len(k) == 3 and k[2] not in seen]:
             gone = key[2] in ended
-            event = self._step(rule, camera, key, at, False, 0.0, message, [], [key[2]], force_clear=gone)
+            event = self._step(rule, scope, key, at, False, 0.0, message, [], [key[2]], force_clear=gone)
             if event is not None:
                 events.append(event)
         return events
 
     # ---------------------------------------------------------------- dwell (untracked), count
-    def _episode_events(self, rule, camera, at, message, matched, tracked, ended) -> list[dict]:
+    def _episode_events(self, rule, scope, at, message, matched, tracked, ended) -> list[dict]:
         if rule.kind == "count" and tracked:
-            present = self._zone_tracks[(rule.id, camera)]
+            present = self._zone_tracks[(rule.id, scope)]
             for det in matched:
                 if det.get("track_id") is not None:
                     present[det["track_id"]] = at
@@ -415,14 +427,17 @@ class AlertEngine:
             track_ids = sorted({d["track_id"] for d in matched if d.get("track_id") is not None})
             value = float(len(matched))
         holds = value > rule.above if rule.kind == "count" else value > 0
-        event = self._step(rule, camera, (rule.id, camera), at, holds, value, message, matched, track_ids)
+        event = self._step(rule, scope, (rule.id, scope), at, holds, value, message, matched, track_ids)
         return [] if event is None else [event]
 
     def zone_tracks(self) -> dict[tuple[str, str], int]:
-        """(count rule, camera) -> distinct tracks in its zone now."""
-        return {key: len(present) for key, present in list(self._zone_tracks.items())}
+        """(count rule, scope) -> distinct tracks in its zone now (the models' summed)."""
+        out: dict[tuple[str, str], int] = {}
+        for (rule, (scope, _model)), present in list(self._zone_tracks.items()):
+            out[(rule, scope)] = out.get((rule, scope), 0) + len(present)
+        return out
 
-    def _step(self, rule: Rule, camera: str, key: tuple, at: float, holds: bool, value: float, message: dict,
+    def _step(self, rule: Rule, scope: tuple, key: tuple, at: float, holds: bool, value: float, message: dict,
               matched: list[dict], track_ids: list, force_clear: bool = False) -> dict | None:
         episode = self._episodes.setdefault(key, _Episode())
         if holds:
@@ -433,11 +448,12 @@ class AlertEngine:
             episode.track_ids = sorted(set(episode.track_ids) | set(track_ids))
             if not episode.firing and at - episode.since >= rule.for_s:
                 episode.firing = True
-                episode.alert_id = ":".join([rule.id, camera, *[str(k) for k in key[2:]], str(round(episode.since * 1000))])
-                return self._event(rule, camera, episode, "firing", at, value, message, matched, track_ids)
+                episode.alert_id = ":".join([rule.id, _scope_id(scope), *[str(k) for k in key[2:]],
+                                             str(round(episode.since * 1000))])
+                return self._event(rule, scope, episode, "firing", at, value, message, matched, track_ids)
             return None
         if episode.since is not None and (force_clear or at - episode.last_true >= rule.clear_s):
-            event = (self._event(rule, camera, episode, "resolved", at, value, message, [], episode.track_ids)
+            event = (self._event(rule, scope, episode, "resolved", at, value, message, [], episode.track_ids)
                      if episode.firing else None)
             del self._episodes[key]
             return event
@@ -445,7 +461,7 @@ class AlertEngine:
             del self._episodes[key]
         return None
 
-    def _event(self, rule: Rule, camera: str, episode: _Episode, state: str, at: float, value: float,
+    def _event(self, rule: Rule, scope: tuple, episode: _Episode, state: str, at: float, value: float,
                message: dict, matched: list[dict], track_ids: list) -> dict:
         return {
             "schema": ALERTS_SCHEMA,
@@ -453,7 +469,8 @@ class AlertEngine:
             "rule": rule.id,
             "kind": rule.kind,
             "state": state,
-            "camera_id": camera,
+            "camera_id": scope[0],
+            "model": scope[1],
             "zone": rule.zone,
             "track_ids": list(track_ids),
             "started_at": _iso(episode.since),
@@ -463,6 +480,13 @@ class AlertEngine:
             "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
             "detections": matched,
         }
+
+
+def _scope_id(scope: tuple[str, str]) -> str:
+    """A (camera, model)'s part of an alert id, `camera/model`: two models on one camera number
+    their tracks each from 1, and may see one object cross at one frame."""
+    camera, model = scope
+    return f"{camera}/{model}" if model else camera
 
 
 def _seconds(stamp: str) -> float:

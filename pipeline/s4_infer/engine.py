@@ -103,9 +103,27 @@ def guess_num_classes(shape: tuple) -> int | None:
 def model_info(config: ModelConfig, input_shape: tuple, output_shape: tuple, metadata: dict[str, str],
                sha256: str | None = None) -> ModelInfo:
     """ModelInfo of the configured model from its I/O shapes and metadata."""
-    spec = input_spec_from_shape(input_shape, config.input_size, int(metadata.get("stride", 32)))
+    spec = input_spec_from_shape(input_shape, input_size(config, metadata), int(metadata.get("stride", 32)))
     labels = parse_labels(metadata, config.labels, guess_num_classes(output_shape))
     return ModelInfo(config.path.stem, sha256 or file_sha256(config.path), spec, output_shape, labels, metadata)
+
+
+def input_size(config: ModelConfig, metadata: dict[str, str]) -> int:
+    """The long side of a dynamic model's input: `input_size` where the config sets it, else the
+    size the model was exported at (ultralytics writes `imgsz`, e.g. "[320, 320]"), else 640."""
+    if "input_size" in config.model_fields_set:
+        return config.input_size
+    try:
+        exported = ast.literal_eval(metadata.get("imgsz", "None"))
+    except (ValueError, SyntaxError):
+        exported = None
+    if isinstance(exported, int):
+        exported = [exported]
+    if isinstance(exported, (list, tuple)) and exported and all(isinstance(v, int) and v > 0 for v in exported):
+        side = max(exported)
+        if side % 32 == 0 and 64 <= side <= 2048:
+            return side
+    return config.input_size
 
 
 def describe_onnx(config: ModelConfig) -> ModelInfo:

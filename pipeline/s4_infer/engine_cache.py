@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline.core import EngineError
 from pipeline.logs import log_event
 from pipeline.s4_infer import nms_graph
-from pipeline.s4_infer.engine import describe_onnx, file_sha256
+from pipeline.s4_infer.engine import describe_onnx, file_sha256, input_size
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the build recipe below changes what a plan contains
@@ -138,7 +138,7 @@ def plan_for(model, gpu, max_batch: int, build: bool = True, force: bool = False
     refuse_models_tensorrt_cannot_build(model, info)
     nms = nms_thresholds(model, confidence, info)
     key = EngineKey(file_sha256(model.path), gpu.name, "%d.%d" % gpu.compute_capability, trt.__version__,
-                    model.tensorrt.precision, max_batch, model.input_size,
+                    model.tensorrt.precision, max_batch, input_size(model, info.metadata),
                     nms=json.dumps(nms, sort_keys=True) if nms else "")
     cache_dir = model.tensorrt.engine_cache or default_cache_dir()
     path = engine_path(cache_dir, model.path.stem, key)

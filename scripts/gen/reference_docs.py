@@ -40,6 +40,8 @@ def type_name(annotation) -> str:
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin is list:
         return f"list of {type_name(args[0])}"
+    if origin is dict:
+        return f"mapping of name to {type_name(args[1])}"
     if origin is typing.Annotated:
         return type_name(args[0])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -69,7 +71,7 @@ def default(field) -> str:
 
 
 def models_of(annotation) -> list[type[BaseModel]]:
-    """The config models a field holds (directly, in a list, or optionally)."""
+    """The config models a field holds (directly, in a list or a mapping's values, or optionally)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for a in typing.get_args(annotation) for m in models_of(a)]
@@ -87,7 +89,9 @@ def config_rows(fields: dict, prefix: str, seen: dict) -> list[str]:
     written out (`seen`: model -> its key) is referred to, not repeated."""
     rows = []
     for name, field in fields.items():
-        key = prefix + name + ("[]" if typing.get_origin(field.annotation) is list and models_of(field.annotation) else "")
+        origin = typing.get_origin(field.annotation)
+        key = prefix + name + ("[]" if origin is list and models_of(field.annotation) else "")
+        key += ".NAME" if origin is dict else ""
         nested = models_of(field.annotation)
         text = field.description or (summary(nested[0].__doc__) if nested else "")
         text = text.replace("|", "\\|").replace("\n", " ")

@@ -62,6 +62,12 @@ class RtspServer(ChildProcess):
         """The end of what the server wrote to stderr."""
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
+    def streams_served(self, name: str) -> int:
+        """How many client streams of mount `name` the server has made (each RTSP client its own:
+        a camera read once is one)."""
+        text = Path(self.log.name).read_text(errors="replace")  # GStreamer's own warnings may precede a line
+        return sum(1 for line in text.splitlines() if line.endswith(f"media {name}"))
+
     def pause(self) -> None:
         """Stop sending packets on every stream, connections kept (a stalled camera)."""
         self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]

@@ -80,7 +80,8 @@ def _set_all(state):
     return True  # keep the signal handler
 
 
-def _configure(media):
+def _configure(media, name: str):
+    print(f"media {name}", file=sys.stderr, flush=True)  # one per client stream: RtspServer.streams_served counts them
     _loop_forever(media)
     MEDIA.add(media)
     media.connect("unprepared", MEDIA.discard)  # its client left
@@ -137,7 +138,7 @@ def main() -> int:
             print(f"bad mount {spec!r}: {exc}", file=sys.stderr)
             return 2
         factory.set_shared(False)
-        factory.connect("media-configure", lambda _f, media: _configure(media))
+        factory.connect("media-configure", lambda _f, media, name=name: _configure(media, name))
         mounts.add_factory(f"/{name}", factory)
     server.get_thread_pool().set_max_threads(CLIENT_THREADS)
     if server.attach(None) == 0:

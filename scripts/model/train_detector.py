@@ -6,7 +6,11 @@
     .venv-export/bin/python -m scripts.model.train_detector --work .cache/train2 --train-scenes 64 \\
         --epochs 15 --init .cache/train/run/weights/best.pt --warmup-epochs 1 --close-mosaic 3 \\
         --out engines/shapes-yolov8n.onnx                                          # stage 2
-(the two stages of the committed model: engines/README.md)
+(the two stages of the committed model: engines/README.md). Stage 2 may add scenes of the other two
+generators (`--breaker-scenes`, `--occluder-scenes`: seeds 2000+ and 2100+, none of them a tracking
+scene's tuning or held-out seed; flicker and injected misses off, since a flickered object is
+drawn as another class's shape while its truth keeps its own class). A run stopped part way (a
+session's end, kill) goes on from its last epoch when the same command is run again.
 
 1. Dataset: scenes from scripts/lab/scenes.py, with distractors unless `--distractors 0` (train seeds
    1000+, validation seeds 5000+; the accuracy test uses other seeds) at 1280x720, 1920x1080 and
@@ -37,7 +41,30 @@ LABEL_MIN_VISIBLE = 0.35
 IMAGE_LONG_SIDE = 480
 
 
-def build_split(root: Path, split: str, seeds: range, frames: int, every: int, distractors: float) -> int:
+def shapes_scenes(seeds: range, frames: int, distractors: float):
+    """The detector's own generator's scenes, sizes in turn."""
+    for n, seed in enumerate(seeds):
+        width, height = SIZES[n % len(SIZES)]
+        yield Scene(seed, width, height, frames=frames, distractors=distractors)
+
+
+def other_scenes(generator: str, count: int):
+    """Scenes of the breaker or occluder generator (their own sizes, 15 s each), for stage 2: seeds
+    2000+ / 2100+, apart from the tracking figures' tuning (31-33, 41-43) and held-out (61-69,
+    141-143) seeds; flicker and misses off (see the module docstring)."""
+    from scripts.lab.breaker_scenes import BreakerScene
+    from scripts.lab.occluder_scenes import OccluderScene
+
+    sizes = ((960, 540), (1280, 720), (800, 600))
+    for n in range(count):
+        width, height = sizes[n % len(sizes)]
+        if generator == "breaker":
+            yield BreakerScene(2000 + n, width, height, flicker=0.0, miss=0.0)
+        else:
+            yield OccluderScene(2100 + n, width, height, miss=0.0)
+
+
+def build_split(root: Path, split: str, scenes, every: int) -> int:
     """Render, encode, decode and label the scenes of one split; returns the image count."""
     import av
     import cv2
@@ -47,9 +74,8 @@ def build_split(root: Path, split: str, seeds: range, frames: int, every: int, d
     labels.mkdir(parents=True, exist_ok=True)
     count = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for n, seed in enumerate(seeds):
-            width, height = SIZES[n % len(SIZES)]
-            scene = Scene(seed, width, height, frames=frames, distractors=distractors)
+        for scene in scenes:
+            seed, width, height = scene.seed, scene.width, scene.height
             clip = scene.write(Path(tmp) / f"{seed}.mp4")
             truth = json.loads(clip.with_suffix(".truth.json").read_text())["frames"]
             scale = IMAGE_LONG_SIDE / max(width, height)
@@ -74,6 +100,19 @@ def _yolo_row(obj: dict, width: int, height: int) -> str:
     return f"{obj['class_id']} {cx:.6f} {cy:.6f} {(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n"
 
 
+def _train(args, spec: Path) -> None:
+    from ultralytics import YOLO
+
+    model = YOLO(str(args.init) if args.init else "yolov8n.yaml")  # yaml: architecture only
+    model.train(
+        data=str(spec), imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, workers=2, device="cpu",
+        seed=args.seed, deterministic=True, pretrained=args.init is not None, amp=False, plots=False, cache="ram",
+        project=str(args.work.resolve()), name="run", exist_ok=True, flipud=0.0, fliplr=0.5,
+        degrees=0.0, mosaic=1.0, close_mosaic=args.close_mosaic, patience=100,
+        warmup_epochs=args.warmup_epochs, verbose=False,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(".cache/train"))
@@ -91,16 +130,24 @@ def main() -> int:
                         help="start from these weights (a .pt of an earlier run) instead of the yaml")
     parser.add_argument("--warmup-epochs", type=float, default=3.0)
     parser.add_argument("--close-mosaic", type=int, default=5, help="last N epochs without mosaic")
+    parser.add_argument("--breaker-scenes", type=int, default=0,
+                        help="training scenes of scripts/lab/breaker_scenes.py added (seeds 2000+)")
+    parser.add_argument("--occluder-scenes", type=int, default=0,
+                        help="training scenes of scripts/lab/occluder_scenes.py added (seeds 2100+)")
+    parser.add_argument("--other-every", type=int, default=12,
+                        help="keep every Nth frame of the other generators' 375-frame scenes")
     parser.add_argument("--out", type=Path, required=True, help="where to write the ONNX model")
     args = parser.parse_args()
 
     data = args.work / "dataset"
     if not (data / "done").exists():
         shutil.rmtree(data, ignore_errors=True)
-        n_train = build_split(data, "train", range(1000, 1000 + args.train_scenes), args.frames, args.every,
-                              args.distractors)
-        n_val = build_split(data, "val", range(5000, 5000 + args.val_scenes), args.frames, args.every,
-                            args.distractors)
+        n_train = build_split(data, "train", shapes_scenes(range(1000, 1000 + args.train_scenes), args.frames,
+                                                           args.distractors), args.every)
+        n_train += build_split(data, "train", other_scenes("breaker", args.breaker_scenes), args.other_every)
+        n_train += build_split(data, "train", other_scenes("occluder", args.occluder_scenes), args.other_every)
+        n_val = build_split(data, "val", shapes_scenes(range(5000, 5000 + args.val_scenes), args.frames,
+                                                       args.distractors), args.every)
         (data / "done").write_text(f"{n_train} {n_val}\n")
         print(f"dataset: {n_train} training and {n_val} validation images", flush=True)
     spec = data / "shapes.yaml"
@@ -115,15 +162,17 @@ def main() -> int:
 
     torch.set_num_threads(2)  # ultralytics uses one thread on the CPU by default
     torch.manual_seed(args.seed)
-    model = YOLO(str(args.init) if args.init else "yolov8n.yaml")  # yaml: architecture only
-    model.train(
-        data=str(spec), imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, workers=2, device="cpu",
-        seed=args.seed, deterministic=True, pretrained=args.init is not None, amp=False, plots=False, cache="ram",
-        project=str(args.work.resolve()), name="run", exist_ok=True, flipud=0.0, fliplr=0.5,
-        degrees=0.0, mosaic=1.0, close_mosaic=args.close_mosaic, patience=100,
-        warmup_epochs=args.warmup_epochs, verbose=False,
-    )
+    last = args.work / "run" / "weights" / "last.pt"
+    if (args.work / "run" / "finished").exists():
+        print("trained already: exporting its best weights", flush=True)
+    elif last.exists():
+        print(f"resuming from {last}", flush=True)  # ultralytics keeps the epoch, optimiser and seed state there
+        YOLO(str(last)).train(resume=True)
+    else:
+        _train(args, spec)
+    (args.work / "run" / "finished").write_text("")
     best = args.work / "run" / "weights" / "best.pt"
+
     trained = YOLO(str(best))
     metrics = trained.val(data=str(spec), imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False,
                           project=str(args.work.resolve()), name="val", exist_ok=True)
@@ -134,7 +183,8 @@ def main() -> int:
               "per_class_map50": dict(zip(CLASSES, (float(v) for v in metrics.box.ap50))),
               "epochs": args.epochs, "imgsz": args.imgsz, "onnx": str(args.out),
               "init": str(args.init) if args.init else None, "train_scenes": args.train_scenes,
-              "distractors": args.distractors}
+              "distractors": args.distractors, "breaker_scenes": args.breaker_scenes,
+              "occluder_scenes": args.occluder_scenes}
     (args.work / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -17,14 +17,14 @@ BAY = [(100, 600), (900, 600), (900, 1080), (100, 1080)]
 
 
 def message(at: float, boxes=(), camera="gate-1", seq=0, label="person", confidence=0.9, tracks=None,
-            ended=(), run="run") -> dict:
+            ended=(), run="run", model="m") -> dict:
     """A detections/v1 message exactly as the daemon encodes it; `tracks` gives each box its track
     id (a tracked camera), `ended` the ids of the tracks that ended."""
     meta = FrameMeta(camera, at - T0, at, "rtcp", 1920, 1080)
     ids = tracks if tracks is not None else [None] * len(boxes)
     dets = tuple(Detection(0, label, confidence, box, track_id=t) for box, t in zip(boxes, ids))
     events = None if tracks is None else TrackEvents((), tuple(EndedTrack(t, label, T0, at, 1, "unseen") for t in ended))
-    raw = encode_detections(FrameResult(meta, seq, dets, events), ModelRef("m", "0" * 64, "onnxruntime"), run)
+    raw = encode_detections(FrameResult(meta, seq, dets, events), ModelRef(model, "0" * 64, "onnxruntime"), run)
     return json.loads(raw)
 
 
@@ -138,7 +138,7 @@ def test_a_dwelling_track_fires_once_with_its_id_and_resolves_when_it_ends():
     frames = [(i / 10, [IN_BAY, BESIDE], [7, 8]) for i in range(70)] + [(7.0, [], [], [7])]
     alerts = run(engine(), frames)
     assert [(a["state"], a["track_ids"]) for a in alerts] == [("firing", [7]), ("resolved", [7])]
-    assert alerts[0]["alert_id"].startswith("r:gate-1:7:")
+    assert alerts[0]["alert_id"].startswith("r:gate-1/m:7:")
     assert alerts[1]["at"] == rfc3339_ms(T0 + 7.0)  # at the track's end, not clear_s later
 
 
@@ -151,6 +151,27 @@ def test_count_counts_distinct_tracks_seen_in_the_zone_within_clear_s():
     assert [a["state"] for a in alerts] == ["firing"] and alerts[0]["value"] == 3
     assert alerts[0]["track_ids"] == [10, 11, 12]
     assert eng.zone_tracks() == {("r", "gate-1"): 3}
+
+
+def test_two_models_on_one_camera_keep_their_own_tracks_and_a_rule_may_read_one():
+    # two detectors on one camera both number their tracks from 1: track 1 of "people" dwells in the
+    # bay while track 1 of "helmets" is elsewhere. Read as one stream, the two would be one object.
+    eng = engine()
+    out = []
+    for i in range(70):
+        out += eng.feed(message(T0 + i / 10, [IN_BAY], seq=i, tracks=[1], model="people"))
+        out += eng.feed(message(T0 + i / 10, [BESIDE], seq=i, tracks=[1], model="helmets"))
+    assert [(a["state"], a["model"], a["track_ids"]) for a in out] == [("firing", "people", [1])]
+    assert out[0]["alert_id"].startswith("r:gate-1/people:1:")
+    jsonschema.validate(out[0], SCHEMA)
+    # the helmets model's track 1 ends: the people model's track 1 still dwells (no resolve)
+    assert eng.feed(message(T0 + 7.0, [], seq=70, tracks=[], ended=[1], model="helmets")) == []
+    # a rule that names its model reads only that model's messages
+    only = engine(models=["helmets"])
+    for i in range(70):
+        assert only.feed(message(T0 + i / 10, [IN_BAY], seq=i, tracks=[1], model="people")) == []
+    fired = [a for i in range(60) for a in only.feed(message(T0 + 8 + i / 10, [IN_BAY], tracks=[2], model="helmets"))]
+    assert [(a["state"], a["model"]) for a in fired] == [("firing", "helmets")]
 
 
 def line_engine(**line) -> AlertEngine:

@@ -69,7 +69,7 @@ def test_env_default_is_used(tmp_path):
     [
         ("    fps: 5", "    fps: 0", ":8: cameras[0].fps: Input should be greater than 0"),
         ("    fps: 5", "    fps: fast", ":8: cameras[0].fps: Input should be a valid number"),
-        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: cost, fps, gpu, id, tracking, transport, url"),
+        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: cost, fps, gpu, id, models, tracking, transport, url"),
         ("  - {id: yard,", "  - {id: gate-1,", ":9: cameras[1].id: duplicate camera id 'gate-1' (first at line 6)"),
         ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp:// or rtsps://"),
         ("rtsp://10.0.0.6:8554", "rtsp://10.0.0.6:99999", ":9: cameras[1].url: bad port"),
@@ -178,3 +178,68 @@ def test_transport_defaults_to_auto_and_each_camera_may_choose(tmp_path):
     bad = GOOD.replace("    fps: 5", "    fps: 5\n    transport: sctp")
     assert any(p.startswith(f"{tmp_path}/cameras.yaml:9: cameras[0].transport:") and "'auto', 'tcp' or 'udp'" in p
                for p in problems(write(tmp_path, bad))), problems(write(tmp_path, bad))
+
+
+# ---------------------------------------------------------------------- several models
+MODELS = """\
+model:
+  path: model.onnx
+models:
+  helmets: {path: model.onnx, confidence: 0.5, topic: helmets}
+  shapes: {path: model.onnx}
+kafka:
+  bootstrap_servers: "127.0.0.1:9092"
+cameras:
+  - {id: line-1, url: "rtsp://10.0.0.5/s"}
+  - {id: gate-1, url: "rtsp://10.0.0.6/s", models: [default, helmets]}
+  - {id: gate-2, url: "rtsp://10.0.0.7/s", models: [helmets]}
+"""
+
+
+def test_cameras_name_their_models_and_each_model_its_topic_and_message_name(tmp_path):
+    config = load_config(write(tmp_path, MODELS), {})
+    assert [config.models_of(c) for c in config.cameras] == [["default"], ["default", "helmets"], ["helmets"]]
+    assert config.models["helmets"].path == tmp_path / "model.onnx"  # relative to the config file, as `model`'s
+    assert (config.topic_of("helmets"), config.topic_of("shapes"), config.topic_of("default")) == \
+        ("helmets", "detections", "detections")
+    # a named model's messages carry its name; the top-level model's its file's, as before `models`
+    assert (config.message_name("helmets"), config.message_name("default")) == ("helmets", "model")
+    assert list(config.detectors()) == ["default", "helmets", "shapes"]
+
+
+def test_a_config_of_named_models_alone_needs_every_camera_to_name_its_own(tmp_path):
+    only_named = MODELS.replace("model:\n  path: model.onnx\nmodels:", "models:")
+    path = write(tmp_path, only_named)
+    [line] = problems(path, env={})
+    assert line.startswith(f"{path}:7: cameras[0].models: camera line-1 names no models and there is no top-level "
+                           "`model`; list the ones it needs (helmets, shapes)"), line
+    fixed = only_named.replace('url: "rtsp://10.0.0.5/s"}', 'url: "rtsp://10.0.0.5/s", models: [shapes]}')
+    config = load_config(write(tmp_path, fixed.replace("[default, helmets]", "[shapes, helmets]")), {})
+    assert config.model is None and config.backend == "auto"
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("models: [helmets]}", "models: [helmet]}",
+     ":11: cameras[2].models: camera gate-2 names 'helmet', not a model here; known: default, helmets, shapes"),
+    ("models: [helmets]}", "models: [helmets, helmets]}", ":11: cameras[2].models: camera gate-2 names a model twice"),
+    ("  shapes: {path: model.onnx}", "  canary: {path: model.onnx}", ":5: models.canary: the name 'canary' is taken"),
+    ("  shapes: {path: model.onnx}", "  shapes: {path: model.onnx, backend: tensorrt}",
+     ":3: models: one node runs its models on one backend, these differ (default: auto, helmets: auto, shapes: tensorrt)"),
+    # the top-level model's messages are named after its file, "model": a model named so on the same topic clashes
+    ("  shapes: {path: model.onnx}", "  model: {path: model.onnx}",
+     ":5: models.model: it and 'default' both publish to topic 'detections' as model 'model'"),
+    ("  helmets: {path: model.onnx, confidence: 0.5, topic: helmets}", "  helmets: {path: model.onnx, topic: 'a b'}",
+     ":4: models.helmets.topic: String should match pattern"),
+    ("models: [helmets]}", "models: [helmets]}\ncanary: {model: {path: model.onnx}, cameras: [gate-2]}",
+     "canary.cameras: gate-2 do not use the top-level model (`default`), which the canary replaces"),
+])
+def test_each_mistake_of_several_models_is_named_with_its_line(tmp_path, old, new, expected):
+    assert old in MODELS
+    path = write(tmp_path, MODELS.replace(old, new))
+    found = problems(path, env={})
+    assert any(expected in line and line.startswith(str(path)) for line in found), found
+
+
+def test_a_second_model_on_its_own_topic_may_share_the_top_level_models_file_name(tmp_path):
+    text = MODELS.replace("  shapes: {path: model.onnx}", "  model: {path: model.onnx, topic: other}")
+    assert load_config(write(tmp_path, text), {}).topic_of("model") == "other"

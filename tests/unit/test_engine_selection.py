@@ -56,3 +56,10 @@ def test_labels_file_overrides_model_metadata(tmp_path):
     labels.write_text("person\ncar\n\ndog\n")
     engine = load_engine(ModelConfig(path=MODEL, labels=labels))
     assert engine.info.labels == ("person", "car", "dog")
+
+
+def test_a_model_runs_at_the_size_it_was_exported_at_unless_the_config_says_otherwise():
+    shapes = MODEL.with_name("shapes-yolov8n.int8.onnx")  # exported at 320 (its `imgsz` metadata)
+    assert load_engine(ModelConfig(path=shapes)).info.input_spec.size == 320
+    assert load_engine(ModelConfig(path=MODEL)).info.input_spec.size == 640  # exported at 640
+    assert load_engine(ModelConfig(path=shapes, input_size=480)).info.input_spec.size == 480  # set: the config's

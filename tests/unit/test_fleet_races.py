@@ -145,7 +145,7 @@ def test_two_changes_stopping_the_same_cameras_one_after_the_other_not_interleav
         lane = Lane(None, [], None, DeadlineBatcher(4, 0.02, 1.0, lambda cam, reason: None), None,
                     Trackers(lambda cam: TrackSettings(0.3), metrics), None)
         workers = Workers()
-        fleet = Fleet(lambda camera: lane, lambda camera, l: workers(camera, None, None, None, None, None))
+        fleet = Fleet(lambda camera: [lane], lambda camera, route: workers(camera, None, None, None, None, None))
         cameras = [CameraConfig(id=c, url=f"rtsp://h/{c}") for c in ("cam-a", "cam-b", "cam-c")]
         await fleet.converge(cameras)
         workers.open.clear()
