@@ -103,12 +103,37 @@ DEFAULT_MODEL = "default"  # how cameras name the top-level `model`
 CANARY_MODEL = "canary"  # the lane name of `canary.model`, which replaces `model` on its cameras
 
 
+class CascadeOn(_Strict):
+    """What a classifier runs on: the detections of one detector."""
+
+    model: str = Field(pattern=MODEL_NAME, description="the detector whose detections it classifies: `default` "
+                       "(the top-level model) or a name of `models`")
+    classes: list[str] | None = Field(None, min_length=1, description="the detector's classes (labels) it runs on; "
+                                      "default: all")
+
+
 class NamedModelConfig(ModelConfig):
     """One of several models a node runs (`models:`): a model's settings, and where its messages go."""
 
+    kind: Literal["detect", "classify"] = Field(
+        "detect", description="detect: a detector cameras name in their `models`; classify: a classifier run "
+        "on crops of another model's detections (`on`), its label added to each as an attribute named after it")
+    on: CascadeOn | None = Field(None, description="classify: whose detections it runs on")
     topic: str | None = Field(
         None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
         description="Kafka topic of this model's detections (default: kafka.topic)")
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> NamedModelConfig:
+        if self.kind == "classify" and self.on is None:
+            raise ValueError("a classifier needs `on: {model: ..., classes: [...]}`: the detector whose "
+                             "detections it classifies")
+        if self.kind == "classify" and self.topic is not None:
+            raise ValueError("a classifier publishes nothing of its own (its labels ride on its detector's "
+                             "messages): remove `topic`")
+        if self.kind == "detect" and self.on is not None:
+            raise ValueError("`on` is for classifiers (kind: classify)")
+        return self
 
 
 class BatchingConfig(_Strict):
@@ -515,8 +540,18 @@ class Config(_Strict):
         if reserved:
             raise ValueError(f"models.{reserved[0]}: the name {reserved[0]!r} is taken (`default` names the "
                              "top-level model, `canary` the canary's); name the model otherwise")
-        known = ([DEFAULT_MODEL] if self.model is not None else []) + list(self.models)
+        known = ([DEFAULT_MODEL] if self.model is not None else []) + [
+            name for name, m in self.models.items() if m.kind == "detect"]
+        for name, model in self.models.items():
+            if model.on is not None and model.on.model not in known:
+                raise ValueError(f"models.{name}.on.model: {model.on.model!r} is not a detector here; known: "
+                                 f"{', '.join(known) or '(none)'}")
+        classifiers = [name for name, m in self.models.items() if m.kind == "classify"]
         for index, camera in enumerate(self.cameras):
+            named = [name for name in camera.models or () if name in classifiers]
+            if named:
+                raise ValueError(f"cameras[{index}].models: {named[0]!r} is a classifier: it runs on the detections of "
+                                 f"its `on.model` wherever that runs; list detectors only")
             if camera.models is None and self.model is None:
                 raise ValueError(f"cameras[{index}].models: camera {camera.id} names no models and there is no "
                                  f"top-level `model`; list the ones it needs ({', '.join(known)}) or add `model`")
@@ -526,7 +561,7 @@ class Config(_Strict):
                                  f"not a model here; known: {', '.join(known) or '(none)'}")
             if len(set(camera.models or ())) != len(camera.models or ()):
                 raise ValueError(f"cameras[{index}].models: camera {camera.id} names a model twice; name each once")
-        backends = {name: m.backend for name, m in self.detectors().items()}
+        backends = {name: m.backend for name, m in {**self.detectors(), **self.models}.items()}
         if len(set(backends.values())) > 1:
             listed = ", ".join(f"{name}: {backend}" for name, backend in backends.items())
             raise ValueError(f"models: one node runs its models on one backend, these differ ({listed}); "
@@ -588,15 +623,19 @@ class Config(_Strict):
         return next(iter(self.detectors().values())).backend
 
     def detectors(self) -> dict[str, ModelConfig]:
-        """Every model this config may load, by lane name: `default` (the top-level model), each of
-        `models`, and `canary` (the canary's)."""
+        """Every detector this config may load, by lane name: `default` (the top-level model), each
+        detector of `models`, and `canary` (the canary's)."""
         found: dict[str, ModelConfig] = {}
         if self.model is not None:
             found[DEFAULT_MODEL] = self.model
-        found.update(self.models)
+        found.update((name, m) for name, m in self.models.items() if m.kind == "detect")
         if self.canary is not None:
             found[CANARY_MODEL] = self.canary.model
         return found
+
+    def classifiers_on(self, detector: str) -> dict[str, NamedModelConfig]:
+        """The classifiers that run on one detector's detections, by name."""
+        return {name: m for name, m in self.models.items() if m.kind == "classify" and m.on.model == detector}
 
     def models_of(self, camera: CameraConfig) -> list[str]:
         """The lane names of the models a camera's frames go to, in its order: its `models` (or
@@ -717,9 +756,22 @@ def load_section(path: str | Path, name: str, model: type[M], environ: dict[str,
     return section
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true and false. YAML 1.1 (PyYAML's default) also reads on/off and
+    yes/no as booleans, which turns a classifier's `on:` key, or a camera named `no`, into a bool;
+    boolean settings still take yes/on as pydantic reads those strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML and record the line of every key and list item by its path."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -216,6 +216,7 @@ class Detection(NamedTuple):
     track_id: int | None = None  # the object's id within its camera and run (pipeline.s5_track)
     track_class_id: int | None = None  # the track's class, by vote over its sightings (the detector may flicker)
     track_label: str | None = None
+    attributes: dict | None = None  # classifiers' labels (pipeline.s5_classify): name -> {label, confidence, track_label}
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,4 +161,6 @@ def _forget(lane: Lane, camera_id: str) -> None:
     """A lane no longer serves a camera: its waiting frame, its tracks and its place go."""
     lane.batcher.remove_camera(camera_id)
     lane.trackers.forget(camera_id)
+    if lane.cascade is not None:
+        lane.cascade.forget(camera_id)
     lane.cameras[:] = [c for c in lane.cameras if c.id != camera_id]

@@ -59,6 +59,7 @@ class InferenceWorker:
         track: Callable | None = None,
         postprocess_batch: Callable | None = None,
         track_batch: Callable | None = None,
+        classify: Callable | None = None,
     ) -> None:
         self._next_batch = next_batch
         self._preprocessors = list(preprocessors)
@@ -72,6 +73,7 @@ class InferenceWorker:
         self._keep_pictures = keep_pictures  # the live preview's, when enabled
         self._track = track  # (FrameMeta, detections) -> (published detections, TrackEvents | None)
         self._track_batch = track_batch  # (metas, BatchDetections, images) -> the same for each: one call a batch
+        self._classify = classify  # (frames, results) -> results with classifiers' attributes: one call a batch
         self._metrics = metrics
         stage = metrics.stage_seconds  # its children, looked up once (the finish stage runs per frame)
         self._seconds = {name: stage.labels(name) for name in ("preprocess", "infer", "track", "postprocess")}
@@ -235,6 +237,10 @@ class InferenceWorker:
                 if inferred is None:
                     inferred = self._inferred[cam] = self._metrics.frames_inferred.labels(cam)
                 inferred.inc()
+            if self._classify is not None and results:
+                began = time.monotonic()
+                results = self._classify([frames[i] for i in numbered], results)
+                tracking += time.monotonic() - began  # timed as its own stage ("classify")
         except Exception as exc:
             self._drop(job.batch, "postprocess", exc)
             return

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.api.detect import DetectTarget
 from pipeline.config import CANARY_MODEL, DEFAULT_MODEL, CameraConfig, Config, ModelConfig
-from pipeline.core import FrameResult, ModelRef
+from pipeline.core import EngineError, FrameResult, ModelRef
 from pipeline.gpu import PathChoice, TransferCounter, assign_gpus
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import log_event
@@ -38,6 +38,7 @@ from pipeline.s3_batch import DeadlineBatcher
 from pipeline.s4_infer import Engine
 from pipeline.s4_infer.preprocess import CpuPreprocessor
 from pipeline.s5_postprocess import detect_layout, detections_for_batch, detections_for_image
+from pipeline.s5_classify import Cascade, Classifier
 from pipeline.s5_looks import DeviceSampler
 from pipeline.s5_track import Trackers, TrackSettings
 
@@ -60,6 +61,7 @@ class Lane:
     trackers: Trackers
     detect: DetectTarget  # what /v1/detect sends this lane's images through
     model: str = DEFAULT_MODEL  # which model: `default`, a name of `models`, or `canary`
+    cascade: Cascade | None = None  # the classifiers on this model's detections
 
     @property
     def name(self) -> str:
@@ -130,6 +132,8 @@ class Lanes:
             lane.engine.close()
             lane.inference.close()
             lane.trackers.close()
+            if lane.cascade is not None:
+                lane.cascade.close()
         for gpu in self.gpus.values():  # after everything that holds GPU memory
             gpu.close()
 
@@ -234,6 +238,7 @@ class Lanes:
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self._metrics,
                             functools.partial(DeviceSampler, gpu) if path.decoder == "nvdec" else None)  # looks on the GPU
+        cascade = self._cascade(name, gpu, info.labels)
         settings = dict(layout=layout, labels=info.labels, confidence=lowest, iou=model.iou,
                         max_detections=model.max_detections)  # weak boxes too, for tracking: Trackers publishes the confident
         postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's
@@ -249,10 +254,32 @@ class Lanes:
                                     emit, self._metrics, name=thread,
                                     keep_pictures=functools.partial(self._offer_preview, name) if self._preview else None,
                                     track=trackers.track, postprocess_batch=postprocess_batch,
-                                    track_batch=trackers.track_batch)
+                                    track_batch=trackers.track_batch, classify=cascade)
         detect = DetectTarget(batcher.put_request, batcher.requests_waiting, model_ref, info.labels, model.confidence,
                               gpu if path.decoder == "nvdec" else None, floor=getattr(engine, "nms_floor", None))
-        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, name)
+        return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, name, cascade)
+
+    def _cascade(self, detector: str, gpu, labels: tuple[str, ...]) -> Cascade | None:
+        """Load the classifiers on one detector's detections (on its lane's GPU), or None."""
+        cfg, loaded = self._config(), []
+        for name, model in cfg.classifiers_on(detector).items():
+            wanted = model.on.classes
+            unknown = [label for label in wanted or () if label not in labels]
+            if unknown:
+                raise EngineError(f"models.{name}.on.classes: {', '.join(map(repr, unknown))} not a class of model "
+                                  f"{detector!r} (its classes: {', '.join(labels)}); name its labels")
+            engine = self._engine_loader(model, backend=self.path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+            self._metrics.model_info.labels(name, engine.info.sha256, engine.backend).set(1)
+            size = engine.info.input_spec.height
+            sampler = DeviceSampler(gpu, size, 1.0) if self.path.decoder == "nvdec" and size else None
+            ids = None if wanted is None else frozenset(labels.index(label) for label in wanted)
+            loaded.append(Classifier(name, engine, ids, sampler))
+            log_event(log, logging.INFO, "classifier ready", model=name, on=detector, classes=wanted or "all",
+                      labels=list(engine.info.labels), input_size=size, backend=engine.backend)
+        if not loaded:
+            return None
+        stage = self._metrics.stage_seconds.labels("classify")
+        return Cascade(loaded, stage.observe, cfg.batching.max_batch * 8)
 
     def _offer_preview(self, model: str, frames, results) -> None:
         """The live preview shows each camera's first model's boxes (the others' lanes offer nothing)."""

@@ -79,13 +79,17 @@ def encode_detections(result: FrameResult, model: ModelRef, run_id: str, node: s
 def _detection(d: Detection, tracked: bool) -> dict:
     # one per object and message: the tuple unpacked once (a NamedTuple's fields are descriptors),
     # the box as the tuple it is (orjson writes a tuple as an array)
-    class_id, label, confidence, bbox, track_id, track_class_id, track_label = d
+    class_id, label, confidence, bbox, track_id, track_class_id, track_label, attributes = d
     if not tracked:
-        return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox}
-    if track_id is None or track_class_id is None:
-        return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id}
-    return {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id,
-            "track_class_id": track_class_id, "track_label": track_label}
+        out = {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox}
+    elif track_id is None or track_class_id is None:
+        out = {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id}
+    else:
+        out = {"class_id": class_id, "label": label, "confidence": confidence, "bbox": bbox, "track_id": track_id,
+               "track_class_id": track_class_id, "track_label": track_label}
+    if attributes:
+        out["attributes"] = attributes
+    return out
 
 
 def camera_status(state: CameraState, previous: CameraState | None) -> str:

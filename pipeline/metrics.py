@@ -87,8 +87,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             p + "stage_seconds",
-            "Time per stage: decode per picture; preprocess, infer, postprocess per batch; track per "
-            "frame; publish per message, from the spool to Kafka's acknowledgement", ["stage"], registry=r,
+            "Time per stage: decode per picture; preprocess, infer, postprocess, classify (classifiers on "
+            "detections) per batch; track per frame; publish per message, from the spool to Kafka's acknowledgement", ["stage"], registry=r,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
         )
         self.tracks_active = Gauge(p + "tracks_active", "Objects being tracked", ["camera"], registry=r)

@@ -45,7 +45,30 @@ def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray,
     out = np.full((len(boxes), LOOK_BINS), np.nan)
     if not len(boxes):
         return out
-    samples = np.zeros((len(boxes), GRID * GRID, 3))
+    samples, known = _samples(pictures, boxes, owner, device, GRID, INNER)
+    if known.any():
+        out[known] = _histograms(samples[known])
+    return out
+
+
+def crops(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray, size: int,
+          device: DeviceSampler | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each box's picture as a classifier takes it: [M, 3, size, size] float32 RGB in [0, 1], the
+    whole box resized to size x size by nearest sample (the same sampling as looks', on the host
+    from the decoder's planes or on the device by `device`, made with grid=size and inner=1.0: no
+    picture is converted or copied whole), and which rows could be read."""
+    samples, known = _samples(pictures, boxes, owner, device, size, 1.0)
+    # samples run x-major (k = x * size + y, as the kernel writes them): to [M, 3, y, x]
+    yuv = samples.reshape(len(boxes), size, size, 3).transpose(0, 3, 2, 1)
+    y, u, v = (yuv[:, 0] - 16) * (255 / 219), (yuv[:, 1] - 128) * (255 / 224), (yuv[:, 2] - 128) * (255 / 224)
+    rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=1)  # BT.601, as swscale's
+    return np.clip(rgb / 255, 0, 1).astype(np.float32), known
+
+
+def _samples(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray, device, grid: int,
+             inner: float) -> tuple[np.ndarray, np.ndarray]:
+    """[M, grid*grid, 3] YUV samples of each box (float64) and which could be read."""
+    samples = np.zeros((len(boxes), grid * grid, 3))
     known = np.zeros(len(boxes), bool)
     starts = np.searchsorted(owner, np.arange(len(pictures) + 1))
     on_device = [i for i, p in enumerate(pictures) if hasattr(p, "luma_ptr") and starts[i] < starts[i + 1]]
@@ -61,11 +84,9 @@ def looks(pictures: Sequence[Any], boxes: np.ndarray, owner: np.ndarray,
         planes = _planes(picture)
         if planes is None:
             continue
-        samples[a:b] = _sample(planes, boxes[a:b])
+        samples[a:b] = _sample(planes, boxes[a:b], grid, inner)
         known[a:b] = True
-    if known.any():
-        out[known] = _histograms(samples[known])
-    return out
+    return samples, known
 
 
 class DeviceSampler:
@@ -75,20 +96,20 @@ class DeviceSampler:
     most boxes a batch had (at most max_batch x model.max_detections). Used by one thread (the
     lane's finish stage)."""
 
-    def __init__(self, gpu) -> None:
+    def __init__(self, gpu, grid: int = GRID, inner: float = INNER) -> None:
         from pipeline.s4_infer.gpu_preprocess import KERNEL_FATBIN
 
-        self._gpu = gpu
+        self._gpu, self.grid, self.inner = gpu, grid, inner
         self._kernel = gpu.kernel(KERNEL_FATBIN, "sample_nv12_boxes")
         self._stream = gpu.stream()
         self._capacity = 0
         self._boxes = self._out = self._host = None
 
     def sample(self, pictures: Sequence[Any], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """[n, GRID*GRID, 3] YUV samples (as s5_looks._sample gives) of boxes[i] of pictures[i]."""
+        """[n, grid*grid, 3] YUV samples (as s5_looks._sample gives) of boxes[i] of pictures[i]."""
         counts = [len(b) for b in boxes]
         total = sum(counts)
-        per = GRID * GRID
+        per = self.grid * self.grid
         with self._gpu.current():
             if total > self._capacity:
                 self._grow(max(total, 2 * self._capacity, 256))
@@ -98,7 +119,8 @@ class DeviceSampler:
             for picture, n in zip(pictures, counts):
                 self._kernel(np.uintp(picture.luma_ptr), np.int32(picture.luma_pitch), np.uintp(picture.chroma_ptr),
                              np.int32(picture.chroma_pitch), np.int32(picture.width), np.int32(picture.height),
-                             np.uintp(self._boxes.ptr + 16 * first), np.int32(n), np.int32(GRID), np.float32(INNER),
+                             np.uintp(self._boxes.ptr + 16 * first), np.int32(n), np.int32(self.grid),
+                             np.float32(self.inner),
                              np.uintp(self._out.ptr + 3 * per * first),
                              block=(128, 1, 1), grid=((n * per + 127) // 128, 1, 1), stream=self._stream.raw)
                 first += n
@@ -112,9 +134,10 @@ class DeviceSampler:
         for buffer in (self._boxes, self._out, self._host):
             if buffer is not None:
                 buffer.close()
+        per = self.grid * self.grid
         self._boxes = self._gpu.alloc(16 * capacity)
-        self._out = self._gpu.alloc(3 * GRID * GRID * capacity)
-        self._host = self._gpu.pinned((3 * GRID * GRID * capacity,), np.uint8)
+        self._out = self._gpu.alloc(3 * per * capacity)
+        self._host = self._gpu.pinned((3 * per * capacity,), np.uint8)
         self._capacity = capacity
 
     def close(self) -> None:
@@ -151,14 +174,15 @@ def _planes(picture: Any):
     return ("nv12", tuple(planes[:2])) if fmt == "nv12" else ("yuv", tuple(planes[:3]))
 
 
-def _sample(planes, boxes: np.ndarray) -> np.ndarray:
-    """[n, GRID*GRID, 3] samples (Y, U, V, 0-255) of each box's grid."""
+def _sample(planes, boxes: np.ndarray, grid: int = GRID, inner: float = INNER) -> np.ndarray:
+    """[n, grid*grid, 3] samples (Y, U, V, 0-255) of each box's grid over its middle `inner`."""
     kind, arrays = planes
     height, width = arrays[0].shape[:2]
-    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * _STEPS  # [n, GRID]
-    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * _STEPS
-    xs = np.clip(np.repeat(x, GRID, axis=1), 0, width - 1).astype(np.intp)  # [n, GRID*GRID]: row by row
-    ys = np.clip(np.tile(y, GRID), 0, height - 1).astype(np.intp)
+    steps = _STEPS if (grid, inner) == (GRID, INNER) else (np.arange(grid) + 0.5) / grid * inner + (1 - inner) / 2
+    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps  # [n, grid]
+    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
+    xs = np.clip(np.repeat(x, grid, axis=1), 0, width - 1).astype(np.intp)  # [n, grid*grid]: x-major
+    ys = np.clip(np.tile(y, grid), 0, height - 1).astype(np.intp)
     if kind == "rgb":
         rgb = arrays[0][ys, xs].astype(np.float64)
         r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # BT.601, as the decoders' YUV

@@ -327,17 +327,17 @@ class TrackTable:
             cls, t = classes[d], matched[d]
             if t >= 0:  # a matched track is published
                 tc = track_class[t]
-                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], track_id[t], tc, labels[tc])))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], track_id[t], tc, labels[tc], None)))
             elif not x.fresh[d] or len(cam.rows) >= max_tracks:
                 untracked += x.fresh[d]
-                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None, None)))
             elif x.over_live[d]:  # a new box over a live track: its id goes out once it is seen again
                 self._start(cam, x.array[d], cls, scores[d], f, x.looks[d], published=False)
-                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None)))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], None, None, None, None)))
             else:
                 new_id = self._start(cam, x.array[d], cls, scores[d], f, x.looks[d], published=True)
                 started.append(new_id)
-                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls])))
+                out.append(make(kind, (cls, labels[cls], scores[d], boxes[d], new_id, cls, labels[cls], None)))
         return TrackedFrame(tuple(out), started, ended, untracked)
 
     # ------------------------------------------------------------------ rows

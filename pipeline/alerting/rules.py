@@ -122,6 +122,10 @@ class Rule(_Strict):
     for_s: float = Field(0, ge=0, le=86400, description="seconds the condition must hold before the alert fires")
     clear_s: float = Field(2, ge=0, le=3600, description="seconds without the condition that resolve the alert")
     min_confidence: float = Field(0.0, ge=0, le=1, description="detections below this confidence are ignored")
+    attributes: dict[str, list[str]] | None = Field(
+        None, description="classifiers' labels a detection must have, e.g. {colour: [red, yellow]}: its "
+        "attribute's track_label (voted over the track's sightings) where the message has one, else its label; "
+        "a detection without that attribute does not count")
     models: list[str] | None = Field(None, min_length=1, description="the models whose detections the rule reads "
                                      "(their messages' `model.name`); default: every model's, each on its own "
                                      "(track ids are per camera and model)")
@@ -367,7 +371,8 @@ class AlertEngine:
         polygon = self.rules.zones[rule.zone].polygon if rule.zone else None
         return [det for det in detections
                 if det.get("track_label", det["label"]) in rule.classes and det["confidence"] >= rule.min_confidence
-                and (polygon is None or inside(anchor(det), polygon))]
+                and (polygon is None or inside(anchor(det), polygon))
+                and (rule.attributes is None or _has_attributes(det, rule.attributes))]
 
     # ---------------------------------------------------------------- line
     def _line(self, rule: Rule, scope: tuple, at: float, message: dict, matched: list[dict], ended: set) -> list[dict]:
@@ -480,6 +485,16 @@ class AlertEngine:
             "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
             "detections": matched,
         }
+
+
+def _has_attributes(det: dict, wanted: dict[str, list[str]]) -> bool:
+    """Whether a detection's classifiers said one of the wanted labels, for each classifier named."""
+    found = det.get("attributes") or {}
+    for name, labels in wanted.items():
+        attribute = found.get(name)
+        if attribute is None or (attribute.get("track_label") or attribute["label"]) not in labels:
+            return False
+    return True
 
 
 def _scope_id(scope: tuple[str, str]) -> str:

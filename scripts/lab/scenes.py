@@ -37,6 +37,17 @@ GENERATOR_VERSION = 2  # bump when a seed's pictures change (2: distractors), so
 CLASSES = ("disc", "square", "triangle", "cross")
 DISTRACTORS = ("ellipse", "ring", "blob")  # drawn with class_id -1, -2, -3; never in the truth
 DIFFICULT_BELOW = 0.5  # visible fraction under which an object is "difficult"
+# colour families (the colour classifier's classes, engines/README.md): hue sectors of 60 degrees
+# centred on the primaries and secondaries, of the colour an object is drawn in
+COLOUR_FAMILIES = ("red", "yellow", "green", "cyan", "blue", "magenta")
+
+
+def colour_family(rgb: tuple[int, int, int]) -> int:
+    """The index in COLOUR_FAMILIES of an RGB colour's hue."""
+    import colorsys
+
+    hue, _, _ = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    return int((hue * 6 + 0.5) % 6)
 
 
 @dataclass(frozen=True)

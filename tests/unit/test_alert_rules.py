@@ -17,12 +17,13 @@ BAY = [(100, 600), (900, 600), (900, 1080), (100, 1080)]
 
 
 def message(at: float, boxes=(), camera="gate-1", seq=0, label="person", confidence=0.9, tracks=None,
-            ended=(), run="run", model="m") -> dict:
+            ended=(), run="run", model="m", attributes=None) -> dict:
     """A detections/v1 message exactly as the daemon encodes it; `tracks` gives each box its track
     id (a tracked camera), `ended` the ids of the tracks that ended."""
     meta = FrameMeta(camera, at - T0, at, "rtcp", 1920, 1080)
     ids = tracks if tracks is not None else [None] * len(boxes)
-    dets = tuple(Detection(0, label, confidence, box, track_id=t) for box, t in zip(boxes, ids))
+    attributes = attributes or [None] * len(boxes)
+    dets = tuple(Detection(0, label, confidence, box, track_id=t, attributes=a) for box, t, a in zip(boxes, ids, attributes))
     events = None if tracks is None else TrackEvents((), tuple(EndedTrack(t, label, T0, at, 1, "unseen") for t in ended))
     raw = encode_detections(FrameResult(meta, seq, dets, events), ModelRef(model, "0" * 64, "onnxruntime"), run)
     return json.loads(raw)
@@ -172,6 +173,20 @@ def test_two_models_on_one_camera_keep_their_own_tracks_and_a_rule_may_read_one(
         assert only.feed(message(T0 + i / 10, [IN_BAY], seq=i, tracks=[1], model="people")) == []
     fired = [a for i in range(60) for a in only.feed(message(T0 + 8 + i / 10, [IN_BAY], tracks=[2], model="helmets"))]
     assert [(a["state"], a["model"]) for a in fired] == [("firing", "helmets")]
+
+
+def test_a_rule_may_ask_for_a_classifiers_label_and_reads_the_tracks_vote():
+    def colour(label, voted):
+        return {"colour": {"label": label, "confidence": 0.8, "track_label": voted}}
+
+    eng, out = engine(attributes={"colour": ["red"]}), []
+    for i in range(70):  # track 1 is red by vote though one frame in 7 says blue; track 2 is blue; track 3 has none
+        one = colour("blue" if i % 7 == 0 else "red", "red")
+        out += eng.feed(message(T0 + i / 10, [IN_BAY, OTHER_IN_BAY, STRADDLING], seq=i, tracks=[1, 2, 3],
+                                attributes=[one, colour("blue", "blue"), None]))
+    assert [(a["state"], a["track_ids"]) for a in out] == [("firing", [1])]
+    jsonschema.validate(message(T0, [IN_BAY], tracks=[1], attributes=[colour("red", "red")], run="0" * 32),
+                        json.loads(resources.files("pipeline").joinpath("schemas/detections-v1.schema.json").read_text()))
 
 
 def line_engine(**line) -> AlertEngine:

@@ -232,6 +232,14 @@ def test_a_config_of_named_models_alone_needs_every_camera_to_name_its_own(tmp_p
      ":4: models.helmets.topic: String should match pattern"),
     ("models: [helmets]}", "models: [helmets]}\ncanary: {model: {path: model.onnx}, cameras: [gate-2]}",
      "canary.cameras: gate-2 do not use the top-level model (`default`), which the canary replaces"),
+    ("  shapes: {path: model.onnx}", "  shapes: {path: model.onnx, kind: classify}",
+     ":5: models.shapes: a classifier needs `on: {model: ..., classes: [...]}`"),
+    ("  shapes: {path: model.onnx}", "  shapes: {path: model.onnx, kind: classify, on: {model: hats}}",
+     ":5: models.shapes.on.model: 'hats' is not a detector here; known: default, helmets"),
+    ("  shapes: {path: model.onnx}", "  shapes: {path: model.onnx, kind: classify, on: {model: helmets}, topic: x}",
+     "a classifier publishes nothing of its own"),
+    ("  shapes: {path: model.onnx}", "  shapes: {path: model.onnx, on: {model: helmets}}",
+     "`on` is for classifiers (kind: classify)"),
 ])
 def test_each_mistake_of_several_models_is_named_with_its_line(tmp_path, old, new, expected):
     assert old in MODELS
@@ -240,6 +248,24 @@ def test_each_mistake_of_several_models_is_named_with_its_line(tmp_path, old, ne
     assert any(expected in line and line.startswith(str(path)) for line in found), found
 
 
+def test_a_classifier_runs_on_a_detector_and_no_camera_names_it(tmp_path):
+    text = MODELS.replace("  shapes: {path: model.onnx}",
+                          "  colour: {path: model.onnx, kind: classify, on: {model: default, classes: [disc]}}")
+    config = load_config(write(tmp_path, text), {})
+    assert list(config.detectors()) == ["default", "helmets"] and list(config.classifiers_on("default")) == ["colour"]
+    path = write(tmp_path, text.replace("models: [helmets]}", "models: [helmets, colour]}"))
+    assert any(":11: cameras[2].models: 'colour' is a classifier: it runs on the detections of its `on.model`" in line
+               for line in problems(path, env={}))
+
+
 def test_a_second_model_on_its_own_topic_may_share_the_top_level_models_file_name(tmp_path):
     text = MODELS.replace("  shapes: {path: model.onnx}", "  model: {path: model.onnx, topic: other}")
     assert load_config(write(tmp_path, text), {}).topic_of("model") == "other"
+
+
+def test_yaml_booleans_are_true_and_false_only_and_settings_still_read_yes_and_off(tmp_path):
+    """`on:` (a classifier's) and a camera named `no` stay text (YAML 1.2), not booleans (YAML 1.1)."""
+    text = GOOD.replace("  - {id: yard,", "  - {id: no, tracking: {enabled: off, appearance: yes},")
+    config = load_config(write(tmp_path, text), {"GATE_PASS": "pw"})
+    assert config.cameras[1].id == "no"
+    assert config.tracking_for(config.cameras[1]).enabled is False and config.cameras[1].tracking.appearance is True
