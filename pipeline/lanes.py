@@ -161,8 +161,9 @@ class Lanes:
             gpu = listed[0].gpu
         elif camera.gpu is not None and self.path.on_gpu:
             gpu = next((lane.gpu for lane in self.all if lane.gpu.index == camera.gpu), None)
-        else:  # the least loaded by the lanes of its first model
-            first = [lane for lane in self.all if lane.model == names[0]]
+        else:  # of the GPUs with a lane for each of its models, the one whose first model's lane is least loaded
+            first = [lane for lane in self.all if lane.model == names[0] and all(
+                any(other.model == name and other.gpu is lane.gpu for other in self.all) for name in names)]
             gpu = min(first, key=lambda lane: len(lane.cameras)).gpu if first else None
         lanes = [next((lane for lane in self.all if lane.model == name and lane.gpu is gpu), None) for name in names]
         missing = [name for name, lane in zip(names, lanes) if lane is None]

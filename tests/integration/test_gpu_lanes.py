@@ -80,6 +80,51 @@ def test_each_gpu_gets_its_own_lane_and_cameras_are_placed_on_them(tmp_path, rts
         assert seqs == list(range(len(seqs))) and len(seqs) >= 8
 
 
+def test_a_cameras_models_run_on_the_gpu_it_is_decoded_on_one_lane_per_gpu_and_model(tmp_path, rtsp_server, broker):
+    """Several models over two (stand-in) GPUs: a lane per (GPU, model) that has cameras, and a
+    camera's models all on its own GPU, the one its frames are decoded to."""
+    from pipeline.app import Runtime
+
+    topic, port = f"gpumodels-{uuid.uuid4().hex[:8]}", free_port()
+    cameras = [("wide", rtsp_server.url("wide"), 5, {"models": ["default", "int8"]}),
+               ("classic", rtsp_server.url("classic"), 5), ("portrait", rtsp_server.url("portrait"), 5,
+                                                             {"models": ["int8"], "gpu": 1})]
+    int8 = {"path": str(MODEL.with_name("shapes-yolov8n.int8.onnx")), "backend": "tensorrt", "topic": f"{topic}-int8"}
+    path = daemon_config(tmp_path / "gpumodels.yaml", {"path": MODEL, "backend": "tensorrt"}, broker.bootstrap,
+                         cameras, topic=topic, status_topic=f"{topic}-status", metrics_port=port,
+                         gpu={"decoder": "pyav"}, models={"int8": int8})
+    loaded = []
+
+    def engine_loader(model, backend, gpu, max_batch, confidence=None):
+        loaded.append((gpu.index, model.path.name))
+        return OnnxRuntimeEngine(model)
+
+    runtime = Runtime(load_config(path), engine_loader=engine_loader,
+                      gpu_probe=lambda: GpuProbe(2, {m: True for m in GPU_MODULES}), gpu_factory=FakeGpu)
+    want = {("wide", "shapes-yolov8n"), ("wide", "int8"), ("classic", "shapes-yolov8n"), ("portrait", "int8")}
+
+    def enough(records):
+        counts = defaultdict(int)
+        for r in records:
+            counts[(r.key, r.value["model"]["name"])] += 1
+        return set(counts) == want and min(counts.values()) >= 5
+
+    async def main():
+        task = asyncio.create_task(runtime.run())
+        try:
+            records = await asyncio.to_thread(consume, broker.bootstrap, [topic, f"{topic}-int8"], enough, 90)
+            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+        finally:
+            runtime.request_stop()
+            await asyncio.wait_for(task, 30)
+        return records, metric_values(text[1], "rtsp_pipeline_camera_gpu")
+
+    records, placed = asyncio.run(main())
+    assert sorted(loaded) == [(0, "shapes-yolov8n.int8.onnx"), (0, "shapes-yolov8n.onnx"), (1, "shapes-yolov8n.int8.onnx")]
+    assert placed == {'{camera="wide"}': 0.0, '{camera="classic"}': 0.0, '{camera="portrait"}': 1.0}
+    assert {(r.key, r.value["model"]["name"]) for r in records} == want
+
+
 NO_VIDEO_LIBRARIES = ("NVDEC cannot work here: libnvcuvid.so.1, libnvidia-encode.so.1 not found; they come with the "
                       "full NVIDIA driver (not compute-only packages); in a container, set "
                       "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video")
