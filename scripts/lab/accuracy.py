@@ -177,6 +177,16 @@ def best_f1_threshold(sweep: list[tuple[float, Score]]) -> float:
     return max(sweep, key=lambda item: (round(f1(item[1]), 4), -item[0]))[0]
 
 
+def scene_clip(folder: Path, seed: int, width: int, height: int, frames: int = 200) -> Path:
+    """A scene of scripts/lab/scenes.py and its truth, made once in `folder`."""
+    from scripts.lab.scenes import Scene, truth_path
+
+    clip = Path(folder) / f"scene-{seed}-{width}x{height}-{frames}-fixed-gop.mp4"  # fixed GOP since scene-cut was turned off
+    if not clip.exists() or not truth_path(clip).exists():
+        Scene(seed, width, height, frames=frames).write(clip)
+    return clip
+
+
 def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=TEST_CAMERAS,
                   input_size: int = 320, fps: float = 5, frames: int = 200, confidence: float = 0.25,
                   timeout: float = 120, source: dict | None = None) -> tuple[list[dict], dict[str, Truth]]:
@@ -188,15 +198,10 @@ def run_on_scenes(model: Path, workdir: Path, broker, per_camera: int, cameras=T
     from scripts.lab.cameras import RtspServer
     from scripts.lab.common import free_port
     from scripts.lab.daemons import Daemon, daemon_config
-    from scripts.lab.scenes import Scene, truth_path
+    from scripts.lab.scenes import truth_path
 
     workdir.mkdir(parents=True, exist_ok=True)
-    clips = {}
-    for cam, (seed, width, height) in cameras.items():
-        clip = workdir / f"scene-{seed}-{width}x{height}-{frames}-fixed-gop.mp4"  # fixed GOP since scene-cut was turned off
-        if not clip.exists() or not truth_path(clip).exists():
-            Scene(seed, width, height, frames=frames).write(clip)
-        clips[cam] = clip
+    clips = {cam: scene_clip(workdir, seed, width, height, frames) for cam, (seed, width, height) in cameras.items()}
     truths = {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
     topic = f"acc-{uuid.uuid4().hex[:8]}"
     with RtspServer(clips) as rtsp:

@@ -42,6 +42,13 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def scene_folder(tmp_path_factory) -> Path:
+    """Where the accuracy scenes' clips are made once a session (scripts.lab.accuracy.scene_clip):
+    test_accuracy and test_models read the same held-out scenes."""
+    return tmp_path_factory.mktemp("scenes")
+
+
+@pytest.fixture(scope="session")
 def _session_rtsp_server(clips):
     with RtspServer(clips) as server:
         yield server

@@ -17,8 +17,8 @@ PER_CAMERA = 40  # messages: 8 s of each camera at 5 fps
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory, broker):
-    messages, truths = run_on_scenes(MODEL, tmp_path_factory.mktemp("accuracy"), broker, PER_CAMERA,
+def scored(scene_folder, broker):
+    messages, truths = run_on_scenes(MODEL, scene_folder, broker, PER_CAMERA,
                                      confidence=CONFIDENCE)
     scores = evaluate(messages, truths)
     print("\n" + report(scores))

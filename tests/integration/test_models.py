@@ -16,7 +16,7 @@ import uuid
 import pytest
 import yaml
 
-from scripts.lab.accuracy import evaluate, iou, report
+from scripts.lab.accuracy import evaluate, iou, report, scene_clip
 from scripts.lab.broker import consume
 from scripts.lab.cameras import RtspServer
 from scripts.lab.common import REPO, free_port, wait_for
@@ -31,17 +31,12 @@ CONFIDENCE = 0.35  # the model card's operating point (both versions)
 SCENES = {"cam-a": (9101, 1280, 720), "cam-b": (9102, 1920, 1080), "cam-c": (9103, 1024, 768),
           "cam-d": (9104, 960, 540)}
 USES = {"cam-a": None, "cam-b": ["int8"], "cam-c": ["default", "int8"], "cam-d": ["int8", "default"]}
-PER_STREAM = 30  # messages of each (camera, model): 6 s at 5 fps
+PER_STREAM = 30  # messages of each (camera, model) before the reload: 6 s at 5 fps
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models-scenes")
-    clips = {}
-    for cam, (seed, width, height) in SCENES.items():
-        clip = folder / f"scene-{seed}-{width}x{height}.mp4"
-        Scene(seed, width, height, frames=200).write(clip)
-        clips[cam] = clip
+def scenes(scene_folder):
+    clips = {cam: scene_clip(scene_folder, seed, width, height) for cam, (seed, width, height) in SCENES.items()}
     return clips, {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
 
 
@@ -64,30 +59,53 @@ def streams(records) -> dict[tuple[str, str], list[dict]]:
     return {key: sorted(msgs, key=lambda m: m["frame"]["seq"]) for key, msgs in out.items()}
 
 
-def test_two_detectors_and_a_classifier_share_each_cameras_decode_and_publish_accurate_streams(tmp_path, scenes, broker):
-    clips, truths = scenes
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, scenes, broker):
+    """One daemon, two phases: the four cameras with their models (USES), then a reload that
+    gives cam-a the int8 model instead of the default one and cam-b the default one beside int8."""
+    clips, _ = scenes
+    folder = tmp_path_factory.mktemp("models")
     topic, port = f"models-{uuid.uuid4().hex[:8]}", free_port()
+    topics = [topic, f"{topic}-int8"]
+    want = [("cam-a", "shapes-yolov8n"), ("cam-b", "int8"), ("cam-c", "shapes-yolov8n"), ("cam-c", "int8"),
+            ("cam-d", "shapes-yolov8n"), ("cam-d", "int8")]
     with RtspServer(clips) as rtsp:
-        path = tmp_path / "models.yaml"
+        path = folder / "models.yaml"
         write_config(path, broker, rtsp, topic, port, USES)
-        daemon = Daemon(path, tmp_path / "models.log")
+        daemon = Daemon(path, folder / "models.log")
         daemon.start()
         try:
-            want = [("cam-a", "shapes-yolov8n"), ("cam-b", "int8"), ("cam-c", "shapes-yolov8n"), ("cam-c", "int8"),
-                    ("cam-d", "shapes-yolov8n"), ("cam-d", "int8")]
-            records = consume(broker.bootstrap, [topic, f"{topic}-int8"], lambda rs: all(
+            first = consume(broker.bootstrap, topics, lambda rs: all(
                 len(streams(rs).get(key, ())) >= PER_STREAM for key in want), 150)
             served = {cam: rtsp.streams_served(cam) for cam in SCENES}
             metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            config = yaml.safe_load(path.read_text())
+            config["cameras"][0]["models"] = ["int8"]
+            config["cameras"][1]["models"] = ["int8", "default"]
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            before = streams(consume(broker.bootstrap, topics, lambda rs: all(
+                len(streams(rs).get(key, ())) >= PER_STREAM for key in want), 10))
+            os.kill(daemon.proc.pid, signal.SIGHUP)
+            wait_for(lambda: "config reloaded" in daemon.log_text(), 20, "the reload")
+            after = consume(broker.bootstrap, topics, lambda rs: all(
+                len(streams(rs).get(key, ())) >= 10 for key in [("cam-a", "int8"), ("cam-b", "shapes-yolov8n")]), 90)
+            served_after = {cam: rtsp.streams_served(cam) for cam in SCENES}
+            metrics_after = http_get(f"http://127.0.0.1:{port}/metrics")[1]
         finally:
             code = daemon.stop()
     assert code == 0, daemon.log_text()[-3000:]
+    return {"topic": topic, "want": want, "first": first, "served": served, "metrics": metrics, "log": daemon.log_text(),
+            "before": before, "after": after, "served_after": served_after, "metrics_after": metrics_after}
+
+
+def test_two_detectors_and_a_classifier_share_each_cameras_decode_and_publish_accurate_streams(run, scenes):
+    _, truths = scenes
+    topic, want, records = run["topic"], run["want"], run["first"]
     got = streams(records)
-    assert served == {cam: 1 for cam in SCENES}, "each camera read (and decoded) once, whatever its models"
+    assert run["served"] == {cam: 1 for cam in SCENES}, "each camera read (and decoded) once, whatever its models"
     assert sorted(got) == sorted(want), "each camera's frames reach exactly the models it names"
     on_topic = {(r.key, r.value["model"]["name"]): r.topic for r in records}
-    assert {key: t for key, t in on_topic.items()} == {
-        key: (f"{topic}-int8" if key[1] == "int8" else topic) for key in want}
+    assert on_topic == {key: (f"{topic}-int8" if key[1] == "int8" else topic) for key in want}
     for key, msgs in got.items():
         seqs = [m["frame"]["seq"] for m in msgs]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{key}: frame.seq has gaps or repeats"
@@ -101,9 +119,9 @@ def test_two_detectors_and_a_classifier_share_each_cameras_decode_and_publish_ac
             assert score.precision >= 0.9 and score.recall >= 0.9, f"{model}:\n{report(scores)}"
     # one lane per model; the INT8 model's configured without input_size: run at the 320 it was
     # exported at (its metadata), not the 640 default
-    lanes = [json.loads(line) for line in daemon.log_text().splitlines() if '"lane ready"' in line]
+    lanes = [json.loads(line) for line in run["log"].splitlines() if '"lane ready"' in line]
     assert sorted((lane["model"], lane["input_size"]) for lane in lanes) == [("default", 320), ("int8", 320)], lanes
-    check_colours([m for (_, name), msgs in got.items() if name == "shapes-yolov8n" for m in msgs], truths, metrics)
+    check_colours([m for (_, name), msgs in got.items() if name == "shapes-yolov8n" for m in msgs], truths, run["metrics"])
     assert not [d for (_, name), msgs in got.items() if name == "int8" for m in msgs for d in m["detections"]
                 if "attributes" in d], "the classifier runs on the default detector's boxes only"
 
@@ -138,41 +156,13 @@ def check_colours(messages: list[dict], truths: dict, metrics: str) -> None:
         {k: v for k, v in scored.items() if v[0] != v[1]})
 
 
-def test_a_reload_changes_a_cameras_models_without_reconnecting_it(tmp_path, scenes, broker):
-    clips, _ = scenes
-    topic, port = f"remodel-{uuid.uuid4().hex[:8]}", free_port()
-    uses = {"cam-a": None, "cam-b": ["int8"]}
-    with RtspServer({cam: clips[cam] for cam in uses}) as rtsp:
-        path = tmp_path / "remodel.yaml"
-        write_config(path, broker, rtsp, topic, port, uses)
-        daemon = Daemon(path, tmp_path / "remodel.log")
-        daemon.start()
-        try:
-            topics = [topic, f"{topic}-int8"]
-            consume(broker.bootstrap, topics, lambda rs: all(
-                len(streams(rs).get(key, ())) >= 10 for key in [("cam-a", "shapes-yolov8n"), ("cam-b", "int8")]), 90)
-            # cam-a leaves the default model for int8; cam-b adds the default model to int8
-            config = yaml.safe_load(path.read_text())
-            config["cameras"][0]["models"] = ["int8"]
-            config["cameras"][1]["models"] = ["int8", "default"]
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-            before = streams(consume(broker.bootstrap, topics, lambda rs: len(streams(rs).get(
-                ("cam-a", "shapes-yolov8n"), ())) >= 10, 10))
-            os.kill(daemon.proc.pid, signal.SIGHUP)
-            wait_for(lambda: "config reloaded" in daemon.log_text(), 20, "the reload")
-            records = consume(broker.bootstrap, topics, lambda rs: all(
-                len(streams(rs).get(key, ())) >= 10 for key in [("cam-a", "int8"), ("cam-b", "shapes-yolov8n")]), 90)
-            metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
-            served = {cam: rtsp.streams_served(cam) for cam in uses}
-        finally:
-            code = daemon.stop()
-    assert code == 0, daemon.log_text()[-3000:]
-    got = streams(records)
-    # neither camera reconnected: one stream each from the RTSP server, no reconnect attempt
-    assert served == {"cam-a": 1, "cam-b": 1}
-    reload_line = next(json.loads(line) for line in daemon.log_text().splitlines() if '"config reloaded"' in line)
+def test_a_reload_changes_a_cameras_models_without_reconnecting_it(run):
+    got, before = streams(run["after"]), run["before"]
+    # no camera reconnected: one stream each from the RTSP server, no reconnect attempt
+    assert run["served_after"] == {cam: 1 for cam in SCENES}
+    assert not [k for k, v in metric_values(run["metrics_after"], "rtsp_pipeline_reconnects_total").items() if v > 0]
+    reload_line = next(json.loads(line) for line in run["log"].splitlines() if '"config reloaded"' in line)
     assert reload_line["models_changed"] == ["cam-a", "cam-b"] and reload_line["changed"] == [], reload_line
-    assert not [k for k, v in metric_values(metrics, "rtsp_pipeline_reconnects_total").items() if v > 0]
     # cam-b's int8 stream went on through the reload without a gap; cam-a's default stream stopped
     seqs = [m["frame"]["seq"] for m in got[("cam-b", "int8")]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "cam-b's int8 seq has a gap across the reload"
@@ -180,3 +170,4 @@ def test_a_reload_changes_a_cameras_models_without_reconnecting_it(tmp_path, sce
     late = len(got[("cam-a", "shapes-yolov8n")]) - len(before[("cam-a", "shapes-yolov8n")])
     assert late <= 5, f"cam-a's default-model messages went on after the reload: {late} more"
     assert got[("cam-a", "int8")][0]["frame"]["seq"] == 0  # a new (camera, model) stream starts at 0
+    assert ("cam-b", "shapes-yolov8n") not in before  # cam-b's default stream is new
