@@ -29,8 +29,9 @@ class RtspServer(ChildProcess):
 
     def start(self) -> None:
         """Start and wait until it listens."""
+        self.media_log = tempfile.NamedTemporaryFile(prefix="rtsp-media-", suffix=".log", delete=False)
         args = [SYSTEM_PYTHON, str(REPO / "scripts" / "lab" / "rtsp_server.py"), "--port", str(self.port),
-                "--address", self.address]
+                "--address", self.address, "--media-log", self.media_log.name]
         args += [f"{name}={path}" for name, path in self.mounts.items()]
         # stderr goes to a file, not to a pipe nobody reads (64 KiB of GStreamer warnings would
         # block the server in write()); `log_tail` shows it when a test finds the server mute
@@ -53,9 +54,10 @@ class RtspServer(ChildProcess):
     def stop(self, timeout: float = 10) -> int | None:
         """Stop the server and delete its log."""
         code = super().stop(timeout)
-        if getattr(self, "log", None) is not None:
-            self.log.close()
-            Path(self.log.name).unlink(missing_ok=True)
+        for log in (getattr(self, "log", None), getattr(self, "media_log", None)):
+            if log is not None:
+                log.close()
+                Path(log.name).unlink(missing_ok=True)
         return code
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -65,8 +67,7 @@ class RtspServer(ChildProcess):
     def streams_served(self, name: str) -> int:
         """How many client streams of mount `name` the server has made (each RTSP client its own:
         a camera read once is one)."""
-        text = Path(self.log.name).read_text(errors="replace")  # GStreamer's own warnings may precede a line
-        return sum(1 for line in text.splitlines() if line.endswith(f"media {name}"))
+        return Path(self.media_log.name).read_text().splitlines().count(f"media {name}")
 
     def pause(self) -> None:
         """Stop sending packets on every stream, connections kept (a stalled camera)."""

@@ -80,8 +80,13 @@ def _set_all(state):
     return True  # keep the signal handler
 
 
+MEDIA_LOG: list[str] = []  # its own file: GStreamer's warnings on stderr can run into a line
+
+
 def _configure(media, name: str):
-    print(f"media {name}", file=sys.stderr, flush=True)  # one per client stream: RtspServer.streams_served counts them
+    if MEDIA_LOG:  # one line per client stream: RtspServer.streams_served counts them
+        with open(MEDIA_LOG[0], "a") as fh:
+            fh.write(f"media {name}\n")
     _loop_forever(media)
     MEDIA.add(media)
     media.connect("unprepared", MEDIA.discard)  # its client left
@@ -117,8 +122,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--media-log", help="append a line `media NAME` here for each client stream made")
     parser.add_argument("mounts", nargs="+", help="NAME=FILE.mp4, NAME=FILE.mp4#audio-first or NAME=FILE.ts")
     args = parser.parse_args()
+    if args.media_log:
+        MEDIA_LOG.append(args.media_log)
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
