@@ -270,6 +270,13 @@ class SpoolMachine(RuleBasedStateMachine):
         self.maybe = set()
         self.check_accounting()
 
+    @rule(crash=st.booleans(), tear=st.booleans(), where=st.floats(0.01, 0.99))
+    def deliver_everything_then_restart(self, crash, tear, where):
+        """The daemon's most common restart: the broker took everything, then a stop or a kill.
+        (Reached by chance only in about one run in ten before this rule: a CI run fell to 54 of 600.)"""
+        self.deliver_everything()
+        self.crash_and_reopen(tear, where) if crash else self.close_and_reopen()
+
     @rule(tear=st.booleans(), where=st.floats(0.01, 0.99))
     def crash_and_reopen(self, tear, where):
         spool = self.spool
