@@ -32,6 +32,7 @@ from pipeline.fleet import CAMERA_JOIN_S, Fleet
 from pipeline.gpu import Gpu, GpuProbe, PathChoice, choose_path, nvdec_problem, probe
 from pipeline.lanes import Lanes, Route
 from pipeline.logs import add_secrets, log_event
+from pipeline.memory import MemoryBudget
 from pipeline.messages import encode_detections, encode_status, rfc3339_ms
 from pipeline.metrics import Metrics
 from pipeline.native_output import NativeStdout
@@ -178,7 +179,9 @@ class Runtime:
         log_event(log, logging.INFO, "execution path", backend=path.backend, decoder=path.decoder, why=path.why)
         self._lanes = Lanes(lambda: self.config, path, self.metrics, engine_loader=self._engine_loader,
                             gpu_devices=lambda: self._gpu_probe().devices, gpu_factory=self._gpu_factory,
-                            decoder_factory=self._decoder_factory, preview=self.preview, emit=self._emit_results)
+                            decoder_factory=self._decoder_factory, preview=self.preview, emit=self._emit_results,
+                            budget=MemoryBudget(self.metrics, self.config.gpu.memory_budget_mb,
+                                                self.metrics.process_gpu_bytes))
         await self._lanes.build(empty=self._placement is not None)  # with placement, the group fills the lanes
         await self._publisher.start()
         ffmpeg_warnings_on()  # the camera threads count RTP packet loss from them

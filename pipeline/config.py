@@ -96,6 +96,9 @@ class ModelConfig(_Strict):
     )
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
+    memory_mb: float | None = Field(
+        None, gt=0, le=1_000_000, description="most memory this model may take on its GPU (on the CPU path: of "
+        "the process's), measured as it loads (engine, weights, its buffers); more refuses the start")
 
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -371,6 +374,11 @@ class GpuConfig(_Strict):
     )
     devices: list[Annotated[int, Field(ge=0, le=63)]] | None = Field(
         None, min_length=1, description="GPU indexes to use (default: all)"
+    )
+    memory_budget_mb: float | None = Field(
+        None, gt=0, le=10_000_000, description="memory each GPU may give this node's models and frame pools, "
+        "measured (see docs/operating.md); models over it refuse the start, a camera whose frame pool would "
+        "pass it does not stream. On the CPU path: the models' share of the process's memory. Default: no limit"
     )
 
 

@@ -20,10 +20,11 @@ class PipelineError(Exception):
 class SourceError(PipelineError):
     """A camera could not be opened or read; carries the camera id."""
 
-    def __init__(self, camera_id: str, message: str) -> None:
+    def __init__(self, camera_id: str, message: str, kind: str = "no_video") -> None:
         super().__init__(f"camera {camera_id}: {message}")
         self.camera_id = camera_id
         self.reason = message
+        self.kind = kind  # the source_errors label
 
 
 class EngineError(PipelineError):

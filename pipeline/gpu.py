@@ -387,6 +387,12 @@ class Gpu:
             with self.current():
                 _destroy(holder.pop())  # the last reference goes here, with the context current
 
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of this GPU's memory, all processes (cuMemGetInfo)."""
+        with self.current():
+            free, total = self._cuda.mem_get_info()
+        return int(free), int(total)
+
     def owned(self) -> tuple[int, int]:
         """(objects, bytes of device and pinned memory) we hold on this GPU now."""
         with self._lock:

@@ -27,10 +27,11 @@ import numpy as np
 
 from pipeline.api.detect import DetectTarget
 from pipeline.config import CANARY_MODEL, DEFAULT_MODEL, CameraConfig, Config, ModelConfig
-from pipeline.core import EngineError, FrameResult, ModelRef
+from pipeline.core import EngineError, FrameResult, ModelRef, SourceError
 from pipeline.gpu import PathChoice, TransferCounter, assign_gpus
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import log_event
+from pipeline.memory import MemoryBudget
 from pipeline.metrics import Metrics
 from pipeline.preview import PreviewHub
 from pipeline.s2_nvdec import nvdec_decoder
@@ -96,8 +97,9 @@ class Lanes:
     def __init__(self, config: Callable[[], Config], path: PathChoice, metrics: Metrics, *,
                  engine_loader: Callable[..., Engine], gpu_devices: Callable[[], int],
                  gpu_factory: Callable[..., Any], decoder_factory: Callable, preview: PreviewHub | None,
-                 emit: Emit) -> None:
+                 emit: Emit, budget: MemoryBudget | None = None) -> None:
         self._config, self.path, self._metrics = config, path, metrics
+        self.budget = budget or MemoryBudget(metrics, None)
         self._engine_loader, self._gpu_devices, self._gpu_factory = engine_loader, gpu_devices, gpu_factory
         self._decoder_factory, self._preview, self._emit = decoder_factory, preview, emit
         self.all: list[Lane] = []
@@ -105,10 +107,13 @@ class Lanes:
 
     async def build(self, empty: bool) -> None:
         """Load every lane's engine (off the loop); `empty`: each starts with no cameras (with
-        placement every lane is made, so that any camera can be taken, and the group fills them)."""
+        placement every lane is made, so that any camera can be taken, and the group fills them).
+        Each model's memory is measured as it loads; over gpu.memory_budget_mb the start is refused."""
         for (gpu_index, model), cameras in self._camera_lanes().items():
             gpu = None if gpu_index is None else self._gpu(gpu_index)
             self.all.append(await asyncio.to_thread(self._build_lane, gpu, [] if empty else cameras, model))
+        cfg = self._config()
+        self.budget.check({name: model.memory_mb for name, model in {**cfg.detectors(), **cfg.models}.items()})
 
     def start(self) -> None:
         """Start every lane's inference threads."""
@@ -180,7 +185,17 @@ class Lanes:
             return self._decoder_factory
         count = functools.partial(lambda cam, kind: self._metrics.source_errors.labels(cam, kind).inc(), camera.id)
         depth = sum(InferenceWorker.frames_in_flight(lane.engine.concurrency) for lane in lanes)
-        return functools.partial(nvdec_decoder, gpu=lanes[0].gpu, on_event=count, pool_frames=depth)
+        gpu = lanes[0].gpu
+        return functools.partial(nvdec_decoder, gpu=gpu, on_event=count, pool_frames=depth,
+                                 reserve=functools.partial(self._reserve_frames, gpu, camera.id),
+                                 release=functools.partial(self.budget.release_frames, gpu))
+
+    def _reserve_frames(self, gpu, camera: str, nbytes: int) -> None:
+        """A camera's frame pool against the budget; over it, that camera does not stream (slow retries)."""
+        try:
+            self.budget.reserve_frames(gpu, camera, nbytes)
+        except EngineError as exc:
+            raise SourceError(camera, str(exc).removeprefix(f"camera {camera}: "), "gpu_memory") from None
 
     def _camera_lanes(self) -> dict[tuple[int | None, str], list[CameraConfig]]:
         """(GPU index or None for the CPU, model) -> its cameras, in config order; only pairs with
@@ -216,8 +231,8 @@ class Lanes:
         model = cfg.detectors()[name]
         gpu_index = None if gpu is None else gpu.index
         lowest = cfg.lowest_confidence(model)
-        engine = self._engine_loader(model, backend=path.backend, gpu=gpu, max_batch=cfg.batching.max_batch,
-                                     confidence=lowest)
+        engine, preprocessors, max_batch = self.budget.measure(gpu, name, functools.partial(
+            self._load_engine, model, gpu, lowest))
         info = engine.info
         model_ref = ModelRef(cfg.message_name(name), info.sha256, engine.backend)
         self._metrics.model_info.labels(info.name, info.sha256, engine.backend).set(1)
@@ -227,14 +242,12 @@ class Lanes:
         log_event(log, logging.INFO, "lane ready", gpu=gpu_index, cameras=len(cameras), layout=layout,
                   model=name, file=info.name, backend=engine.backend, topic=cfg.topic_of(name),
                   input_size=info.input_spec.size)
-        max_batch = min(cfg.batching.max_batch, info.input_spec.batch or cfg.batching.max_batch,
-                        engine.max_useful_batch or cfg.batching.max_batch)
         if max_batch != cfg.batching.max_batch:
             log_event(log, logging.INFO, "batch size capped", configured=cfg.batching.max_batch,
                       used=max_batch, why="model's fixed batch or engine runs batches in parallel")
         batcher = DeadlineBatcher(
             max_batch, cfg.batching.max_wait_ms / 1000, cfg.batching.max_frame_age_ms / 1000,
-            on_drop=lambda cam, reason: self._metrics.frames_dropped.labels(cam, reason).inc(),
+            on_drop=functools.partial(self._dropped, f"{model_ref.name}@{info.sha256[:12]}"),
             request_queue=cfg.api.detect.queue,
         )
         trackers = Trackers(functools.partial(self._track_settings, model), self._metrics,
@@ -245,10 +258,6 @@ class Lanes:
         postprocess = functools.partial(detections_for_image, **settings)  # one image: /v1/detect's
         postprocess_batch = functools.partial(_postprocess_batch, **settings)
         runs = engine.concurrency
-        if path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
-            preprocessors = engine.preprocessors(runs + 1, max_batch)
-        else:
-            preprocessors = [CpuPreprocessor(info.input_spec) for _ in range(runs + 1)]
         emit = functools.partial(self._emit, model_ref, f"{model_ref.name}@{info.sha256[:12]}", cfg.topic_of(name))
         thread = ("" if gpu_index is None else f"gpu{gpu_index}") + ("" if name == DEFAULT_MODEL else name)
         inference = InferenceWorker(batcher.next_batch, preprocessors, engine.infer, runs, postprocess,
@@ -260,6 +269,30 @@ class Lanes:
                               gpu if path.decoder == "nvdec" else None, floor=getattr(engine, "nms_floor", None))
         return Lane(gpu, cameras, engine, batcher, inference, trackers, detect, name, cascade)
 
+    def _load_engine(self, model: ModelConfig, gpu, confidence: float) -> tuple[Engine, list, int]:
+        """A lane's engine, its preprocessors (their input buffers) and its batch size: what its
+        memory is measured over. On the CPU the engine runs once at that batch, so that ONNX
+        Runtime's arena holds one run's activations when it is measured (and no first frame waits)."""
+        cfg = self._config()
+        engine = self._engine_loader(model, backend=self.path.backend, gpu=gpu, max_batch=cfg.batching.max_batch,
+                                     confidence=confidence)
+        spec = engine.info.input_spec
+        max_batch = min(cfg.batching.max_batch, spec.batch or cfg.batching.max_batch,
+                        engine.max_useful_batch or cfg.batching.max_batch)
+        if self.path.decoder == "nvdec":  # frames are on the GPU: letterbox them there
+            preprocessors = engine.preprocessors(engine.concurrency + 1, max_batch)
+        else:
+            preprocessors = [CpuPreprocessor(spec) for _ in range(engine.concurrency + 1)]
+        if gpu is None and engine.backend == "onnxruntime":
+            side = spec.size
+            engine.infer(np.zeros((max_batch, 3, spec.height or side, spec.width or side), np.float32))
+        return engine, preprocessors, max_batch
+
+    def _dropped(self, model: str, camera: str, reason: str) -> None:
+        """A lane's batcher dropped a camera's frame: counted per camera, and per camera and model."""
+        self._metrics.frames_dropped.labels(camera, reason).inc()
+        self._metrics.model_frames_dropped.labels(camera, model, reason).inc()
+
     def _cascade(self, detector: str, gpu, labels: tuple[str, ...]) -> Cascade | None:
         """Load the classifiers on one detector's detections (on its lane's GPU), or None."""
         cfg, loaded = self._config(), []
@@ -269,7 +302,8 @@ class Lanes:
             if unknown:
                 raise EngineError(f"models.{name}.on.classes: {', '.join(map(repr, unknown))} not a class of model "
                                   f"{detector!r} (its classes: {', '.join(labels)}); name its labels")
-            engine = self._engine_loader(model, backend=self.path.backend, gpu=gpu, max_batch=cfg.batching.max_batch)
+            engine = self.budget.measure(gpu, name, functools.partial(
+                self._engine_loader, model, backend=self.path.backend, gpu=gpu, max_batch=cfg.batching.max_batch))
             self._metrics.model_info.labels(name, engine.info.sha256, engine.backend).set(1)
             size = engine.info.input_spec.height
             sampler = DeviceSampler(gpu, size, 1.0) if self.path.decoder == "nvdec" and size else None

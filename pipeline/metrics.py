@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.nvml: NvmlCollector | None = None  # set by watch_gpus
         r, p = self.registry, PREFIX
         self.frames_decoded = Counter(p + "frames_decoded", "Frames decoded", ["camera"], registry=r)
         self.frames_inferred = Counter(p + "frames_inferred", "Frames inferred", ["camera"], registry=r)
@@ -40,6 +42,10 @@ class Metrics:
             ["camera", "reason"],
             registry=r,
         )
+        self.model_frames_dropped = Counter(
+            p + "model_frames_dropped", "Frames a model's batcher dropped before inference, by camera, model "
+            "(name@sha256 prefix) and reason (superseded, stale, ...): with several models, the one that cannot "
+            "keep up (each model drops only its own frames)", ["camera", "model", "reason"], registry=r)
         self.messages_dropped = Counter(
             p + "messages_dropped",
             "Detection messages dropped after inference, by reason, each a frame.seq gap (spool_full: "
@@ -82,7 +88,8 @@ class Metrics:
         self.source_errors = Counter(
             p + "source_errors", "Connection or stream failures by kind: refused, timeout, unauthorized, "
             "forbidden, not_found, invalid_data, transport (461 to every transport asked for), stalled, eof, "
-            "no_video, decode_error, internal; on NVDEC also decoder_recreated, sequence_change",
+            "no_video, decode_error, internal; on NVDEC also decoder_recreated, sequence_change, gpu_memory (its frame "
+            "pool would pass gpu.memory_budget_mb)",
             ["camera", "kind"], registry=r
         )
         self.stage_seconds = Histogram(
@@ -206,6 +213,13 @@ class Metrics:
         self.config_reloads = Counter(
             p + "config_reloads", "Config reloads (SIGHUP) by result: applied, rejected", ["result"], registry=r,
         )
+        self.gpu_memory = Gauge(
+            p + "gpu_memory_bytes", "Memory per GPU (gpu=\"cpu\": the CPU path's) by use: model:NAME (measured "
+            "as it loaded), frames (the cameras' frame pools at full depth), context and decoder (this process's "
+            "CUDA context, and the rest NVML sees it hold: NVDEC's decoders)", ["gpu", "use"], registry=r)
+        self.gpu_memory_budget = Gauge(
+            p + "gpu_memory_budget_bytes", "gpu.memory_budget_mb per GPU: models + frame pools stay under it",
+            ["gpu"], registry=r)
         self.model_info = Gauge(
             p + "model_info", "The loaded model", ["name", "sha256", "backend"], registry=r
         )
@@ -217,7 +231,12 @@ class Metrics:
         if collector is None:
             return False
         self.registry.register(collector)
+        self.nvml = collector
         return True
+
+    def process_gpu_bytes(self, index: int) -> int | None:
+        """What NVML says this process holds on GPU `index`; None without NVML (watch_gpus first)."""
+        return None if self.nvml is None else self.nvml.process_bytes(index)
 
     def set_camera_state(self, camera: str, state: CameraState) -> None:
         """Export a camera's state as a one-hot gauge and camera_up."""
@@ -250,6 +269,17 @@ class NvmlCollector(Collector):
             logging.getLogger(__name__).debug("no NVML: %s", exc)
             return None
         return cls(nvml, count) if count else None
+
+    def process_bytes(self, index: int) -> int | None:
+        """This process's memory on GPU `index`, or None where NVML does not list it (a container
+        with its own PID namespace: NVML lists the host's PIDs) or does not know it."""
+        try:
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except Exception:  # noqa: BLE001 - any NVML failure: unknown
+            return None
+        used = next((p.usedGpuMemory for p in processes if p.pid == os.getpid()), None)
+        return int(used) if isinstance(used, int) else None  # None: NVML_VALUE_NOT_AVAILABLE on some setups
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         util = GaugeMetricFamily(PREFIX + "gpu_utilization_ratio", "GPU busy fraction over NVML's last sample period",

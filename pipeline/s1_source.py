@@ -38,7 +38,7 @@ _MISSED = re.compile(r"RTP: missed (\d+) packets")
 _LATE = "RTP: dropping old packet received too late"
 
 # failures that retrying soon will not fix: retried at the longest backoff delay
-SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found", "transport"})
+SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found", "transport", "gpu_memory"})
 TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
     S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
     S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.STOPPED}),
@@ -354,7 +354,7 @@ class CameraWorker:
             except _TransportRefused as refused:
                 reason, kind = refused.reason, "transport"
             except SourceError as exc:
-                reason, kind = exc.reason, "no_video"
+                reason, kind = exc.reason, exc.kind
             except av.error.FFmpegError as exc:
                 # FFmpeg reports an open interrupted by the timeout as "invalid data"
                 hit_open_timeout = (not self._streamed and time.monotonic() - attempt_started

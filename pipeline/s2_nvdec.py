@@ -44,14 +44,21 @@ _PIXEL_FORMATS = {None, "yuv420p", "yuvj420p", "nv12"}  # 8-bit 4:2:0: what the 
 
 
 class FramePool:
-    """NV12 frame buffers of one size on one GPU, made on demand up to `capacity`."""
+    """NV12 frame buffers of one size on one GPU, made on demand up to `capacity`. Its full depth
+    is reserved against the GPU's memory budget when it is made (`reserve` raises when it does
+    not fit: no pool) and given back (`release`) when it is closed."""
 
-    def __init__(self, gpu: Gpu, width: int, height: int, capacity: int) -> None:
+    def __init__(self, gpu: Gpu, width: int, height: int, capacity: int,
+                 reserve: Callable[[int], None] = lambda n: None, release: Callable[[int], None] = lambda n: None
+                 ) -> None:
         self.width, self.height = width, height
         self.row_bytes = (width + 1) // 2 * 2  # an NV12 row: ceil(w/2) interleaved UV pairs for chroma
         self.pitch = (self.row_bytes + 255) // 256 * 256
         self._bytes = self.pitch * (height + (height + 1) // 2)
         self._gpu, self._capacity = gpu, capacity
+        self.reserved = self._bytes * capacity
+        reserve(self.reserved)
+        self._release = release
         self._free: list[DeviceMemory] = []
         self._made = 0
         self._closed = False
@@ -81,9 +88,12 @@ class FramePool:
     def close(self) -> None:
         """Free the idle buffers now; those held by frames in flight are freed when given back."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             idle, self._free = self._free, []
             self._made -= len(idle)
+        self._release(self.reserved)
         for buffer in idle:
             buffer.close()
 
@@ -103,7 +113,10 @@ class NvDecoder:
 
     def __init__(self, stream: av.video.stream.VideoStream, gpu: Gpu,
                  on_event: Callable[[str], None] = lambda kind: None,
-                 pool_frames: int = DEFAULT_POOL_FRAMES) -> None:
+                 pool_frames: int = DEFAULT_POOL_FRAMES, reserve: Callable[[int], None] = lambda n: None,
+                 release: Callable[[int], None] = lambda n: None) -> None:
+        """`reserve`/`release`: count a frame pool's bytes against the GPU's memory budget
+        (`reserve` raises when it does not fit)."""
         nvc = gpu.video_codec()  # PyNvVideoCodec, imported lazily: it raises without the NVIDIA driver
         ctx = stream.codec_context
         if ctx.name not in _CODECS:
@@ -117,7 +130,7 @@ class NvDecoder:
         self._time_base = stream.time_base
         self._color = ColorSpec.from_av(ctx.colorspace, ctx.color_range)
         self._bsf, self._headers = _annexb(stream, ctx.name)
-        self._pool_frames = pool_frames
+        self._pool_frames, self._reserve, self._release = pool_frames, reserve, release
         self._pool: FramePool | None = None
         self._keyframes_only = False
         self._need_key = True  # start (and restart) at a keyframe, with the stream's headers first
@@ -198,7 +211,9 @@ class NvDecoder:
         if pool is None or (pool.width, pool.height) != (picture.width, picture.height):
             if pool is not None:
                 pool.close()
-            pool = self._pool = FramePool(self._gpu, picture.width, picture.height, self._pool_frames)
+                self._pool = None
+            pool = self._pool = FramePool(self._gpu, picture.width, picture.height, self._pool_frames,
+                                          self._reserve, self._release)
         buffer = pool.take()
         if buffer is None:
             return None
@@ -278,6 +293,8 @@ def _annexb(stream: av.video.stream.VideoStream, codec: str) -> tuple[Callable[[
 
 def nvdec_decoder(stream: av.video.stream.VideoStream, gpu: Gpu,
                   on_event: Callable[[str], None] = lambda kind: None,
-                  pool_frames: int = DEFAULT_POOL_FRAMES) -> NvDecoder:
-    """Decoder factory for the GPU path (bind `gpu`, `on_event` and `pool_frames` per camera)."""
-    return NvDecoder(stream, gpu, on_event, pool_frames)
+                  pool_frames: int = DEFAULT_POOL_FRAMES, reserve: Callable[[int], None] = lambda n: None,
+                  release: Callable[[int], None] = lambda n: None) -> NvDecoder:
+    """Decoder factory for the GPU path (bind `gpu`, `on_event`, `pool_frames` and the budget's
+    `reserve`/`release` per camera)."""
+    return NvDecoder(stream, gpu, on_event, pool_frames, reserve, release)

@@ -109,10 +109,13 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str, int]]]] =
             (f"sum({P}placement_refused)", "cameras refused"),
             (f"count({P}placement_joined == 0)", "nodes out of the group")], "timeseries", 6),
     ]),
-    ("GPU (NVML; empty on the CPU path)", [
+    ("GPU (NVML; on the CPU path only the models' memory)", [
         ("GPU utilisation", "percentunit", [(f"{P}gpu_utilization_ratio", "GPU {{gpu}}")], "timeseries", 12),
         ("GPU memory", "bytes", [(f"{P}gpu_memory_used_bytes", "GPU {{gpu}} used"),
                                  (f"{P}gpu_memory_total_bytes", "GPU {{gpu}} total")], "timeseries", 12),
+        ("Memory by model, frame pools and decoders (gpu.memory_budget_mb; gpu=cpu: the CPU path's models)", "bytes", [
+            (f"sum by (instance, gpu, use) ({P}gpu_memory_bytes)", "{{instance}} {{gpu}} {{use}}"),
+            (f"{P}gpu_memory_budget_bytes", "{{instance}} {{gpu}} budget")], "timeseries", 12),
     ]),
 ]
 

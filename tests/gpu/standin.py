@@ -38,7 +38,7 @@ import av
 import numpy as np
 
 from pipeline.s4_infer.gpu_preprocess import PAD_VALUE, letterbox_nv12_reference
-from pipeline.s5_looks import GRID, INNER, _sample
+from pipeline.s5_looks import INNER, _sample
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
 KERNELS = ("letterbox_nv12_f32", "letterbox_nv12_f16", "sample_nv12_boxes")
@@ -386,13 +386,14 @@ class StandInGpu:
         threads the launch grid covers."""
         (luma, luma_pitch, chroma, chroma_pitch, src_w, src_h, boxes, n, side, inner, out) = (
             a.item() if hasattr(a, "item") else a for a in args)
-        if side != GRID or abs(inner - INNER) > 1e-6:
-            raise StandInError(f"sample_nv12_boxes: grid {side} x {inner}, expected {GRID} x {INNER}")
+        if not (1 <= side <= 64 and 0 < inner <= 1):  # the looks' 6 x 0.6, a classifier's crop size x 1.0
+            raise StandInError(f"sample_nv12_boxes: grid {side} x {inner} (a grid of 1-64 over 0-1 of the box expected)")
+        inner = INNER if abs(inner - INNER) < 1e-6 else inner  # the float32 argument, as the reference's float
         cw, ch = (src_w + 1) // 2, (src_h + 1) // 2
         planes = ("nv12", (self.plane(luma, luma_pitch, src_w, src_h), self.plane(chroma, chroma_pitch, 2 * cw, ch)))
         xyxy = self.memory.view(boxes, 16 * n).view(np.float32).reshape(n, 4).astype(np.float64)
-        samples = _sample(planes, xyxy).astype(np.uint8).reshape(-1)
-        covered = min(n * GRID * GRID, grid[0] * block[0])
+        samples = _sample(planes, xyxy, side, inner).astype(np.uint8).reshape(-1)
+        covered = min(n * side * side, grid[0] * block[0])
         self.memory.view(out, samples.size)[:3 * covered] = samples[:3 * covered]
 
     # ------------------------------------------------------------------ PyNvVideoCodec

@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.config import ModelConfig
 from pipeline.core import Batch, Frame, FrameMeta
+from pipeline.memory import MiB
 from pipeline.s2_nvdec import NvDecoder
 from pipeline.s4_infer.engine import describe_onnx
 from pipeline.s4_infer.gpu_preprocess import GpuPreprocessor, letterbox_nv12_reference
@@ -376,18 +377,27 @@ def test_decode_releases_the_gil(nvidia_gpu, clips, figure):
 
 
 def test_tensorrt_detections_match_onnx_runtime(nvidia_gpu, clips, tmp_path, record_property):
-    """TensorRT (where installed), NMS in the engine (model.nms auto), gives ONNX Runtime's detections on the same frames"""
+    """TensorRT (where installed), NMS in the engine (model.nms auto), gives ONNX Runtime's detections on the same frames; its memory as the budget measures it"""
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:  # not on PyPI: lawfully absent, never a failure
         not_run(record_property, "TensorRT is not installed on this machine")
+    from pipeline.memory import MemoryBudget
+    from pipeline.metrics import Metrics
     from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
     from pipeline.s4_infer.tensorrt_backend import TensorRTEngine
     from pipeline.s5_postprocess import detections_for_image
 
     config = ModelConfig(path=MODEL, input_size=320, confidence=0.35,
                          tensorrt={"engine_cache": tmp_path, "precision": "fp16"})
-    trt_engine = TensorRTEngine(config, nvidia_gpu, max_batch=4)  # installed but cannot build: a failure
+    TensorRTEngine(config, nvidia_gpu, max_batch=4).close()  # builds the plan (installed but cannot build: a failure)
+    budget = MemoryBudget(Metrics(), None)  # then loaded from the engine cache, as every later start does
+    trt_engine = budget.measure(nvidia_gpu, "default", lambda: TensorRTEngine(config, nvidia_gpu, max_batch=4))
+    taken = budget.used(str(nvidia_gpu.index))
+    plan = max(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    record_property("figure", f"engine from the cache: {taken / MiB:.1f} MiB of the GPU by cuMemGetInfo (plan file "
+                              f"{plan / MiB:.1f} MiB, batch 4 at 320)")
+    assert taken >= plan // 2, (taken, plan)  # its weights at least (the plan holds them), however the driver rounds
     ort_engine = OnnxRuntimeEngine(config)  # NMS on the host
     assert trt_engine.nms_floor == 0.35 and tuple(trt_engine.info.output_shape[1:]) == (300, 6)
     post = functools.partial(detections_for_image, layout="yolov8", labels=ort_engine.info.labels,
@@ -435,15 +445,50 @@ def relay(tmp_path_factory):
     server.close()
 
 
-def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tmp_path, figure):
-    """The daemon on the GPU path (NVDEC, kernel, stub engine) makes no host<->device copy of any camera picture; a /v1/detect image goes up once"""
+def on_the_gpu_path(gpu, config: Path, log: Path, read):
+    """`read(exited)` while the daemon runs on `config`: on a real GPU the daemon as operators run
+    it, on the stand-in (which lives in this process) its Runtime here, as the CLI runs it, with
+    no release of ours outside its context allowed. `exited()` says the daemon has ended."""
     import asyncio
 
     from pipeline.app import Runtime
     from pipeline.config import load_config
     from pipeline.gpu import GPU_MODULES, Gpu, GpuProbe
+    from scripts.lab.daemons import Daemon
+
+    if gpu.standin is None:
+        daemon = Daemon(config, log)
+        daemon.start()
+        try:
+            return read(lambda: daemon.proc.poll() is not None)
+        except BaseException:
+            print("the daemon's log, last 4000 characters:\n" + daemon.log_text()[-4000:])  # kept with the failure
+            raise
+        finally:
+            daemon.stop()
+    standin = gpu.standin
+    runtime = Runtime(load_config(config), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
+                      gpu_factory=lambda index, transfers: Gpu(index, transfers, driver=standin.driver,
+                                                               video_codec=standin.video_codec),
+                      nvdec_check=lambda: None)  # the stand-in has no driver libraries to look for
+
+    async def main():
+        task = asyncio.create_task(runtime.run())
+        try:
+            return await asyncio.to_thread(read, task.done)
+        finally:
+            runtime.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    result = asyncio.run(main())
+    assert standin.violations == [], standin.violations[0]  # cameras, finish and shutdown threads included
+    return result
+
+
+def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tmp_path, figure):
+    """The daemon on the GPU path (NVDEC, kernel, stub engine) makes no host<->device copy of any camera picture; a /v1/detect image goes up once"""
     from scripts.lab.common import free_port, wait_for
-    from scripts.lab.daemons import Daemon, daemon_config, http_get, http_request, metric_values
+    from scripts.lab.daemons import daemon_config, http_get, http_request, metric_values
 
     port = free_port()
     config = daemon_config(tmp_path / "gpu.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
@@ -465,33 +510,7 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
                               {"Content-Type": "image/jpeg"}, timeout=30)
         return text, answer, http_get(f"http://127.0.0.1:{port}/metrics")[1]
 
-    if gpu.standin is None:  # a real GPU: the daemon as operators run it
-        daemon = Daemon(config, tmp_path / "gpu.log")
-        daemon.start()
-        try:
-            text, answer, after = read_metrics(lambda: daemon.proc.poll() is not None)
-        except BaseException:
-            print("the daemon's log, last 4000 characters:\n" + daemon.log_text()[-4000:])  # kept with the failure
-            raise
-        finally:
-            daemon.stop()
-    else:  # the stand-in lives in this process: the daemon's Runtime here, as the CLI runs it
-        standin = gpu.standin
-        runtime = Runtime(load_config(config), gpu_probe=lambda: GpuProbe(1, {m: True for m in GPU_MODULES}),
-                          gpu_factory=lambda index, transfers: Gpu(index, transfers, driver=standin.driver,
-                                                                   video_codec=standin.video_codec),
-                          nvdec_check=lambda: None)  # the stand-in has no driver libraries to look for
-
-        async def main():
-            task = asyncio.create_task(runtime.run())
-            try:
-                return await asyncio.to_thread(read_metrics)
-            finally:
-                runtime.request_stop()
-                await asyncio.wait_for(task, 30)
-
-        text, answer, after = asyncio.run(main())
-        assert standin.violations == [], standin.violations[0]  # cameras, finish and shutdown threads included
+    text, answer, after = on_the_gpu_path(gpu, config, tmp_path / "gpu.log", read_metrics)
     copied = {labels: value for labels, value in metric_values(text, "rtsp_pipeline_gpu_copy_bytes_total").items()}
     by_direction = {d: sum(v for k, v in copied.items() if f'direction="{d}"' in k) for d in ("h2d", "d2h", "d2d")}
     frames = inferred(text)
@@ -504,6 +523,62 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     assert status == 200, body
     uploaded = sum(v for k, v in metric_values(after, "rtsp_pipeline_gpu_copy_bytes_total").items() if 'direction="h2d"' in k)
     assert uploaded == 640 * 480 * 3 // 2
+
+
+def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path):
+    """gpu.memory_budget_mb on the GPU path: the model's device memory measured as it loads and each
+    camera's frame pool at its full depth, in gpu_memory_bytes; a camera whose pool would pass the
+    budget does not stream (source_errors kind gpu_memory) while the other streams; models over it
+    refuse the start in one line"""
+    import re
+
+    from pipeline.core import EngineError
+    from pipeline.inference_worker import InferenceWorker
+    from scripts.lab.common import free_port, wait_for
+    from scripts.lab.daemons import daemon_config, http_get, metric_values
+
+    pool = 2048 * (1080 + 540) * InferenceWorker.frames_in_flight(1)  # a 1080p camera's: pitch 2048, depth 6
+
+    def config(name: str, budget_mb: float) -> tuple[Path, int]:
+        port = free_port()
+        return daemon_config(tmp_path / f"{name}.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
+                             f"127.0.0.1:{free_port()}", [(c, relay.url(c), None) for c in ("cam-a", "cam-b")],
+                             metrics_port=port, gpu={"decoder": "nvdec", "memory_budget_mb": budget_mb},
+                             batching={"max_batch": 4}, kafka={"stop_timeout_s": 1}), port
+
+    def settled(port: int, want: str):
+        """The metrics once `want` holds of them: "both" cameras up, or "one" up and one refused."""
+        def read(exited):
+            def ok():
+                text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+                up = sum(metric_values(text, "rtsp_pipeline_camera_up").values())
+                refused = [k for k, v in metric_values(text, "rtsp_pipeline_source_errors_total").items()
+                           if 'kind="gpu_memory"' in k and v >= 1]
+                return exited() or (up == 2 if want == "both" else up == 1 and len(refused) == 1)
+            wait_for(ok, 60, f"{want} camera(s) streaming")
+            assert not exited(), "the daemon exited"
+            return http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        return read
+
+    path, port = config("roomy", 60_000)
+    roomy = metric_values(on_the_gpu_path(gpu, path, tmp_path / "roomy.log", settled(port, "both")),
+                          "rtsp_pipeline_gpu_memory_bytes")
+    model = roomy['{gpu="0",use="model:default"}']
+    assert roomy['{gpu="0",use="frames"}'] == 2 * pool
+    assert model >= 2 * 4 * 3 * 640 * 640 * 4  # at least its two input buffers (FP32, batch 4)
+
+    path, port = config("tight", (model + 1.5 * pool) / MiB)
+    text = on_the_gpu_path(gpu, path, tmp_path / "tight.log", settled(port, "one"))
+    assert metric_values(text, "rtsp_pipeline_gpu_memory_bytes")['{gpu="0",use="frames"}'] == pool
+    assert metric_values(text, "rtsp_pipeline_gpu_memory_budget_bytes") == {'{gpu="0"}': int(model + 1.5 * pool)}
+
+    path, _ = config("small", model / 2 / MiB)
+    try:
+        on_the_gpu_path(gpu, path, tmp_path / "small.log", lambda exited: wait_for(exited, 60, "the start refused"))
+        message = (tmp_path / "small.log").read_text()  # a real GPU: the daemon's own words
+    except EngineError as exc:  # the stand-in: the Runtime's
+        message = str(exc)
+    assert re.search(r"GPU 0: models take [\d,]+ MiB, over gpu\.memory_budget_mb [\d.]+: default [\d,]+ MiB; trim", message)
 
 
 # ---------------------------------------------------------------------- the tracker's looks
@@ -552,6 +627,38 @@ def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_
     assert after["h2d"][0] - before["h2d"][0] == 1 and after["d2h"][0] - before["d2h"][0] == 1
     assert after["d2h"][1] - before["d2h"][1] == len(boxes) * GRID * GRID * 3  # the samples, not a picture
     assert np.isnan(looks(kept, boxes, owner)).all()  # no sampler: the tracker goes by motion alone
+
+
+def test_a_classifiers_crops_are_cut_on_the_gpu_as_on_the_cpu_and_only_the_crops_come_back(gpu, tmp_path):
+    """The cascade's crops (pipeline.s5_looks.crops, 32 x 32 for engines/colours-cnn.onnx) of
+    DeviceFrames, cut by the sampling kernel: the same pixels as the CPU path's crops of PyAV's
+    decode of the same clip, the same colour labels from the classifier, and per batch one copy of
+    the boxes in and one of the crops out, no picture."""
+    from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
+    from pipeline.s5_looks import DeviceSampler, crops
+
+    clip, rendered = occluder_frames(tmp_path, 6)
+    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
+    with av.open(str(clip)) as container:
+        on_cpu_pictures = list(container.decode(video=0))
+    boxes = np.array([t.bbox for _, truth in rendered for t in truth], np.float64)
+    owner = np.repeat(np.arange(len(rendered)), [len(truth) for _, truth in rendered])
+    sampler = DeviceSampler(gpu, 32, 1.0)
+    try:
+        before = gpu.transfers.snapshot()
+        on_gpu, known_gpu = crops(kept, boxes, owner, 32, sampler)
+        after = gpu.transfers.snapshot()
+    finally:
+        sampler.close()
+    on_cpu, known_cpu = crops(on_cpu_pictures, boxes, owner, 32)
+    assert known_gpu.all() and known_cpu.all() and on_gpu.shape == on_cpu.shape == (len(boxes), 3, 32, 32)
+    difference = np.abs(on_gpu - on_cpu)
+    assert difference.max() <= (1e-6 if gpu.standin else 0.05), difference.max()  # NVDEC may round differently
+    classifier = OnnxRuntimeEngine(ModelConfig(path=REPO / "engines" / "colours-cnn.onnx"))
+    labels_gpu, labels_cpu = classifier.infer(on_gpu).argmax(1), classifier.infer(on_cpu).argmax(1)
+    assert (labels_gpu == labels_cpu).mean() >= (1.0 if gpu.standin else 0.95)
+    assert after["h2d"][0] - before["h2d"][0] == 1 and after["d2h"][0] - before["d2h"][0] == 1
+    assert after["d2h"][1] - before["d2h"][1] == len(boxes) * 32 * 32 * 3  # the crops' samples, not a picture
 
 
 def test_a_lanes_tracker_reads_looks_of_device_frames_and_frees_them_from_another_thread(gpu, tmp_path):

@@ -89,6 +89,8 @@ def test_the_compose_stack_comes_up_and_does_what_its_docs_promise(docker_engine
                 targets = json.load(answer)["data"]["activeTargets"]
             return [t for t in targets if t["labels"]["job"] == "rtsp-pipeline" and t["health"] == "up"]
         wait_for(lambda: _quietly(target_up), 90, "Prometheus to scrape the pipeline")
+        with urllib.request.urlopen(f"http://{address}:9090/api/v1/rules", timeout=5) as answer:
+            groups = json.load(answer)["data"]["groups"]
         services = set(run("ps", "--services").stdout.split())
     finally:
         logs = run("logs", "--no-color", check=False).stdout
@@ -98,6 +100,19 @@ def test_the_compose_stack_comes_up_and_does_what_its_docs_promise(docker_engine
     assert "firing" in seen["alerts"], (seen, logs[-3000:])
     assert "grafana" not in services and {"pipeline", "alerts", "kafka", "prometheus"} <= services
     assert "Traceback" not in logs
+    # deploy/prometheus/rules.yml loaded by the stack's Prometheus, every rule healthy
+    rules = {r["name"]: r["health"] for g in groups if g["name"] == "rtsp-pipeline" for r in g["rules"]}
+    assert rules == {name: "ok" for name in ("RtspPipelineGpuMemoryHigh", "RtspPipelineMemoryBudgetNearlyFull",
+                                             "RtspPipelineCameraRefusedForGpuMemory")}, groups
+
+
+def test_the_alerting_rules_fire_when_their_docs_say_under_promtool(docker_engine, standin_images):
+    """deploy/prometheus/rules.test.yml run by promtool (the Prometheus image's): GPU memory past 80 %
+    for 5 minutes, the budget past 90 %, a camera refused for its frame pool; and nothing below."""
+    result = docker_engine.docker("run", "--rm", "--network", "none", "--entrypoint", "promtool", "-v",
+                                  f"{REPO / 'deploy' / 'prometheus'}:/rules:ro", "local/prometheus-standin",
+                                  "test", "rules", "/rules/rules.test.yml", check=False)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 def _quietly(check):

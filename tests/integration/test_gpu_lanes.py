@@ -23,10 +23,13 @@ MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 
 
 class FakeGpu:
-    """Stands in for a GPU (none exists here): only its index is used by this wiring."""
+    """Stands in for a GPU (none exists here): its index, and a memory that loading models leaves as it is."""
 
     def __init__(self, index, transfers):
         self.index, self.transfers = index, transfers
+
+    def memory_info(self):
+        return 80 << 30, 80 << 30
 
     def close(self):
         pass

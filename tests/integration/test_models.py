@@ -10,7 +10,9 @@ served by the RTSP server, two cameras with both models."""
 import collections
 import json
 import os
+import re
 import signal
+import types
 import uuid
 
 import pytest
@@ -32,6 +34,7 @@ SCENES = {"cam-a": (9101, 1280, 720), "cam-b": (9102, 1920, 1080), "cam-c": (910
           "cam-d": (9104, 960, 540)}
 USES = {"cam-a": None, "cam-b": ["int8"], "cam-c": ["default", "int8"], "cam-d": ["int8", "default"]}
 PER_STREAM = 40  # messages of each (camera, model) before the reload: 8 s at 5 fps
+BUDGET_MB = 1024  # gpu.memory_budget_mb: on the CPU path, the models' share of the daemon's memory
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +43,12 @@ def scenes(scene_folder):
     return clips, {cam: Truth.load(truth_path(clip)) for cam, clip in clips.items()}
 
 
-def write_config(path, broker, rtsp, topic: str, port: int, uses: dict) -> None:
+def write_config(path, broker, rtsp, topic: str, port: int, uses: dict, budget_mb: float = BUDGET_MB) -> None:
     """The FP32 detector as `default`, INT8 as `int8` on its own topic, and the colour classifier
     (engines/colours-cnn.onnx) on the default detector's discs and squares."""
     daemon_config(path, {"path": FP32, "input_size": 320, "confidence": CONFIDENCE}, broker.bootstrap,
                   [(cam, rtsp.url(cam), 5, {"models": models} if models else {}) for cam, models in uses.items()],
-                  topic=topic, status_topic=f"{topic}-status", metrics_port=port,
+                  topic=topic, status_topic=f"{topic}-status", metrics_port=port, gpu={"memory_budget_mb": budget_mb},
                   models={"int8": {"path": str(INT8), "confidence": CONFIDENCE, "topic": f"{topic}-int8"},
                           "colour": {"path": str(COLOURS), "kind": "classify",
                                      "on": {"model": "default", "classes": ["disc", "square"]}}})
@@ -171,3 +174,30 @@ def test_a_reload_changes_a_cameras_models_without_reconnecting_it(run):
     assert late <= 5, f"cam-a's default-model messages went on after the reload: {late} more"
     assert got[("cam-a", "int8")][0]["frame"]["seq"] == 0  # a new (camera, model) stream starts at 0
     assert ("cam-b", "shapes-yolov8n") not in before  # cam-b's default stream is new
+
+
+def test_each_models_memory_is_measured_and_models_over_the_budget_refuse_the_start(run, tmp_path, broker):
+    """On the CPU path the budget bounds what the ONNX Runtime sessions take of the process (RSS,
+    measured as each loads and runs once): exported per model; below their sum, the daemon does
+    not start and says in one line what each model takes."""
+    shares = {k: v for k, v in metric_values(run["metrics"], "rtsp_pipeline_gpu_memory_bytes").items()}
+    mib = {k.split("model:")[1].rstrip('"}'): v / 2**20 for k, v in shares.items()}
+    assert set(shares) == {f'{{gpu="cpu",use="model:{m}"}}' for m in ("default", "int8", "colour")}, shares
+    print("models' memory (MiB): " + ", ".join(f"{m} {v:.1f}" for m, v in mib.items()))
+    assert all(v > 0.1 for v in mib.values()) and sum(mib.values()) < BUDGET_MB, mib
+    assert mib["default"] > 2, mib  # an FP32 yolov8n session holds its 12 MB of weights and one run's activations
+    assert metric_values(run["metrics"], "rtsp_pipeline_gpu_memory_budget_bytes") == {'{gpu="cpu"}': BUDGET_MB * 2**20}
+    path = tmp_path / "small.yaml"
+    write_config(path, broker, types.SimpleNamespace(url=lambda cam: f"rtsp://127.0.0.1:9/{cam}"), "small", free_port(),
+                 USES, budget_mb=1)
+    daemon = Daemon(path, tmp_path / "small.log")
+    daemon.start()
+    try:
+        wait_for(lambda: daemon.proc.poll() is not None, 60, "the start refused")
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode != 0
+    lines = [line for line in daemon.log_text().splitlines() if "over gpu.memory_budget_mb" in line]
+    assert len(lines) == 1 and re.search(r"the CPU: models take [\d,]+ MiB, over gpu\.memory_budget_mb 1: "
+                                         r"(\w+ [\d,]+ MiB, ){2}\w+ [\d,]+ MiB; trim: ", lines[0]), lines
+    assert all(f" {m} " in lines[0] for m in ("default", "int8", "colour")), lines

@@ -232,6 +232,19 @@ def test_the_dashboard_is_current_and_queries_only_metrics_the_daemon_exports():
     assert len(dashboard_metrics()) >= 15
 
 
+def test_the_alerting_rules_query_only_metrics_the_daemon_exports_and_prometheus_loads_them():
+    """deploy/prometheus/rules.yml (what the rules do is run by promtool in test_compose)."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(rf"\b{PREFIX}[a-z0-9_]+", e)}
+    assert not used - exported_metrics(), f"rules query metrics nobody exports: {sorted(used - exported_metrics())}"
+    assert {f"{PREFIX}gpu_memory_bytes", f"{PREFIX}gpu_memory_used_bytes"} <= used
+    assert yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["rule_files"] == ["rules.yml"]
+    compose = load_compose(DEPLOY / "compose" / "compose.yaml")
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"])
+    assert mounts["../prometheus/rules.yml"] == "/etc/prometheus/rules.yml"
+
+
 def test_grafana_provisioning_points_at_the_dashboard_folder_and_prometheus():
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "rtsp-pipeline.yaml").read_text())
     compose = load_compose(DEPLOY / "compose" / "compose.yaml")
