@@ -526,10 +526,11 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
 
 
 def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path):
-    """gpu.memory_budget_mb on the GPU path: the model's device memory measured as it loads and each
-    camera's frame pool at its full depth, in gpu_memory_bytes; a camera whose pool would pass the
-    budget does not stream (source_errors kind gpu_memory) while the other streams; models over it
-    refuse the start in one line"""
+    """gpu.memory_budget_mb counts the model as it loaded and each frame pool; a camera that does not fit waits, models that do not fit refuse the start
+
+    The model's device memory measured as it loads and each camera's frame pool at its full depth,
+    in gpu_memory_bytes; a camera whose pool would pass the budget does not stream (source_errors
+    kind gpu_memory) while the other streams; models over it refuse the start in one line."""
     import re
 
     from pipeline.core import EngineError
@@ -630,7 +631,9 @@ def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_
 
 
 def test_a_classifiers_crops_are_cut_on_the_gpu_as_on_the_cpu_and_only_the_crops_come_back(gpu, tmp_path):
-    """The cascade's crops (pipeline.s5_looks.crops, 32 x 32 for engines/colours-cnn.onnx) of
+    """A classifier's crops cut on the GPU equal the CPU path's and give the same labels; only the crops come to the host
+
+    The cascade's crops (pipeline.s5_looks.crops, 32 x 32 for engines/colours-cnn.onnx) of
     DeviceFrames, cut by the sampling kernel: the same pixels as the CPU path's crops of PyAV's
     decode of the same clip, the same colour labels from the classifier, and per batch one copy of
     the boxes in and one of the crops out, no picture."""
