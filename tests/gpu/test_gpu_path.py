@@ -525,7 +525,7 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     assert uploaded == 640 * 480 * 3 // 2
 
 
-def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path):
+def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path, figure):
     """gpu.memory_budget_mb counts the model as it loaded and each frame pool; a camera that does not fit waits, models that do not fit refuse the start
 
     The model's device memory measured as it loads and each camera's frame pool at its full depth,
@@ -567,6 +567,7 @@ def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fi
     model = roomy['{gpu="0",use="model:default"}']
     assert roomy['{gpu="0",use="frames"}'] == 2 * pool
     assert model >= 2 * 4 * 3 * 640 * 640 * 4  # at least its two input buffers (FP32, batch 4)
+    figure(f"stub model at 640, batch 4: {model / MiB:.1f} MiB; a 1080p camera's frame pool {pool / MiB:.1f} MiB")
 
     path, port = config("tight", (model + 1.5 * pool) / MiB)
     text = on_the_gpu_path(gpu, path, tmp_path / "tight.log", settled(port, "one"))
