@@ -602,18 +602,24 @@ def occluder_frames(folder: Path, count: int):
     return clip, rendered
 
 
+def occluder_pictures(gpu, folder: Path):
+    """Six frames of an occlusion scene decoded both ways, and its truth boxes: (the DeviceFrames
+    NVDEC gave, PyAV's pictures, the boxes [M, 4], the frame of each box)."""
+    clip, rendered = occluder_frames(folder, 6)
+    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
+    with av.open(str(clip)) as container:
+        on_cpu_pictures = list(container.decode(video=0))
+    boxes = np.array([t.bbox for _, truth in rendered for t in truth], np.float64)
+    owner = np.repeat(np.arange(len(rendered)), [len(truth) for _, truth in rendered])
+    return kept, on_cpu_pictures, boxes, owner
+
 def test_looks_are_sampled_on_the_gpu_as_the_cpu_path_samples_them_and_only_the_samples_come_back(gpu, tmp_path):
     """The tracker's looks (pipeline.s5_looks) of DeviceFrames: the kernel's samples give the
     looks the CPU path gets from PyAV's decode of the same clip; per batch one copy of the boxes
     in and one of the samples out, no picture; without the sampler a DeviceFrame has no look."""
     from pipeline.s5_looks import GRID, DeviceSampler, looks, similarity
 
-    clip, rendered = occluder_frames(tmp_path, 6)
-    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
-    with av.open(str(clip)) as container:
-        on_cpu_pictures = list(container.decode(video=0))
-    boxes = np.array([t.bbox for _, truth in rendered for t in truth], np.float64)
-    owner = np.repeat(np.arange(len(rendered)), [len(truth) for _, truth in rendered])
+    kept, on_cpu_pictures, boxes, owner = occluder_pictures(gpu, tmp_path)
     assert len(kept) == 6 and len(boxes) >= 30
     sampler = DeviceSampler(gpu)
     try:
@@ -641,12 +647,7 @@ def test_a_classifiers_crops_are_cut_on_the_gpu_as_on_the_cpu_and_only_the_crops
     from pipeline.s4_infer.onnxruntime_backend import OnnxRuntimeEngine
     from pipeline.s5_looks import DeviceSampler, crops
 
-    clip, rendered = occluder_frames(tmp_path, 6)
-    kept = [k for *_, k in decode_all(clip, gpu, keep=lambda i, p: True, pool_frames=8)]
-    with av.open(str(clip)) as container:
-        on_cpu_pictures = list(container.decode(video=0))
-    boxes = np.array([t.bbox for _, truth in rendered for t in truth], np.float64)
-    owner = np.repeat(np.arange(len(rendered)), [len(truth) for _, truth in rendered])
+    kept, on_cpu_pictures, boxes, owner = occluder_pictures(gpu, tmp_path)
     sampler = DeviceSampler(gpu, 32, 1.0)
     try:
         before = gpu.transfers.snapshot()
