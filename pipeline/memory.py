@@ -72,8 +72,8 @@ malloc_bytes = _mallinfo2()
 
 
 def mib(nbytes: float) -> str:
-    """Bytes as MiB for a message: "1,234 MiB"."""
-    return f"{nbytes / MiB:,.0f} MiB"
+    """Bytes as MiB for a message: "1,234 MiB", "0.5 MiB"."""
+    return f"{nbytes / MiB:,.{0 if nbytes >= 10 * MiB else 1}f} MiB"
 
 
 class MemoryBudget:

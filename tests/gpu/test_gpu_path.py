@@ -580,7 +580,7 @@ def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fi
         message = (tmp_path / "small.log").read_text()  # a real GPU: the daemon's own words
     except EngineError as exc:  # the stand-in: the Runtime's
         message = str(exc)
-    assert re.search(r"GPU 0: models take [\d,]+ MiB, over gpu\.memory_budget_mb [\d.]+: default [\d,]+ MiB; trim", message)
+    assert re.search(r"GPU 0: models take [\d.,]+ MiB, over gpu\.memory_budget_mb [\d.]+: default [\d.,]+ MiB; trim", message)
 
 
 # ---------------------------------------------------------------------- the tracker's looks

@@ -198,6 +198,6 @@ def test_each_models_memory_is_measured_and_models_over_the_budget_refuse_the_st
         daemon.stop()
     assert daemon.proc.returncode != 0
     lines = [line for line in daemon.log_text().splitlines() if "over gpu.memory_budget_mb" in line]
-    assert len(lines) == 1 and re.search(r"the CPU: models take [\d,]+ MiB, over gpu\.memory_budget_mb 1: "
-                                         r"(\w+ [\d,]+ MiB, ){2}\w+ [\d,]+ MiB; trim: ", lines[0]), lines
+    assert len(lines) == 1 and re.search(r"the CPU: models take [\d.,]+ MiB, over gpu\.memory_budget_mb 1: "
+                                         r"(\w+ [\d.,]+ MiB, ){2}\w+ [\d.,]+ MiB; trim: ", lines[0]), lines
     assert all(f" {m} " in lines[0] for m in ("default", "int8", "colour")), lines

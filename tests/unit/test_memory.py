@@ -72,7 +72,7 @@ def test_a_model_over_its_own_memory_mb_is_named():
     budget.measure(None, "default", load(32))
     budget.measure(None, "helmets", load(8))
     budget.check({"default": 64, "helmets": None})
-    with pytest.raises(EngineError, match=r"default 3\d MiB \(over its memory_mb 16\), helmets \d+ MiB: over their own limit"):
+    with pytest.raises(EngineError, match=r"default 3\d MiB \(over its memory_mb 16\), helmets [\d.]+ MiB: over their own limit"):
         budget.check({"default": 16})
 
 
@@ -83,7 +83,7 @@ def test_frame_pools_count_and_a_camera_whose_pool_does_not_fit_is_refused_by_na
     budget.measure(gpu, "default", lambda: None)
     budget.reserve_frames(gpu, "gate", 60 * MiB)
     with pytest.raises(EngineError, match=r"camera yard: its frame pool \(50 MiB\) would take GPU 0 to 110 MiB, over "
-                                          r"gpu.memory_budget_mb 100 \(models 0 MiB, other cameras' pools 60 MiB\)"):
+                                          r"gpu.memory_budget_mb 100 \(models 0.0 MiB, other cameras' pools 60 MiB\)"):
         budget.reserve_frames(gpu, "yard", 50 * MiB)
     assert series(metrics, "gpu_memory_bytes")['{gpu="0",use="frames"}'] == 60 * MiB  # the refused one not counted
     budget.release_frames(gpu, 60 * MiB)  # gate's decoder closed
