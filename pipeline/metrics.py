@@ -111,7 +111,8 @@ class Metrics:
             p + "detections_untracked", "Detections published without a track id: tracking.max_tracks reached",
             ["camera"], registry=r)
         self.http_requests = Counter(
-            p + "http_requests", "HTTP requests answered, by endpoint (its route) and status", ["endpoint", "status"],
+            p + "http_requests", "HTTP requests answered, by endpoint (its route; other: no route; malformed: requests "
+            "the HTTP parser refused, e.g. a NUL byte in a header) and status", ["endpoint", "status"],
             registry=r)
         self.detect_seconds = Histogram(
             p + "detect_seconds", "POST /v1/detect: request received to detections ready (answered 200)",

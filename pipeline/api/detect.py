@@ -9,6 +9,7 @@ counted in gpu_copy_bytes_total{direction="h2d"}) so the letterbox kernel reads 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -45,6 +46,17 @@ class DetectService:
         self._targets = targets
         self._config = config
         self._observe = observe  # detect latency, for the metrics
+
+    def labels(self) -> Sequence[str]:
+        """The model's class names (none before it is loaded)."""
+        targets = self._targets()
+        return targets[0].labels if targets else ()
+
+    def check_classes(self, classes: str | None) -> None:
+        """ApiError 400 when `classes` names no class of the model (before it is loaded: unchecked)."""
+        labels = self.labels()
+        if labels:
+            _classes(classes, labels)
 
     def waiting(self) -> int:
         """Requests waiting for inference now, over all lanes."""
@@ -94,20 +106,24 @@ def _clipped(bbox, width: int, height: int) -> list[float]:
     return [min(x1, width), min(y1, height), min(x2, width), min(y2, height)]
 
 
+def classes_pattern(labels: Sequence[str]) -> str:
+    """The `classes` parameter's language, for the OpenAPI document and the check of a request
+    alike (so the two cannot disagree): comma-separated labels or class ids, spaces around them."""
+    items = "|".join(re.escape(item) for item in sorted([*labels, *map(str, range(len(labels)))], key=len, reverse=True))
+    return f"^ *(?:{items})? *(?:, *(?:{items})? *)*$"
+
+
 def _classes(text: str | None, labels: Sequence[str]) -> frozenset[int] | None:
     """Class ids from "car,person" or "2,0"; ApiError 400 naming the known labels."""
     if text is None or not text.strip():
         return None
-    wanted = set()
-    for item in (part.strip() for part in text.split(",") if part.strip()):
-        if item.isdigit() and int(item) < len(labels):
-            wanted.add(int(item))
-        elif item in labels:
-            wanted.add(labels.index(item))
-        else:
-            raise ApiError(400, "bad_classes", f"unknown class {item!r}; this model knows: {', '.join(labels)} "
-                           f"(or ids 0-{len(labels) - 1})")
-    return frozenset(wanted)
+    if re.fullmatch(classes_pattern(labels), text) is None:
+        unknown = [item for item in (part.strip() for part in text.split(",")) if item and item not in labels
+                   and not (item.isascii() and item.isdigit() and str(int(item)) == item and int(item) < len(labels))]
+        raise ApiError(400, "bad_classes", f"unknown class {(unknown or [text])[0]!r}; this model knows: "
+                       f"{', '.join(labels)} (or ids 0-{len(labels) - 1}), comma-separated")
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    return frozenset(int(item) if item.isdigit() else labels.index(item) for item in items)
 
 
 def _deliver_to(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable:

@@ -20,7 +20,8 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pipeline.api.detect import classes_pattern
 from pipeline.api.errors import ApiError
 from pipeline.api.images import read_image
 from pipeline.config import ApiConfig, ConfigError
@@ -162,6 +165,7 @@ class HttpServer:
         self.bound_port: int | None = None
         # images are decoded by two threads of low priority: the cameras' decoding goes first
         self._decoders = ThreadPoolExecutor(2, "detect-decode", initializer=_lower_priority)
+        self._malformed = MalformedRequests(endpoints.count)
 
     @property
     def protection(self) -> str:
@@ -184,6 +188,7 @@ class HttpServer:
             resource = app.router.add_route(route.method, route.path, getattr(self, route.handler))
             self._routes[(route.method, resource.resource.canonical)] = route
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        logging.getLogger("aiohttp.server").addFilter(self._malformed)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl()).start()
         self.bound_port = self._runner.addresses[0][1]
@@ -205,6 +210,7 @@ class HttpServer:
         """Close the listener and open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
+        logging.getLogger("aiohttp.server").removeFilter(self._malformed)
         self._decoders.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ the middleware
@@ -221,7 +227,8 @@ class HttpServer:
             code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
             message = (f"the body is over {self._api.detect.max_body_mb:g} MiB (api.detect.max_body_mb)"
                        if exc.status == 413 else exc.reason)
-            response = _error_response(ApiError(exc.status, code, message))
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405: RFC 9110 wants it
+            response = _error_response(ApiError(exc.status, code, message, allow))
         self._ep.count(route.path if route is not None else "other", response.status)
         return response
 
@@ -257,7 +264,8 @@ class HttpServer:
                                  dumps=lambda body: json.dumps(body, default=str))
 
     async def _openapi(self, _request: web.Request) -> web.Response:
-        return web.json_response(openapi(self.active_routes()))
+        labels = self._ep.detect.labels() if self._ep.detect is not None else ()
+        return web.json_response(openapi(self.active_routes(), labels))
 
     async def _preview_page(self, _request: web.Request) -> web.Response:
         page = resources.files("pipeline").joinpath("static/preview.html").read_text()
@@ -279,11 +287,42 @@ class HttpServer:
         return web.json_response({"cameras": self._ep.cameras()})
 
     async def _detect(self, request: web.Request) -> web.Response:
-        data, params = await _image_and_params(request)
+        data, query, form = await _image_and_params(request)
+        for given in (query, form):  # each checked, also a query value a form field overrides
+            _confidence(given.get("confidence"))
+            self._ep.detect.check_classes(given.get("classes"))
+        params = query | form
         rgb = await asyncio.get_running_loop().run_in_executor(self._decoders, read_image, data,
                                                                self._api.detect.max_pixels)
         result = await self._ep.detect.detect(rgb, _confidence(params.get("confidence")), params.get("classes"))
         return web.json_response(result)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a NUL byte in a header, a broken request line) as an
+    ERROR with a traceback, after answering it 400. Any client can send such requests, so they
+    become a count (http_requests_total{endpoint="malformed"}) and at most one warning a minute."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, count: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self._count, self._last = count, -self.EVERY_S
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True  # anything else aiohttp logs stays as it is
+        status = exc.code if isinstance(exc.code, int) and 400 <= exc.code < 500 else 400
+        self._count("malformed", status)
+        now = time.monotonic()
+        if now - self._last >= self.EVERY_S:
+            self._last = now
+            log_event(log, logging.WARNING, "malformed HTTP request refused; such requests are counted in "
+                      "http_requests_total{endpoint=\"malformed\"} and logged at most once a minute",
+                      status=status, error=str(exc.message or exc).splitlines()[0][:200],
+                      client=record.args[0] if isinstance(record.args, tuple) and record.args else None)
+        return False
 
 
 def _lower_priority() -> None:
@@ -311,25 +350,37 @@ def _offered_token(header: str) -> bytes | None:
     return None
 
 
-async def _image_and_params(request: web.Request) -> tuple[bytes, dict[str, str]]:
-    """The image bytes and the parameters (query string, and form fields of a multipart upload)."""
+FORM_FIELDS = ("image", "confidence", "classes")  # POST /v1/detect as multipart/form-data
+
+
+async def _image_and_params(request: web.Request) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The image bytes, the query's parameters and a multipart upload's text fields (which win)."""
     params = dict(request.query)
     kind = request.content_type
     if kind == "multipart/form-data":
-        form = await request.post()
-        files = [v for v in form.values() if isinstance(v, web.FileField)]
-        if not files:
-            raise ApiError(400, "no_file", "the form has no file: upload the image as a file field (e.g. image=@photo.jpg)")
-        params |= {k: v for k, v in form.items() if isinstance(v, str)}
-        return files[0].file.read(), params
+        try:
+            form = await request.post()
+        except (HttpProcessingError, ValueError) as exc:  # a part aiohttp cannot parse (e.g. control bytes in its headers)
+            why = next((line.strip() for line in str(getattr(exc, "message", "") or exc).splitlines() if line.strip()), "")
+            raise ApiError(400, "bad_form", f"cannot read the multipart form: {why[:200]}") from None
+        image = form.get("image")
+        if not isinstance(image, web.FileField):
+            raise ApiError(400, "no_file", "the form has no file field 'image': upload the picture as one "
+                           "(e.g. curl -F image=@photo.jpg)")
+        for name, value in form.items():  # what the OpenAPI document says the form takes, and nothing else
+            if name not in FORM_FIELDS or (name != "image" and not isinstance(value, str)):
+                raise ApiError(400, "bad_field", f"form field {name!r} is not taken: the form has a file 'image' and "
+                               "optional text fields 'confidence' and 'classes'")
+        return image.file.read(), params, {k: v for k, v in form.items() if k != "image"}
     if kind not in ("image/jpeg", "image/png", "application/octet-stream"):
         raise ApiError(415, "unsupported_type", f"Content-Type {kind or '(none)'} is not taken: send image/jpeg or "
                        "image/png as the body, or multipart/form-data with a file")
-    return await request.read(), params
+    return await request.read(), params, {}
 
 
 def _confidence(text: str | None) -> float | None:
-    if text is None or text == "":
+    """The `confidence` parameter: absent (the model's), or a number in (0, 1] (not empty, not NaN)."""
+    if text is None:
         return None
     try:
         value = float(text)
@@ -340,8 +391,8 @@ def _confidence(text: str | None) -> float | None:
     return value
 
 
-def openapi(routes: list[Route]) -> dict:
-    """The OpenAPI 3.1 document of `routes`."""
+def openapi(routes: list[Route], labels: Sequence[str] = ()) -> dict:
+    """The OpenAPI 3.1 document of `routes`; `labels`: the model's classes (what `classes` accepts)."""
     from pipeline import __version__
 
     paths: dict[str, dict] = {}
@@ -356,17 +407,20 @@ def openapi(routes: list[Route]) -> dict:
         if "{camera}" in route.path:
             op["parameters"] = [{"name": "camera", "in": "path", "required": True, "schema": {"type": "string"}}]
         if route.body:
+            classes = {"type": "string", **({"pattern": classes_pattern(labels)} if labels else {})}
+            confidence = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
             op["parameters"] = [
-                {"name": "confidence", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                {"name": "confidence", "in": "query", "schema": confidence,
                  "description": "least confidence of a detection (default: the model's)"},
-                {"name": "classes", "in": "query", "schema": {"type": "string"},
+                {"name": "classes", "in": "query", "schema": classes,
                  "description": "comma-separated labels or class ids to keep (default: all)"}]
             binary = {"schema": {"type": "string", "format": "binary"}}
             op["requestBody"] = {"required": True, "content": {
                 "image/jpeg": binary, "image/png": binary,
-                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                    "image": {"type": "string", "format": "binary"}, "confidence": {"type": "number"},
-                    "classes": {"type": "string"}}}}}}
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+                                                   "properties": {
+                    "image": {"type": "string", "format": "binary", "minLength": 1}, "confidence": confidence,
+                    "classes": classes}}, "encoding": {"image": {"contentType": "image/jpeg"}}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {"openapi": "3.1.0",
             "info": {"title": "rtsp-pipeline", "version": __version__,

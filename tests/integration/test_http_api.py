@@ -6,14 +6,17 @@ import base64
 import io
 import json
 import shutil
+import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -279,3 +282,46 @@ def test_https_with_a_certificate_and_key(tmp_path, rtsp_server, broker):
         assert http_request("GET", f"http://127.0.0.1:{port}/healthz")[0] == 0  # no plain HTTP beside it
     finally:
         daemon.stop()
+
+
+def test_the_whole_api_passes_schemathesis_with_every_check_and_the_daemon_stays_well(api):
+    """schemathesis (an outside fuzzer) against the API's own /v1/openapi.json, every check on:
+    no 5xx, schema-valid requests accepted and invalid ones refused (the document and the code
+    agree, e.g. on what `classes` takes), answers as documented, 405 with its Allow header; the
+    two exceptions no schema can express are in tests/integration/schemathesis.toml. The daemon
+    answers after it and logged no traceback."""
+    base, _, daemon = api
+    st = Path(sys.executable).with_name("st")
+    result = subprocess.run(
+        [str(st), "--no-color", "--config-file", str(REPO / "tests" / "integration" / "schemathesis.toml"), "run",
+         f"{base}/v1/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {API_TOKEN}",
+         "--max-examples", "100", "--generation-database", "none", "--seed", "20261207"],
+        capture_output=True, text=True, timeout=600, cwd=daemon.log_path.parent)
+    print(result.stdout[-600:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout.split("Test cases:")[-1]
+    assert http_get(f"{base}/healthz")[0] == 200
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_a_request_aiohttp_cannot_parse_is_refused_counted_and_logged_once_not_as_an_error(api):
+    """A NUL byte in a header (any client can send one): 400 from aiohttp, counted in
+    http_requests_total{endpoint="malformed"}, at most one warning a minute, no ERROR or traceback."""
+    base, _, daemon = api
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+
+    def malformed() -> int:
+        return int(metric_values(http_get(f"{base}/metrics")[1], "rtsp_pipeline_http_requests_total").get(
+            '{endpoint="malformed",status="400"}', 0))
+
+    before = malformed()
+    for _ in range(5):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: a\x00b\r\n\r\n")
+            assert conn.recv(64).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    wait_for(lambda: malformed() >= before + 5, 10, "the malformed requests counted")
+    log = daemon.log_text()
+    assert "Error handling request" not in log and "Traceback" not in log
+    warnings = [json.loads(line) for line in log.splitlines() if "malformed HTTP request refused" in line]
+    assert 1 <= len(warnings) <= 2 and warnings[-1]["level"] == "warning", warnings  # once a minute at most
+    assert http_get(f"{base}/healthz")[0] == 200
