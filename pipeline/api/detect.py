@@ -114,16 +114,17 @@ def classes_pattern(labels: Sequence[str]) -> str:
 
 
 def _classes(text: str | None, labels: Sequence[str]) -> frozenset[int] | None:
-    """Class ids from "car,person" or "2,0"; ApiError 400 naming the known labels."""
-    if text is None or not text.strip():
+    """Class ids from "car,person" or "2,0" (the language of classes_pattern: spaces around an item,
+    empty items skipped); ApiError 400 naming the first unknown item and the known labels."""
+    if text is None or not text.strip(" "):
         return None
-    if re.fullmatch(classes_pattern(labels), text) is None:
-        unknown = [item for item in (part.strip() for part in text.split(",")) if item and item not in labels
-                   and not (item.isascii() and item.isdigit() and str(int(item)) == item and int(item) < len(labels))]
-        raise ApiError(400, "bad_classes", f"unknown class {(unknown or [text])[0]!r}; this model knows: "
-                       f"{', '.join(labels)} (or ids 0-{len(labels) - 1}), comma-separated")
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    return frozenset(int(item) if item.isdigit() else labels.index(item) for item in items)
+    ids = {label: i for i, label in enumerate(labels)} | {str(i): i for i in range(len(labels))}
+    items = [part.strip(" ") for part in text.split(",")]
+    unknown = [item for item in items if item and item not in ids]
+    if unknown:
+        raise ApiError(400, "bad_classes", f"unknown class {unknown[0]!r}; this model knows: {', '.join(labels)} "
+                       f"(or ids 0-{len(labels) - 1}), comma-separated")
+    return frozenset(ids[item] for item in items if item)
 
 
 def _deliver_to(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable:
