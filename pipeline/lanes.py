@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.api.detect import DetectTarget
 from pipeline.config import CANARY_MODEL, DEFAULT_MODEL, CameraConfig, Config, ModelConfig
-from pipeline.core import EngineError, FrameResult, ModelRef, SourceError
+from pipeline.core import EngineError, FrameResult, ModelRef
 from pipeline.gpu import PathChoice, TransferCounter, assign_gpus
 from pipeline.inference_worker import InferenceWorker
 from pipeline.logs import log_event
@@ -187,15 +187,8 @@ class Lanes:
         depth = sum(InferenceWorker.frames_in_flight(lane.engine.concurrency) for lane in lanes)
         gpu = lanes[0].gpu
         return functools.partial(nvdec_decoder, gpu=gpu, on_event=count, pool_frames=depth,
-                                 reserve=functools.partial(self._reserve_frames, gpu, camera.id),
+                                 reserve=functools.partial(self.budget.reserve_frames, gpu, camera.id),
                                  release=functools.partial(self.budget.release_frames, gpu))
-
-    def _reserve_frames(self, gpu, camera: str, nbytes: int) -> None:
-        """A camera's frame pool against the budget; over it, that camera does not stream (slow retries)."""
-        try:
-            self.budget.reserve_frames(gpu, camera, nbytes)
-        except EngineError as exc:
-            raise SourceError(camera, str(exc).removeprefix(f"camera {camera}: "), "gpu_memory") from None
 
     def _camera_lanes(self) -> dict[tuple[int | None, str], list[CameraConfig]]:
         """(GPU index or None for the CPU, model) -> its cameras, in config order; only pairs with

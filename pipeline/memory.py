@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from pipeline.core import EngineError
+from pipeline.core import EngineError, SourceError
 from pipeline.logs import log_event
 from pipeline.metrics import Metrics
 
@@ -132,18 +132,18 @@ class MemoryBudget:
 
     # ------------------------------------------------------------------ frame pools, as cameras stream
     def reserve_frames(self, gpu, camera: str, nbytes: int) -> None:
-        """Count a camera's frame pool on `gpu`; raise EngineError (naming the camera, the pool and
-        the budget) when models + pools would pass the budget: that camera does not stream."""
+        """Count a camera's frame pool on `gpu`; raise SourceError (kind gpu_memory: naming the pool
+        and the budget) when models + pools would pass the budget: that camera does not stream."""
         where = _where(gpu)
         with self._lock:
             models = sum(self._models.get(where, {}).values())
             frames = self._frames.get(where, 0)
             if self.budget is not None and models + frames + nbytes > self.budget:
-                raise EngineError(
-                    f"camera {camera}: its frame pool ({mib(nbytes)}) would take {_name(where)} to "
+                raise SourceError(camera, (
+                    f"its frame pool ({mib(nbytes)}) would take {_name(where)} to "
                     f"{mib(models + frames + nbytes)}, over gpu.memory_budget_mb {self.budget / MiB:g} (models "
                     f"{mib(models)}, other cameras' pools {mib(frames)}); raise the budget, move cameras to "
-                    "another GPU or node, or lower their resolution")
+                    "another GPU or node, or lower their resolution"), "gpu_memory")
             self._frames[where] = frames + nbytes
             self._metrics.gpu_memory.labels(where, "frames").set(self._frames[where])
 

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from pipeline.core import EngineError
+from pipeline.core import EngineError, SourceError
 from pipeline.memory import MiB, MemoryBudget
 from pipeline.metrics import Metrics
 from scripts.lab.daemons import metric_values
@@ -82,7 +82,7 @@ def test_frame_pools_count_and_a_camera_whose_pool_does_not_fit_is_refused_by_na
     gpu = types.SimpleNamespace(index=0, memory_info=lambda: (100 * MiB, 200 * MiB))  # nothing measured: 0
     budget.measure(gpu, "default", lambda: None)
     budget.reserve_frames(gpu, "gate", 60 * MiB)
-    with pytest.raises(EngineError, match=r"camera yard: its frame pool \(50 MiB\) would take GPU 0 to 110 MiB, over "
+    with pytest.raises(SourceError, match=r"camera yard: its frame pool \(50 MiB\) would take GPU 0 to 110 MiB, over "
                                           r"gpu.memory_budget_mb 100 \(models 0.0 MiB, other cameras' pools 60 MiB\)"):
         budget.reserve_frames(gpu, "yard", 50 * MiB)
     assert series(metrics, "gpu_memory_bytes")['{gpu="0",use="frames"}'] == 60 * MiB  # the refused one not counted
