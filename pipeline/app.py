@@ -68,8 +68,10 @@ class Runtime:
         worker_factory: Callable[..., CameraWorker] = CameraWorker,
         member_options: dict | None = None,
         producer_factory: Callable | None = None,
+        on_results: Callable[[list[FrameResult]], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_results = on_results  # each lane's results, on its inference thread (`analyze` sums them)
         self._notifier = notifier or SystemdNotifier(None)
         self._config_path = config_path  # re-read on SIGHUP
         self.run_id = uuid.uuid4().hex  # in every message: with camera and seq, a message's identity
@@ -324,6 +326,8 @@ class Runtime:
             frames, detections = self._model_counters(cam, label)
             frames.inc()
             detections.inc(len(result.detections))
+        if self._on_results is not None:
+            self._on_results(results)
         self._call_in_loop(self._encode_and_offer, results, model, topic)
 
     def _encode_and_offer(self, results, model, topic):
@@ -374,6 +378,18 @@ class Runtime:
         """Camera id -> state, in start order."""
         return {cam: worker.state.value for cam, worker in self._fleet.items()}
 
+    def camera_worker(self, camera_id: str) -> CameraWorker | None:
+        """A running camera's worker, or None."""
+        return self._fleet.get(camera_id)
+
+    def camera_reason(self, camera_id: str) -> str:
+        """Why a camera is in its state (its last change's reason)."""
+        return self._reasons.get(camera_id, "")
+
+    def queued(self) -> int:
+        """Messages spooled and not yet acknowledged by Kafka."""
+        return self._publisher.health()["queued"]
+
     def camera_list(self) -> list[dict]:
         """The cameras for GET /v1/cameras (no URL: it may hold a password)."""
         now, out = time.time(), []
@@ -406,9 +422,10 @@ class Runtime:
         under `degraded`, with the reason."""
         cameras = {cam: w.health() for cam, w in self._fleet.items()}
         streaming = sum(1 for h in cameras.values() if h["state"] == CameraState.STREAMING.value)
+        finished = sum(1 for h in cameras.values() if h["state"] == CameraState.FINISHED.value)
         loaded = bool(self._lanes is not None and self._lanes.all)
-        # a replica whose share of the cameras is empty is ready doing nothing
-        ready = loaded and self._publisher.connected and (streaming > 0 or not cameras)
+        # a replica whose share of the cameras is empty is ready doing nothing; so is one whose files are read
+        ready = loaded and self._publisher.connected and (streaming > 0 or not cameras or finished == len(cameras))
         kafka = self._publisher.health()
         degraded = [kafka["spool"]["reason"]] if kafka["spool"]["state"] != "ok" else []
         body = {"degraded": degraded, "model_loaded": loaded, "kafka": kafka, "cameras_streaming": streaming,

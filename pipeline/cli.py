@@ -1,4 +1,5 @@
 """Command line: `rtsp-pipeline run --config FILE`, `rtsp-pipeline validate-config FILE`,
+`rtsp-pipeline analyze FILE... [--config FILE]` (recordings at full speed, then a summary: pipeline.analyze),
 `rtsp-pipeline build-engine --config FILE [--force]` (TensorRT plans into the engine cache),
 `rtsp-pipeline alerts --rules FILE` (the alerting consumer) and `rtsp-pipeline healthcheck
 [--config FILE]` (asks the running daemon's /healthz where its config says it listens: the
@@ -42,6 +43,18 @@ def main(argv: list[str] | None = None, stop_requested: threading.Event | None =
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, help="camera list YAML")
     run.add_argument("--shard", help=argparse.SUPPRESS)  # retired: refused with what to use instead
+    analyze = commands.add_parser("analyze", help="analyse recordings (files) with the config's models, tracking "
+                                  "and publishing, as fast as inference goes; exit 0 when every file is done")
+    analyze.add_argument("files", nargs="+", metavar="FILE", help="video files (any container FFmpeg reads)")
+    analyze.add_argument("--config", default=os.environ.get("RTSP_PIPELINE_CONFIG", DEFAULT_CONFIG),
+                         help=f"the daemon's config: models, tracking, kafka (its cameras are not used; default: "
+                         f"$RTSP_PIPELINE_CONFIG, else {DEFAULT_CONFIG})")
+    analyze.add_argument("--fps", type=float, help="frames per second of each file to infer (default: every frame)")
+    analyze.add_argument("--models", help="comma-separated model names (as a camera's `models`; default: default)")
+    analyze.add_argument("--spool", type=Path, help="spool folder (default: the config's, with -analyze appended)")
+    analyze.add_argument("--deliver-timeout", type=float, default=60.0,
+                         help="seconds to wait for Kafka to acknowledge every message once the files are done")
+    analyze.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     check = commands.add_parser("validate-config", help="check a config file and exit (0 valid, 2 not)")
     check.add_argument("file")
     build = commands.add_parser("build-engine", help="build the TensorRT engine of each GPU into the cache")
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None, stop_requested: threading.Event | None =
                         help=f"the daemon's config (default: $RTSP_PIPELINE_CONFIG, else {DEFAULT_CONFIG})")
     health.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
-    if args.command != "run":
+    if args.command not in ("run", "analyze"):
         _default_signals(stop_requested, handlers)
     if args.command == "healthcheck":
         return _healthcheck(args.config, args.timeout)
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None, stop_requested: threading.Event | None =
     if args.command == "alerts":
         return _run_alerts(args.rules, args.log_level)
 
+    if args.command == "analyze":
+        return _analyze(args, stop_requested)
     path = args.file if args.command == "validate-config" else args.config
     config = _load_or_report(path)
     if config is None:
@@ -82,6 +97,50 @@ def main(argv: list[str] | None = None, stop_requested: threading.Event | None =
     if args.command == "placement":
         return _print_placement(config, args.timeout)
     return _run(config, path, stop_requested)
+
+
+def _analyze(args: argparse.Namespace, stop_requested: threading.Event | None) -> int:
+    """`rtsp-pipeline analyze`: the files through the config's models, then a summary."""
+    from pydantic import ValidationError
+
+    from pipeline.analyze import EXIT_CONFIG as BAD_INPUT, analysis_config, recordings, run_analysis
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if args.fps is not None and not 0 < args.fps <= 240:
+        print(f"--fps {args.fps:g}: give frames per second in (0, 240]", file=sys.stderr)
+        return EXIT_CONFIG
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    known = set(config.detectors()) - {"canary"}
+    unknown = [m for m in models or () if m not in known]
+    if unknown:
+        print(f"--models: {', '.join(unknown)} not a detector of {args.config} (its detectors: "
+              f"{', '.join(sorted(known))})", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        files, problems = recordings(args.files, args.fps, models)
+    except ValidationError as exc:
+        print(f"cannot analyse: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return BAD_INPUT
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return BAD_INPUT
+    config = analysis_config(config, [f.camera for f in files], args.spool)
+    setup_logging(args.log_level, config.secrets())
+    requested = stop_requested or threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: requested.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = run_analysis(config, files, args.deliver_timeout, requested)
+    except (PipelineError, OSError) as exc:
+        log_event(log, logging.ERROR, "cannot analyse", error=str(exc))
+        return EXIT_FAILURE
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _leave_blocked_threads(code)
+    return code
 
 
 def _default_signals(stop_requested: threading.Event | None, handlers: dict | None) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -412,7 +413,12 @@ class CameraConfig(_Strict):
     """One camera."""
 
     id: str = Field(pattern=CAMERA_ID, description="unique id: letters, digits, '.', '_', '-'")
-    url: str = Field(description="rtsp:// or rtsps:// URL; put passwords in ${ENV_VARS}")
+    url: str = Field(description="rtsp:// or rtsps:// URL (put passwords in ${ENV_VARS}), or file:///path "
+                     "(or file:path, relative to the config file's folder) of a recording: read as fast as "
+                     "inference takes its frames, none dropped, then the camera is `finished`")
+    start_time: datetime | None = Field(
+        None, description="file:// only: when the recording's first frame was captured (RFC 3339 with a "
+        "time zone), for captured_at when the file has no creation_time (clock: config)")
     fps: float | None = Field(
         None, gt=0, le=240, description="frames per second to infer (default: every frame)"
     )
@@ -437,8 +443,15 @@ class CameraConfig(_Strict):
     @classmethod
     def _rtsp_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(f"file URL names host {parts.netloc!r}: only local files are read "
+                                 "(file:///absolute/path, or file:path relative to the config file)")
+            if not unquote(parts.path).strip("/"):
+                raise ValueError("file URL has no path (file:///absolute/path, or file:path relative to the config file)")
+            return value
         if parts.scheme not in ("rtsp", "rtsps"):
-            raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not rtsp:// or rtsps://")
+            raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not rtsp://, rtsps:// or file://")
         try:
             parts.port
         except ValueError as exc:
@@ -446,6 +459,30 @@ class CameraConfig(_Strict):
         if not parts.hostname:
             raise ValueError("URL has no host")
         return value
+
+    @field_validator("start_time")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2026-12-06T14:03:12Z or +01:00): a recording's local time is ambiguous")
+        return value
+
+    @model_validator(mode="after")
+    def _start_time_for_files(self) -> CameraConfig:
+        if self.start_time is not None and not self.is_file:
+            raise ValueError(f"camera {self.id}: start_time is for file:// cameras only (a live camera's "
+                             "captured_at comes from RTCP or the receive time)")
+        return self
+
+    @property
+    def is_file(self) -> bool:
+        """A recording (file://), read at full speed, not a live camera."""
+        return urlsplit(self.url).scheme == "file"
+
+    @property
+    def file_path(self) -> Path:
+        """The local path of a file:// camera."""
+        return Path(unquote(urlsplit(self.url).path))
 
     @property
     def redacted_url(self) -> str:
@@ -881,6 +918,12 @@ def _resolve_paths(data: dict, base: Path) -> None:
         trt = model.get("tensorrt")
         if isinstance(trt, dict) and isinstance(trt.get("engine_cache"), str):
             trt["engine_cache"] = str((base / os.path.expanduser(trt["engine_cache"])).resolve())
+    cameras = data.get("cameras")
+    for camera in cameras if isinstance(cameras, list) else ():
+        url = camera.get("url") if isinstance(camera, dict) else None
+        if isinstance(url, str) and url.startswith("file:") and not url.startswith("file://"):
+            # file:relative/path (no //): from the config file's folder, like model paths
+            camera["url"] = "file://" + quote(str((base / os.path.expanduser(unquote(url[5:]))).resolve()))
     kafka = data.get("kafka")
     for section, keys in (("tls", ("cafile", "certfile", "keyfile")), ("spool", ("folder",))):
         sub = kafka.get(section) if isinstance(kafka, dict) else None
@@ -898,8 +941,9 @@ def _check_files(config: Config, path: Path, marks: dict) -> list[str]:
         files += [(("canary", "model", key), getattr(config.canary.model, key)) for key in ("path", "labels")]
     if config.kafka.tls is not None:
         files += [(("kafka", "tls", key), getattr(config.kafka.tls, key)) for key in ("cafile", "certfile", "keyfile")]
+    files += [(("cameras", i, "url"), str(camera.file_path)) for i, camera in enumerate(config.cameras) if camera.is_file]
     return [
-        f"{path}:{_line(marks, loc)}: {'.'.join(loc)}: file {file} does not exist; "
+        f"{path}:{_line(marks, loc)}: {_dotted(loc)}: file {file} does not exist; "
         "fix the path (relative paths start at the config file's folder)"
         for loc, file in files if file is not None and not Path(file).is_file()
     ]

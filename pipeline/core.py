@@ -38,6 +38,7 @@ class CameraState(enum.Enum):
     STREAMING = "streaming"
     STALLED = "stalled"
     BACKING_OFF = "backing_off"
+    FINISHED = "finished"  # a file:// camera read to its end (not reconnected)
     STOPPED = "stopped"
 
 
@@ -48,7 +49,7 @@ class FrameMeta:
     camera_id: str
     pts: float  # media time in seconds, from the stream's timestamps
     captured_at: float  # UTC seconds since the epoch
-    clock: str  # "rtcp" (camera's sender reports) or "receive" (our receive time)
+    clock: str  # "rtcp" (camera's sender reports), "receive" (our receive time), "file" or "config" (a recording's start)
     width: int  # source pixels
     height: int
     epoch: int = 0  # the camera's connection number: a new one ends its tracks

@@ -78,11 +78,26 @@ class Route:
         self.lanes = tuple(lanes)
         self._lock = threading.Lock()  # a frame is offered to the old lanes or the new, never after a swap
 
-    def put(self, frame) -> None:
-        """On the camera's thread: offer the frame to each model (each keeps its latest only)."""
-        with self._lock:
-            for lane in self.lanes:
-                lane.batcher.put(frame)
+    def put(self, frame, stop: threading.Event | None = None) -> bool:
+        """On the camera's thread: offer the frame to each model (each keeps its latest only).
+        With `stop` (a recording: back-pressure), first wait until every model took the previous
+        frame, then put it; False if stopped first. Waiting holds no lock: a swap goes ahead and
+        the frame goes to the new lanes."""
+        if stop is None:
+            with self._lock:
+                for lane in self.lanes:
+                    lane.batcher.put(frame)
+            return True
+        cam = frame.meta.camera_id
+        while not stop.is_set():
+            lanes = self.lanes
+            if all(lane.batcher.wait_free(cam, 0.1) for lane in lanes):
+                with self._lock:
+                    if self.lanes is lanes:  # only this camera's thread fills its slots: still free
+                        for lane in lanes:
+                            lane.batcher.put(frame, patient=True)
+                        return True
+        return False
 
     def swap(self, lanes: list[Lane] | tuple) -> None:
         """Send frames to `lanes` from now on; once this returns no frame goes to a lane left."""

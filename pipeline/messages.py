@@ -93,13 +93,16 @@ def _detection(d: Detection, tracked: bool) -> dict:
 
 
 def camera_status(state: CameraState, previous: CameraState | None) -> str:
-    """The coarse status consumers act on: connecting, connected, reconnecting, disconnected, stopped."""
+    """The coarse status consumers act on: connecting, connected, reconnecting, disconnected,
+    finished (a file read to its end) or stopped."""
     if state is CameraState.STREAMING:
         return "connected"
     if state is CameraState.CONNECTING:
         return "connecting" if previous in (None, CameraState.STOPPED) else "reconnecting"
     if state is CameraState.STOPPED:
         return "stopped"
+    if state is CameraState.FINISHED:
+        return "finished"
     return "disconnected"
 
 

@@ -5,6 +5,13 @@ Nothing here can block for long: connecting is bounded by `open_timeout_s`, ever
 data but no pictures. Failures lead to exponential backoff with jitter. The camera's state
 machine is the TRANSITIONS table; every change is reported to `on_state`.
 
+A file:// camera (a recording) is read as fast as inference takes its frames: each frame waits for
+its models' slots instead of replacing an unread one (back-pressure, nothing dropped as superseded
+or stale), there is no lag monitor, `captured_at` is the recording's start (its container's
+`creation_time`, else the camera's `start_time`) plus the frame's time in it, and at its end the
+camera is FINISHED, not reconnected. A failure is retried at the longest backoff delay (from the
+file's start again).
+
 RTP comes over TCP (interleaved in the RTSP connection) or UDP; `auto` asks for TCP and, when
 the camera answers 461 Unsupported transport (FFmpeg: EPROTONOSUPPORT), UDP in the same attempt,
 and keeps what worked for that camera. Over UDP, FFmpeg's warnings about missed and late packets
@@ -14,11 +21,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import av
 
@@ -41,14 +50,17 @@ _LATE = "RTP: dropping old packet received too late"
 SLOW_RETRY_KINDS = frozenset({"unauthorized", "forbidden", "not_found", "transport", "gpu_memory"})
 TRANSITIONS: dict[CameraState, frozenset[CameraState]] = {
     S.CONNECTING: frozenset({S.STREAMING, S.BACKING_OFF, S.STALLED, S.STOPPED}),
-    S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.STOPPED}),
+    S.STREAMING: frozenset({S.STALLED, S.BACKING_OFF, S.FINISHED, S.STOPPED}),
     S.STALLED: frozenset({S.BACKING_OFF, S.STOPPED}),
     S.BACKING_OFF: frozenset({S.CONNECTING, S.STOPPED}),
+    S.FINISHED: frozenset({S.STOPPED}),
     S.STOPPED: frozenset(),
 }
 
 StateListener = Callable[[str, CameraState, str], None]
-FrameSink = Callable[[Frame], None]
+# a camera's frames go here; with the stop event (file:// cameras), it waits for room instead of
+# replacing an unread frame, and returns False if stopped first
+FrameSink = Callable[..., object]
 
 
 class Backoff:
@@ -300,6 +312,10 @@ class CameraWorker:
         self._works: str | None = None  # auto: the transport that streamed, kept until restart
         self._refused: set[str] = set()  # transports the camera answered 461 to (logged once each)
         self._clock_warned = False
+        self._file = camera.is_file
+        self._file_start: tuple[float, str, float] | None = None  # recording's start (epoch s), its clock, first pts
+        self.pictures = 0  # decoded by the current (or last) connection
+        self.delivered = 0  # a file's frames handed to its models since the start
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -343,11 +359,15 @@ class CameraWorker:
                 self._set_state(CameraState.CONNECTING, "reconnecting", quiet=repeated)
             first = False
             self._streamed = False  # set when this attempt decodes its first picture
+            self.pictures = 0  # decoded by this attempt
             self._epoch += 1  # frames carry it: a new connection ends the camera's tracks
             attempt_started = time.monotonic()
             try:
                 self._read_until_failure()
-                reason, kind = "end of stream", "eof"
+                if self._file and self._streamed and not self._stop.is_set():
+                    self._finish()
+                    break
+                reason, kind = ("no picture in the file", "invalid_data") if self._file else ("end of stream", "eof")
             except _Stall as stall:
                 reason, kind = stall.reason, "stalled"
                 self._set_state(CameraState.STALLED, reason)
@@ -372,16 +392,28 @@ class CameraWorker:
                 backoff.reset()
                 last_kind = None
             self._metrics.source_errors.labels(self.camera.id, kind).inc()
-            delay = backoff.next_delay(slow=kind in SLOW_RETRY_KINDS)
+            delay = backoff.next_delay(slow=kind in SLOW_RETRY_KINDS or self._file)  # a file does not heal soon
             # the same failure again is counted and published, but logged at debug level only
             repeated, last_kind = kind == last_kind, kind
             self._set_state(CameraState.BACKING_OFF, f"{reason}; retrying in {delay:.1f}s", quiet=repeated)
             self._stop.wait(delay)
         self._set_state(CameraState.STOPPED, "stopped")
 
+    def _finish(self) -> None:
+        """A file read to its end: FINISHED until the camera is stopped (removed, or shutdown)."""
+        self._set_state(CameraState.FINISHED, f"end of file: {self.pictures} frames decoded")
+        self._stop.wait()
+
     # ------------------------------------------------------------------ reading
     def _open(self, transport: str) -> av.container.InputContainer:
         s = self._settings
+        if self._file:
+            path = self.camera.file_path
+            if not path.is_file():
+                raise SourceError(self.camera.id, f"file {path} does not exist (or is not a file)", "not_found")
+            if not os.access(path, os.R_OK):
+                raise SourceError(self.camera.id, f"file {path} cannot be read: check its permissions", "forbidden")
+            return av.open(str(path), timeout=(s.open_timeout_s, s.stall_timeout_s))
         return av.open(self.camera.url, options=rtsp_options(transport, s),
                        timeout=(s.open_timeout_s, s.stall_timeout_s))
 
@@ -395,6 +427,9 @@ class CameraWorker:
 
     def _connect(self) -> av.container.InputContainer:
         """Open the camera over the first transport it accepts (self.transport)."""
+        if self._file:
+            self.transport = None
+            return self._open("file")
         setting, transports = self._transports()
         refused = []
         for transport in transports:
@@ -424,7 +459,9 @@ class CameraWorker:
             except ValueError as exc:  # e.g. a codec the configured decoder cannot take
                 raise SourceError(self.camera.id, f"cannot decode this stream: {exc}") from None
             cam = self.camera.id
-            for transport in ("tcp", "udp"):
+            if self._file:
+                self._file_start = file_start(container, self.camera.start_time)
+            for transport in ("tcp", "udp") if not self._file else ():
                 self._metrics.camera_transport.labels(cam, transport).set(1 if transport == self.transport else 0)
             rate = stream.average_rate or stream.guessed_rate
             self._metrics.camera_fps.labels(cam, "declared").set(float(rate) if rate else float("nan"))
@@ -468,7 +505,7 @@ class CameraWorker:
                 if packet.pts is not None and packet.is_keyframe:
                     decision = gate.keyframe(float(packet.pts * packet.time_base))
                     sampled_keyframes = sampled_keyframes if decision is None else decision
-                if packet.dts is not None:  # decode order: monotonic, also with B-frames
+                if packet.dts is not None and not self._file:  # decode order: monotonic, also with B-frames
                     if lag.observe(time.monotonic(), float(packet.dts * packet.time_base), packet.is_keyframe) is not None:
                         self._log_lag(lag)
                     lag_gauge.set(lag.lag)
@@ -492,6 +529,11 @@ class CameraWorker:
                     raise _Stall(f"data but no picture for {self._settings.stall_timeout_s:g}s")
                 for picture in pictures:
                     self._handle_picture(container, decoder, picture, received, sampler, clock, rtcp, meter)
+                if pictures and self._file:
+                    last_picture = time.monotonic()  # waiting for room (back-pressure) is not a stall
+            if self._file and not self._stop.is_set():  # the end of the file: its held-back pictures
+                for picture in decoder.flush():
+                    self._handle_picture(container, decoder, picture, time.time(), sampler, clock, rtcp, meter)
         except av.error.ExitError:  # PyAV's read timeout
             if not self._streamed:
                 raise
@@ -510,6 +552,7 @@ class CameraWorker:
     ) -> None:
         cam = self.camera.id
         self._metrics.frames_decoded.labels(cam).inc()
+        self.pictures += 1
         self.last_frame_at = time.monotonic()
         if not self._streamed:
             self._streamed = True
@@ -518,7 +561,7 @@ class CameraWorker:
         if pts is None:
             self._metrics.frames_dropped.labels(cam, "no_timestamp").inc()
             return
-        offset = rtcp.offset(container.start_time_realtime, pts, received)
+        offset = None if self._file else rtcp.offset(container.start_time_realtime, pts, received)
         delivered = meter.tick(received, pts)  # arrival (packet read), not decode: decoders output in bursts
         if delivered is not None:
             self._metrics.camera_fps.labels(cam, "delivered").set(round(delivered, 2))
@@ -531,17 +574,31 @@ class CameraWorker:
                 log_event(log, logging.WARNING, "camera clock is off: its RTCP time is far from when frames arrive; "
                           "captured_at uses the receive time", camera=cam, offset_s=round(offset, 3),
                           max_clock_offset_s=self._settings.max_clock_offset_s)
-        captured, source = capture_time(None if offset is None else container.start_time_realtime, pts, received,
-                                        self._settings.max_clock_offset_s)
+        if self._file_start is not None:
+            start, source, first_pts = self._file_start
+            captured = start + max(0.0, pts - first_pts)
+        else:
+            captured, source = capture_time(None if offset is None else container.start_time_realtime, pts, received,
+                                            self._settings.max_clock_offset_s)
         kept = decoder.retain(picture)
+        while kept is None and self._file and not self._stop.wait(0.005):  # a file waits for a buffer
+            kept = decoder.retain(picture)
         if kept is None:
-            self._metrics.frames_dropped.labels(cam, "decoder_buffers_busy").inc()
+            if not self._stop.is_set():
+                self._metrics.frames_dropped.labels(cam, "decoder_buffers_busy").inc()
             return
         meta = FrameMeta(cam, round(pts, 6), captured, source, picture.width, picture.height, self._epoch)
-        self._deliver(Frame(meta, kept, time.monotonic()))
+        if self._file:
+            if self._deliver(Frame(meta, kept, time.monotonic()), self._stop):  # waits for room
+                self.delivered += 1
+        else:
+            self._deliver(Frame(meta, kept, time.monotonic()))
 
     def _announce_streaming(self, picture) -> None:
         """The first picture of a connection: streaming, over which transport (kept if auto)."""
+        if self._file:
+            self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} file, read at full speed")
+            return
         setting, _ = self._transports()
         fell_back = setting == "auto" and self.transport != "tcp"
         if fell_back and self._works != self.transport:
@@ -551,6 +608,34 @@ class CameraWorker:
             self._works = self.transport
         self._set_state(CameraState.STREAMING, f"{picture.width}x{picture.height} stream over "
                         f"{self.transport.upper()}" + (" (the camera refused TCP)" if fell_back else ""))
+
+
+def file_start(container, start_time) -> tuple[float, str, float]:
+    """A recording's start (epoch seconds), which clock gave it, and the media time of its start:
+    the container's creation_time ("file"), else the camera's start_time ("config"), else now
+    ("receive"). captured_at is the start plus a frame's media time after the container's start."""
+    first = container.start_time / av.time_base if container.start_time is not None else 0.0
+    created = parse_creation_time(container.metadata.get("creation_time")
+                                  or container.streams.video[0].metadata.get("creation_time"))
+    if created is not None:
+        return created, "file", first
+    if start_time is not None:
+        return start_time.timestamp(), "config", first
+    return time.time(), "receive", first
+
+
+def parse_creation_time(value: str | None) -> float | None:
+    """Epoch seconds of a container's creation_time (ISO 8601, as FFmpeg gives it; UTC when it has
+    no zone); None when absent, unreadable, or the zero date some muxers write."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp() if parsed.year > 1970 else None
 
 
 def rtsp_options(transport: str, s: SourceConfig) -> dict[str, str]:

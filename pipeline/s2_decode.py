@@ -17,6 +17,10 @@ class Decoder(Protocol):
 
     def keyframes_only(self, enabled: bool) -> None: ...
 
+    def flush(self) -> list:
+        """At the end of a file: the pictures still held back (reordering, decoder delay)."""
+        ...
+
     def retain(self, picture):
         """Make a picture the source keeps outlive the next `decode` call; None: cannot (dropped)."""
         ...
@@ -29,6 +33,7 @@ class PyAVDecoder:
 
     def __init__(self, stream: av.video.stream.VideoStream, deblock: bool = True) -> None:
         self._ctx = stream.codec_context
+        self._time_base = stream.time_base
         # One thread per camera: cameras already decode in parallel, and frame threading would
         # add a frame of latency per thread and multiply threads by the camera count.
         self._ctx.thread_count = 1
@@ -45,6 +50,16 @@ class PyAVDecoder:
         if enabled != self._keyframes_only:
             self._ctx.skip_frame = "NONKEY" if enabled else "DEFAULT"
             self._keyframes_only = enabled
+
+    def flush(self) -> list[av.VideoFrame]:
+        """Drain the decoder at the end of a file (B-frames and frame delay hold the last pictures)."""
+        try:
+            pictures = self._ctx.decode(None)
+        except av.error.EOFError:  # already drained
+            return []
+        for picture in pictures:  # PyAV sets a picture's time base from its packet: a flush has none
+            picture.time_base = self._time_base
+        return pictures
 
     def retain(self, picture: av.VideoFrame) -> av.VideoFrame:
         """FFmpeg's frames are reference-counted: keeping the object keeps the picture."""

@@ -188,6 +188,24 @@ class NvDecoder:
         del payload
         return [self._picture(f, width, height) for f in frames]
 
+    def flush(self) -> list:
+        """At the end of a file: an empty packet, which the Video Codec SDK's NvDecoder marks
+        CUVID_PKT_ENDOFSTREAM, so the parser gives out the pictures it still holds (not yet run
+        on a GPU)."""
+        data = self._nvc.PacketData()
+        data.bsl_data, data.bsl = 0, 0
+        flag = getattr(self._nvc.VideoPacketFlag, "ENDOFSTREAM", None)
+        if flag is not None:
+            data.decode_flag = flag
+        try:
+            with self._gpu.current():
+                frames = self._decoder.Decode(data)
+                width, height = (self._decoder.GetWidth(), self._decoder.GetHeight()) if frames else (0, 0)
+        except Exception as exc:  # noqa: BLE001 - the file's last pictures are lost, not the camera
+            log_event(log, logging.WARNING, "NVDEC flush at the end of the file failed", error=repr(exc))
+            return []
+        return [self._picture(f, width, height) for f in frames]
+
     def _check_sequence(self, access_unit: bytes) -> None:
         """A keyframe whose SPS differs from the current one starts a new decoder (see above)."""
         sps = sequence_header(access_unit, self._codec_name)

@@ -11,6 +11,11 @@ oldest frame), so under overload every camera gets the same share. Serving the o
 did not: a camera's newer frame moved it to the back, so a camera that delivered more often was
 served less (8 x 360p: 3.5 to 11.7 frames/s per camera).
 
+A recording (file:// camera) is patient: its thread waits for its slot to be free (`wait_free`)
+before it puts the next frame (`put(..., patient=True)`), so none is superseded, and a patient
+frame is never dropped as stale: back-pressure in place of dropping. Waiting takes no place in the
+fairness order, so live cameras keep their share while files fill the rest of each batch.
+
 Images of POST /v1/detect wait in their own bounded queue (`put_request` refuses when it is full:
 the caller answers 503). In the fairness order the queue is one more camera: a batch takes one
 request when the queue's turn comes, and fills places no camera frame wants with more. So a
@@ -55,11 +60,15 @@ class DeadlineBatcher:
         self._turn = 0
         self._requests: deque[tuple[Frame, float]] = deque()  # (image of a /v1/detect request, its deadline)
         self._request_queue = request_queue
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # the inference thread waits here for frames
+        self._free = threading.Condition(self._lock)  # recordings' threads wait here for their slot
+        self._patient: set[str] = set()  # cameras whose waiting frame is a recording's (never stale)
         self._closed = False
 
-    def put(self, frame: Frame) -> None:
-        """Offer a camera's newest frame; replaces (and counts) an unread older one."""
+    def put(self, frame: Frame, patient: bool = False) -> None:
+        """Offer a camera's newest frame; replaces (and counts) an unread older one. A `patient`
+        frame (a recording's, put once `wait_free` said its slot is free) is never dropped as stale."""
         cam = frame.meta.camera_id
         with self._cond:
             if self._closed:
@@ -67,8 +76,18 @@ class DeadlineBatcher:
             if self._slots.pop(cam, None) is not None:
                 self._on_drop(cam, "superseded")
             self._slots[cam] = frame
+            if patient:
+                self._patient.add(cam)
+            else:
+                self._patient.discard(cam)
             if len(self._slots) == 1 or len(self._slots) >= self.max_batch:
                 self._cond.notify()
+
+    def wait_free(self, camera_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` s until the camera's slot holds no unread frame; True when it is
+        free (or the batcher closed: a put then does nothing)."""
+        with self._lock:
+            return self._free.wait_for(lambda: self._closed or camera_id not in self._slots, timeout)
 
     def put_request(self, frame: Frame, deadline: float) -> bool:
         """Queue a /v1/detect image (inferred before monotonic `deadline`, or given up); False when
@@ -123,7 +142,7 @@ class DeadlineBatcher:
                 frames.append(self._requests.popleft()[0])
             else:
                 frame = self._slots.pop(cam)
-                if now - frame.ready_at > self._max_age:
+                if now - frame.ready_at > self._max_age and cam not in self._patient:
                     self._on_drop(cam, "stale")
                     continue
                 frames.append(frame)
@@ -131,6 +150,8 @@ class DeadlineBatcher:
             self._served[cam] = self._turn
         while self._requests and len(frames) < self.max_batch:  # places no camera frame wants
             frames.append(self._requests.popleft()[0])
+        if self._patient:
+            self._free.notify_all()  # a recording's slot may be free
         return Batch(tuple(frames)) if frames else None
 
     def _oldest_arrival(self) -> float:
@@ -147,6 +168,8 @@ class DeadlineBatcher:
         with self._cond:
             self._slots.pop(camera_id, None)
             self._served.pop(camera_id, None)
+            self._patient.discard(camera_id)
+            self._free.notify_all()
 
     def pending(self) -> int:
         """Frames waiting in slots."""
@@ -164,3 +187,4 @@ class DeadlineBatcher:
                 frame.reply.deliver(RuntimeError("the daemon is stopping"))
             self._requests.clear()
             self._cond.notify_all()
+            self._free.notify_all()

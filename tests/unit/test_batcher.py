@@ -169,3 +169,59 @@ def test_a_request_past_its_deadline_is_given_up_and_close_answers_the_rest():
     batcher.put_request(request(clock.now, answers), deadline=clock.now + 1)
     batcher.close()
     assert len(answers) == 1 and isinstance(answers[0], RuntimeError)
+
+
+def test_a_recording_waits_for_its_slot_and_loses_no_frame_to_a_slow_reader():
+    """A file:// camera puts through Route with its stop event: every frame is read by the
+    batcher, in order, however slowly batches are taken; none is superseded or stale."""
+    from types import SimpleNamespace
+
+    from pipeline.lanes import Route
+
+    batcher, drops = make(max_batch=2, wait=0.001, age=0.01)
+    route, stop = Route([SimpleNamespace(batcher=batcher)]), threading.Event()
+    sent = []
+
+    def producer():
+        for i in range(40):
+            sent.append(route.put(frame("file", time.monotonic(), pts=i), stop))
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got = []
+    while len(got) < 40:
+        batch = batcher.next_batch(timeout=2)
+        assert batch is not None, f"the recording's thread stopped putting after {len(got)} frames"
+        got += [f.meta.pts for f in batch.frames]
+        time.sleep(0.02)  # slower than the producer, and past max_frame_age: nothing may be dropped
+    thread.join(2)
+    assert got == list(range(40))
+    assert all(sent) and not drops
+
+
+def test_a_waiting_recording_gives_up_when_stopped_and_a_live_camera_keeps_its_turns():
+    from types import SimpleNamespace
+
+    from pipeline.lanes import Route
+
+    batcher, drops = make(max_batch=1, wait=0)
+    route, stop = Route([SimpleNamespace(batcher=batcher)]), threading.Event()
+    assert route.put(frame("file", time.monotonic(), pts=0), stop)
+    result = []
+    waiting = threading.Thread(target=lambda: result.append(route.put(frame("file", time.monotonic(), pts=1), stop)))
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive()  # the slot is full: it waits (back-pressure) ...
+    route.put(frame("live", time.monotonic()))  # ... while a live camera's frame still goes in
+    assert batcher.next_batch(timeout=1).frames[0].meta.camera_id == "file"
+    assert batcher.next_batch(timeout=1).frames[0].meta.camera_id == "live"  # the live camera's turn comes
+    waiting.join(1)
+    assert result == [True]  # its frame (pts 1) now waits in the slot
+    late = threading.Thread(target=lambda: result.append(route.put(frame("file", time.monotonic(), pts=2), stop)))
+    late.start()
+    time.sleep(0.2)
+    stop.set()  # the camera is stopped while it waits
+    late.join(1)
+    assert not late.is_alive() and result == [True, False]
+    assert [f.meta.pts for f in batcher.next_batch(timeout=1).frames] == [1]  # pts 2 never went in
+    assert not drops

@@ -69,9 +69,9 @@ def test_env_default_is_used(tmp_path):
     [
         ("    fps: 5", "    fps: 0", ":8: cameras[0].fps: Input should be greater than 0"),
         ("    fps: 5", "    fps: fast", ":8: cameras[0].fps: Input should be a valid number"),
-        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: cost, fps, gpu, id, models, tracking, transport, url"),
+        ("    fps: 5", "    fps: 5\n    zoom: 2", ":9: cameras[0].zoom: unknown key 'zoom'; allowed keys here: cost, fps, gpu, id, models, start_time, tracking, transport, url"),
         ("  - {id: yard,", "  - {id: gate-1,", ":9: cameras[1].id: duplicate camera id 'gate-1' (first at line 6)"),
-        ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp:// or rtsps://"),
+        ("rtsp://10.0.0.6", "http://10.0.0.6", ":9: cameras[1].url: scheme 'http' is not rtsp://, rtsps:// or file://"),
         ("rtsp://10.0.0.6:8554", "rtsp://10.0.0.6:99999", ":9: cameras[1].url: bad port"),
         ('"127.0.0.1:9092"', '"kafka"', ":4: kafka.bootstrap_servers: 'kafka' is not host:port"),
         ("  path: model.onnx", "  path: missing.onnx", ":2: model.path: file "),
@@ -269,3 +269,30 @@ def test_yaml_booleans_are_true_and_false_only_and_settings_still_read_yes_and_o
     config = load_config(write(tmp_path, text), {"GATE_PASS": "pw"})
     assert config.cameras[1].id == "no"
     assert config.tracking_for(config.cameras[1]).enabled is False and config.cameras[1].tracking.appearance is True
+
+
+def test_a_recording_is_a_file_url_relative_to_the_config_and_must_exist(tmp_path):
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "gate 1.mp4").write_bytes(b"x")
+    text = GOOD.replace('rtsp://10.0.0.6:8554/live"}', 'file:rec/gate%201.mp4", start_time: "2026-12-06T14:03:12+01:00"}')
+    config = load_config(write(tmp_path, text), {"GATE_PASS": "pw"})
+    yard = config.cameras[1]
+    assert yard.is_file and not config.cameras[0].is_file
+    assert yard.file_path == tmp_path / "rec" / "gate 1.mp4"
+    assert yard.start_time.timestamp() == 1796562192.0  # 13:03:12 UTC
+
+    missing = problems(write(tmp_path, text.replace("gate%201", "gone")))
+    assert missing == [f"{tmp_path / 'cameras.yaml'}:9: cameras[1].url: file {tmp_path / 'rec' / 'gone.mp4'} does not "
+                       "exist; fix the path (relative paths start at the config file's folder)"]
+
+
+@pytest.mark.parametrize("url, start, expected", [
+    ("file://camera-host/rec.mp4", "", "only local files are read"),
+    ("file:///", "", "file URL has no path"),
+    ("rtsp://10.0.0.6/live", ", start_time: '2026-12-06T14:03:12Z'", "start_time is for file:// cameras only"),
+    ("file:///tmp/x.mp4", ", start_time: '2026-12-06T14:03:12'", "give a time zone"),
+])
+def test_bad_recordings_are_refused_with_what_to_do(tmp_path, url, start, expected):
+    text = GOOD.replace('url: "rtsp://10.0.0.6:8554/live"}', f'url: "{url}"{start}}}')
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and expected in found[0] and ":9: cameras[1]" in found[0], found

@@ -162,3 +162,17 @@ def test_the_rtcp_offset_is_given_until_the_media_time_jumps_then_not_on_that_co
     ahead.offset(start, 1.0, 1001.05)
     assert ahead.offset(start, 20.0, 1001.1) is None  # 19 s of media in 0.05 s of arrival
     assert RtcpClock().offset(None, 1.0, 1001.0) is None  # no sender report yet
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-12-06T14:03:12.000000Z", 1796565792.0),  # as FFmpeg gives an MP4's creation_time
+    ("2026-12-06T15:03:12+01:00", 1796565792.0),
+    ("2026-12-06 14:03:12", 1796565792.0),  # no zone: UTC, as MP4 stores it
+    ("1970-01-01T00:00:00.000000Z", None),  # the zero date some muxers write
+    ("yesterday", None),
+    (None, None),
+])
+def test_a_recordings_creation_time_is_read_as_utc_or_ignored(value, expected):
+    from pipeline.s1_source import parse_creation_time
+
+    assert parse_creation_time(value) == expected
