@@ -65,10 +65,10 @@ def corrupt_ts(source: Path, path: Path, every: int = 40, seed: int = 1) -> Path
 
 
 def pyav_clip(path: Path, frames, fps: int = 25, gop: int = 50, container: str | None = None,
-              codec: str = "libx264") -> Path:
+              codec: str = "libx264", bframes: int = 0) -> Path:
     """Encode RGB frames (an iterable of HxWx3 uint8) to H.264 (or H.265 with `codec` "libx265")
     with PyAV's own encoders, for machines without the ffmpeg program (the GPU machines), 8-bit
-    4:2:0, no B-frames, a keyframe every `gop` frames. `container` "h264"/"hevc" writes a raw
+    4:2:0, `bframes` B-frames (default none), a keyframe every `gop` frames. `container` "h264"/"hevc" writes a raw
     Annex B stream (which can be concatenated); default: from the suffix."""
     import av
 
@@ -80,9 +80,10 @@ def pyav_clip(path: Path, frames, fps: int = 25, gop: int = 50, container: str |
             if stream is None:
                 stream = out.add_stream(codec, rate=fps)
                 stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "yuv420p"
-                stream.options = {"g": str(gop), "bf": "0", "preset": "veryfast"}
+                stream.options = {"g": str(gop), "bf": str(bframes), "preset": "veryfast"}
                 if codec == "libx265":  # quiet, and a fixed GOP as libx264's
-                    stream.options |= {"x265-params": f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0"}
+                    stream.options |= {"x265-params": f"log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0"
+                                                      f":bframes={bframes}"}
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():

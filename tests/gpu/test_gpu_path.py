@@ -525,6 +525,37 @@ def test_the_daemon_on_the_gpu_path_copies_no_picture_to_the_host(gpu, relay, tm
     assert uploaded == 640 * 480 * 3 // 2
 
 
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_a_recording_on_the_gpu_path_has_every_frame_inferred_its_last_b_frames_too(gpu, tmp_path, codec, figure):
+    """A file:// camera decoded by NVDEC: every frame of an H.264/H.265 file with B-frames is inferred, the pictures the decoder still holds at the end of the file included (its flush), and the camera is finished"""
+    from scripts.lab.clips import pyav_clip
+    from scripts.lab.common import free_port, wait_for
+    from scripts.lab.daemons import daemon_config, http_get, metric_values
+    from tests.gpu.conftest import scene_frames
+
+    clip = pyav_clip(tmp_path / f"bframes-{codec}.mkv", scene_frames(41, 640, 360, 60), gop=30, codec=codec, bframes=3)
+    port = free_port()
+    config = daemon_config(tmp_path / "file.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
+                           f"127.0.0.1:{free_port()}", [("rec", f"file://{clip}", None)], metrics_port=port,
+                           gpu={"decoder": "nvdec"}, kafka={"stop_timeout_s": 1})
+
+    def read(exited=lambda: False):
+        def done():
+            text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            finished = metric_values(text, "rtsp_pipeline_camera_state").get('{camera="rec",state="finished"}')
+            return text if exited() or (finished == 1 and sum(
+                metric_values(text, "rtsp_pipeline_frames_inferred_total").values()) >= 60) else None
+        text = wait_for(done, 90, "the recording finished and its 60 frames inferred")
+        assert not exited(), "the daemon exited"
+        return text
+
+    text = on_the_gpu_path(gpu, config, tmp_path / "file.log", read)
+    inferred = sum(metric_values(text, "rtsp_pipeline_frames_inferred_total").values())
+    dropped = sum(metric_values(text, "rtsp_pipeline_frames_dropped_total").values())
+    figure(f"{codec} with 3 B-frames: {inferred:.0f}/60 frames inferred from the file, {dropped:.0f} dropped")
+    assert inferred == 60 and dropped == 0
+
+
 def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path, figure):
     """gpu.memory_budget_mb counts the model as it loaded and each frame pool; a camera that does not fit waits, models that do not fit refuse the start
 
