@@ -21,15 +21,25 @@ an encoded-packet ring.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import io
+import os
+import queue as queue_module
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
+
+
+MAX_PENDING = 8  # clips of one camera collecting their post_s at once, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,7 @@ class EncodedPacket:
     pts: int | None
     dts: int | None
     keyframe: bool
+    captured: float | None = None  # capture time (epoch seconds), as the camera's frames are stamped
 
     def time(self, time_base: Fraction) -> float | None:
         """Presentation time in seconds (decode time when the packet has no pts)."""
@@ -84,6 +95,7 @@ class PacketRing:
         self._describe: Callable[[EncodedPacket], StreamInfo] | None = None
         self.stream: StreamInfo | None = None  # made at the connection's first keyframe
         self.overflows = 0  # times a single GOP was larger than max_bytes
+        self._pending: list[ClipRequest] = []  # clips still collecting packets (their post_s)
 
     @property
     def bytes(self) -> int:
@@ -98,6 +110,9 @@ class PacketRing:
             self._gops.clear()
             self._bytes = 0
             self._time_base, self._describe, self.stream = time_base, describe, None
+            cut, self._pending = self._pending, []
+        for request in cut:  # a clip in the middle of its post_s ends here, saying why
+            request.complete("the camera's connection ended before post_s was reached")
 
     def add(self, packet: EncodedPacket) -> None:
         """Keep one packet (from the camera's demuxer, in decode order)."""
@@ -116,6 +131,42 @@ class PacketRing:
                 return  # nothing before the first keyframe
             self._bytes += len(packet.data)
             self._trim()
+            done = []
+            if self._pending:
+                t = packet.time(self._time_base)
+                for request in self._pending:
+                    request.packets.append(packet)
+                    if t is not None and t >= request.end:
+                        done.append(request)
+                self._pending = [r for r in self._pending if r not in done]
+        for request in done:
+            request.complete(None)
+
+    def attach(self, request: ClipRequest, pre_s: float, post_s: float) -> bool:
+        """Start a clip: the packets from the keyframe at or before `pre_s` before the newest
+        packet, then every packet until `post_s` after it. False when the ring holds nothing, or
+        MAX_PENDING clips of this camera are still collecting."""
+        with self._lock:
+            if not self._gops or self.stream is None:
+                return False
+            tb = self._time_base
+            newest = max((t for p in self._gops[-1] if (t := p.time(tb)) is not None), default=None)
+            if newest is None:
+                return False
+            request.trigger_time, request.end, request.stream = newest, newest + post_s, self.stream
+            first = 0
+            for i, gop in enumerate(self._gops):
+                t = gop[0].time(tb)
+                if t is not None and t <= newest - pre_s:
+                    first = i
+            if len(self._pending) >= MAX_PENDING:
+                return False
+            request.packets = [p for gop in list(self._gops)[first:] for p in gop]
+            if post_s > 0:
+                self._pending.append(request)
+                return True
+        request.complete(None)
+        return True
 
     def _trim(self) -> None:
         tb = self._time_base
@@ -160,10 +211,12 @@ class PacketRing:
             return [p for gop in list(self._gops)[first:] for p in gop]
 
 
-def write_clip(path: Path, stream: StreamInfo, packets: Iterable[EncodedPacket]) -> tuple[float, float, int]:
-    """Remux `packets` (decode order, from a keyframe) into a new file at `path` (its suffix picks
-    the container: .mp4 or .mkv), timestamps moved so that the first packet's presentation time is
-    0. Returns (first, last) presentation time in the source's seconds and the packets written."""
+def write_clip(path: Path, stream: StreamInfo, packets: Iterable[EncodedPacket],
+               container: str | None = None) -> tuple[float, float, int]:
+    """Remux `packets` (decode order, from a keyframe) into a new file at `path` (`container`
+    "mp4" or "matroska", else from its suffix), timestamps moved so that the first packet's
+    presentation time is 0. Returns (first, last) presentation time in the source's seconds and
+    the packets written."""
     packets = list(packets)
     if not packets or not packets[0].keyframe:
         raise ValueError("a clip must start at a keyframe")
@@ -172,9 +225,13 @@ def write_clip(path: Path, stream: StreamInfo, packets: Iterable[EncodedPacket])
     if start is not None:  # leading pictures of an open GOP (HEVC's RASL) need the GOP before: left out
         packets = [packets[0]] + [p for p in packets[1:] if p.pts is None or p.pts >= start]
     origin = min(p.pts if p.pts is not None else p.dts for p in packets if p.pts is not None or p.dts is not None)
-    with av.open(io.BytesIO(stream.template)) as template, \
-            av.open(str(path), "w", options={"movflags": "+faststart"} if path.suffix == ".mp4" else {}) as out:
-        kwargs = {"codec_tag": "hvc1"} if stream.codec == "hevc" and path.suffix == ".mp4" else {}  # as players ask
+    mp4 = container == "mp4" or (container is None and path.suffix == ".mp4")
+    # the file is ours to close: when a write fails (a full disk), PyAV's close raises while writing
+    # the trailer and leaves its own file open (seen: a deleted .part held open after each failure)
+    with open(path, "w+b") as fh, av.open(io.BytesIO(stream.template)) as template, \
+            av.open(fh, "w", format=container or ("mp4" if mp4 else "matroska"),
+                    options={"movflags": "+faststart"} if mp4 else {}) as out:
+        kwargs = {"codec_tag": "hvc1"} if stream.codec == "hevc" and mp4 else {}  # as players ask
         video = out.add_stream_from_template(template.streams.video[0], **kwargs)
         video.time_base = tb
         last_dts = None
@@ -192,3 +249,172 @@ def write_clip(path: Path, stream: StreamInfo, packets: Iterable[EncodedPacket])
             out.mux(packet)
     times = [t for p in packets if (t := p.time(tb)) is not None]
     return min(times), max(times), len(packets)
+
+
+@dataclass(eq=False)
+class ClipRequest:
+    """One clip being collected: its packets so far, and what becomes of it (`on_complete`, on the
+    thread that completes it: the camera's, or the one that asked when there is no post_s)."""
+
+    clip_id: str
+    camera: str
+    trigger: dict  # what asked: {"kind": "api"} or {"kind": "rule", "rule": ...}
+    track_ids: tuple[int, ...] = ()
+    requested_at: float = 0.0  # epoch seconds
+    on_complete: Callable[[ClipRequest], None] | None = None
+    packets: list[EncodedPacket] = field(default_factory=list)
+    stream: StreamInfo | None = None
+    trigger_time: float = 0.0  # media seconds: the newest packet when asked
+    end: float = 0.0  # media seconds: the clip runs until a packet at or after it
+    ended_early: str | None = None  # why it has less than its post_s
+
+    def complete(self, ended_early: str | None) -> None:
+        self.ended_early = ended_early
+        if self.on_complete is not None:
+            self.on_complete(self)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """A clip written (path, size, sha256 set) or failed (`failure` says why)."""
+
+    clip_id: str
+    camera: str
+    trigger: dict
+    track_ids: tuple[int, ...]
+    path: Path | None
+    size: int = 0
+    sha256: str = ""
+    first: float | None = None  # media seconds of its first and last packet in the source
+    last: float | None = None
+    first_captured: float | None = None  # capture times (epoch seconds) of its first and last packet
+    last_captured: float | None = None
+    ended_early: str | None = None
+    failure: str | None = None
+
+
+class Recorder:
+    """Every camera's ring, and one writer thread that turns completed clips into files in
+    `folder/CAMERA/CLIP.mp4` (written as .part, then renamed), keeps the folder within `max_age_s`
+    and `max_bytes` (oldest first), and reports each clip to `on_done` (on the writer thread).
+    The writer's queue holds `queue` clips: one more fails ("writer busy"), never waits, so a
+    camera's thread is never held by a slow disk."""
+
+    def __init__(self, folder: Path, *, pre_s: float, ring_bytes: int, max_age_s: float, max_bytes: int,
+                 on_done: Callable[[ClipResult], None], queue: int = 8, clock: Callable[[], float] = time.time) -> None:
+        self.folder, self.pre_s, self._ring_bytes = Path(folder), pre_s, ring_bytes
+        self._max_age, self._max_bytes, self._on_done, self._clock = max_age_s, max_bytes, on_done, clock
+        self._rings: dict[str, PacketRing] = {}
+        self._queue: queue_module.Queue[ClipRequest | None] = queue_module.Queue(queue)
+        self._thread = threading.Thread(target=self._write_loop, name="clip-writer", daemon=True)
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Write what is queued (within `timeout`), then end the writer; False if it is still busy."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue_module.Full:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ cameras
+    def ring(self, camera: str) -> PacketRing:
+        """The camera's ring (made at its first connection, kept across reconnects)."""
+        ring = self._rings.get(camera)
+        if ring is None:
+            ring = self._rings[camera] = PacketRing(self.pre_s, self._ring_bytes)
+        return ring
+
+    def forget(self, camera: str) -> None:
+        """The camera was removed: its ring goes (a clip it was collecting ends early)."""
+        ring = self._rings.pop(camera, None)
+        if ring is not None:
+            ring.reset()
+
+    def ring_bytes(self) -> dict[str, int]:
+        return {camera: ring.bytes for camera, ring in list(self._rings.items())}
+
+    # ------------------------------------------------------------------ clips
+    def request(self, camera: str, pre_s: float, post_s: float, trigger: dict,
+                track_ids: tuple[int, ...] = ()) -> ClipRequest | None:
+        """Start a clip of `camera` from `pre_s` before now (from the keyframe at or before it)
+        to `post_s` after; None when the camera has no packets to cut from (not streaming)."""
+        ring = self._rings.get(camera)
+        clip = ClipRequest(f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self._clock()))}-{uuid.uuid4().hex[:8]}",
+                           camera, trigger, tuple(track_ids), self._clock(), self._completed)
+        if ring is None or not ring.attach(clip, min(pre_s, self.pre_s), post_s):
+            return None
+        return clip
+
+    def _completed(self, clip: ClipRequest) -> None:
+        try:
+            self._queue.put_nowait(clip)
+        except queue_module.Full:
+            self._on_done(self._result(clip, failure="the clip writer is busy (its queue is full)"))
+
+    def _write_loop(self) -> None:
+        while True:
+            clip = self._queue.get()
+            if clip is None:
+                return
+            try:
+                result = self._write(clip)
+            except Exception as exc:  # noqa: BLE001 - one clip fails, not the writer
+                result = self._result(clip, failure=_describe_failure(exc))
+            self._on_done(result)
+
+    def _write(self, clip: ClipRequest) -> ClipResult:
+        folder = self.folder / clip.camera
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{clip.clip_id}.mp4"
+        part = path.with_name(path.name + ".part")
+        try:
+            first, last, _ = write_clip(part, clip.stream, clip.packets, container="mp4")
+            digest = hashlib.sha256()
+            with open(part, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        size = path.stat().st_size
+        self.enforce_retention()
+        return self._result(clip, path=path, size=size, sha256=digest.hexdigest(), first=first, last=last)
+
+    def _result(self, clip: ClipRequest, **found) -> ClipResult:
+        captured = [p.captured for p in clip.packets if p.captured is not None]
+        return ClipResult(clip.clip_id, clip.camera, clip.trigger, clip.track_ids, found.pop("path", None),
+                          first_captured=min(captured, default=None), last_captured=max(captured, default=None),
+                          ended_early=clip.ended_early, **found)
+
+    def enforce_retention(self) -> list[Path]:
+        """Delete clips older than max_age_s, then the oldest until the folder is within max_bytes."""
+        clips = []
+        for path in self.folder.glob("*/*.mp4"):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                clips.append((stat.st_mtime, stat.st_size, path))
+        clips.sort()
+        now, total, removed = self._clock(), sum(size for _, size, _ in clips), []
+        for mtime, size, path in clips:
+            if now - mtime <= self._max_age and total <= self._max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+            total -= size
+        return removed
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """A clip's failure in words, with what to do."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the clip folder's disk is full: free space or lower clips.max_gb"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"the clip folder cannot be written ({exc.strerror}): check clips.folder and its permissions"
+    return f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ bytes, and a clip cut from it plays and decodes to the source's pictures at the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -101,3 +102,135 @@ def test_a_clip_must_start_at_a_keyframe(sources, tmp_path):
     fill(ring, sources["h264"], until_s=6.0)
     with pytest.raises(ValueError, match="keyframe"):
         write_clip(tmp_path / "bad.mp4", ring.stream, ring.since(0.0)[1:])
+
+
+# ---------------------------------------------------------------------- the recorder
+from pipeline.clips import Recorder  # noqa: E402
+from scripts.lab.disk import SmallDisk  # noqa: E402
+
+
+class Results:
+    def __init__(self):
+        self.done = []
+        self.event = __import__("threading").Event()
+
+    def __call__(self, result):
+        self.done.append(result)
+        self.event.set()
+
+    def wait(self, n=1, timeout=20):
+        deadline = time.monotonic() + timeout
+        while len(self.done) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.done) >= n, f"{len(self.done)} of {n} clips reported"
+        return self.done
+
+
+def feed(ring: PacketRing, source: Path, start_s: float, until_s: float, reset: bool = False) -> None:
+    """Packets of `source` with media time in [start_s, until_s), as the camera's thread adds them."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        if reset:
+            ring.reset(stream.time_base, lambda keyframe: StreamInfo.of(stream, keyframe))
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.dts is None:
+                continue
+            t = float(packet.dts * packet.time_base)
+            if start_s <= t < until_s:
+                ring.add(EncodedPacket(bytes(packet), packet.pts, packet.dts, packet.is_keyframe,
+                                       1000.0 + float(packet.pts * packet.time_base)))
+
+
+import time  # noqa: E402
+
+
+def recorder(folder: Path, results: Results, **kw) -> Recorder:
+    settings = dict(pre_s=10.0, ring_bytes=64 << 20, max_age_s=3600, max_bytes=1 << 30) | kw
+    rec = Recorder(folder, on_done=results, **settings)
+    rec.start()
+    return rec
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+def test_a_clip_runs_from_a_keyframe_pre_s_before_to_post_s_after_and_matches_the_source(sources, codec, tmp_path):
+    results = Results()
+    rec = recorder(tmp_path / "clips", results)
+    ring = rec.ring("gate")
+    feed(ring, sources[codec], 0, 6.5, reset=True)
+    clip = rec.request("gate", pre_s=2.5, post_s=2.0, trigger={"kind": "api"}, track_ids=(7,))
+    assert clip is not None and results.done == []  # waits for its post_s
+    feed(ring, sources[codec], 6.5, 10)
+    (result,) = results.wait()
+    assert rec.stop(5)
+    trigger = clip.trigger_time
+    assert result.failure is None and result.ended_early is None and result.track_ids == (7,)
+    assert result.first <= trigger - 2.5 < result.first + GOP_S  # the keyframe at or before pre_s
+    assert result.last >= trigger + 2.0
+    assert result.path.parent == tmp_path / "clips" / "gate" and result.size == result.path.stat().st_size
+    assert result.sha256 == __import__("hashlib").sha256(result.path.read_bytes()).hexdigest()
+    # capture times as the packets were stamped (here 1000 + their decode time)
+    assert abs(result.first_captured - (1000 + result.first)) < 0.25 and result.last_captured >= 1000 + trigger + 1.8
+    cut, source = pictures(result.path, shift=result.first), pictures(sources[codec])
+    assert min(cut) == result.first and max(cut) >= trigger + 2.0 - 0.1
+    assert all(np.array_equal(cut[t], source[t]) for t in cut)
+
+
+def test_a_reconnect_ends_a_clip_early_and_says_so(sources, tmp_path):
+    results = Results()
+    rec = recorder(tmp_path / "clips", results)
+    ring = rec.ring("gate")
+    feed(ring, sources["h264"], 0, 5, reset=True)
+    clip = rec.request("gate", pre_s=2, post_s=4, trigger={"kind": "api"})
+    feed(ring, sources["h264"], 5, 6)
+    ring.reset()  # the camera's connection ended
+    (result,) = results.wait()
+    rec.stop(5)
+    assert result.failure is None and "connection ended" in result.ended_early
+    assert result.path.exists() and result.last < clip.end
+    assert rec.request("gate", 2, 2, {"kind": "api"}) is None  # nothing to cut from until it streams again
+
+
+def test_retention_keeps_the_folder_within_its_age_and_bytes_oldest_first(sources, tmp_path):
+    now = [1_000_000.0]
+    results = Results()
+    rec = recorder(tmp_path / "clips", results, max_age_s=100, max_bytes=1 << 30, clock=lambda: now[0])
+    ring = rec.ring("gate")
+    feed(ring, sources["h264"], 0, 10, reset=True)
+    for i in range(3):
+        rec.request("gate", pre_s=2, post_s=0, trigger={"kind": "api", "n": i})
+        results.wait(i + 1)
+    paths = [r.path for r in results.done]
+    for age, path in zip((300, 50, 10), paths):
+        os.utime(path, (now[0] - age, now[0] - age))
+    assert rec.enforce_retention() == [paths[0]]  # past its age
+    rec._max_bytes = paths[2].stat().st_size + 10  # room for one clip
+    assert rec.enforce_retention() == [paths[1]]  # the oldest, for bytes
+    assert [p.exists() for p in paths] == [False, False, True]
+    rec.stop(5)
+
+
+@pytest.mark.skipif(SmallDisk.unavailable() is not None, reason=str(SmallDisk.unavailable()))
+def test_a_full_or_read_only_disk_fails_the_clip_with_a_reason_and_never_holds_the_camera(sources, tmp_path):
+    disk = SmallDisk(tmp_path / "disk", 512)
+    try:
+        results = Results()
+        rec = recorder(disk.path / "clips", results)
+        ring = rec.ring("gate")
+        feed(ring, sources["h264"], 0, 10, reset=True)
+        disk.fill()
+        rec.request("gate", pre_s=6, post_s=0, trigger={"kind": "api"})
+        results.wait(1)
+        disk.free()
+        disk.remount(read_only=True)
+        rec.request("gate", pre_s=6, post_s=0, trigger={"kind": "api"})
+        full, read_only = results.wait(2)
+        assert full.path is None and "disk is full" in full.failure
+        assert read_only.path is None and "cannot be written" in read_only.failure
+        started = time.monotonic()
+        feed(ring, sources["h264"], 0, 10)  # the camera's thread goes on at its pace
+        assert time.monotonic() - started < 2
+        assert not list((disk.path / "clips").glob("*/*.part"))
+        rec.stop(5)
+    finally:
+        disk.remount(read_only=False)
+        disk.close()
