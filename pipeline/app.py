@@ -14,6 +14,7 @@ keeps the lifecycle, the signals, the hand-offs from threads to the loop, and he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -33,7 +34,8 @@ from pipeline.gpu import Gpu, GpuProbe, PathChoice, choose_path, nvdec_problem, 
 from pipeline.lanes import Lanes, Route
 from pipeline.logs import add_secrets, log_event
 from pipeline.memory import MemoryBudget
-from pipeline.messages import encode_detections, encode_status, rfc3339_ms
+from pipeline.clips import ClipResult, ClipService, Recorder
+from pipeline.messages import encode_clip, encode_detections, encode_status, rfc3339_ms
 from pipeline.metrics import Metrics
 from pipeline.native_output import NativeStdout
 from pipeline.placement.node import PlacementNode
@@ -47,7 +49,8 @@ from pipeline.s6_publish import KafkaPublisher, Outgoing
 from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
-STATUS_INTERVAL_S = 10.0  # how often systemd's STATUS line is refreshed when there is no watchdog
+STATUS_INTERVAL_S = 10.0
+CLIP_WRITER_STOP_S = 10.0  # at shutdown, for the clips the cameras' stop ended  # how often systemd's STATUS line is refreshed when there is no watchdog
 
 
 class Runtime:
@@ -89,8 +92,11 @@ class Runtime:
         self._path: PathChoice | None = None
         self._publisher = KafkaPublisher(config.kafka, self.metrics, producer_factory)
         self.preview = PreviewHub(on_encode=self.metrics.preview_jpegs.inc) if config.metrics.preview else None
-        self._fleet = Fleet(lambda camera: self._lanes.lanes_for(camera), self._make_worker,
-                            self.preview.forget if self.preview is not None else lambda camera_id: None)
+        clips = config.clips
+        self._recorder = (Recorder(clips.folder, pre_s=clips.pre_s, ring_bytes=int(clips.ring_mb * 2**20),
+                                   max_age_s=clips.max_age_h * 3600, max_bytes=int(clips.max_gb * 2**30),
+                                   on_done=self._clip_done) if clips.enabled else None)
+        self._fleet = Fleet(lambda camera: self._lanes.lanes_for(camera), self._make_worker, self._camera_stopped)
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
         self._reasons: dict[str, str] = {}  # camera -> its last state change's reason (/v1/cameras)
@@ -102,13 +108,15 @@ class Runtime:
                            if self.node is not None else None)
         detect = (DetectService(self._detect_targets, config.api.detect, self.metrics.detect_seconds.observe)
                   if config.api.detect.enabled else None)
+        clip_service = (ClipService(self._recorder, lambda camera: camera in self._fleet, clips.pre_s, clips.post_s)
+                        if self._recorder is not None else None)
         if detect is not None:
             self.metrics.detect_queue_depth.set_function(detect.waiting)
         tokens = load_tokens(config.api) if api_tokens is None else api_tokens
         add_secrets(tokens)
         self._http = HttpServer(config.metrics.host, config.metrics.port, config.api, tokens, Endpoints(
             metrics=self.metrics.render, healthz=self.healthz, readyz=self.readyz, cameras=self.camera_list,
-            preview=self.preview, camera_states=self.camera_states, detect=detect,
+            preview=self.preview, camera_states=self.camera_states, detect=detect, clips=clip_service,
             count=lambda endpoint, status: self.metrics.http_requests.labels(endpoint, str(status)).inc()))
 
     # ------------------------------------------------------------------ life cycle
@@ -175,6 +183,8 @@ class Runtime:
 
     async def _startup(self) -> None:
         await self._http.start()
+        if self._recorder is not None:
+            self._recorder.start()
         self._path = path = await self._checked_path()
         if path.on_gpu:
             self.metrics.watch_gpus()
@@ -213,9 +223,30 @@ class Runtime:
         return PathChoice(path.backend, "pyav", f"{path.why}; {problem}")
 
     def _make_worker(self, camera: CameraConfig, route: Route) -> CameraWorker:
-        """A camera's (unstarted) worker, feeding its models' batchers (decoded once for all)."""
+        """A camera's (unstarted) worker, feeding its models' batchers (decoded once for all), and
+        its clip ring (clips.enabled)."""
+        ring = {"ring": self._recorder.ring(camera.id)} if self._recorder is not None else {}
         return self._worker_factory(camera, self.config.source, self._lanes.decoder_for(camera, list(route.lanes)),
-                                    route.put, self.metrics, self._on_camera_state)
+                                    route.put, self.metrics, self._on_camera_state, **ring)
+
+    def _camera_stopped(self, camera_id: str) -> None:
+        """A camera's thread ended and its lanes forgot it: so do the preview and the clip rings."""
+        if self.preview is not None:
+            self.preview.forget(camera_id)
+        if self._recorder is not None:
+            self._recorder.forget(camera_id)
+            with contextlib.suppress(KeyError):  # no series until its first keyframe
+                self.metrics.clip_ring_bytes.remove(camera_id)
+
+    def _clip_done(self, result: ClipResult) -> None:
+        """On the clip writer's thread: count it, and publish its clips/v1 message from the loop."""
+        outcome = "failed" if result.failure else "ended_early" if result.ended_early else "written"
+        self.metrics.clips.labels(result.camera, outcome).inc()
+        level = logging.WARNING if result.failure else logging.INFO
+        log_event(log, level, "clip " + ("failed" if result.failure else "written"), camera=result.camera,
+                  clip=result.clip_id, reason=result.failure or result.ended_early, bytes=result.size)
+        self._call_in_loop(self._publisher.offer, Outgoing(self.config.clips.topic, result.camera,
+                                                            encode_clip(result, self.run_id, self.node)))
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
@@ -229,6 +260,9 @@ class Runtime:
         if blocked:
             log_event(log, logging.WARNING, "camera threads still blocked at shutdown; abandoning them",
                       cameras=blocked)
+        if self._recorder is not None:  # the cameras stopped: clips still collecting ended; write them
+            if not await asyncio.to_thread(self._recorder.stop, CLIP_WRITER_STOP_S):
+                log_event(log, logging.WARNING, "clip writer still busy at shutdown; its queue is lost")
         await asyncio.sleep(0)  # run the result/status callbacks the threads scheduled last
         if self._placement is not None:  # after the cameras stopped: they start elsewhere only once stopped here
             await self._placement.stop()

@@ -27,6 +27,7 @@ import hashlib
 import io
 import os
 import queue as queue_module
+import re
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ import av
 
 
 MAX_PENDING = 8  # clips of one camera collecting their post_s at once, at most
+JUMP_S = 10.0  # media time moving on by more than this, or back by more than 1 s (B-frames reorder less), starts the ring again
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,28 +104,40 @@ class PacketRing:
         """Bytes of packets held."""
         return self._bytes
 
-    def reset(self, time_base: Fraction | None = None,
-              describe: Callable[[EncodedPacket], StreamInfo] | None = None) -> None:
+    def reset(self, time_base: Fraction | None = None, describe: Callable[[EncodedPacket], StreamInfo] | None = None,
+              keep_stream: bool = False, why: str = "the camera's connection ended") -> None:
         """A new connection (or none): forget every packet; the ring starts at the next keyframe,
         where `describe` (on the camera's thread, the stream still open) makes its StreamInfo."""
         with self._lock:
             self._gops.clear()
             self._bytes = 0
-            self._time_base, self._describe, self.stream = time_base, describe, None
+            self._time_base, self._describe = time_base, describe
+            self.stream = self.stream if keep_stream else None
             cut, self._pending = self._pending, []
         for request in cut:  # a clip in the middle of its post_s ends here, saying why
-            request.complete("the camera's connection ended before post_s was reached")
+            request.complete(f"{why} before post_s was reached")
+
+    def _jumped(self, packet: EncodedPacket) -> bool:
+        """The packet's time went backwards, or more than JUMP_S ahead, of the newest held."""
+        if not self._gops:
+            return False
+        t, newest = packet.time(self._time_base), self._gops[-1][-1].time(self._time_base)
+        return t is not None and newest is not None and not newest - 1.0 <= t <= newest + JUMP_S
 
     def add(self, packet: EncodedPacket) -> None:
         """Keep one packet (from the camera's demuxer, in decode order)."""
         if self._time_base is None:
             return
-        if packet.keyframe and self.stream is None and self._describe is not None:
+        if self._jumped(packet):  # a camera restart or a looping source: no clip spans the jump
+            self.reset(self._time_base, self._describe, keep_stream=True, why="the camera's timestamps jumped")
+        if packet.keyframe and self.stream is None and self._describe is not None and packet.time(self._time_base) is not None:
             stream = self._describe(packet)  # outside the lock: it writes a small file in memory
             with self._lock:
                 self.stream = stream
         with self._lock:
-            if packet.keyframe:
+            # a GOP starts at a keyframe with a time (FFmpeg gives an RTSP connection's first packet none:
+            # a clip could not say where it starts)
+            if packet.keyframe and packet.time(self._time_base) is not None:
                 self._gops.append([packet])
             elif self._gops:
                 self._gops[-1].append(packet)
@@ -418,3 +432,33 @@ def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"the clip folder cannot be written ({exc.strerror}): check clips.folder and its permissions"
     return f"{type(exc).__name__}: {exc}"
+
+
+CLIP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+class ClipService:
+    """What the HTTP API asks of clips: start one for a running camera, and find a written one
+    (on disk, so clips of earlier runs are found too; the id's shape keeps requests inside the folder)."""
+
+    def __init__(self, recorder: Recorder, running: Callable[[str], bool], pre_s: float, post_s: float) -> None:
+        self._recorder, self._running, self._pre_s, self._post_s = recorder, running, pre_s, post_s
+
+    def request(self, camera: str, pre_s: float | None, post_s: float | None) -> dict:
+        from pipeline.api.errors import ApiError
+
+        if not self._running(camera):
+            raise ApiError(404, "no_camera", f"no camera {camera!r} runs here")
+        pre = min(self._pre_s, self._pre_s if pre_s is None else pre_s)
+        post = self._post_s if post_s is None else post_s
+        clip = self._recorder.request(camera, pre, post, {"kind": "api"})
+        if clip is None:
+            raise ApiError(409, "not_recording", f"camera {camera!r} has no video to cut from yet (not streaming), or "
+                           f"{MAX_PENDING} of its clips are still recording; try again")
+        return {"clip_id": clip.clip_id, "camera_id": camera, "pre_s": pre, "post_s": post,
+                "url": f"/v1/clips/{clip.clip_id}"}
+
+    def path(self, clip_id: str) -> Path | None:
+        if not CLIP_ID.match(clip_id):
+            return None
+        return next(iter(self._recorder.folder.glob(f"*/{clip_id}.mp4")), None)

@@ -351,6 +351,28 @@ class ApiTls(_Strict):
     keyfile: Path = Field(description="its private key (PEM)")
 
 
+def default_clips_folder() -> Path:
+    """Beside the default spool: $STATE_DIRECTORY/clips, else ~/.local/state/rtsp-pipeline/clips."""
+    return default_spool_folder().with_name("clips")
+
+
+class ClipsConfig(_Strict):
+    """Evidence clips: a ring of each camera's encoded packets, cut into MP4 files on request."""
+
+    enabled: bool = Field(False, description="keep each camera's last pre_s seconds of compressed video and "
+                          "write clips when asked (POST /v1/cameras/{id}/clips); costs ring_mb of memory per camera "
+                          "at most (about 5 MiB for 10 s of 4 Mbit/s)")
+    folder: Path = Field(default_factory=default_clips_folder, description="where clips are written, a folder per "
+                         "camera (default: beside the spool, e.g. $STATE_DIRECTORY/clips)")
+    pre_s: float = Field(10, gt=0, le=120, description="seconds kept before a trigger (a clip starts at the keyframe "
+                         "at or before it)")
+    post_s: float = Field(10, ge=0, le=120, description="seconds after the trigger, when a request does not say")
+    ring_mb: float = Field(16, gt=0, le=1024, description="memory for one camera's ring at most (MiB)")
+    max_age_h: float = Field(168, gt=0, le=87600, description="clips older than this are deleted (hours)")
+    max_gb: float = Field(10, gt=0, le=100_000, description="the clip folder's size at most; the oldest go first (GiB)")
+    topic: str = Field("clips", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="Kafka topic of clips/v1 messages")
+
+
 class ApiConfig(_Strict):
     """Who may see pictures and run the model over HTTP (/preview*, /v1/*): bearer tokens.
 
@@ -556,6 +578,7 @@ class Config(_Strict):
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     canary: CanaryConfig | None = Field(
         None, description="serve some cameras with a new model version; compare per model in "
@@ -924,6 +947,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
         if isinstance(url, str) and url.startswith("file:") and not url.startswith("file://"):
             # file:relative/path (no //): from the config file's folder, like model paths
             camera["url"] = "file://" + quote(str((base / os.path.expanduser(unquote(url[5:]))).resolve()))
+    clips = data.get("clips")
+    if isinstance(clips, dict) and isinstance(clips.get("folder"), str):
+        clips["folder"] = str((base / os.path.expanduser(clips["folder"])).resolve())
     kafka = data.get("kafka")
     for section, keys in (("tls", ("cafile", "certfile", "keyfile")), ("spool", ("folder",))):
         sub = kafka.get(section) if isinstance(kafka, dict) else None

@@ -14,6 +14,7 @@ from pipeline.core import CameraState, Detection, FrameResult, ModelRef
 
 DETECTIONS_SCHEMA = "detections/v1"
 STATUS_SCHEMA = "camera-status/v1"
+CLIPS_SCHEMA = "clips/v1"
 
 
 def rfc3339_ms(ts: float) -> str:
@@ -120,6 +121,32 @@ def encode_status(camera_id: str, state: CameraState, previous: CameraState | No
     }
     if transport is not None:
         body["transport"] = transport
+    if node is not None:
+        body["node"] = node
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_clip(result, run_id: str, node: str | None = None) -> bytes:
+    """The clips/v1 message value for a clip written or failed (a pipeline.clips.ClipResult)."""
+    body = {
+        "schema": CLIPS_SCHEMA,
+        "camera_id": result.camera,
+        "clip_id": result.clip_id,
+        "run_id": run_id,
+        "status": "failed" if result.failure else "written",
+        "trigger": result.trigger,
+        "track_ids": list(result.track_ids),
+        "first_captured_at": None if result.first_captured is None else rfc3339_ms(result.first_captured),
+        "last_captured_at": None if result.last_captured is None else rfc3339_ms(result.last_captured),
+        "first_pts": result.first,
+        "last_pts": result.last,
+        "ended_early": result.ended_early,
+    }
+    if result.failure:
+        body["reason"] = result.failure
+    else:
+        body |= {"size": result.size, "sha256": result.sha256, "url": f"/v1/clips/{result.clip_id}",
+                 "file": result.path.name}
     if node is not None:
         body["node"] = node
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -104,6 +104,12 @@ class Metrics:
             p + "tracks_ended", "Tracks ended, by reason (unseen: gone for tracking.lost_s, or max_age_s for a "
             "track with no look; reconnect; time_jump: the camera's media time ran backwards or jumped)",
             ["camera", "reason"], registry=r)
+        self.clip_ring_bytes = Gauge(
+            p + "clip_ring_bytes", "Compressed video a camera's clip ring holds (clips.enabled)", ["camera"], registry=r)
+        self.clips = Counter(
+            p + "clips", "Evidence clips by outcome: written, ended_early (written, shorter than asked: the "
+            "camera's connection ended) or failed (disk full, read-only, writer busy)", ["camera", "outcome"],
+            registry=r)
         self.tracks_refound = Counter(
             p + "tracks_refound", "Lost tracks (unseen longer than tracking.max_age_s) found again by their look, "
             "under their ids", ["camera"], registry=r)

@@ -20,6 +20,7 @@ and keeps what worked for that camera. Over UDP, FFmpeg's warnings about missed 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import random
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 
 import av
 
+from pipeline.clips import EncodedPacket, StreamInfo
 from pipeline.config import CameraConfig, SourceConfig
 from pipeline.core import CameraState, Frame, FrameMeta, SourceError
 from pipeline.logs import log_event
@@ -294,8 +296,10 @@ class CameraWorker:
         deliver: FrameSink,
         metrics: Metrics,
         on_state: StateListener,
+        ring=None,
     ) -> None:
         self.camera = camera
+        self._ring = ring  # pipeline.clips.PacketRing: every packet goes in, as demuxed (clips.enabled)
         self._settings = settings
         self._decoder_factory = decoder_factory
         self._deliver = deliver
@@ -465,9 +469,13 @@ class CameraWorker:
                 self._metrics.camera_transport.labels(cam, transport).set(1 if transport == self.transport else 0)
             rate = stream.average_rate or stream.guessed_rate
             self._metrics.camera_fps.labels(cam, "declared").set(float(rate) if rate else float("nan"))
+            if self._ring is not None:  # a new connection: the ring starts again at its first keyframe
+                self._ring.reset(stream.time_base, functools.partial(StreamInfo.of, stream))
             try:
                 self._stream_packets(container, stream, decoder, ffmpeg_logs)
             finally:
+                if self._ring is not None:
+                    self._ring.reset()  # packets of two connections make no clip; one collecting ends here
                 decoder.close()
                 self._metrics.source_lag_seconds.labels(cam).set(0)
 
@@ -502,6 +510,8 @@ class CameraWorker:
                 if packet.size == 0:
                     continue
                 received = time.time()
+                if self._ring is not None:
+                    self._keep(container, packet, received)
                 if packet.pts is not None and packet.is_keyframe:
                     decision = gate.keyframe(float(packet.pts * packet.time_base))
                     sampled_keyframes = sampled_keyframes if decision is None else decision
@@ -538,6 +548,20 @@ class CameraWorker:
             if not self._streamed:
                 raise
             raise _Stall(f"no data for {self._settings.stall_timeout_s:g}s") from None
+
+    def _keep(self, container, packet, received: float) -> None:
+        """Put a packet in the camera's clip ring, stamped as its frame will be (the recording's
+        start plus its time, the camera's RTCP time, or the receive time)."""
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        media = None if stamp is None else float(stamp * packet.time_base)
+        if self._file_start is not None and media is not None:
+            start, _, first = self._file_start
+            captured = start + max(0.0, media - first)
+        else:
+            captured = capture_time(container.start_time_realtime, media, received, self._settings.max_clock_offset_s)[0]
+        self._ring.add(EncodedPacket(bytes(packet), packet.pts, packet.dts, packet.is_keyframe, captured))
+        if packet.is_keyframe:  # the ring's size changes by whole GOPs
+            self._metrics.clip_ring_bytes.labels(self.camera.id).set(self._ring.bytes)
 
     def _log_lag(self, lag: LagMonitor) -> None:
         if lag.catching_up:

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -54,6 +55,7 @@ class Route:
     summary: str
     responses: dict[int, str]  # status -> schema name (SCHEMAS) or a media type
     body: bool = False  # takes an image (POST /v1/detect)
+    json_body: str | None = None  # takes a JSON object of this schema (SCHEMAS)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -75,6 +77,11 @@ ROUTES: tuple[Route, ...] = (
            503: "Error", 504: "Error"}, body=True),
     Route("GET", "/v1/cameras", "_cameras", True, "The cameras: state, reason, sampling, last frame",
           {200: "Cameras"}),
+    Route("POST", "/v1/cameras/{camera}/clips", "_clip_request", True, "Record an evidence clip of a camera: "
+          "from the keyframe at or before pre_s seconds ago to post_s seconds from now (clips.enabled)",
+          {202: "ClipStarted", 400: "Error", 404: "Error", 409: "Error"}, json_body="ClipRequest"),
+    Route("GET", "/v1/clips/{clip}", "_clip_file", True, "A clip's MP4, once written (its clips/v1 message says so)",
+          {200: "video/mp4", 404: "Error"}),
 )
 
 _DETECTION = {"type": "object", "required": ["class_id", "label", "confidence", "bbox"], "properties": {
@@ -98,6 +105,13 @@ SCHEMAS: dict[str, dict] = {
                              "name": {"type": "string"}, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                              "backend": {"type": "string"}}},
                          "confidence": {"type": "number"}, "seconds": {"type": "number", "minimum": 0}}},
+    "ClipRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "pre_s": {"type": "number", "minimum": 0, "maximum": 120,
+                  "description": "seconds before now (at most clips.pre_s; default clips.pre_s)"},
+        "post_s": {"type": "number", "minimum": 0, "maximum": 120, "description": "default clips.post_s"}}},
+    "ClipStarted": {"type": "object", "required": ["clip_id", "camera_id", "pre_s", "post_s", "url"], "properties": {
+        "clip_id": {"type": "string"}, "camera_id": {"type": "string"}, "pre_s": {"type": "number"},
+        "post_s": {"type": "number"}, "url": {"type": "string", "description": "GET it once its clips/v1 message came"}}},
     "Cameras": {"type": "object", "required": ["cameras"], "properties": {"cameras": {"type": "array", "items": {
         "type": "object", "required": ["id", "state", "reason", "fps", "last_frame_at"], "properties": {
             "id": {"type": "string"}, "state": {"type": "string"}, "reason": {"type": ["string", "null"]},
@@ -121,6 +135,7 @@ class Endpoints:
     preview: Any = None  # pipeline.preview.PreviewHub, when metrics.preview is on
     camera_states: Callable[[], dict[str, str]] = dict
     detect: Any = None  # pipeline.api.detect.DetectService, when api.detect.enabled
+    clips: Any = None  # pipeline.app.ClipService, when clips.enabled
     count: Callable[[str, int], None] = lambda endpoint, status: None  # requests, for the metrics
 
 
@@ -177,8 +192,14 @@ class HttpServer:
 
     def active_routes(self) -> list[Route]:
         """The routes this daemon serves (preview and detect only when on)."""
-        off = {"/preview": self._ep.preview is None, "/v1/detect": self._ep.detect is None}
-        return [r for r in ROUTES if not any(r.path.startswith(prefix) and is_off for prefix, is_off in off.items())]
+        off = {"/preview": self._ep.preview is None, "/v1/detect": self._ep.detect is None,
+               "/v1/clips": self._ep.clips is None}
+
+        def switched_off(route: Route) -> bool:
+            return (any(route.path.startswith(prefix) and is_off for prefix, is_off in off.items())
+                    or (route.path.endswith("/clips") and self._ep.clips is None))
+
+        return [r for r in ROUTES if not switched_off(r)]
 
     async def start(self) -> None:
         """Bind and serve; raises OSError if the address is taken."""
@@ -285,6 +306,30 @@ class HttpServer:
 
     async def _cameras(self, _request: web.Request) -> web.Response:
         return web.json_response({"cameras": self._ep.cameras()})
+
+    async def _clip_request(self, request: web.Request) -> web.Response:
+        body: Any = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise ApiError(400, "bad_json", "the body is not JSON: send {\"pre_s\": 10, \"post_s\": 10} or nothing") \
+                    from None
+        if not isinstance(body, dict) or set(body) - {"pre_s", "post_s"}:
+            raise ApiError(400, "bad_request", "the body is a JSON object with pre_s and post_s (seconds) at most")
+        for key in ("pre_s", "post_s"):
+            value = body.get(key, 0)  # absent: the default; null is not a number
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 120:
+                raise ApiError(400, "bad_request", f"{key}: give seconds from 0 to 120")
+        started = self._ep.clips.request(request.match_info["camera"], body.get("pre_s"), body.get("post_s"))
+        return web.json_response(started, status=202)
+
+    async def _clip_file(self, request: web.Request) -> web.StreamResponse:
+        path = self._ep.clips.path(request.match_info["clip"])
+        if path is None:
+            raise ApiError(404, "no_clip", f"no clip {request.match_info['clip']!r} (not written yet, failed, "
+                           "or deleted by retention)")
+        return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-store"})
 
     async def _detect(self, request: web.Request) -> web.Response:
         data, query, form = await _image_and_params(request)
@@ -404,8 +449,13 @@ def openapi(routes: list[Route], labels: Sequence[str] = ()) -> dict:
             str(status): _response(status, kind) for status, kind in sorted(responses.items())}}
         if route.protected:
             op["security"] = [{"bearer": []}, {"basic": []}]
-        if "{camera}" in route.path:
-            op["parameters"] = [{"name": "camera", "in": "path", "required": True, "schema": {"type": "string"}}]
+        names = re.findall(r"\{(\w+)\}", route.path)
+        if names:
+            op["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for name in names]
+        if route.json_body:
+            op["requestBody"] = {"required": False, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{route.json_body}"}}}}
         if route.body:
             classes = {"type": "string", **({"pattern": classes_pattern(labels)} if labels else {})}
             confidence = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
@@ -432,7 +482,8 @@ def openapi(routes: list[Route], labels: Sequence[str] = ()) -> dict:
 
 
 def _response(status: int, kind: str) -> dict:
-    described = {200: "OK", 400: "Bad input", 401: "No or wrong token", 403: "Switched off: no token configured "
+    described = {200: "OK", 202: "Accepted: being recorded", 409: "Not now (the camera is not streaming, or is "
+                 "recording its most clips)", 400: "Bad input", 401: "No or wrong token", 403: "Switched off: no token configured "
                  "off loopback", 404: "Not found", 413: "Too large", 415: "Not a JPEG or PNG", 500: "Inference failed",
                  503: "Busy or not ready (Retry-After)", 504: "Not inferred in time"}.get(status, "")
     if kind in SCHEMAS:

@@ -235,7 +235,7 @@ def http_request(method: str, url: str, body: bytes | None = None, headers: dict
         status, got, data = exc.code, dict(exc.headers), exc.read()
     except OSError:
         return 0, {}, b""
-    if not got.get("Content-Type", "").startswith("image/"):
+    if not got.get("Content-Type", "").startswith(("image/", "video/")):
         transcribe("http", data.decode(errors="replace"))
     return status, got, data
 

@@ -71,7 +71,8 @@ def api(tmp_path_factory, rtsp_server, broker):
     config = daemon_config(work / "api.yaml", {"path": MODEL, "input_size": 320, "confidence": 0.35, "nms": "engine"},
                            broker.bootstrap, [("wide", rtsp_server.url("wide"), 5), ("classic", rtsp_server.url("classic"), 5)],
                            topic=f"api-{uuid.uuid4().hex[:8]}", metrics_port=port,
-                           api={"detect": {"max_body_mb": MAX_BODY_MB, "queue": 4}})
+                           api={"detect": {"max_body_mb": MAX_BODY_MB, "queue": 4}},
+                           clips={"enabled": True, "folder": str(work / "clips"), "pre_s": 2, "post_s": 1})
     daemon = Daemon(config, work / "api.log", env={"RTSP_PIPELINE_API_TOKENS": f"{API_TOKEN},{'b' * 32}"})
     daemon.start()
     base = f"http://127.0.0.1:{port}"
@@ -171,9 +172,9 @@ def test_every_protected_route_needs_the_token_and_the_open_ones_do_not(api):
     base, spec, _ = api
     protected = [(path, method) for path, ops in spec["paths"].items() for method, op in ops.items() if op.get("security")]
     assert {p for p, _ in protected} >= {"/v1/detect", "/v1/cameras", "/preview", "/preview/state.json",
-                                         "/preview/{camera}.jpg"}
+                                         "/preview/{camera}.jpg", "/v1/cameras/{camera}/clips", "/v1/clips/{clip}"}
     for path, method in protected:
-        url = path.replace("{camera}", "wide")
+        url = path.replace("{camera}", "wide").replace("{clip}", "20261207T000000Z-0123abcd")
         for headers in ({}, {"Authorization": f"Bearer {WRONG_API_TOKEN}"}, {"Authorization": "Basic !!"},
                         {"Authorization": API_TOKEN}):
             status, head, data = call(base, method.upper(), url, b"" if method == "post" else None, "image/jpeg", headers)

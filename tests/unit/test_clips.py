@@ -234,3 +234,18 @@ def test_a_full_or_read_only_disk_fails_the_clip_with_a_reason_and_never_holds_t
     finally:
         disk.remount(read_only=False)
         disk.close()
+
+
+def test_a_timestamp_jump_starts_the_ring_again_and_ends_a_clip_that_spans_it(sources, tmp_path):
+    """A looping source or a camera restart: media time goes back to 0 within one connection."""
+    results = Results()
+    rec = recorder(tmp_path / "clips", results)
+    ring = rec.ring("gate")
+    feed(ring, sources["h264"], 0, 6, reset=True)
+    rec.request("gate", pre_s=2, post_s=3, trigger={"kind": "api"})
+    feed(ring, sources["h264"], 0, 2.5)  # the source starts again at 0
+    (result,) = results.wait()
+    rec.stop(5)
+    assert "timestamps jumped" in result.ended_early and result.path.exists()
+    first, last = ring.span()
+    assert 0.0 <= first <= 1.0 and last < 2.6 and ring.since(0.0)[0].keyframe  # only the packets after the jump
