@@ -135,3 +135,26 @@ def test_a_lost_track_seen_again_is_listed_in_refound_only_when_there_is_one():
     bad = dict(again, tracks={"started": [], "ended": [], "refound": [0]})
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema("detections-v1.schema.json"))
+
+
+def test_clip_messages_written_and_failed_validate_against_clips_v1():
+    from pathlib import Path
+
+    from pipeline.clips import ClipResult
+    from pipeline.messages import encode_clip
+
+    written = ClipResult("20261207T140312Z-1f3a9c0e", "gate-1", {"kind": "api"}, (3, 7),
+                         Path("/clips/gate-1/20261207T140312Z-1f3a9c0e.mp4"), 812345, "ab" * 32, 12.0, 19.96,
+                         1_795_240_703.0, 1_795_240_710.96)
+    body = json.loads(encode_clip(written, RUN, "node-a"))
+    jsonschema.validate(body, schema("clips-v1.schema.json"))
+    assert body["status"] == "written" and body["url"] == "/v1/clips/20261207T140312Z-1f3a9c0e"
+    assert body["first_captured_at"] == "2026-11-21T05:58:23.000Z" and body["track_ids"] == [3, 7]
+
+    failed = ClipResult("20261207T140312Z-2f3a9c0e", "gate-1", {"kind": "api"}, (), None,
+                        failure="the clip folder's disk is full: free space or lower clips.max_gb")
+    body = json.loads(encode_clip(failed, RUN))
+    jsonschema.validate(body, schema("clips-v1.schema.json"))
+    assert body["status"] == "failed" and "disk is full" in body["reason"] and "url" not in body
+    with pytest.raises(jsonschema.ValidationError):  # the schema holds a message to its shape
+        jsonschema.validate({**body, "status": "maybe"}, schema("clips-v1.schema.json"))
