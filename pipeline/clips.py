@@ -168,14 +168,9 @@ class PacketRing:
             if newest is None:
                 return False
             request.trigger_time, request.end, request.stream = newest, newest + post_s, self.stream
-            first = 0
-            for i, gop in enumerate(self._gops):
-                t = gop[0].time(tb)
-                if t is not None and t <= newest - pre_s:
-                    first = i
             if len(self._pending) >= MAX_PENDING:
                 return False
-            request.packets = [p for gop in list(self._gops)[first:] for p in gop]
+            request.packets = self._packets_from(newest - pre_s)
             if post_s > 0:
                 self._pending.append(request)
                 return True
@@ -216,13 +211,16 @@ class PacketRing:
         with self._lock:
             if not self._gops or self.stream is None:
                 return []
-            tb = self.stream.time_base
-            first = 0
-            for i, gop in enumerate(self._gops):
-                t = gop[0].time(tb)
-                if t is not None and t <= start:
-                    first = i
-            return [p for gop in list(self._gops)[first:] for p in gop]
+            return self._packets_from(start)
+
+    def _packets_from(self, start: float) -> list[EncodedPacket]:
+        """(Lock held.) The packets from the last keyframe at or before `start`, else from the oldest."""
+        first = 0
+        for i, gop in enumerate(self._gops):
+            t = gop[0].time(self._time_base)
+            if t is not None and t <= start:
+                first = i
+        return [p for gop in list(self._gops)[first:] for p in gop]
 
 
 def write_clip(path: Path, stream: StreamInfo, packets: Iterable[EncodedPacket],
