@@ -33,6 +33,10 @@ MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 FPS = 5  # inferred per camera: decoding every frame of five cameras is the load
 PER_CAMERA = 60  # messages: 12 s, past the first 10 s window of the delivered frame rate
 LOSS, REORDER, CLOCK_OFF_S = 0.02, 0.03, 3600
+# source.max_clock_offset_s here: VLC's RTCP clock leads its frames by its buffering plus however long
+# its stream ran before the daemon joined (0.9 s at once; 2.01 s was seen on a loaded 2-core CI host),
+# so the default 2 s is too tight for VLC under load; the camera an hour off is still far beyond it
+MAX_OFFSET_S = 5
 SCENES = {"hevc": (9101, 1280, 720, {"codec": "libx265", "bframes": 2}),
           "bframes-audio": (9103, 1024, 768, {"bframes": 2, "audio": True})}
 SIZES = {"hevc": (1280, 720), "bframes-audio": (1024, 768), "udp-auto": (960, 540), "udp-lossy": (960, 540)}
@@ -85,7 +89,7 @@ def field(tmp_path_factory, broker):
                    ("udp-lossy", relay.url(vlc_far.name, CAMERA_CREDENTIALS), FPS)]
         config = daemon_config(work / "daemon.yaml", {"path": MODEL, "input_size": 320, "confidence": 0.35},
                                broker.bootstrap, cameras, topic=topic, status_topic=f"{topic}-status",
-                               metrics_port=port)
+                               metrics_port=port, source={"max_clock_offset_s": MAX_OFFSET_S})
         daemon = Daemon(config, work / "daemon.log")
         daemon.start()
         try:
@@ -188,7 +192,7 @@ def test_clock_metrics_and_a_camera_clock_an_hour_off(field):
     assert offsets['{camera="udp-lossy"}'] == pytest.approx(CLOCK_OFF_S, abs=5)
     for camera in ("hevc", "bframes-audio"):  # GStreamer's RTCP time: a few ms before arrival
         assert -2 < offsets[f'{{camera="{camera}"}}'] <= 0.1, (camera, offsets)
-    assert abs(offsets['{camera="udp-auto"}']) < 2  # VLC's runs ahead by its buffering (0.9 s), within the bound
+    assert abs(offsets['{camera="udp-auto"}']) < MAX_OFFSET_S  # VLC's leads by its buffering (0.9 s and up)
     warned = [line for line in field["log"].splitlines() if "camera clock is off" in line]
     assert len(warned) == 1 and '"udp-lossy"' in warned[0], warned
     lossy = field["messages"]["udp-lossy"]
