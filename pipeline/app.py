@@ -34,8 +34,8 @@ from pipeline.gpu import Gpu, GpuProbe, PathChoice, choose_path, nvdec_problem, 
 from pipeline.lanes import Lanes, Route
 from pipeline.logs import add_secrets, log_event
 from pipeline.memory import MemoryBudget
-from pipeline.clips import ClipResult, ClipService, Recorder
-from pipeline.messages import encode_clip, encode_detections, encode_status, rfc3339_ms
+from pipeline.clips import ClipResult, ClipService, Recorder, SnapshotResult
+from pipeline.messages import encode_clip, encode_detections, encode_snapshots, encode_status, rfc3339_ms
 from pipeline.metrics import Metrics
 from pipeline.native_output import NativeStdout
 from pipeline.placement.node import PlacementNode
@@ -49,8 +49,11 @@ from pipeline.s6_publish import KafkaPublisher, Outgoing
 from pipeline.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
-STATUS_INTERVAL_S = 10.0
-CLIP_WRITER_STOP_S = 10.0  # at shutdown, for the clips the cameras' stop ended  # how often systemd's STATUS line is refreshed when there is no watchdog
+STATUS_INTERVAL_S = 10.0  # how often systemd's STATUS line is refreshed when there is no watchdog
+# the requests topic is made by the alerting consumer's first request: found this soon, so that
+# request is still within the ring's late_s
+REQUESTS_METADATA_MS = 2_000
+CLIP_WRITER_STOP_S = 10.0  # at shutdown, for the clips the cameras' stop ended
 
 
 class Runtime:
@@ -95,7 +98,9 @@ class Runtime:
         clips = config.clips
         self._recorder = (Recorder(clips.folder, pre_s=clips.pre_s, ring_bytes=int(clips.ring_mb * 2**20),
                                    max_age_s=clips.max_age_h * 3600, max_bytes=int(clips.max_gb * 2**30),
-                                   on_done=self._clip_done) if clips.enabled else None)
+                                   on_done=self._clip_done, late_s=clips.late_s, on_snapshots=self._snapshots_done)
+                          if clips.enabled else None)
+        self._requests: asyncio.Task | None = None  # reads clips.requests_topic (clips.enabled)
         self._fleet = Fleet(lambda camera: self._lanes.lanes_for(camera), self._make_worker, self._camera_stopped)
         self._reloading: asyncio.Task | None = None
         self._last_state: dict[str, CameraState] = {}
@@ -202,6 +207,30 @@ class Runtime:
             await self._fleet.converge(self.config.cameras)
         else:
             await self._placement.start(len(self._lanes.gpus), path.on_gpu)
+        if self._recorder is not None and self.config.clips.requests_topic is not None:
+            self._requests = asyncio.get_running_loop().create_task(self._read_requests())
+
+    async def _read_requests(self) -> None:
+        """Serve the alert rules' clip and snapshot requests for the cameras running here."""
+        from aiokafka import AIOKafkaConsumer
+
+        from pipeline.evidence import RequestHandler, read_requests
+        from pipeline.kafka_security import security_options
+
+        kafka, clips = self.config.kafka, self.config.clips
+        handler = RequestHandler(self._recorder, self._serves, clips.pre_s, clips.late_s)
+        await read_requests(
+            clips.requests_topic,
+            lambda: AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None,
+                                     enable_auto_commit=False, auto_offset_reset="earliest",
+                                     metadata_max_age_ms=REQUESTS_METADATA_MS, client_id=f"rtsp-pipeline-{self.node or 'clips'}",
+                                     **security_options(kafka)),
+            handler.handle, lambda outcome: self.metrics.clip_requests.labels(outcome).inc())
+
+    def _serves(self, camera: str) -> bool:
+        """Whether this node runs `camera` and is streaming it now (a request for it is served here)."""
+        worker = self._fleet.get(camera)
+        return worker is not None and worker.state == CameraState.STREAMING
 
     async def _checked_path(self) -> PathChoice:
         """The execution path; NVDEC only where it can work (checked once, here: a missing video
@@ -248,10 +277,23 @@ class Runtime:
         self._call_in_loop(self._publisher.offer, Outgoing(self.config.clips.topic, result.camera,
                                                             encode_clip(result, self.run_id, self.node)))
 
+    def _snapshots_done(self, result: SnapshotResult) -> None:
+        """On the clip writer's thread: count a request's snapshots, and publish its snapshots/v1 message."""
+        for shot in result.snapshots:
+            self.metrics.snapshots.labels(result.camera, "failed" if shot.failure else "written").inc()
+            if shot.failure:
+                log_event(log, logging.WARNING, "snapshot failed", camera=result.camera, snapshot=shot.name,
+                          reason=shot.failure)
+        self._call_in_loop(self._publisher.offer, Outgoing(self.config.clips.topic, result.camera,
+                                                            encode_snapshots(result, self.run_id, self.node)))
+
     async def _shutdown(self) -> None:
         started = time.monotonic()
         if self._reloading is not None:  # let a reload in progress finish starting or stopping cameras
             await asyncio.gather(self._reloading, return_exceptions=True)
+        if self._requests is not None:
+            self._requests.cancel()
+            await asyncio.gather(self._requests, return_exceptions=True)
         await self._fleet.close()  # every camera asked to stop; later changes (assignments) do nothing
         if self._lanes is not None:
             self._lanes.close_batchers()
@@ -360,6 +402,12 @@ class Runtime:
             frames, detections = self._model_counters(cam, label)
             frames.inc()
             detections.inc(len(result.detections))
+        if self._recorder is not None:  # each track's best sighting, for snapshots
+            feed = self._recorder.sightings.feed
+            for result in results:
+                if result.tracks is not None:
+                    meta = result.meta
+                    feed(meta.camera_id, model.name, meta.pts, meta.captured_at, result.detections)
         if self._on_results is not None:
             self._on_results(results)
         self._call_in_loop(self._encode_and_offer, results, model, topic)

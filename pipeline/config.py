@@ -370,7 +370,15 @@ class ClipsConfig(_Strict):
     ring_mb: float = Field(16, gt=0, le=1024, description="memory for one camera's ring at most (MiB)")
     max_age_h: float = Field(168, gt=0, le=87600, description="clips older than this are deleted (hours)")
     max_gb: float = Field(10, gt=0, le=100_000, description="the clip folder's size at most; the oldest go first (GiB)")
-    topic: str = Field("clips", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="Kafka topic of clips/v1 messages")
+    topic: str = Field("clips", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="Kafka topic of clips/v1 and "
+                       "snapshots/v1 messages")
+    requests_topic: str | None = Field(
+        "clip-requests", pattern=r"^[A-Za-z0-9._-]{1,249}$", description="Kafka topic the alerting consumer sends "
+        "its rules' clip and snapshot requests to (clip-requests/v1, keyed by camera); every node reads it and "
+        "serves the cameras it runs; null: none read")
+    late_s: float = Field(5, ge=0, le=60, description="how late a rule's request may arrive (its alert's way "
+                          "through Kafka and the alerting consumer) and still reach back pre_s: each ring holds "
+                          "pre_s + late_s seconds")
 
 
 class ApiConfig(_Strict):

@@ -15,6 +15,7 @@ from pipeline.core import CameraState, Detection, FrameResult, ModelRef
 DETECTIONS_SCHEMA = "detections/v1"
 STATUS_SCHEMA = "camera-status/v1"
 CLIPS_SCHEMA = "clips/v1"
+SNAPSHOTS_SCHEMA = "snapshots/v1"
 
 
 def rfc3339_ms(ts: float) -> str:
@@ -121,6 +122,30 @@ def encode_status(camera_id: str, state: CameraState, previous: CameraState | No
     }
     if transport is not None:
         body["transport"] = transport
+    if node is not None:
+        body["node"] = node
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_snapshots(result, run_id: str, node: str | None = None) -> bytes:
+    """The snapshots/v1 message value for a request's snapshots (a pipeline.clips.SnapshotResult)."""
+    shots = []
+    for shot in result.snapshots:
+        entry = {"track_id": shot.track_id, "snapshot_id": shot.name,
+                 "status": "failed" if shot.failure else "written"}
+        seen = shot.sighting
+        if seen is not None:
+            entry |= {"label": seen.label, "confidence": round(seen.confidence, 4),
+                      "bbox": [round(v, 1) for v in seen.bbox], "captured_at": rfc3339_ms(seen.captured),
+                      "pts": round(seen.pts, 6)}
+        if shot.failure:
+            entry["reason"] = shot.failure
+        else:
+            entry |= {"size": shot.size, "sha256": shot.sha256, "url": f"/v1/snapshots/{shot.name}",
+                      "boxed_url": f"/v1/snapshots/{shot.name}/boxed"}
+        shots.append(entry)
+    body = {"schema": SNAPSHOTS_SCHEMA, "camera_id": result.camera, "request_id": result.request_id,
+            "run_id": run_id, "model": result.model, "trigger": result.trigger, "snapshots": shots}
     if node is not None:
         body["node"] = node
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -110,6 +110,13 @@ class Metrics:
             p + "clips", "Evidence clips by outcome: written, ended_early (written, shorter than asked: the "
             "camera's connection ended) or failed (disk full, read-only, writer busy)", ["camera", "outcome"],
             registry=r)
+        self.snapshots = Counter(
+            p + "snapshots", "Snapshots of alerted tracks by outcome: written, or failed (the track's best picture "
+            "was no longer in the ring, the disk)", ["camera", "outcome"], registry=r)
+        self.clip_requests = Counter(
+            p + "clip_requests", "Alert rules' clip and snapshot requests read (clips.requests_topic), by outcome: "
+            "accepted, refused (nothing to cut from, writer busy), not_here (another node runs the camera, or it "
+            "is not streaming), stale (older than the ring), duplicate, invalid", ["outcome"], registry=r)
         self.tracks_refound = Counter(
             p + "tracks_refound", "Lost tracks (unseen longer than tracking.max_age_s) found again by their look, "
             "under their ids", ["camera"], registry=r)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipeline.alerting.rules import AlertEngine, AlertRules
+from pipeline.alerting.rules import AlertEngine, AlertRules, evidence_request
 from pipeline.logs import log_event
 from pipeline.messages import DETECTIONS_SCHEMA
 
@@ -77,7 +77,7 @@ class AlertConsumer:
                 server.server_close()
 
     async def _handle(self, records, producer: AIOKafkaProducer) -> None:
-        sends = []
+        sends, alerts = [], []
         self.read += len(records)
         self.metrics.messages_read.inc(len(records))
         for record in records:
@@ -85,13 +85,18 @@ class AlertConsumer:
             if message is None:
                 continue
             for alert in self.engine.feed(message):
+                alerts.append(alert)
                 log_event(log, logging.INFO, "alert", rule=alert["rule"], camera=alert["camera_id"],
                           state=alert["state"], alert_id=alert["alert_id"])
                 value = json.dumps(alert, separators=(",", ":")).encode()
-                sends.append(await producer.send(self.rules.kafka.alerts_topic, value, key=alert["camera_id"].encode()))
-        for ack in sends:  # every alert of the batch acknowledged before its offsets are committed
+                key = alert["camera_id"].encode()
+                sends.append(await producer.send(self.rules.kafka.alerts_topic, value, key=key))
+                if "evidence" in alert:  # to the camera's daemon, keyed by camera as the detections are
+                    request = json.dumps(evidence_request(alert), separators=(",", ":")).encode()
+                    sends.append(await producer.send(self.rules.kafka.requests_topic, request, key=key))
+        for ack in sends:  # every alert (and request) of the batch acknowledged before its offsets are committed
             await ack
-        self.sent += len(sends)
+        self.sent += sum(1 for _ in alerts)
 
     def _decode(self, raw: bytes | None) -> dict | None:
         try:

@@ -18,6 +18,8 @@ An object is where the middle of its box's bottom edge (where it stands) is.
 """
 from __future__ import annotations
 
+import hashlib
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +44,8 @@ class AlertsKafka(_Strict):
     detections_topic: str = Field("detections", description="topic the daemon publishes detections/v1 to")
     alerts_topic: str = Field("alerts", description="topic alert events (alerts/v1) are published to")
     group_id: str = Field("rtsp-alerts", description="consumer group; offsets are committed after alerts are sent")
+    requests_topic: str = Field("clip-requests", description="topic the rules' clip and snapshot requests "
+                                "(clip-requests/v1) go to; the daemons read it (their clips.requests_topic)")
     start_from: Literal["latest", "earliest"] = Field(
         "latest", description="where a new consumer group starts: latest (only new frames) or earliest")
 
@@ -103,6 +107,15 @@ class Line(_Strict):
         return points
 
 
+class ClipAsk(_Strict):
+    """An evidence clip for each alert of a rule, cut by the daemon that runs the camera (its
+    clips.enabled) from its ring of encoded video."""
+
+    pre_s: float = Field(10, ge=0, le=120, description="seconds before the alert's frame (at most the daemon's "
+                         "clips.pre_s); the clip starts at the keyframe at or before it")
+    post_s: float = Field(10, ge=0, le=120, description="seconds after the alert's frame")
+
+
 class Rule(_Strict):
     """One alert condition."""
 
@@ -129,6 +142,12 @@ class Rule(_Strict):
     models: list[str] | None = Field(None, min_length=1, description="the models whose detections the rule reads "
                                      "(their messages' `model.name`); default: every model's, each on its own "
                                      "(track ids are per camera and model)")
+    clip: ClipAsk | None = Field(None, description="ask the camera's daemon for a clip of each alert (firing, "
+                                 "crossed); the alert names it (`evidence.clip`), a clips/v1 message says when "
+                                 "it is written")
+    snapshot: bool = Field(False, description="ask the camera's daemon for each alerted track's best picture "
+                           "(highest confidence x box area), as a JPEG and a copy with its box drawn; the alert "
+                           "names them (`evidence.snapshots`), a snapshots/v1 message says when they are written")
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Rule:
@@ -310,6 +329,10 @@ class AlertEngine:
     _zone_tracks: dict[tuple[str, tuple], dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
     _lines: dict[tuple[str, tuple], LineCounter] = field(default_factory=dict)
     _runs: dict[str, str | None] = field(default_factory=dict)
+    _by_id: dict[str, Rule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_id = {rule.id: rule for rule in self.rules.rules}
 
     def _new_run(self, camera: str) -> None:
         """Forget a camera's tracks: its daemon restarted and numbers tracks from 1 again."""
@@ -345,6 +368,9 @@ class AlertEngine:
             else:
                 events += self._episode_events(rule, scope, at, message, matched, tracked, ended)
         for event in events:
+            rule = self._by_id[event["rule"]]
+            if (rule.clip is not None or rule.snapshot) and event["state"] != "resolved":
+                event["evidence"] = evidence(rule, event)
             if self.on_event is not None:
                 self.on_event(event)
         return events
@@ -485,6 +511,38 @@ class AlertEngine:
             "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
             "detections": matched,
         }
+
+
+REQUESTS_SCHEMA = "clip-requests/v1"
+
+
+def evidence(rule: Rule, event: dict) -> dict:
+    """What an alert's event names of its evidence: a clip and each track's snapshot, by ids made
+    here from the alert's id and frame (the same alert gives the same ids: the daemon serves a
+    repeated request once), with where the camera's daemon serves them (its HTTP API)."""
+    at = _seconds(event["frame"]["captured_at"])
+    digest = hashlib.sha256(event["alert_id"].encode()).hexdigest()[:8]
+    request_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(at))}-{digest}"
+    return {
+        "request_id": request_id,
+        "clip": None if rule.clip is None else {"clip_id": request_id, "url": f"/v1/clips/{request_id}",
+                                                 "pre_s": rule.clip.pre_s, "post_s": rule.clip.post_s},
+        "snapshots": [{"track_id": t, "snapshot_id": f"{request_id}-{t}", "url": f"/v1/snapshots/{request_id}-{t}",
+                       "boxed_url": f"/v1/snapshots/{request_id}-{t}/boxed"}
+                      for t in event["track_ids"]] if rule.snapshot else [],
+    }
+
+
+def evidence_request(event: dict) -> dict:
+    """The clip-requests/v1 message that asks the camera's daemon for an event's evidence."""
+    found = event["evidence"]
+    clip = found["clip"]
+    return {"schema": REQUESTS_SCHEMA, "request_id": found["request_id"], "camera_id": event["camera_id"],
+            "model": event["model"], "at": event["frame"]["captured_at"],
+            "trigger": {"kind": "rule", "rule": event["rule"], "alert_id": event["alert_id"]},
+            "track_ids": list(event["track_ids"]),
+            "clip": None if clip is None else {"pre_s": clip["pre_s"], "post_s": clip["post_s"]},
+            "snapshots": bool(found["snapshots"])}
 
 
 def _has_attributes(det: dict, wanted: dict[str, list[str]]) -> bool:

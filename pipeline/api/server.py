@@ -82,6 +82,10 @@ ROUTES: tuple[Route, ...] = (
           {202: "ClipStarted", 400: "Error", 404: "Error", 409: "Error"}, json_body="ClipRequest"),
     Route("GET", "/v1/clips/{clip}", "_clip_file", True, "A clip's MP4, once written (its clips/v1 message says so)",
           {200: "video/mp4", 404: "Error"}),
+    Route("GET", "/v1/snapshots/{snapshot}", "_snapshot_file", True, "An alerted track's best picture as a JPEG, once "
+          "written (its snapshots/v1 message says so)", {200: "image/jpeg", 404: "Error"}),
+    Route("GET", "/v1/snapshots/{snapshot}/boxed", "_snapshot_boxed", True, "The same picture with the track's box "
+          "and label drawn", {200: "image/jpeg", 404: "Error"}),
 )
 
 _DETECTION = {"type": "object", "required": ["class_id", "label", "confidence", "bbox"], "properties": {
@@ -193,7 +197,7 @@ class HttpServer:
     def active_routes(self) -> list[Route]:
         """The routes this daemon serves (preview and detect only when on)."""
         off = {"/preview": self._ep.preview is None, "/v1/detect": self._ep.detect is None,
-               "/v1/clips": self._ep.clips is None}
+               "/v1/clips": self._ep.clips is None, "/v1/snapshots": self._ep.clips is None}
 
         def switched_off(route: Route) -> bool:
             return (any(route.path.startswith(prefix) and is_off for prefix, is_off in off.items())
@@ -330,6 +334,17 @@ class HttpServer:
             raise ApiError(404, "no_clip", f"no clip {request.match_info['clip']!r} (not written yet, failed, "
                            "or deleted by retention)")
         return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-store"})
+
+    async def _snapshot_file(self, request: web.Request, boxed: bool = False) -> web.StreamResponse:
+        name = request.match_info["snapshot"]
+        path = self._ep.clips.snapshot_path(name, boxed)
+        if path is None:
+            raise ApiError(404, "no_snapshot", f"no snapshot {name!r} (not written yet, failed, or deleted by "
+                           "retention)")
+        return web.FileResponse(path, headers={"Content-Type": "image/jpeg", "Cache-Control": "no-store"})
+
+    async def _snapshot_boxed(self, request: web.Request) -> web.StreamResponse:
+        return await self._snapshot_file(request, boxed=True)
 
     async def _detect(self, request: web.Request) -> web.Response:
         data, query, form = await _image_and_params(request)

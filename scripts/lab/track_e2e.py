@@ -77,12 +77,12 @@ def scenes_by_class(work: Path, broker, scenes: dict[str, tuple], make_clip: Cal
 class AlertingConsumer:
     """`rtsp-pipeline alerts` on `topic` with `lines` and `rules`, for the length of a `with`."""
 
-    def __init__(self, work, broker, topic: str, lines: dict, rules: list) -> None:
+    def __init__(self, work, broker, topic: str, lines: dict, rules: list, kafka: dict | None = None) -> None:
         self.broker, self.topic, self.port = broker, topic, free_port()
         self.rules = work / "rules.yaml"
         self.rules.write_text(yaml.safe_dump({
             "kafka": {"bootstrap_servers": broker.bootstrap, "detections_topic": topic, "alerts_topic": f"{topic}-alerts",
-                      "group_id": f"{topic}-alerts", "start_from": "earliest"},
+                      "group_id": f"{topic}-alerts", "start_from": "earliest", **(kafka or {})},
             "metrics": {"listen": f"127.0.0.1:{self.port}"}, "lines": lines, "rules": rules}))
         self.log = work / "alerts.log"
 

@@ -172,9 +172,11 @@ def test_every_protected_route_needs_the_token_and_the_open_ones_do_not(api):
     base, spec, _ = api
     protected = [(path, method) for path, ops in spec["paths"].items() for method, op in ops.items() if op.get("security")]
     assert {p for p, _ in protected} >= {"/v1/detect", "/v1/cameras", "/preview", "/preview/state.json",
-                                         "/preview/{camera}.jpg", "/v1/cameras/{camera}/clips", "/v1/clips/{clip}"}
+                                         "/preview/{camera}.jpg", "/v1/cameras/{camera}/clips", "/v1/clips/{clip}",
+                                         "/v1/snapshots/{snapshot}", "/v1/snapshots/{snapshot}/boxed"}
     for path, method in protected:
-        url = path.replace("{camera}", "wide").replace("{clip}", "20261207T000000Z-0123abcd")
+        url = path.replace("{camera}", "wide").replace("{clip}", "20261207T000000Z-0123abcd").replace(
+            "{snapshot}", "20261207T000000Z-0123abcd-7")
         for headers in ({}, {"Authorization": f"Bearer {WRONG_API_TOKEN}"}, {"Authorization": "Basic !!"},
                         {"Authorization": API_TOKEN}):
             status, head, data = call(base, method.upper(), url, b"" if method == "post" else None, "image/jpeg", headers)

@@ -28,9 +28,9 @@ BREAKER_RATES = (10, 5)
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, broker):
+def tracked(tmp_path_factory, broker, scene_folder):
     work = tmp_path_factory.mktemp("tracking")
-    clips = {name: tracking_clip(work, *scene) for name, scene in TRACKING_CAMERAS.items()}
+    clips = {name: tracking_clip(scene_folder, *scene) for name, scene in TRACKING_CAMERAS.items()}  # shared
     cameras = {f"{name}{suffix}": (name, fps) for name in TRACKING_CAMERAS for suffix, fps in SAMPLING.items()}
     topic = f"trk-{uuid.uuid4().hex[:8]}"
     lines = {name: line for cam, (scene, _) in cameras.items() for name, line in lines_of(cam, *TRACKING_CAMERAS[scene][1:]).items()}

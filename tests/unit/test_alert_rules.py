@@ -244,3 +244,31 @@ def test_a_self_crossing_zone_or_a_degenerate_line_is_refused_at_load_saying_whe
         load_rules(path)
     text = "\n".join(err.value.problems)
     assert f"{path}:2: " in text and problem in text, text
+
+
+def test_a_rule_asking_for_evidence_names_its_clip_and_snapshots_and_asks_the_cameras_daemon():
+    from pipeline.alerting.rules import evidence_request
+    from pipeline.evidence import parse_request
+
+    dwell = engine(clip={"pre_s": 4, "post_s": 6}, snapshot=True)
+    alerts = run(dwell, [(i / 10, [IN_BAY], [7]) for i in range(70)] + [(7.0, [], [], [7])])
+    firing, resolved = alerts
+    evidence = firing["evidence"]
+    rid = evidence["request_id"]
+    assert rid.startswith("20260921T") and "evidence" not in resolved  # named by the alert's frame's time
+    assert evidence["clip"] == {"clip_id": rid, "url": f"/v1/clips/{rid}", "pre_s": 4, "post_s": 6}
+    assert evidence["snapshots"] == [{"track_id": 7, "snapshot_id": f"{rid}-7", "url": f"/v1/snapshots/{rid}-7",
+                                      "boxed_url": f"/v1/snapshots/{rid}-7/boxed"}]
+    request = parse_request(json.dumps(evidence_request(firing)).encode())  # what the daemon reads
+    assert (request.request_id, request.camera_id, request.model, request.track_ids) == (rid, "gate-1", "m", [7])
+    assert request.at.timestamp() == pytest.approx(T0 + 5.0) and request.snapshots
+    assert (request.clip.pre_s, request.clip.post_s) == (4, 6)
+    assert request.trigger == {"kind": "rule", "rule": "r", "alert_id": firing["alert_id"]}
+    again = run(engine(clip={"pre_s": 4, "post_s": 6}, snapshot=True),
+                [(i / 10, [IN_BAY], [7]) for i in range(70)] + [(7.0, [], [], [7])])
+    assert again[0]["evidence"] == evidence  # the same alert (read again after a restart) asks for the same ids
+    plain = run(engine(), [(i / 10, [IN_BAY], [7]) for i in range(60)])
+    assert plain and "evidence" not in plain[0]  # a rule without clip or snapshot asks for nothing
+    with pytest.raises(ValueError):
+        AlertRules.model_validate({"rules": [{"id": "r", "kind": "dwell", "classes": ["person"],
+                                              "clip": {"pre_s": 500}}]})

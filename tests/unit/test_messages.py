@@ -158,3 +158,22 @@ def test_clip_messages_written_and_failed_validate_against_clips_v1():
     assert body["status"] == "failed" and "disk is full" in body["reason"] and "url" not in body
     with pytest.raises(jsonschema.ValidationError):  # the schema holds a message to its shape
         jsonschema.validate({**body, "status": "maybe"}, schema("clips-v1.schema.json"))
+
+
+def test_snapshot_messages_validate_against_snapshots_v1():
+    from pipeline.clips import Sighting, Snapshot, SnapshotResult
+    from pipeline.messages import encode_snapshots
+
+    seen = Sighting(4, "square", 0.91, (100.0, 60.0, 200.0, 160.0), 2.48, 1_796_654_592.48, 9100.0)
+    result = SnapshotResult("20261207T140312Z-1f3a9c0e", "gate-1", "m", {"kind": "rule", "rule": "r", "alert_id": "a"}, [
+        Snapshot(4, "20261207T140312Z-1f3a9c0e-4", seen, 51234, "cd" * 32),
+        Snapshot(9, "20261207T140312Z-1f3a9c0e-9", failure="no sighting of this track is held")])
+    body = json.loads(encode_snapshots(result, RUN, "node-a"))
+    jsonschema.validate(body, schema("snapshots-v1.schema.json"))
+    good, missing = body["snapshots"]
+    assert good["url"] == "/v1/snapshots/20261207T140312Z-1f3a9c0e-4" and good["bbox"] == [100.0, 60.0, 200.0, 160.0]
+    assert good["boxed_url"].endswith("-4/boxed") and good["captured_at"] == "2026-12-07T14:43:12.480Z"
+    assert missing == {"track_id": 9, "snapshot_id": "20261207T140312Z-1f3a9c0e-9", "status": "failed",
+                       "reason": "no sighting of this track is held"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**body, "snapshots": [{**good, "snapshot_id": "../x"}]}, schema("snapshots-v1.schema.json"))
