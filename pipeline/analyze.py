@@ -132,6 +132,9 @@ class Progress:
             state = states.get(cam)
             if state in (CameraState.BACKING_OFF.value, CameraState.STALLED.value):
                 self.failed[cam] = self._runtime.camera_reason(cam)
+                worker = self._runtime.camera_worker(cam)
+                if worker is not None:  # not read again from its start while the other files go on
+                    worker.request_stop()
                 continue
             if state != CameraState.FINISHED.value:
                 return False

@@ -556,6 +556,65 @@ def test_a_recording_on_the_gpu_path_has_every_frame_inferred_its_last_b_frames_
     assert inferred == 60 and dropped == 0
 
 
+def test_a_clip_of_a_camera_on_the_gpu_path_is_cut_from_the_packets_nvdec_decodes(gpu, tmp_path, figure):
+    """clips.enabled on the NVDEC path: the ring keeps the compressed packets before the decoder (the same as on the CPU path), and a clip asked for over the API plays and shows the source's pictures"""
+    import json
+
+    import av
+    import numpy as np
+
+    from scripts.lab.clips import pyav_clip
+    from scripts.lab.common import free_port, wait_for
+    from scripts.lab.daemons import daemon_config, http_get, http_request, metric_values
+    from scripts.lab.rtsp_relay import RtspRelay
+    from tests.gpu.conftest import scene_frames
+
+    source = pyav_clip(tmp_path / "cam.mp4", scene_frames(43, 640, 360, 150), gop=25)  # 6 s, a keyframe a second or sooner
+    server = RtspRelay()
+    server.publish("cam", source)
+    port = free_port()
+    config = daemon_config(tmp_path / "clips.yaml", {"path": MODEL, "backend": "stub", "input_size": 640},
+                           f"127.0.0.1:{free_port()}", [("cam", server.url("cam"), 5)], metrics_port=port,
+                           gpu={"decoder": "nvdec"}, kafka={"stop_timeout_s": 1},
+                           clips={"enabled": True, "folder": str(tmp_path / "clips"), "pre_s": 2, "post_s": 1})
+    base = f"http://127.0.0.1:{port}"
+
+    def read(exited=lambda: False):
+        def ring_filled():
+            text = http_get(f"{base}/metrics")[1]
+            return exited() or metric_values(text, "rtsp_pipeline_clip_ring_bytes").get('{camera="cam"}', 0) > 0
+        wait_for(ring_filled, 60, "the camera's ring to hold a GOP")
+        time.sleep(1.5)  # a second GOP
+        status, _, body = http_request("POST", f"{base}/v1/cameras/cam/clips", b'{"pre_s": 1, "post_s": 1}',
+                                       {"Content-Type": "application/json"})
+        assert status == 202, body
+
+        def written():
+            text = http_get(f"{base}/metrics")[1]
+            done = {k: v for k, v in metric_values(text, "rtsp_pipeline_clips_total").items() if v}
+            return done if exited() or done else None
+        done = wait_for(written, 30, "the clip written")
+        assert not exited(), "the daemon exited"
+        return done, json.loads(body)
+
+    try:
+        done, started = on_the_gpu_path(gpu, config, tmp_path / "clips.log", read)
+    finally:
+        server.close()
+    assert list(done) in (['{camera="cam",outcome="written"}'], ['{camera="cam",outcome="ended_early"}']), done
+    clip = tmp_path / "clips" / "cam" / f"{started['clip_id']}.mp4"
+    with av.open(str(source)) as container:
+        decoded = list(container.decode(video=0))
+    pictures = [f.to_ndarray(format="rgb24") for f in decoded]
+    with av.open(str(clip)) as container:
+        cut = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    at = next(i for i, p in enumerate(pictures) if np.array_equal(p, cut[0]))  # the source's picture it starts at
+    assert decoded[at].key_frame  # a keyframe of the source
+    same = sum(np.array_equal(p, pictures[(at + i) % len(pictures)]) for i, p in enumerate(cut))
+    figure(f"a clip of {len(cut)} pictures cut from the packets NVDEC decodes, {same} equal to the source's")
+    assert len(cut) >= 25 and same == len(cut)
+
+
 def test_the_memory_budget_counts_each_model_and_frame_pool_and_what_does_not_fit_is_refused(gpu, relay, tmp_path, figure):
     """gpu.memory_budget_mb counts the model as it loaded and each frame pool; a camera that does not fit waits, models that do not fit refuse the start
 
