@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import av
 import numpy as np
@@ -272,3 +272,39 @@ def test_a_line_rule_gets_a_clip_over_its_crossing_and_a_snapshot_of_its_track_o
     assert (edge[:, 0] > 180).any() and (edge[:, 1] < 110).any(), edge
     requests_served = metric_values(metrics, "rtsp_pipeline_clip_requests_total")
     assert requests_served.get('{outcome="accepted"}', 0) >= 1
+
+
+def test_with_placement_a_rules_request_is_served_once_by_the_node_that_runs_the_camera(scene, broker, tmp_path):
+    """Two nodes of a placement group with clips on, each reading the whole requests topic: a
+    request for each camera is cut by the node the group gave the camera, once; the other node
+    counts it as not its own."""
+    from scripts.lab.broker import produce
+    from scripts.lab.daemons import PlacementCluster
+
+    requests, clips_topic = f"req-{uuid.uuid4().hex[:8]}", f"clips-{uuid.uuid4().hex[:8]}"
+    with RtspServer({"cam": scene}) as rtsp:
+        cluster = PlacementCluster(tmp_path, rtsp, broker.bootstrap, {"cam-0": 5.0, "cam-1": 5.0}, settings={
+            "clips": {"enabled": True, "folder": str(tmp_path / "clips"), "pre_s": 3, "topic": clips_topic,
+                      "requests_topic": requests}})
+        try:
+            cluster.start("n0", 5.0)  # room for one camera each: the group puts one on each node
+            cluster.start("n1", 5.0)
+            placed = cluster.wait_placed(90, "both cameras placed")
+            time.sleep(3)  # a GOP or more in each ring
+            at = datetime.now(timezone.utc) - timedelta(seconds=1)
+            produce(broker.bootstrap, requests, [(cam, json.dumps({
+                "schema": "clip-requests/v1", "request_id": f"{at:%Y%m%dT%H%M%SZ}-0000000{k}", "camera_id": cam,
+                "at": at.isoformat().replace("+00:00", "Z"), "trigger": {"kind": "rule", "rule": "r"},
+                "clip": {"pre_s": 1, "post_s": 1}}).encode()) for k, cam in enumerate(["cam-0", "cam-1"])])
+            got = consume(broker.bootstrap, [clips_topic], lambda rs: len(rs) >= 2, 40)
+            time.sleep(2)
+            got = consume(broker.bootstrap, [clips_topic], lambda rs: False, 3)  # and no more than those
+            counted = {node: metric_values(http_get(cluster.url(node, "/metrics"))[1], "rtsp_pipeline_clip_requests_total")
+                       for node in ("n0", "n1")}
+        finally:
+            cluster.stop()
+    assert sorted(placed.values()) == ["n0", "n1"], placed
+    assert sorted((r.value["camera_id"], r.value["node"], r.value["status"]) for r in got) == sorted(
+        (cam, node, "written") for cam, node in placed.items())
+    for node in ("n0", "n1"):
+        assert counted[node].get('{outcome="accepted"}') == 1 and counted[node].get('{outcome="not_here"}') == 1, counted
