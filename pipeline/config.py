@@ -360,7 +360,8 @@ class ClipsConfig(_Strict):
     """Evidence clips: a ring of each camera's encoded packets, cut into MP4 files on request."""
 
     enabled: bool = Field(False, description="keep each camera's last pre_s seconds of compressed video and "
-                          "write clips when asked (POST /v1/cameras/{id}/clips); costs ring_mb of memory per camera "
+                          "write clips when asked (POST /v1/cameras/{id}/clips, or an alert rule's request on requests_topic, "
+                          "which may also ask for snapshots of its tracks); costs ring_mb of memory per camera "
                           "at most (about 5 MiB for 10 s of 4 Mbit/s)")
     folder: Path = Field(default_factory=default_clips_folder, description="where clips are written, a folder per "
                          "camera (default: beside the spool, e.g. $STATE_DIRECTORY/clips)")
