@@ -358,7 +358,10 @@ class GroupMember:
         """Be a member until stopped: a consumer joins and polls; a stalled one is replaced by a fresh
         member; a refused or unreachable one is retried with backoff."""
         delay = 0.5
-        while True:
+        # `_closing` is checked as well as cancellation: Python 3.11's wait_for returns the result of
+        # a start that completes as the task is cancelled and swallows the cancel; the member then
+        # polled for ever and stop() never returned (seen: test_placement_races under load, 2 of 5)
+        while not self._closing:
             self._consumer = consumer = self._consumer_factory(self)
             try:
                 await asyncio.wait_for(consumer.start(), self.stall_after_s)  # returns once the first assignment came
@@ -366,9 +369,11 @@ class GroupMember:
                           capacity=self.capacity)
                 delay, self.last_error = 0.5, None
                 await self._poll(consumer)
-                self._stalled()
+                if not self._closing:
+                    self._stalled()
             except asyncio.TimeoutError:
-                self._stalled()
+                if not self._closing:
+                    self._stalled()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - unreachable, refused (session timeout, ACL): retried
@@ -385,8 +390,8 @@ class GroupMember:
 
     async def _poll(self, consumer) -> None:
         """Keep polling the control topic (membership needs it) until the group stalls; ask for a
-        move's second round again while it is owed."""
-        while True:
+        move's second round again while it is owed; returns at once when the member is stopping."""
+        while not self._closing:
             try:
                 await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
