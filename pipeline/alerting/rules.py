@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.config import CAMERA_ID, load_yaml_model
+from pipeline.evidence import REQUESTS_SCHEMA
 from pipeline.messages import rfc3339_ms
 
 ALERTS_SCHEMA = "alerts/v2"
@@ -511,9 +512,6 @@ class AlertEngine:
             "frame": {"seq": message["frame"]["seq"], "captured_at": message["frame"]["captured_at"]},
             "detections": matched,
         }
-
-
-REQUESTS_SCHEMA = "clip-requests/v1"
 
 
 def evidence(rule: Rule, event: dict) -> dict:
