@@ -421,15 +421,20 @@ class TrackingConfig(_Strict):
 
     enabled: bool = Field(True, description="track objects and add track ids and track start/end to messages")
     low_confidence: float = Field(
-        0.1, gt=0, le=1, description="detections this confident but below model.confidence are not "
-        "published; they only keep existing tracks alive through occlusions (ByteTrack's second pass)")
+        0.1, gt=0, le=1, description="detections this confident but below model.confidence start no track; "
+        "they keep existing tracks alive through occlusions (ByteTrack's second pass), and are published "
+        "only as such a continuation (see publish_weak)")
+    publish_weak: bool = Field(
+        True, description="publish a weak detection (low_confidence up to model.confidence) that continues a "
+        "confirmed track, under the track's id and with its own confidence, as ByteTrack outputs it; false: "
+        "only detections of model.confidence or more are published")
     match_iou: float = Field(
         0.2, gt=0, lt=1, description="least IoU between a track's predicted box and a detection to match them")
     max_age_s: float = Field(
         2.0, gt=0, le=600, description="a track unseen this long is lost: no longer matched by where it is or was "
         "(at least 3 frame intervals at the camera's fps); it ends then if it has no look (see appearance)")
     lost_s: float = Field(
-        5.0, gt=0, le=3600, description="a lost track stays searchable by its look this long after it was last "
+        8.0, gt=0, le=3600, description="a lost track stays searchable by its look this long after it was last "
         "seen, and ends then (found again, it comes back under its id, in `tracks.refound`); at most max_age_s: "
         "lost is ended")
     appearance: bool = Field(

@@ -343,7 +343,7 @@ class Lanes:
         max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
         return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
                              max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks,
-                             lost_s=cfg.lost_s, appearance=cfg.appearance)
+                             lost_s=cfg.lost_s, appearance=cfg.appearance, publish_weak=cfg.publish_weak)
 
 
 def _postprocess_batch(outputs, letterboxes, **settings):

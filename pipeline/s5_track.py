@@ -3,7 +3,9 @@
 A ByteTrack-style tracker (Zhang et al., 2022) per camera: a constant-velocity Kalman filter per
 track, associated with the new detections by IoU in two passes: tracks against confident
 detections first, then the tracks still unmatched against low-confidence ones (which keeps a
-track alive through a partial occlusion without publishing the weak box), then steady tracks
+track alive through a partial occlusion; the weak box goes out under the track's id, as
+ByteTrack outputs it, unless `publish_weak` is off; a weak box over an object matched in the
+first pass is that object again, and neither matched nor published), then steady tracks
 still unmatched and then tentative tracks against what is left, with boxes grown by half (C-BIoU);
 a confident detection that matches nothing starts a track. An unseen track keeps its size.
 
@@ -98,12 +100,13 @@ class TrackSettings:
 
     high_confidence: float  # detections this confident are published, matched first, and start tracks
     enabled: bool = True
-    low_confidence: float = 0.1  # weaker ones only keep existing tracks alive (second pass)
+    low_confidence: float = 0.1  # weaker ones only continue existing tracks (second pass)
     match_iou: float = 0.2  # least IoU with a track's predicted box for a confident detection
     low_match_iou: float = 0.5  # ... for a low-confidence one
     max_age_s: float = 2.0  # a track unseen this long is lost: no longer matched by motion
-    lost_s: float = 5.0  # ... and ends when unseen this long (found again by its look until then; at least max_age_s)
+    lost_s: float = 8.0  # ... and ends when unseen this long (found again by its look until then; at least max_age_s)
     appearance: bool = True  # use the looks (pipeline.s5_looks) where motion cannot decide
+    publish_weak: bool = True  # a weak detection that continues a confirmed track is published under its id
     jump_s: float = 10.0  # media time moving on by more than this (or backwards) ends every track
     max_tracks: int = 256  # live tracks per camera at most
 
@@ -291,7 +294,10 @@ class TrackTable:
         back = [[] for _ in frames]  # lost tracks (unseen over max_age_s) found again
         for t in np.flatnonzero((step == 5) & (unseen_for > max_age) & ~hidden).tolist():
             back[track_cam[t]].append(int(state[t, _ID]))
-        shown = np.flatnonzero(high & ~dropped)  # in the message: confident, not a duplicate
+        # in the message: the confident boxes that are not duplicates, and the weak ones that
+        # continue a confirmed track (pass 2; ByteTrack's output) where the camera publishes them
+        weak_kept = valid & ~high & (matched >= 0) & np.array([x.publish_weak for x in s])[owner]
+        shown = np.flatnonzero((high & ~dropped) | weak_kept)
         lists = _Lists(list(map(tuple, boxes.tolist())), scores.tolist(), classes.tolist(), matched.tolist(),
                        state[:, _ID].astype(np.int64).tolist(), state[:, _CLASS].astype(np.int64).tolist(),
                        fresh.tolist(), over.tolist(), boxes, det_looks)

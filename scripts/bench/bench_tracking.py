@@ -148,7 +148,8 @@ def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0
     max_age = max(settings.max_age_s, 3 / fps)
     tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
                                           max_age_s=max_age, jump_s=settings.jump_s,
-                                          lost_s=settings.lost_s, appearance=settings.appearance))
+                                          lost_s=settings.lost_s, appearance=settings.appearance,
+                                          publish_weak=settings.publish_weak))
     messages, due = [], 0.0
     for pts, width, height, detections, found in detect_scene(clip, low, model):
         if pts + 1e-6 < due:

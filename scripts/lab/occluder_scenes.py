@@ -34,7 +34,9 @@ import numpy as np
 from scripts.lab.scenes import CLASSES, Scene, Thing, _shape_mask, cached_clip, scene_cli
 
 GENERATOR = "occluder-1"  # bump when a seed's pictures change
-TUNING_SEEDS = {"occ-540p": (41, 960, 540), "occ-720p": (42, 1280, 720), "occ-4x3": (43, 800, 600)}
+TUNING_SEEDS = {"occ-540p": (41, 960, 540), "occ-720p": (42, 1280, 720), "occ-4x3": (43, 800, 600),
+                "occ-540p-b": (44, 960, 540), "occ-720p-b": (45, 1280, 720), "occ-4x3-b": (46, 800, 600),
+                "occ-540p-c": (47, 960, 540), "occ-720p-c": (48, 1280, 720), "occ-4x3-c": (49, 800, 600)}
 HELD_OUT_SEEDS = {"occ-540p-h": (141, 960, 540), "occ-720p-h": (142, 1280, 720), "occ-4x3-h": (143, 800, 600)}
 TEXTURES = ("flat", "stripes", "ring", "shade")
 

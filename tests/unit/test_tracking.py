@@ -85,11 +85,37 @@ def test_an_object_that_comes_out_from_behind_another_ahead_of_its_prediction_ke
     assert not [e for f in events for e in f.ended]
 
 
-def test_weak_detections_keep_a_track_alive_without_being_published():
+def test_weak_detections_keep_a_track_alive_and_are_published_under_its_id():
     confidences = [0.9] * 10 + [0.2] * 30 + [0.9] * 10  # 1.2 s of weak boxes: longer than max_age_s
     frames = [[det(100 + 5 * i, 300, conf=c)] for i, c in enumerate(confidences)]
-    ids, _ = run(tracker(max_age_s=0.5), frames)
+    ids, events = run(tracker(max_age_s=0.5), frames)
+    assert ids == [[1]] * 50  # ByteTrack's output: the weak boxes continue the track and go out
+    assert [d.confidence for d in events[20].detections] == [0.2]
+    ids, _ = run(tracker(max_age_s=0.5, publish_weak=False), frames)
     assert ids[:10] == [[1]] * 10 and ids[10:40] == [[]] * 30 and ids[40:] == [[1]] * 10
+
+
+def test_a_weak_box_with_no_track_is_never_published():
+    ids, events = run(tracker(), [[det(100 + 5 * i, 300, conf=0.2)] for i in range(10)])
+    assert ids == [[]] * 10 and not any(e.started for e in events)
+
+
+def test_a_weak_box_on_an_object_already_matched_does_not_keep_the_object_hidden_behind_it():
+    """B stands; A passes over it, hiding it, and the detector also gives a weak box of B's class
+    on A (its other reading of A). That box is A again: B's id must not go out on A, nor follow A
+    away; B, seen again where it stood, keeps its id."""
+    frames = []
+    for i in range(45):
+        a = det(100 + 10 * i, 300, cls=0)  # A crosses B's place at frame 20
+        if i < 12 or i >= 38:
+            frames.append([a, det(300, 300, cls=1)])
+        else:  # B hidden behind A; a weak class-1 box on A
+            frames.append([a, Detection(1, "c1", 0.2, a.bbox)])
+    ids, events = run(tracker(max_age_s=2.0), frames)
+    assert ids[0] == [1, 2]
+    assert all(2 not in f for f in ids[12:38]), ids[12:38]  # B's id never on A
+    assert ids[40] == [1, 2], ids[38:]  # B seen again where it stood: its own id
+    assert [e.started for e in events if e.started] == [[1, 2]]
 
 
 def test_a_one_frame_class_flicker_keeps_the_track_and_its_voted_class():
