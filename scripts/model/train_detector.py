@@ -136,8 +136,12 @@ def main() -> int:
                         help="training scenes of scripts/lab/occluder_scenes.py added (seeds 2100+)")
     parser.add_argument("--other-every", type=int, default=12,
                         help="keep every Nth frame of the other generators' 375-frame scenes")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the ONNX model")
+    parser.add_argument("--out", type=Path, help="where to write the ONNX model")
+    parser.add_argument("--dataset-only", action="store_true",
+                        help="build the dataset and stop (e.g. for scripts.model.weights_from_onnx)")
     args = parser.parse_args()
+    if args.out is None and not args.dataset_only:
+        parser.error("--out is required")
 
     data = args.work / "dataset"
     if not (data / "done").exists():
@@ -150,6 +154,8 @@ def main() -> int:
                                                        args.distractors), args.every)
         (data / "done").write_text(f"{n_train} {n_val}\n")
         print(f"dataset: {n_train} training and {n_val} validation images", flush=True)
+    if args.dataset_only:
+        return 0
     spec = data / "shapes.yaml"
     spec.write_text(json.dumps({"path": str(data.resolve()), "train": "images/train", "val": "images/val",
                                 "names": dict(enumerate(CLASSES))}))
