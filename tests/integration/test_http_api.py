@@ -115,14 +115,17 @@ def test_detect_finds_the_objects_of_a_ground_truth_frame_as_jpeg_png_and_form_u
         assert status == 200, data
         conforms(spec, "/v1/detect", "post", status, data)
         answers.append(json.loads(data))
-    result = answers[0]
-    assert result["image"] == {"width": 1280, "height": 720} and result["model"]["name"] == "shapes-yolov8n"
-    match = match_frame(result["detections"], truth)
-    tp = sum(ok for _, _, ok in match.scored)
-    precision, recall = tp / max(1, len(match.scored)), tp / max(1, tp + match.missed)
-    assert precision >= 0.9 and recall >= 0.9, (precision, recall, result["detections"], truth)
-    for other in answers[1:]:  # PNG is lossless, the form carries the same JPEG: boxes agree
-        assert len(other["detections"]) == len(result["detections"])
+    for result in answers:  # each way of sending the picture finds its objects
+        assert result["image"] == {"width": 1280, "height": 720} and result["model"]["name"] == "shapes-yolov8n"
+        match = match_frame(result["detections"], truth)
+        tp = sum(ok for _, _, ok in match.scored)
+        precision, recall = tp / max(1, len(match.scored)), tp / max(1, tp + match.missed)
+        assert precision >= 0.9 and recall >= 0.9, (precision, recall, result["detections"], truth)
+    # the form carries the same JPEG: the same answer; the PNG is the picture without JPEG's loss,
+    # which moves scores a little (a box near the threshold may come or go: 13 against 12 once)
+    assert answers[2]["detections"] == answers[0]["detections"]
+    confident = [[d for d in a["detections"] if d["confidence"] >= 0.6] for a in answers[:2]]
+    assert len(confident[0]) == len(confident[1]), confident
 
 
 def test_confidence_and_classes_filter_and_bad_values_say_what_is_wrong(api):
