@@ -339,11 +339,9 @@ class Lanes:
         """A camera's tracking settings (read at its first frame, so a reload's apply to a restarted camera)."""
         config = self._config()
         camera = next((c for c in config.cameras if c.id == camera_id), None)
-        cfg = config.tracking if camera is None else config.tracking_for(camera)
-        max_age = cfg.max_age_s if camera is None or not camera.fps else max(cfg.max_age_s, 3 / camera.fps)
-        return TrackSettings(model.confidence, cfg.enabled, cfg.low_confidence, cfg.match_iou,
-                             max_age_s=max_age, jump_s=cfg.jump_s, max_tracks=cfg.max_tracks,
-                             lost_s=cfg.lost_s, appearance=cfg.appearance, publish_weak=cfg.publish_weak)
+        if camera is None:
+            return TrackSettings.of(config.tracking, model.confidence)
+        return TrackSettings.of(config.tracking_for(camera), model.confidence, camera.fps)
 
 
 def _postprocess_batch(outputs, letterboxes, **settings):

@@ -305,40 +305,47 @@ def _match(cost, rows, cols, limit, confident, looks, step, ts, ds, tlooks, dloo
 
 
 @_jit
+def _over_any(nd, dets, which, over):
+    """[detections of one camera]: which of the boxes `which` lie over one of the boxes `over` by
+    DUPLICATE_IOU or more (both masks over the camera's detections)."""
+    found = np.zeros(nd, np.bool_)
+    for j in range(nd):
+        if which[j]:
+            for k in range(nd):
+                if over[k]:
+                    a, c = dets[j], dets[k]
+                    if _box_iou(a[0], a[1], a[2], a[3], c[0], c[1], c[2], c[3])[1] >= DUPLICATE_IOU:
+                        found[j] = True
+                        break
+    return found
+
+
+@_jit
 def _drop_duplicates(ds, nd, dets, high, free_high, dup):
     """Confident detections left over a confident one matched by DUPLICATE_IOU or more: dropped."""
-    taken = np.zeros(nd, np.bool_)
-    any_taken, any_free = False, False
+    taken, free = np.zeros(nd, np.bool_), free_high[ds:ds + nd]
     for j in range(nd):
         taken[j] = high[ds + j] and not free_high[ds + j] and not dup[ds + j]
-        any_taken = any_taken or taken[j]
-        any_free = any_free or free_high[ds + j]
-    if not (any_taken and any_free):
+    if not (taken.any() and free.any()):
         return
+    again = _over_any(nd, dets, free, taken)
     for j in range(nd):
-        if free_high[ds + j]:
-            for k in range(nd):
-                if taken[k]:
-                    a, b = dets[j], dets[k]
-                    if _box_iou(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3])[1] >= DUPLICATE_IOU:
-                        free_high[ds + j] = False
-                        dup[ds + j] = True
-                        break
+        if again[j]:
+            free_high[ds + j] = False
+            dup[ds + j] = True
 
 
 @_jit
 def _weak_left(ds, nd, dets, high, low, free_high):
     """[detections of one camera]: the weak ones not over a confident one matched so far by
     DUPLICATE_IOU or more (those are the matched object again)."""
+    matched = np.zeros(nd, np.bool_)
+    for k in range(nd):
+        matched[k] = high[ds + k] and not free_high[ds + k]
     left = low[ds:ds + nd].copy()
+    again = _over_any(nd, dets, left, matched)
     for j in range(nd):
-        if left[j]:
-            for k in range(nd):
-                if high[ds + k] and not free_high[ds + k]:
-                    a, c = dets[j], dets[k]
-                    if _box_iou(a[0], a[1], a[2], a[3], c[0], c[1], c[2], c[3])[1] >= DUPLICATE_IOU:
-                        left[j] = False
-                        break
+        left[j] = left[j] and not again[j]
     return left
 
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 import threading
 from itertools import chain
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -109,6 +109,16 @@ class TrackSettings:
     publish_weak: bool = True  # a weak detection that continues a confirmed track is published under its id
     jump_s: float = 10.0  # media time moving on by more than this (or backwards) ends every track
     max_tracks: int = 256  # live tracks per camera at most
+
+    @classmethod
+    def of(cls, tracking, high_confidence: float, fps: float | None = None) -> TrackSettings:
+        """A camera's settings from its `tracking` section (pipeline.config.TrackingConfig: each of its
+        keys that is a field here, by name) and its model's confidence; at `fps` frames a second a
+        track stays matched by motion for at least 3 frame intervals, however short `max_age_s`."""
+        given = {f.name: getattr(tracking, f.name) for f in fields(cls) if f.name in type(tracking).model_fields}
+        if fps:
+            given["max_age_s"] = max(tracking.max_age_s, 3 / fps)
+        return cls(high_confidence, **given)
 
 
 @dataclass

@@ -246,6 +246,22 @@ def test_iou_matrix_and_assignment():
     assert assign(np.zeros((0, 3)), 0.5).tolist() == []
 
 
+def test_every_key_of_a_cameras_tracking_section_reaches_its_tracker():
+    """pipeline.lanes and bench_tracking build a camera's TrackSettings from its `tracking` section:
+    a key set in the YAML and lost on the way would be accepted and silently ignored."""
+    from pipeline.config import TrackingConfig
+
+    changed = TrackingConfig(enabled=False, low_confidence=0.2, publish_weak=False, match_iou=0.3, max_age_s=1.5,
+                             lost_s=4.0, appearance=False, jump_s=3.0, max_tracks=7)
+    assert all(getattr(changed, k) != v.default for k, v in TrackingConfig.model_fields.items())  # each key set
+    settings = TrackSettings.of(changed, 0.4)
+    assert {k: getattr(settings, k) for k in TrackingConfig.model_fields} == changed.model_dump()
+    assert settings.high_confidence == 0.4
+    # at 1 fps a track stays matched by motion for 3 frame intervals; at 25 fps the section's 1.5 s holds
+    assert TrackSettings.of(changed, 0.4, fps=1).max_age_s == 3.0
+    assert TrackSettings.of(changed, 0.4, fps=25).max_age_s == 1.5
+
+
 def test_the_lanes_trackers_track_only_cameras_with_tracking_on_and_count_what_they_do():
     from pipeline.core import FrameMeta
     from pipeline.metrics import Metrics
