@@ -112,18 +112,20 @@ def inference_ms(runs: int = 50) -> float:
     return 1000 * (time.perf_counter() - began) / runs
 
 
-def detect_scene(clip: Path, low: float = 0.1, model: Path = MODEL) -> list[tuple[float, int, int, list[Detection], np.ndarray]]:
+def detect_scene(clip: Path, low: float = 0.1, model: Path = MODEL,
+                 input_size: int = 320) -> list[tuple[float, int, int, list[Detection], np.ndarray]]:
     """The model's detections (down to `low`) on every frame of a clip, with the daemon's
     preprocessing and postprocessing, and their looks (pipeline.s5_looks, from the decoded
     picture, as the daemon's tracker gets them): (pts, width, height, detections, looks); cached
-    beside the clip, under the model file's hash (another model: other detections)."""
+    beside the clip, under the model file's hash and input size (either changes the detections)."""
     from pipeline.s4_infer.engine import file_sha256
 
-    cache = clip.with_suffix(f".dets-{low:g}.{file_sha256(model)[:12]}.looks-1.json")
+    size = "" if input_size == 320 else f".in{input_size}"
+    cache = clip.with_suffix(f".dets-{low:g}{size}.{file_sha256(model)[:12]}.looks-1.json")
     if cache.exists():
         return [(pts, w, h, [Detection(*d[:3], tuple(d[3])) for d in dets], np.array(looks, np.float64).reshape(-1, LOOK_BINS))
                 for pts, w, h, dets, looks in json.loads(cache.read_text())]
-    engine = OnnxRuntimeEngine(ModelConfig(path=model, input_size=320, confidence=low))
+    engine = OnnxRuntimeEngine(ModelConfig(path=model, input_size=input_size, confidence=low))
     post = functools.partial(detections_for_image, layout="yolov8", labels=engine.info.labels,
                              confidence=low, iou=0.45, max_detections=300)
     pre = CpuPreprocessor(engine.info.input_spec)
@@ -141,17 +143,13 @@ def detect_scene(clip: Path, low: float = 0.1, model: Path = MODEL) -> list[tupl
 
 
 def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1, model: Path = MODEL,
-                **tracking) -> tuple[list[dict], Truth]:
+                input_size: int = 320, **tracking) -> tuple[list[dict], Truth]:
     """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages;
     `tracking`: settings other than the daemon's defaults (e.g. appearance=False)."""
-    settings = TrackingConfig(**tracking)  # the daemon's defaults, as pipeline.lanes applies them
-    max_age = max(settings.max_age_s, 3 / fps)
-    tracker = CameraTracker(TrackSettings(confidence, True, settings.low_confidence, settings.match_iou,
-                                          max_age_s=max_age, jump_s=settings.jump_s,
-                                          lost_s=settings.lost_s, appearance=settings.appearance,
-                                          publish_weak=settings.publish_weak))
+    # the daemon's defaults, as pipeline.lanes applies them to a camera of this fps
+    tracker = CameraTracker(TrackSettings.of(TrackingConfig(**tracking), confidence, fps))
     messages, due = [], 0.0
-    for pts, width, height, detections, found in detect_scene(clip, low, model):
+    for pts, width, height, detections, found in detect_scene(clip, low, model, input_size):
         if pts + 1e-6 < due:
             continue
         due += 1 / fps
@@ -191,7 +189,8 @@ def end_to_end(args) -> int:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, Broker() as broker:
         clips = Path(args.work)  # clips are kept between runs; each run's daemons and messages in its own folder
         scenes_by_class(Path(tmp), broker, cameras, lambda _, *scene: make(clips, *scene), tuple(args.fps),
-                        tracking=tracking or None, prefix=args.scenes, model=args.model)
+                        tracking=tracking or None, prefix=args.scenes, model=args.model,
+                        input_size=args.input_size, confidence=args.confidence)
     print(f"tracking settings: {tracking or 'the defaults'}")
     return 0
 
@@ -212,12 +211,16 @@ def main() -> int:
     e2e.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
     e2e.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
     e2e.add_argument("--model", type=Path, default=MODEL, help="the detector (e.g. a retrained one before it is committed)")
+    e2e.add_argument("--input-size", type=int, default=320, help="model.input_size")
+    e2e.add_argument("--confidence", type=float, default=0.35, help="model.confidence")
     sc = sub.add_parser("score")
     sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
     sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
     sc.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
     sc.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
     sc.add_argument("--model", type=Path, default=MODEL, help="the detector (e.g. a retrained one before it is committed)")
+    sc.add_argument("--input-size", type=int, default=320, help="model.input_size")
+    sc.add_argument("--confidence", type=float, default=0.35, help="model.confidence")
     sc.add_argument("--scenes", choices=("tracking", "breakers", "occluders", "occluders-held-out"), default="tracking",
                     help="the tracking scenes (tuned on), the breaker scenes (scripts/lab/breaker_scenes.py), or the "
                          "occlusion scenes (scripts/lab/occluder_scenes.py): their tuning seeds or their held-out ones")
@@ -247,7 +250,8 @@ def main() -> int:
     for cam, (seed, w, h) in cameras.items():
         clip = make(args.work, seed, w, h)
         for fps in args.fps:
-            messages, truth = score_scene(clip, fps, model=args.model, **changed)
+            messages, truth = score_scene(clip, fps, args.confidence, model=args.model, input_size=args.input_size,
+                                          **changed)
             print(score(messages, truth).row(f"{cam} @ {fps:g} fps"), flush=True)
             for line in middle_lines(w, h):
                 for label in CLASSES:

@@ -36,10 +36,12 @@ def lines_of(camera: str, width: int, height: int) -> dict[str, dict]:
 
 
 def scenes_by_class(work: Path, broker, scenes: dict[str, tuple], make_clip: Callable, rates: tuple,
-                    tracking: dict | None = None, prefix: str = "e2e", model: Path = MODEL):
+                    tracking: dict | None = None, prefix: str = "e2e", model: Path = MODEL,
+                    input_size: int = 320, confidence: float = CONFIDENCE):
     """`scenes` (name -> (seed, width, height)) made by `make_clip` and served over RTSP, the
     daemon on each at each of `rates` fps (one rate at a time: all at once overload 2 cores),
-    `tracking`: the daemon's tracking section (default: its defaults), `model` its detector, line rules per class ->
+    `tracking`: the daemon's tracking section (default: its defaults), `model` its detector (at `input_size` and
+    `confidence`), line rules per class ->
     ({fps: pooled score}, {fps: {label: (consumer's count, truth's)}}, {camera: score})."""
     clips = {name: make_clip(work, *scene) for name, scene in scenes.items()}
     cameras = {f"{name}-{fps}fps": (name, fps) for name in scenes for fps in rates}
@@ -52,7 +54,8 @@ def scenes_by_class(work: Path, broker, scenes: dict[str, tuple], make_clip: Cal
             for fps in rates:
                 run_daemon(work / f"daemon-{fps}fps", rtsp, broker, topic,
                            [(cam, rtsp.url(scene), rate) for cam, (scene, rate) in cameras.items() if rate == fps],
-                           least=int(0.8 * 15 * fps), tracking=tracking, model=model)
+                           least=int(0.8 * 15 * fps), tracking=tracking, model=model,
+                           input_size=input_size, confidence=confidence)
         messages, crossings = alerts.results()
     (work / "messages.json").write_text(json.dumps(messages))
     truths = {scene: Truth.load(truth_path(clip)) for scene, clip in clips.items()}
@@ -105,10 +108,11 @@ class AlertingConsumer:
 
 
 def run_daemon(path, rtsp, broker, topic: str, cameras: list, least: int = MESSAGES_AT_5FPS,
-               tracking: dict | None = None, model: Path = MODEL) -> None:
+               tracking: dict | None = None, model: Path = MODEL, input_size: int = 320,
+               confidence: float = CONFIDENCE) -> None:
     """The daemon on `cameras` (id, url, fps), until each has sent `least` messages and looped its clip."""
     names = {cam for cam, _, _ in cameras}
-    config = daemon_config(path.with_suffix(".yaml"), {"path": model, "input_size": 320, "confidence": CONFIDENCE},
+    config = daemon_config(path.with_suffix(".yaml"), {"path": model, "input_size": input_size, "confidence": confidence},
                            broker.bootstrap, cameras, topic=topic, status_topic=f"{topic}-status",
                            metrics_port=free_port(), **({"tracking": tracking} if tracking else {}))
     daemon = Daemon(config, path.with_suffix(".log"))

@@ -55,9 +55,10 @@ def clip_of(scene, folder: Path, generator: str) -> Path:
     return clip
 
 
-def score(model: Path, clips: dict[str, list[Path]], every: int, confidence: float) -> dict[str, dict]:
+def score(model: Path, clips: dict[str, list[Path]], every: int, confidence: float,
+          input_size: int = 320) -> dict[str, dict]:
     """generator -> recall, precision, objects, and the objects never found in any frame."""
-    engine = OnnxRuntimeEngine(ModelConfig(path=model, input_size=320, confidence=confidence))
+    engine = OnnxRuntimeEngine(ModelConfig(path=model, input_size=input_size, confidence=confidence))
     pre = CpuPreprocessor(engine.info.input_spec)
     out = {}
     for generator, paths in clips.items():
@@ -90,10 +91,13 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "eval-detector")
     parser.add_argument("--every", type=int, default=5, help="score every n-th frame")
     parser.add_argument("--confidence", type=float, default=0.35)
+    parser.add_argument("--input-size", type=int, default=320, help="the model's input size (model.input_size)")
+    parser.add_argument("--only", nargs="*", help="these generators only")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    clips = {g: [clip_of(s, args.work, g) for s in made] for g, made in scenes().items()}
-    results = {str(m): score(m, clips, args.every, args.confidence) for m in args.models}
+    clips = {g: [clip_of(s, args.work, g) for s in made] for g, made in scenes().items()
+             if not args.only or g in args.only}
+    results = {str(m): score(m, clips, args.every, args.confidence, args.input_size) for m in args.models}
     print(f"{'generator':<16}" + "".join(f"{m.name[:28]:>32}" for m in args.models))
     for generator in clips:
         row = [results[str(m)][generator] for m in args.models]
