@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.lab.accuracy import match_frame
+from scripts.lab.accuracy import iou, match_frame
 from scripts.lab.common import API_TOKEN, REPO, WRONG_API_TOKEN, free_port, wait_for
 from scripts.lab.daemons import Daemon, daemon_config, http_get, http_request, metric_values
 from scripts.lab.scenes import Scene
@@ -122,10 +122,14 @@ def test_detect_finds_the_objects_of_a_ground_truth_frame_as_jpeg_png_and_form_u
         precision, recall = tp / max(1, len(match.scored)), tp / max(1, tp + match.missed)
         assert precision >= 0.9 and recall >= 0.9, (precision, recall, result["detections"], truth)
     # the form carries the same JPEG: the same answer; the PNG is the picture without JPEG's loss,
-    # which moves scores a little (a box near the threshold may come or go: 13 against 12 once)
+    # which moves scores a little: a box near any threshold may come or go (13 against 12 at 0.35
+    # once, 11 against 12 at 0.6 with another model), so each sure box (0.7 or more) of either
+    # is in the other's answer (same class, IoU 0.5 or more)
     assert answers[2]["detections"] == answers[0]["detections"]
-    confident = [[d for d in a["detections"] if d["confidence"] >= 0.6] for a in answers[:2]]
-    assert len(confident[0]) == len(confident[1]), confident
+    for one, other in ((answers[0], answers[1]), (answers[1], answers[0])):
+        for d in (d for d in one["detections"] if d["confidence"] >= 0.7):
+            assert any(o["class_id"] == d["class_id"] and iou(o["bbox"], d["bbox"]) >= 0.5
+                       for o in other["detections"]), (d, other["detections"])
 
 
 def test_confidence_and_classes_filter_and_bad_values_say_what_is_wrong(api):
