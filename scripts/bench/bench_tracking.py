@@ -31,10 +31,10 @@ from pipeline.s5_postprocess import detections_for_image
 from pipeline.s5_track import CameraTracker, TrackSettings
 from pipeline.messages import encode_detections
 from scripts.lab.scenes import Scene, Truth, truth_path
+from scripts.lab.track_e2e import CONFIDENCE, INPUT_SIZE, MODEL
 from scripts.lab.track_score import HEADER, score, truth_crossings
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 TRACKING_CAMERAS = {"trk-720p": (9201, 1280, 720), "trk-540p": (9202, 960, 540), "trk-4x3": (9203, 800, 600)}
 BREAKER_CAMERAS = {"brk-540p": (31, 960, 540), "brk-720p": (32, 1280, 720), "brk-4x3": (33, 800, 600)}
 FRAMES = 375  # 15 s at 25 fps
@@ -113,14 +113,14 @@ def inference_ms(runs: int = 50) -> float:
 
 
 def detect_scene(clip: Path, low: float = 0.1, model: Path = MODEL,
-                 input_size: int = 320) -> list[tuple[float, int, int, list[Detection], np.ndarray]]:
+                 input_size: int = INPUT_SIZE) -> list[tuple[float, int, int, list[Detection], np.ndarray]]:
     """The model's detections (down to `low`) on every frame of a clip, with the daemon's
     preprocessing and postprocessing, and their looks (pipeline.s5_looks, from the decoded
     picture, as the daemon's tracker gets them): (pts, width, height, detections, looks); cached
     beside the clip, under the model file's hash and input size (either changes the detections)."""
     from pipeline.s4_infer.engine import file_sha256
 
-    size = "" if input_size == 320 else f".in{input_size}"
+    size = "" if input_size == 320 else f".in{input_size}"  # (caches made before --input-size are 320's)
     cache = clip.with_suffix(f".dets-{low:g}{size}.{file_sha256(model)[:12]}.looks-1.json")
     if cache.exists():
         return [(pts, w, h, [Detection(*d[:3], tuple(d[3])) for d in dets], np.array(looks, np.float64).reshape(-1, LOOK_BINS))
@@ -142,8 +142,8 @@ def detect_scene(clip: Path, low: float = 0.1, model: Path = MODEL,
     return out
 
 
-def score_scene(clip: Path, fps: float, confidence: float = 0.35, low: float = 0.1, model: Path = MODEL,
-                input_size: int = 320, **tracking) -> tuple[list[dict], Truth]:
+def score_scene(clip: Path, fps: float, confidence: float = CONFIDENCE, low: float = 0.1, model: Path = MODEL,
+                input_size: int = INPUT_SIZE, **tracking) -> tuple[list[dict], Truth]:
     """The daemon's stages on one clip, sampled at `fps` (None: every frame) -> messages;
     `tracking`: settings other than the daemon's defaults (e.g. appearance=False)."""
     # the daemon's defaults, as pipeline.lanes applies them to a camera of this fps
@@ -195,6 +195,16 @@ def end_to_end(args) -> int:
     return 0
 
 
+def _tracker_and_model(parser: argparse.ArgumentParser) -> None:
+    """The arguments `e2e` and `score` share: the issue 35 mutations and the detector's settings."""
+    parser.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
+    parser.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
+    parser.add_argument("--model", type=Path, default=MODEL,
+                        help="the detector (e.g. a retrained one before it is committed)")
+    parser.add_argument("--input-size", type=int, default=INPUT_SIZE, help="model.input_size")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="model.confidence")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -208,19 +218,11 @@ def main() -> int:
     e2e.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking-e2e")
     e2e.add_argument("--scenes", choices=("tracking", "breakers", "occluders", "occluders-held-out"),
                      default="occluders-held-out")
-    e2e.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
-    e2e.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
-    e2e.add_argument("--model", type=Path, default=MODEL, help="the detector (e.g. a retrained one before it is committed)")
-    e2e.add_argument("--input-size", type=int, default=320, help="model.input_size")
-    e2e.add_argument("--confidence", type=float, default=0.35, help="model.confidence")
+    _tracker_and_model(e2e)
     sc = sub.add_parser("score")
     sc.add_argument("--fps", type=float, nargs="+", default=[25, 5])
     sc.add_argument("--work", type=Path, default=REPO / ".cache" / "tracking")
-    sc.add_argument("--no-appearance", action="store_true", help="tracking.appearance: false (a mutation)")
-    sc.add_argument("--lost-is-ended", action="store_true", help="tracking.lost_s = max_age_s (a mutation)")
-    sc.add_argument("--model", type=Path, default=MODEL, help="the detector (e.g. a retrained one before it is committed)")
-    sc.add_argument("--input-size", type=int, default=320, help="model.input_size")
-    sc.add_argument("--confidence", type=float, default=0.35, help="model.confidence")
+    _tracker_and_model(sc)
     sc.add_argument("--scenes", choices=("tracking", "breakers", "occluders", "occluders-held-out"), default="tracking",
                     help="the tracking scenes (tuned on), the breaker scenes (scripts/lab/breaker_scenes.py), or the "
                          "occlusion scenes (scripts/lab/occluder_scenes.py): their tuning seeds or their held-out ones")

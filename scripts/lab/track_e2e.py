@@ -26,6 +26,7 @@ from scripts.lab.track_score import HEADER, by_camera, pooled, score, truth_cros
 
 MODEL = REPO / "engines" / "shapes-yolov8n.onnx"
 CONFIDENCE = 0.35  # the model card's operating point
+INPUT_SIZE = 320  # ... and its input size
 MESSAGES_AT_5FPS = 100  # 20 s: more than one loop of the 15 s clips
 
 
@@ -37,7 +38,7 @@ def lines_of(camera: str, width: int, height: int) -> dict[str, dict]:
 
 def scenes_by_class(work: Path, broker, scenes: dict[str, tuple], make_clip: Callable, rates: tuple,
                     tracking: dict | None = None, prefix: str = "e2e", model: Path = MODEL,
-                    input_size: int = 320, confidence: float = CONFIDENCE):
+                    input_size: int = INPUT_SIZE, confidence: float = CONFIDENCE):
     """`scenes` (name -> (seed, width, height)) made by `make_clip` and served over RTSP, the
     daemon on each at each of `rates` fps (one rate at a time: all at once overload 2 cores),
     `tracking`: the daemon's tracking section (default: its defaults), `model` its detector (at `input_size` and
@@ -108,7 +109,7 @@ class AlertingConsumer:
 
 
 def run_daemon(path, rtsp, broker, topic: str, cameras: list, least: int = MESSAGES_AT_5FPS,
-               tracking: dict | None = None, model: Path = MODEL, input_size: int = 320,
+               tracking: dict | None = None, model: Path = MODEL, input_size: int = INPUT_SIZE,
                confidence: float = CONFIDENCE) -> None:
     """The daemon on `cameras` (id, url, fps), until each has sent `least` messages and looped its clip."""
     names = {cam for cam, _, _ in cameras}
