@@ -20,6 +20,14 @@ Identity over what detectors and scenes do to it:
 - **Crossings of look-alikes**: a box behind a moving track (from where it was last seen, against
   its velocity) costs up to `DIRECTION_WEIGHT` more than one ahead (OC-SORT's momentum, Cao et
   al. 2023), so two alike objects passing each other do not swap.
+- **Full occlusions and look-alikes** (issue 35): each track keeps an average look
+  (pipeline.s5_looks). A track unseen for `max_age_s` is lost, not ended: until `lost_s` it is
+  found again by its look, within the reach of its motion (its size and the speed it had when
+  last seen, per second unseen), before tentative tracks take boxes, and only if it was seen
+  `REFIND_HITS` times (a false box's look is the background's). Where two tracks want one box
+  their looks weigh in; a pair that motion hardly holds (IoU under `GATE_IOU`) whose looks share
+  next to nothing is never matched; a steady track seen in the frame before is matched to no box
+  it would have to jump to (`JUMP_S`: half its size a frame at 10 fps).
 - **Duplicates**: a second box on an object already matched this frame (the detector's other
   class for it) starts nothing and is not published; a new box over a live track starts a track
   that is published only when it is seen again (until then its box goes out without an id).
@@ -66,7 +74,7 @@ from pipeline.s5_looks import looks as box_looks
 from pipeline.s5_match import (  # the track state's columns and the motion's noise
     CLASS as _CLASS, COLUMNS as _COLUMNS, CONFIRMED as _CONFIRMED, FIRST as _FIRST, HITS as _HITS, ID as _ID,
     LAST as _LAST, LAST_SEEN as _LAST_SEEN, MISSED as _MISSED, OCCLUDED as _OCCLUDED, P00 as _P00,
-    P11 as _P11, PUBLISHED as _PUBLISHED, SEEN_PTS as _SEEN_PTS, STD_POSITION as _STD_POSITION,
+    P11 as _P11, PUBLISHED as _PUBLISHED, REFIND_PASS as _REFIND_PASS, SEEN_PTS as _SEEN_PTS, STD_POSITION as _STD_POSITION,
     STD_VELOCITY as _STD_VELOCITY, STEP_S as _STEP_S, T as _T, X as _X)
 from pipeline.s5_match import associate, over_live, sighted, warm
 from pipeline.s5_postprocess import BatchDetections
@@ -273,8 +281,8 @@ class TrackTable:
         any_look = bool((~np.isnan(track_looks[:, 0])).any() and (~np.isnan(det_looks[:, 0])).any())
         # prediction and the five passes (pipeline.s5_match, compiled): 1, confirmed tracks seen
         # within max_age_s against the confident detections, 2, against the weak ones, 3, steady
-        # and lost tracks, boxes grown (where they were last seen too), 4, tentative tracks, boxes
-        # grown, 5, lost tracks by their looks; duplicates dropped after 2, 4 and 5
+        # and lost tracks, boxes grown (where they were last seen too), 4, lost tracks by their
+        # looks, 5, tentative tracks, boxes grown; duplicates dropped after 2, 4 and 5
         matched, fresh, dropped, unmatched, step, covered = associate(
             state, tstart, at, unseen_for <= max_age, unseen_for, track_looks, boxes, classes, high, valid & ~high,
             valid, dstart, det_looks, 1 - np.array([x.match_iou for x in s]),
@@ -302,7 +310,7 @@ class TrackTable:
             for t in sorted(np.flatnonzero(hidden & (step > 0)).tolist(), key=lambda t: (track_cam[t], step[t], t)):
                 newly[track_cam[t]].append(int(state[t, _ID]))
         back = [[] for _ in frames]  # lost tracks (unseen over max_age_s) found again
-        for t in np.flatnonzero((step == 5) & (unseen_for > max_age) & ~hidden).tolist():
+        for t in np.flatnonzero((step == _REFIND_PASS) & (unseen_for > max_age) & ~hidden).tolist():
             back[track_cam[t]].append(int(state[t, _ID]))
         # in the message: the confident boxes that are not duplicates, and the weak ones that
         # continue a confirmed track (pass 2; ByteTrack's output) where the camera publishes them
