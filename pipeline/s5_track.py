@@ -27,7 +27,7 @@ Identity over what detectors and scenes do to it:
   `REFIND_HITS` times (a false box's look is the background's). Where two tracks want one box
   their looks weigh in; a pair that motion hardly holds (IoU under `GATE_IOU`) whose looks share
   next to nothing is never matched; a steady track seen in the frame before is matched to no box
-  it would have to jump to (`JUMP_S`: half its size a frame at 10 fps).
+  it would have to jump to (more than half its size plus `JUMP_TRAVEL` times its way in the gap).
 - **Duplicates**: a second box on an object already matched this frame (the detector's other
   class for it) starts nothing and is not published; a new box over a live track starts a track
   that is published only when it is seen again (until then its box goes out without an id).
