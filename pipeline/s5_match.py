@@ -234,13 +234,12 @@ def _cost(iou, other, moving, dets, last, velocity, speed, size):
 
 
 @_jit
-def _refind_cost(wanted, has_look, ts, ds, free_track, free_high, last, dets, size, speed, seen_speed, unseen_for,
-                 other, tlooks, dlooks):
-    """[tracks, detections]: 1 - the similarity of looks of each lost track and free confident box,
-    plus CLASS_MISMATCH for another class; infinite for a box out of the track's reach (from where
-    it was last seen: REACH of its size per second unseen, plus REACH_SPEED of the speed it had
-    then), of another
-    size (half or twice its size or more) or with no look."""
+def _refind_cost(wanted, ts, ds, free_high, last, dets, size, seen_speed, unseen_for, other, tlooks, dlooks):
+    """[tracks, detections]: 1 - the similarity of looks of each `wanted` track (lost, with a look)
+    and free confident box, plus CLASS_MISMATCH for another class; infinite for a box out of the
+    track's reach (from where it was last seen: REACH of its size per second unseen, plus
+    REACH_SPEED of the speed it had then), of another size (half or twice its size or more) or
+    with no look."""
     nt, nd = other.shape
     cost = np.full((nt, nd), np.inf)
     for i in range(nt):
@@ -396,7 +395,7 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
         has_look[i] = not math.isnan(tlooks[ts + i, 0])
         moving[i] = steady[i] and speed[i] >= MOVING * size[i]
         if steady[i] and not lost[i]:
-            jump2[i] = (2 * (0.5 * size[i] + JUMP_TRAVEL * speed[i] * unseen_for[ts + i])) ** 2  # (twice: as sums)
+            jump2[i] = (2 * (0.5 * size[i] + JUMP_TRAVEL * speed[i] * unseen_for[ts + i])) ** 2
     iou, iou_grown, iou_where = np.empty((nt, nd)), np.empty((nt, nd)), np.empty((nt, nd))
     other = np.empty((nt, nd))
     least = 1 - match_lim[b]  # the least IoU of a pair passes 1, 3 and 5 may match
@@ -419,7 +418,8 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
             # an object does not jump: where a steady track seen in the frame before would have
             # to, it is another object that came out from behind it or that it hid (three large
             # discs on occluder seed 49: IDF1 0.822 -> 0.880 at 10 fps, 0.824 -> 0.921 at 5)
-            if iou_grown[i, j] > 0 and (d[0] + d[2] - p[0] - p[2]) ** 2 + (d[1] + d[3] - p[1] - p[3]) ** 2 > jump2[i]:
+            dx, dy = d[0] + d[2] - p[0] - p[2], d[1] + d[3] - p[1] - p[3]  # (twice the centres' offset)
+            if iou_grown[i, j] > 0 and dx * dx + dy * dy > jump2[i]:
                 iou[i, j], iou_where[i, j] = 0.0, 0.0
             # a pair that motion hardly holds (IoU with the prediction under GATE_IOU) and whose
             # looks have next to nothing in common is two objects: a track whose object went
@@ -469,10 +469,11 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
     # tracks, which would take its box: a track started on it a frame before, when the detector
     # gave it another class (occluder seed 45, 10 fps: IDF1 0.860 -> 0.897)
     for i in range(nt):
-        wanted[i] = confirmed[i] and lost[i] and has_look[i] and free_track[ts + i] and state[ts + i, HITS] >= REFIND_HITS
+        wanted[i] = (confirmed[i] and lost[i] and has_look[i] and free_track[ts + i]
+                     and state[ts + i, HITS] >= REFIND_HITS)
     if wanted.any():
-        refind = _refind_cost(wanted, has_look, ts, ds, free_track, free_high, last, dets, size, speed, seen_speed, unseen_for,
-                              other, tlooks, dlooks)
+        refind = _refind_cost(wanted, ts, ds, free_high, last, dets, size, seen_speed, unseen_for, other, tlooks,
+                              dlooks)
         _match(refind, wanted, free_high[ds:ds + nd], 1 - REFIND_LOOK, True, False, REFIND_PASS, ts, ds, tlooks, dlooks,
                free_track, free_high, matched, pass_of)
     _drop_duplicates(ds, nd, dets, high, free_high, dup)

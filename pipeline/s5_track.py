@@ -74,8 +74,8 @@ from pipeline.s5_looks import looks as box_looks
 from pipeline.s5_match import (  # the track state's columns and the motion's noise
     CLASS as _CLASS, COLUMNS as _COLUMNS, CONFIRMED as _CONFIRMED, FIRST as _FIRST, HITS as _HITS, ID as _ID,
     LAST as _LAST, LAST_SEEN as _LAST_SEEN, MISSED as _MISSED, OCCLUDED as _OCCLUDED, P00 as _P00,
-    P11 as _P11, PUBLISHED as _PUBLISHED, REFIND_PASS as _REFIND_PASS, SEEN_PTS as _SEEN_PTS, STD_POSITION as _STD_POSITION,
-    STD_VELOCITY as _STD_VELOCITY, STEP_S as _STEP_S, T as _T, X as _X)
+    P11 as _P11, PUBLISHED as _PUBLISHED, REFIND_PASS as _REFIND_PASS, SEEN_PTS as _SEEN_PTS,
+    STD_POSITION as _STD_POSITION, STD_VELOCITY as _STD_VELOCITY, STEP_S as _STEP_S, T as _T, X as _X)
 from pipeline.s5_match import associate, over_live, sighted, warm
 from pipeline.s5_postprocess import BatchDetections
 

@@ -482,7 +482,8 @@ def test_a_still_track_does_not_jump_to_an_alike_box_more_than_half_its_size_awa
 def test_a_fast_object_that_turns_is_no_jump():
     """At 250 px/s sampled at 5 fps an 80 px object turns a right angle: 71 px from its prediction,
     over half its size but within its way in the gap, so it is the same object."""
-    frames = [[(det(100 + 50 * i, 300), RED)] for i in range(10)] + [[(det(550, 300 + 50 * k), RED)] for k in range(1, 6)]
+    frames = ([[(det(100 + 50 * i, 300), RED)] for i in range(10)]
+              + [[(det(550, 300 + 50 * k), RED)] for k in range(1, 6)])
     ids, _ = run_looks(tracker(), frames, fps=5)
     assert {i for f in ids for i in f} == {1}, ids
 
