@@ -431,8 +431,8 @@ def _camera(b, state, tstart, recent, unseen_for, tlooks, boxes, classes, high, 
             other[i, j] = 1.0 if state[ts + i, CLASS] != classes[ds + j] else 0.0
         covered[ts + i] = most / area
     wanted = np.empty(nt, np.bool_)
-    # only tracks seen within max_age_s are matched by where they are or were (1-4); a lost track
-    # (unseen longer) is only found again by its look (5)
+    # only tracks seen within max_age_s are matched by where they are or were (1-3, 5); a lost
+    # track (unseen longer) is only found again by its look (4)
     # 1: confirmed tracks seen within max_age_s against the confident detections
     plain = _cost(iou, other, moving, dets, last, velocity, speed, size)
     for i in range(nt):
